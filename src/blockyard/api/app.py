@@ -1,0 +1,56 @@
+"""The ASGI application: the route table, the middleware stack and the lifespan.
+
+Endpoints parse, call a service function and render; the runtime (database, backends, task
+runner) is built in `lifespan` and reached through ``request.app.state.runtime``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from blockyard.api import errors, versions, volumes
+from blockyard.api.wire import CinderMiddleware
+from blockyard.config import Config
+from blockyard.service.lifecycle import build_runtime, close_runtime
+from blockyard.service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+ROUTES = [
+    *versions.routes,
+    *volumes.routes,
+]
+
+
+def create_app(config: Config) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        rt = build_runtime(config)
+        app.state.runtime = rt
+        try:
+            yield
+        finally:
+            close_runtime(rt)
+
+    return Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(CinderMiddleware)],
+        exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+
+
+def create_app_with_runtime(rt: Runtime) -> Starlette:
+    """An app around an already built runtime (in-process tests)."""
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(CinderMiddleware)],
+        exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
+    )
+    app.state.runtime = rt
+    return app

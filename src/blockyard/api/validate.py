@@ -1,0 +1,139 @@
+"""Checks of request values, with Cinder's wording for what was wrong.
+
+Cinder validates bodies with JSON schemas and reports ``Invalid input for field/attribute
+<name>. Value: <value>. <reason>``; these helpers produce the same sentences. Values clients
+send as strings ("True", "5") are accepted where Cinder accepts them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from blockyard.api.errors import ApiError
+
+_TRUE = {"true", "1", "yes", "y", "on", "t"}
+_FALSE = {"false", "0", "no", "n", "off", "f"}
+MAX_INT = 2**31 - 1
+
+
+def invalid(field: str, value: Any, reason: str) -> ApiError:
+    return ApiError(400, f"Invalid input for field/attribute {field}. Value: {value}. {reason}")
+
+
+def section(body: dict[str, Any], key: str) -> dict[str, Any]:
+    """The object under `key` in a request body (``{"volume": {...}}``)."""
+    if key not in body:
+        raise ApiError(400, f"Missing required element '{key}' in request body.")
+    value = body[key]
+    if not isinstance(value, dict):
+        raise invalid(key, value, f"{value!r} is not of type 'object'")
+    return value
+
+
+def no_extra_keys(obj: dict[str, Any], allowed: Iterable[str], where: str = "") -> None:
+    """Cinder's additionalProperties: false (strict from microversion 3.53 on)."""
+    extra = sorted(set(obj) - set(allowed))
+    if extra:
+        listed = ", ".join(repr(k) for k in extra)
+        verb = "were" if len(extra) > 1 else "was"
+        raise ApiError(400, f"Invalid input for field/attribute {where or 'body'}. Value: "
+                            f"{obj}. Additional properties are not allowed ({listed} {verb} "
+                            f"unexpected)")
+
+
+def integer(value: Any, field: str, *, minimum: int | None = None,
+            maximum: int = MAX_INT) -> int:
+    """An integer, or a string of digits (as Cinder's schemas accept)."""
+    if isinstance(value, bool) or value is None:
+        raise invalid(field, value, f"{value!r} is not of type 'integer', 'string'")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    else:
+        raise invalid(field, value, f"{value!r} is not a valid integer")
+    if minimum is not None and number < minimum:
+        raise invalid(field, value, f"{value} is less than the minimum of {minimum}")
+    if number > maximum:
+        raise invalid(field, value, f"{value} is greater than the maximum of {maximum}")
+    return number
+
+
+def boolean(value: Any, field: str) -> bool:
+    """true/false as JSON booleans or the strings clients send ("True", "false", "1")."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ApiError(400, f"Invalid input received: {field} must be a boolean, got {value!r}.")
+
+
+def string(value: Any, field: str, *, max_length: int = 255, nullable: bool = True,
+           min_length: int = 0) -> str | None:
+    if value is None:
+        if nullable:
+            return None
+        raise invalid(field, value, "None is not of type 'string'")
+    if not isinstance(value, str):
+        raise invalid(field, value, f"{value!r} is not of type 'string'")
+    if len(value) > max_length:
+        raise invalid(field, value, f"{value!r} is too long")
+    if len(value.strip()) < min_length:
+        raise invalid(field, value, f"{value!r} is too short")
+    return value
+
+
+def uuid_string(value: Any, field: str, *, nullable: bool = True) -> str | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise invalid(field, value, f"{value!r} is not a 'uuid'")
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise invalid(field, value, f"{value!r} is not a 'uuid'") from None
+    return value
+
+
+def metadata(value: Any, field: str = "metadata") -> dict[str, str]:
+    """A flat string → string map with keys of 1-255 characters, as Cinder's schema says."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(field, value, f"{value!r} is not of type 'object'")
+    result = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= 255:
+            raise invalid(field, value, f"{key!r} does not match any of the regexes: "
+                                        f"'^[a-zA-Z0-9-_:. /]{{1,255}}$'")
+        if not isinstance(item, str):
+            raise invalid(f"{field}.{key}", item, f"{item!r} is not of type 'string'")
+        if len(item) > 255:
+            raise invalid(f"{field}.{key}", item, f"{item!r} is too long")
+        result[key] = item
+    return result
+
+
+def query_bool(value: str | None, field: str, default: bool = False) -> bool:
+    if value is None:
+        return default
+    return boolean(value, field)
+
+
+def query_int(value: str | None, field: str, *, minimum: int = 0) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ApiError(400, f"Invalid input received: {field} must be an integer, got "
+                            f"{value!r}.") from None
+    if number < minimum:
+        raise ApiError(400, f"Invalid input received: {field} must be >= {minimum}.")
+    return number

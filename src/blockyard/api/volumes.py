@@ -1,0 +1,339 @@
+"""/v3/volumes: create, list, show, update, delete, summary, metadata and actions."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from blockyard import states
+from blockyard.api import listing, validate, views, wire
+from blockyard.api.errors import ApiError
+from blockyard.errors import NotFound
+from blockyard.service import volumes
+from blockyard.service.identity import Identity
+
+CREATE_KEYS = {
+    "name", "description", "display_name", "display_description", "size", "availability_zone",
+    "source_volid", "snapshot_id", "backup_id", "imageRef", "volume_type", "metadata",
+    "consistencygroup_id", "multiattach", "group_id", "bootable",
+}
+UPDATE_KEYS = {"name", "description", "display_name", "display_description", "metadata"}
+
+
+def _strict(request: Request) -> bool:
+    """From 3.53 on, Cinder rejects unknown keys in request bodies."""
+    return wire.mv(request) >= 53
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await run_in_threadpool(fn, *args, **kwargs)
+
+
+def _load(request: Request, who: Identity, volume_id: str) -> Any:
+    rt = wire.runtime(request)
+    with rt.db.read() as s:
+        v = volumes.get(s, who, volume_id)
+        _ = v.volume_type, v.attachments, v.metadata_items
+        return v
+
+
+# ---------------------------------------------------------------------------- collection
+
+
+async def create(request: Request) -> Response:
+    body = await wire.json_body(request)
+    spec = validate.section(body, "volume")
+    if _strict(request):
+        validate.no_extra_keys(spec, CREATE_KEYS, "volume")
+        validate.no_extra_keys(body, {"volume", "OS-SCH-HNT:scheduler_hints"})
+    size = spec.get("size")
+    if size is not None:
+        size = validate.integer(size, "size", minimum=1)
+    name = validate.string(spec.get("name", spec.get("display_name")), "name")
+    description = validate.string(spec.get("description", spec.get("display_description")),
+                                  "description")
+    snapshot_id = validate.uuid_string(spec.get("snapshot_id"), "snapshot_id")
+    source_volid = validate.uuid_string(spec.get("source_volid"), "source_volid")
+    if snapshot_id and source_volid:
+        raise ApiError(400, "Invalid input received: Cannot create a volume from a snapshot "
+                            "and a source volume at once.")
+    if size is None and not (snapshot_id or source_volid):
+        raise validate.invalid("size", None, "None is not of type 'integer', 'string'")
+    if spec.get("imageRef"):
+        raise ApiError(400, "Invalid input received: Creating a volume from an image is not "
+                            "supported: this deployment has no image service.")
+    if spec.get("backup_id"):
+        raise ApiError(400, "Invalid input received: Creating a volume from a backup is not "
+                            "supported: this deployment has no backup service.")
+    if spec.get("multiattach") is not None and validate.boolean(spec["multiattach"],
+                                                                "multiattach"):
+        raise ApiError(400, "Invalid input received: The multiattach flag is no longer "
+                            "supported; use a volume type with multiattach=\"<is> True\".")
+    volume_type = spec.get("volume_type")
+    if volume_type is not None and not isinstance(volume_type, str):
+        raise validate.invalid("volume_type", volume_type,
+                               f"{volume_type!r} is not of type 'string'")
+    zone = validate.string(spec.get("availability_zone"), "availability_zone")
+    req = volumes.VolumeCreate(
+        size=size,
+        name=name,
+        description=description,
+        metadata=validate.metadata(spec.get("metadata")),
+        volume_type=volume_type or None,
+        availability_zone=zone or None,
+        snapshot_id=snapshot_id,
+        source_volid=source_volid,
+        bootable=validate.boolean(spec.get("bootable", False), "bootable"),
+    )
+    v = await _in_thread(volumes.create, wire.runtime(request), wire.identity(request), req)
+    return wire.ok({"volume": views.volume_detail(request, v, admin_fields=False)}, 202)
+
+
+async def _list(request: Request, detail: bool) -> Response:
+    params = listing.parse_params(request)
+    page = await _in_thread(
+        volumes.list_volumes, wire.runtime(request), wire.identity(request), params,
+        all_projects=listing.all_tenants(request), like_allowed=wire.mv(request) >= 34,
+    )
+    render = views.volume_detail if detail else views.volume_summary
+    body: dict[str, Any] = {"volumes": [render(request, v) for v in page.rows]}
+    if page.next_marker is not None:
+        body["volumes_links"] = wire.next_link(request, page.next_marker)
+    if page.count is not None:
+        body["count"] = page.count
+    return wire.ok(body)
+
+
+async def list_summary(request: Request) -> Response:
+    return await _list(request, detail=False)
+
+
+async def list_detail(request: Request) -> Response:
+    return await _list(request, detail=True)
+
+
+async def summary(request: Request) -> Response:
+    if wire.mv(request) < 12:
+        raise ApiError(404, "The resource could not be found.")
+    count, total, meta = await _in_thread(volumes.summary, wire.runtime(request),
+                                          wire.identity(request), listing.all_tenants(request))
+    body: dict[str, Any] = {"total_count": count, "total_size": total}
+    if wire.mv(request) >= 36:
+        body["metadata"] = meta
+    return wire.ok({"volume-summary": body})
+
+
+# ---------------------------------------------------------------------------- member
+
+
+async def show(request: Request) -> Response:
+    v = await _in_thread(_load, request, wire.identity(request), request.path_params["id"])
+    return wire.ok({"volume": views.volume_detail(request, v)})
+
+
+async def update(request: Request) -> Response:
+    body = await wire.json_body(request)
+    spec = validate.section(body, "volume")
+    if _strict(request):
+        validate.no_extra_keys(spec, UPDATE_KEYS, "volume")
+    values: dict[str, Any] = {}
+    if "name" in spec or "display_name" in spec:
+        values["name"] = validate.string(spec.get("name", spec.get("display_name")), "name")
+    if "description" in spec or "display_description" in spec:
+        values["description"] = validate.string(
+            spec.get("description", spec.get("display_description")), "description")
+    if "metadata" in spec:
+        values["metadata"] = validate.metadata(spec["metadata"])
+    if not values:
+        raise ApiError(400, "Invalid input received: No updatable fields were given.")
+    v = await _in_thread(volumes.update_fields, wire.runtime(request), wire.identity(request),
+                         request.path_params["id"], values)
+    return wire.ok({"volume": views.volume_detail(request, v)})
+
+
+async def delete(request: Request) -> Response:
+    q = request.query_params
+    cascade = validate.query_bool(q.get("cascade"), "cascade")
+    force = validate.query_bool(q.get("force"), "force")
+    if force and wire.mv(request) < 23:
+        raise ApiError(400, "Invalid input received: force requires microversion 3.23.")
+    await _in_thread(volumes.delete_volume, wire.runtime(request), wire.identity(request),
+                     request.path_params["id"], cascade=cascade, force=force)
+    return wire.accepted()
+
+
+# ---------------------------------------------------------------------------- metadata
+
+
+async def metadata_show(request: Request) -> Response:
+    v = await _in_thread(_load, request, wire.identity(request), request.path_params["id"])
+    return wire.ok({"metadata": v.meta})
+
+
+async def _metadata_write(request: Request, replace: bool) -> Response:
+    body = await wire.json_body(request)
+    if "metadata" not in body:
+        raise ApiError(400, "Malformed request body")
+    meta = validate.metadata(body["metadata"])
+    result = await _in_thread(volumes.set_metadata, wire.runtime(request),
+                              wire.identity(request), request.path_params["id"], meta,
+                              replace=replace)
+    return wire.ok({"metadata": result})
+
+
+async def metadata_update(request: Request) -> Response:
+    return await _metadata_write(request, replace=False)
+
+
+async def metadata_replace(request: Request) -> Response:
+    return await _metadata_write(request, replace=True)
+
+
+async def metadata_key_show(request: Request) -> Response:
+    v = await _in_thread(_load, request, wire.identity(request), request.path_params["id"])
+    key = request.path_params["key"]
+    if key not in v.meta:
+        raise NotFound("Metadata", key, f"Metadata key {key} could not be found.")
+    return wire.ok({"meta": {key: v.meta[key]}})
+
+
+async def metadata_key_update(request: Request) -> Response:
+    body = await wire.json_body(request)
+    key = request.path_params["key"]
+    meta = validate.metadata(body.get("meta"), "meta")
+    if len(meta) != 1 or key not in meta:
+        raise ApiError(400, "Request body and URI mismatch" if key not in meta
+                       else "Request body contains too many items")
+    await _in_thread(volumes.set_metadata, wire.runtime(request), wire.identity(request),
+                     request.path_params["id"], meta, replace=False)
+    return wire.ok({"meta": meta})
+
+
+async def metadata_key_delete(request: Request) -> Response:
+    await _in_thread(volumes.delete_metadata_key, wire.runtime(request),
+                     wire.identity(request), request.path_params["id"],
+                     request.path_params["key"])
+    return Response(status_code=200)
+
+
+# ---------------------------------------------------------------------------- actions
+
+Action = Callable[[Request, str, Any], Awaitable[Response]]
+
+
+def _action_dict(value: Any, action: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise validate.invalid(action, value, f"{value!r} is not of type 'object'")
+    return value
+
+
+async def _extend(request: Request, volume_id: str, value: Any) -> Response:
+    args = _action_dict(value, "os-extend")
+    if "new_size" not in args:
+        raise validate.invalid("os-extend", args, "'new_size' is a required property")
+    if _strict(request):
+        validate.no_extra_keys(args, {"new_size"}, "os-extend")
+    new_size = validate.integer(args["new_size"], "new_size", minimum=1)
+    await _in_thread(volumes.extend, wire.runtime(request), wire.identity(request), volume_id,
+                     new_size, attached_ok=wire.mv(request) >= 42)
+    return wire.accepted()
+
+
+async def _reset_status(request: Request, volume_id: str, value: Any) -> Response:
+    args = _action_dict(value, "os-reset_status")
+    validate.no_extra_keys(args, {"status", "attach_status", "migration_status"},
+                           "os-reset_status")
+    if not args:
+        raise ApiError(400, "Must specify 'status', 'attach_status' or 'migration_status' for "
+                            "update.")
+    status = args.get("status")
+    if status is not None:
+        status = str(status).lower()
+        if status not in states.VOLUME_RESET_STATUSES:
+            raise ApiError(400, f"Invalid input received: Must specify a valid status: "
+                                f"{status}")
+    attach_status = args.get("attach_status")
+    if attach_status is not None:
+        attach_status = str(attach_status).lower()
+        if attach_status not in states.ATTACH_RESET_STATUSES:
+            raise ApiError(400, f"Invalid input received: Must specify a valid attach "
+                                f"status: {attach_status}")
+    migration_status = args.get("migration_status")
+    if migration_status is not None:
+        migration_status = str(migration_status).lower()
+    await _in_thread(volumes.reset_status, wire.runtime(request), wire.identity(request),
+                     volume_id, status, attach_status, migration_status)
+    return wire.accepted()
+
+
+async def _set_bootable(request: Request, volume_id: str, value: Any) -> Response:
+    args = _action_dict(value, "os-set_bootable")
+    if "bootable" not in args:
+        raise ApiError(400, "Must specify bootable in request.")
+    bootable = validate.boolean(args["bootable"], "bootable")
+    await _in_thread(volumes.update_fields, wire.runtime(request), wire.identity(request),
+                     volume_id, {"bootable": bootable})
+    return Response(status_code=200)
+
+
+async def _update_readonly(request: Request, volume_id: str, value: Any) -> Response:
+    args = _action_dict(value, "os-update_readonly_flag")
+    if "readonly" not in args:
+        raise ApiError(400, "Must specify readonly in request.")
+    readonly = validate.boolean(args["readonly"], "readonly")
+    await _in_thread(volumes.update_fields, wire.runtime(request), wire.identity(request),
+                     volume_id, {"readonly": readonly})
+    return wire.accepted()
+
+
+async def _force_delete(request: Request, volume_id: str, value: Any) -> Response:
+    await _in_thread(volumes.delete_volume, wire.runtime(request), wire.identity(request),
+                     volume_id, force=True)
+    return wire.accepted()
+
+
+#: action name → handler; later issues add the attach/detach and migration actions here
+ACTIONS: dict[str, Action] = {
+    "os-extend": _extend,
+    "os-reset_status": _reset_status,
+    "os-set_bootable": _set_bootable,
+    "os-update_readonly_flag": _update_readonly,
+    "os-force_delete": _force_delete,
+}
+
+
+async def action(request: Request) -> Response:
+    body = await wire.json_body(request)
+    if len(body) != 1:
+        raise ApiError(400, "Malformed request body: exactly one action is expected.")
+    name, value = next(iter(body.items()))
+    handler = ACTIONS.get(name)
+    if handler is None:
+        raise ApiError(400, f"There is no such action: {name}. Verify the request body and "
+                            f"Content-Type header and try again.")
+    return await handler(request, request.path_params["id"], value)
+
+
+routes = [
+    Route("/v3/volumes", list_summary, methods=["GET"]),
+    Route("/v3/volumes", create, methods=["POST"]),
+    Route("/v3/volumes/detail", list_detail, methods=["GET"]),
+    Route("/v3/volumes/summary", summary, methods=["GET"]),
+    Route("/v3/volumes/{id}", show, methods=["GET"]),
+    Route("/v3/volumes/{id}", update, methods=["PUT"]),
+    Route("/v3/volumes/{id}", delete, methods=["DELETE"]),
+    Route("/v3/volumes/{id}/action", action, methods=["POST"]),
+    Route("/v3/volumes/{id}/metadata", metadata_show, methods=["GET"]),
+    Route("/v3/volumes/{id}/metadata", metadata_update, methods=["POST"]),
+    Route("/v3/volumes/{id}/metadata", metadata_replace, methods=["PUT"]),
+    Route("/v3/volumes/{id}/metadata/{key}", metadata_key_show, methods=["GET"]),
+    Route("/v3/volumes/{id}/metadata/{key}", metadata_key_update, methods=["PUT"]),
+    Route("/v3/volumes/{id}/metadata/{key}", metadata_key_delete, methods=["DELETE"]),
+]

@@ -1,0 +1,170 @@
+"""The wire edge shared by every endpoint: microversions, request ids, project-in-URL, the
+caller's identity, JSON bodies and links.
+
+`CinderMiddleware` is a plain ASGI middleware (no BaseHTTPMiddleware: it costs a task per
+request). It negotiates ``OpenStack-API-Version: volume X.Y`` and echoes it with ``Vary``, sets
+Cinder's request-id headers, and moves a project id in the URL (``/v3/{project_id}/...``)
+out of the path into ``request.state.url_project`` so one route table serves both URL forms.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from blockyard.api.errors import ApiError, fault
+from blockyard.service.identity import Identity, from_noauth
+from blockyard.service.runtime import Runtime
+
+MIN_MINOR = 0
+MAX_MINOR = 71
+MIN_VERSION = "3.0"
+MAX_VERSION = f"3.{MAX_MINOR}"
+
+_PROJECT_IN_URL = re.compile(r"^/v3/([0-9a-fA-F-]+)(/.*)?$")
+_VERSION = re.compile(r"^([1-9]\d*)\.([1-9]\d*|0)$")
+
+
+def parse_microversion(header: str | None) -> tuple[int, str]:
+    """The requested minor version of 3.x and the string to echo; raises ApiError."""
+    if header is None:
+        return MIN_MINOR, MIN_VERSION
+    value = None
+    for part in header.split(","):
+        service, _, version = part.strip().partition(" ")
+        if service.lower() == "volume":
+            value = version.strip()
+    if value is None:
+        return MIN_MINOR, MIN_VERSION
+    if value.lower() == "latest":
+        return MAX_MINOR, MAX_VERSION
+    m = _VERSION.match(value)
+    if m is None:
+        raise ApiError(400, f"API Version String {value} is of invalid format. Must be of "
+                            f"format MajorNum.MinorNum.")
+    major, minor = int(m.group(1)), int(m.group(2))
+    if major != 3 or not MIN_MINOR <= minor <= MAX_MINOR:
+        raise ApiError(406, f"Version {value} is not supported by the API. Minimum is "
+                            f"{MIN_VERSION} and maximum is {MAX_VERSION}.")
+    return minor, value
+
+
+class CinderMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = f"req-{uuid.uuid4()}"
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        path: str = scope["path"]
+        echo = MIN_VERSION
+        error: Response | None = None
+        if path.startswith("/v3"):
+            m = _PROJECT_IN_URL.match(path)
+            if m is not None and m.group(2) not in (None, "/"):
+                state["url_project"] = m.group(1)
+                scope = dict(scope, path="/v3" + m.group(2), raw_path=None)
+            header = Headers(scope=scope).get("openstack-api-version")
+            try:
+                minor, echo = parse_microversion(header)
+                state["mv"] = minor
+            except ApiError as exc:
+                echo = (header or "").partition(" ")[2].strip() or MIN_VERSION
+                error = fault(exc.status, exc.message)
+        else:
+            state["mv"] = MIN_MINOR
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["OpenStack-API-Version"] = f"volume {echo}"
+                headers["Vary"] = "OpenStack-API-Version"
+                headers["X-OpenStack-Request-Id"] = request_id
+                headers["X-Compute-Request-Id"] = request_id
+            await send(message)
+
+        if error is not None:
+            await error(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+
+# ---------------------------------------------------------------------------- per request
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def mv(request: Request) -> int:
+    """The negotiated minor version of 3.x."""
+    return int(getattr(request.state, "mv", MIN_MINOR))
+
+
+def identity(request: Request) -> Identity:
+    h = request.headers
+    return from_noauth(h.get("x-auth-token"), h.get("x-user-id"), h.get("x-project-id"))
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or 400 as Cinder words it."""
+    raw = await request.body()
+    if not raw:
+        raise ApiError(400, "Missing request body")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "Malformed request body") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Malformed request body")
+    return body
+
+
+def base_url(request: Request) -> str:
+    """scheme://host:port as the client addressed us."""
+    return str(request.base_url).rstrip("/")
+
+
+def project_prefix(request: Request) -> str:
+    project = getattr(request.state, "url_project", None)
+    return f"/{project}" if project else ""
+
+
+def links(request: Request, collection: str, ident: str) -> list[dict[str, str]]:
+    root, prefix = base_url(request), project_prefix(request)
+    return [
+        {"rel": "self", "href": f"{root}/v3{prefix}/{collection}/{ident}"},
+        {"rel": "bookmark", "href": f"{root}{prefix}/{collection}/{ident}"},
+    ]
+
+
+def next_link(request: Request, marker: str) -> list[dict[str, str]]:
+    """The `<collection>_links` entry for the next page: same query, new marker."""
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "marker"]
+    params.append(("marker", marker))
+    from urllib.parse import urlencode
+
+    root, prefix = base_url(request), project_prefix(request)
+    path = request.url.path
+    return [{"rel": "next", "href": f"{root}{path.replace('/v3', '/v3' + prefix, 1)}?"
+                                    f"{urlencode(params)}"}]
+
+
+def ok(body: Any, status: int = 200) -> Response:
+    return JSONResponse(body, status)
+
+
+def accepted() -> Response:
+    return Response(status_code=202)

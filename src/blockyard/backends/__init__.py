@@ -1,0 +1,25 @@
+"""Backend drivers, registered by name in one literal table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blockyard.backends.base import DriverBase, VolumeDriver
+from blockyard.backends.file import FileDriver
+from blockyard.errors import ConfigError
+
+DRIVERS: dict[str, type[DriverBase]] = {
+    "file": FileDriver,
+}
+
+
+def load(backend_name: str, driver: str, options: dict[str, Any]) -> VolumeDriver:
+    """Instantiate the driver registered as `driver` for the backend `backend_name`."""
+    try:
+        cls = DRIVERS[driver]
+    except KeyError:
+        known = ", ".join(sorted(DRIVERS))
+        raise ConfigError(
+            f"backends.{backend_name}.driver", f"unknown driver {driver!r} (known: {known})"
+        ) from None
+    return cls(backend_name, options)  # type: ignore[return-value]

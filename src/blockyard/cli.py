@@ -1,0 +1,77 @@
+"""The `blockyard` command: `blockyard serve` runs the volume service."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import socket
+import sys
+
+from blockyard import config as configuration
+from blockyard.errors import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        cfg = configuration.load(args.config, state_dir=args.state_dir, listen=args.listen)
+    except ConfigError as exc:
+        print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from blockyard.api.app import create_app
+
+    # bind first, so a taken port is one clear line and not a traceback from the server
+    family = socket.AF_INET6 if ":" in cfg.listen_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.listen_host, cfg.listen_port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            print(f"blockyard: {cfg.listen_host}:{cfg.listen_port} is already in use",
+                  file=sys.stderr)
+        else:
+            print(f"blockyard: cannot listen on {cfg.listen_host}:{cfg.listen_port}: "
+                  f"{exc.strerror}", file=sys.stderr)
+        return 1
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        app = create_app(cfg)
+    except ConfigError as exc:
+        print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level=args.log_level, access_log=args.access_log, lifespan="on",
+        timeout_graceful_shutdown=10,
+    ))
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("blockyard").info("serving on %s:%s", host, port)
+    print(f"blockyard: serving the Cinder v3 API on http://{cfg.listen_host}:{port}/v3",
+          file=sys.stderr, flush=True)
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="blockyard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the volume service (Cinder v3 API)")
+    serve.add_argument("--config", help="TOML configuration file (default: embedded default)")
+    serve.add_argument("--state-dir", help="where the database and volumes live (./var)")
+    serve.add_argument("--listen", help="HOST:PORT to listen on (127.0.0.1:8776)")
+    serve.add_argument("--log-level", default="warning",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return _serve(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

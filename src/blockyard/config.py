@@ -1,0 +1,168 @@
+"""Configuration: a TOML file, or the embedded default (one sparse-file backend).
+
+Example::
+
+    listen = "127.0.0.1:8776"
+    state_dir = "/var/lib/blockyard"
+    database_url = "postgresql+psycopg://blockyard@/blockyard"   # default: SQLite in state_dir
+    host = "storage1"                                           # default: this machine's name
+
+    [quota]               # defaults for every project
+    volumes = 10
+    gigabytes = 1000
+
+    [backends.fast]
+    driver = "file"
+    path = "/srv/volumes"
+    availability_zone = "nova"
+    volume_backend_name = "fast"
+
+Every error names the key it is about (`ConfigError.key`).
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blockyard.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:8776"
+DEFAULT_QUOTAS: dict[str, int] = {
+    "volumes": 10,
+    "snapshots": 10,
+    "gigabytes": 1000,
+    "backups": 10,
+    "backup_gigabytes": 1000,
+    "groups": 10,
+    "per_volume_gigabytes": -1,
+}
+_TOP_KEYS = {"listen", "state_dir", "database_url", "host", "quota", "backends", "workers",
+             "default_volume_type", "max_volume_size_gb"}
+_BACKEND_KEYS = {"driver", "availability_zone", "volume_backend_name", "workers"}
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str
+    driver: str
+    availability_zone: str = "nova"
+    volume_backend_name: str = ""
+    #: worker threads running this backend's durable tasks
+    workers: int = 4
+    #: everything else in the table goes to the driver
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str
+    listen_port: int
+    state_dir: Path
+    database_url: str
+    host: str
+    backends: tuple[BackendConfig, ...]
+    quotas: dict[str, int]
+    default_volume_type: str = "__DEFAULT__"
+    max_volume_size_gb: int = 16384
+
+
+def parse_listen(value: Any, key: str = "listen") -> tuple[str, int]:
+    """'HOST:PORT' (or '[v6]:PORT') → (host, port)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(key, f"must be HOST:PORT, got {value!r}")
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(key, f"port must be a number, got {port_text!r}") from None
+    if not 0 <= port <= 65535 or not host:
+        raise ConfigError(key, f"must be HOST:PORT with a port 0-65535, got {value!r}")
+    return host, port
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], key: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(key, f"must be a {name}, got {value!r}")
+    return value
+
+
+def _backend(name: str, table: Any, state_dir: Path) -> BackendConfig:
+    key = f"backends.{name}"
+    _expect(table, dict, key)
+    if "driver" not in table:
+        raise ConfigError(f"{key}.driver", "is required")
+    driver = _expect(table["driver"], str, f"{key}.driver")
+    workers = _expect(table.get("workers", 4), int, f"{key}.workers")
+    if workers < 1:
+        raise ConfigError(f"{key}.workers", "must be at least 1")
+    options = {k: v for k, v in table.items() if k not in _BACKEND_KEYS}
+    if driver == "file":
+        options.setdefault("path", str(state_dir / "volumes" / name))
+    return BackendConfig(
+        name=name,
+        driver=driver,
+        availability_zone=_expect(table.get("availability_zone", "nova"), str,
+                                  f"{key}.availability_zone"),
+        volume_backend_name=_expect(table.get("volume_backend_name", name), str,
+                                    f"{key}.volume_backend_name"),
+        workers=workers,
+        options=options,
+    )
+
+
+def build(
+    data: dict[str, Any],
+    *,
+    state_dir: str | None = None,
+    listen: str | None = None,
+) -> Config:
+    """Validate a parsed TOML document (command-line values win over the file's)."""
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown key")
+    sdir = Path(state_dir or _expect(data.get("state_dir", "./var"), str, "state_dir")).absolute()
+    host, port = parse_listen(listen or data.get("listen", DEFAULT_LISTEN))
+    db_url = _expect(data.get("database_url", f"sqlite:///{sdir / 'blockyard.db'}"), str,
+                     "database_url")
+    backends_table = _expect(data.get("backends", {}), dict, "backends")
+    if not backends_table:
+        backends_table = {"default": {"driver": "file"}}
+    backends = tuple(_backend(n, t, sdir) for n, t in backends_table.items())
+    quotas = dict(DEFAULT_QUOTAS)
+    for k, v in _expect(data.get("quota", {}), dict, "quota").items():
+        if k not in DEFAULT_QUOTAS:
+            raise ConfigError(f"quota.{k}", "unknown quota")
+        quotas[k] = _expect(v, int, f"quota.{k}")
+    return Config(
+        listen_host=host,
+        listen_port=port,
+        state_dir=sdir,
+        database_url=db_url,
+        host=_expect(data.get("host", socket.gethostname()), str, "host"),
+        backends=backends,
+        quotas=quotas,
+        default_volume_type=_expect(data.get("default_volume_type", "__DEFAULT__"), str,
+                                    "default_volume_type"),
+        max_volume_size_gb=_expect(data.get("max_volume_size_gb", 16384), int,
+                                   "max_volume_size_gb"),
+    )
+
+
+def load(path: str | None, *, state_dir: str | None = None, listen: str | None = None) -> Config:
+    """Read and validate the config file at `path` (None: the embedded default)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError("--config", f"no such file: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"not valid TOML: {exc}") from None
+    return build(data, state_dir=state_dir, listen=listen)

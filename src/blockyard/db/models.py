@@ -1,0 +1,240 @@
+"""SQLAlchemy models: the four nouns (Volume, Snapshot, Attachment, and the Backend they live on,
+which is configuration, not a table) plus types, qos, quotas and the durable task queue.
+
+Statuses are plain strings here; `blockyard.states` owns their values and every change to them.
+Queries must stay portable between SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as Cinder renders timestamps (no offset)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class VolumeType(Base):
+    __tablename__ = "volume_types"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    description: Mapped[str | None] = mapped_column(String(255))
+    is_public: Mapped[bool] = mapped_column(Boolean, default=True)
+    qos_specs_id: Mapped[str | None] = mapped_column(ForeignKey("qos_specs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    extra_specs: Mapped[list[VolumeTypeExtraSpec]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin"
+    )
+    projects: Mapped[list[VolumeTypeProject]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def specs(self) -> dict[str, str]:
+        return {s.key: s.value for s in self.extra_specs}
+
+
+class VolumeTypeExtraSpec(Base):
+    __tablename__ = "volume_type_extra_specs"
+
+    volume_type_id: Mapped[str] = mapped_column(
+        ForeignKey("volume_types.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class VolumeTypeProject(Base):
+    """Which projects may use a private volume type."""
+
+    __tablename__ = "volume_type_projects"
+
+    volume_type_id: Mapped[str] = mapped_column(
+        ForeignKey("volume_types.id", ondelete="CASCADE"), primary_key=True
+    )
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+
+class QosSpecs(Base):
+    __tablename__ = "qos_specs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    consumer: Mapped[str] = mapped_column(String(32), default="back-end")
+    specs: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Volume(Base):
+    __tablename__ = "volumes"
+    __table_args__ = (
+        # default listing order (created_at desc, id desc) within a project, keyset paging
+        Index("ix_volumes_project_created", "project_id", "created_at", "id"),
+        Index("ix_volumes_created", "created_at", "id"),
+        Index("ix_volumes_project_name", "project_id", "name"),
+        Index("ix_volumes_backend", "backend"),
+        Index("ix_volumes_source_volid", "source_volid"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+    previous_status: Mapped[str | None] = mapped_column(String(32))
+    attach_status: Mapped[str] = mapped_column(String(32), default="detached")
+    availability_zone: Mapped[str] = mapped_column(String(255))
+    volume_type_id: Mapped[str] = mapped_column(ForeignKey("volume_types.id"))
+    #: the backend's config name; `host` renders as host@backend#pool
+    backend: Mapped[str] = mapped_column(String(255))
+    snapshot_id: Mapped[str | None] = mapped_column(String(36))
+    source_volid: Mapped[str | None] = mapped_column(String(36))
+    bootable: Mapped[bool] = mapped_column(Boolean, default=False)
+    readonly: Mapped[bool] = mapped_column(Boolean, default=False)
+    multiattach: Mapped[bool] = mapped_column(Boolean, default=False)
+    provider_location: Mapped[str | None] = mapped_column(Text)
+    provider_auth: Mapped[str | None] = mapped_column(Text)
+    #: the backend object's id when it differs from `id` (after a migration)
+    name_id: Mapped[str | None] = mapped_column(String(36))
+    migration_status: Mapped[str | None] = mapped_column(String(255))
+    #: the durable task working on this row, if any (see blockyard.states)
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    #: how many copies are reading this volume right now (snapshots, clones): no delete meanwhile
+    pins: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    volume_type: Mapped[VolumeType] = relationship(lazy="joined", innerjoin=True)
+    metadata_items: Mapped[list[VolumeMetadata]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="VolumeMetadata.key"
+    )
+    attachments: Mapped[list[Attachment]] = relationship(
+        lazy="selectin", order_by="Attachment.created_at", viewonly=True
+    )
+
+    @property
+    def meta(self) -> dict[str, str]:
+        return {m.key: m.value for m in self.metadata_items}
+
+
+class VolumeMetadata(Base):
+    __tablename__ = "volume_metadata"
+
+    volume_id: Mapped[str] = mapped_column(
+        ForeignKey("volumes.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class Snapshot(Base):
+    __tablename__ = "snapshots"
+    __table_args__ = (
+        Index("ix_snapshots_project_created", "project_id", "created_at", "id"),
+        Index("ix_snapshots_volume", "volume_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"))
+    name: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+    previous_status: Mapped[str | None] = mapped_column(String(32))
+    progress: Mapped[str] = mapped_column(String(8), default="0%")
+    volume_type_id: Mapped[str] = mapped_column(ForeignKey("volume_types.id"))
+    provider_location: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    pins: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    metadata_items: Mapped[list[SnapshotMetadata]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="SnapshotMetadata.key"
+    )
+
+    @property
+    def meta(self) -> dict[str, str]:
+        return {m.key: m.value for m in self.metadata_items}
+
+
+class SnapshotMetadata(Base):
+    __tablename__ = "snapshot_metadata"
+
+    snapshot_id: Mapped[str] = mapped_column(
+        ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+    __table_args__ = (Index("ix_attachments_volume", "volume_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"))
+    project_id: Mapped[str] = mapped_column(String(255))
+    instance_uuid: Mapped[str | None] = mapped_column(String(36))
+    attached_host: Mapped[str | None] = mapped_column(String(255))
+    mountpoint: Mapped[str | None] = mapped_column(String(255))
+    attach_status: Mapped[str] = mapped_column(String(32))
+    attach_mode: Mapped[str] = mapped_column(String(8), default="rw")
+    connector: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    connection_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attach_time: Mapped[datetime | None] = mapped_column(DateTime)
+    detach_time: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Quota(Base):
+    """A project's hard limit for one resource (volumes, gigabytes, snapshots, volumes_<type>...)."""
+
+    __tablename__ = "quotas"
+
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hard_limit: Mapped[int] = mapped_column(Integer)
+
+
+class QuotaUsage(Base):
+    """What a project uses of one resource; changed only by conditional increments."""
+
+    __tablename__ = "quota_usages"
+
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(255), primary_key=True)
+    in_use: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Task(Base):
+    """A durable unit of long work. It exists from the moment the work is accepted until the
+    transaction that settles its resource's status; a restart re-runs every row left here."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    backend: Mapped[str] = mapped_column(String(255))
+    resource_id: Mapped[str] = mapped_column(String(36))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

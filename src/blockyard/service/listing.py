@@ -1,0 +1,107 @@
+"""Sorted, filtered, keyset-paginated listing shared by volumes, snapshots and attachments.
+
+Pages are cut with a marker (the last id of the previous page) turned into a row-value
+comparison on the sort keys, so page N costs the same as page 1 on an index, unlike OFFSET.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from blockyard.errors import Invalid
+
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class ListParams:
+    limit: int | None = None
+    marker: str | None = None
+    offset: int | None = None
+    #: (column name, "asc" | "desc") in priority order
+    sort: tuple[tuple[str, str], ...] = ()
+    with_count: bool = False
+    filters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Page:
+    rows: list[Any]
+    #: the id to pass as marker for the next page, or None on the last page
+    next_marker: str | None
+    count: int | None = None
+
+
+def _sort_expr(model: Any, name: str, nullable: set[str]) -> Any:
+    column = getattr(model, name)
+    return func.coalesce(column, "") if name in nullable else column
+
+
+def paginate(
+    session: Session,
+    model: Any,
+    query: Select[Any],
+    params: ListParams,
+    *,
+    sortable: dict[str, str],
+    nullable: set[str] = frozenset(),  # type: ignore[assignment]
+    kind: str = "Resource",
+) -> Page:
+    """Run `query` (already filtered) sorted by `params.sort` and cut to one page.
+
+    `sortable` maps the API's sort key names to column names (e.g. display_name → name).
+    """
+    keys: list[tuple[str, str]] = []
+    for key, direction in params.sort or (("created_at", "desc"),):
+        column = sortable.get(key)
+        if column is None:
+            raise Invalid(f"Invalid input received: Invalid sort key {key}")
+        if direction not in ("asc", "desc"):
+            raise Invalid(f"Invalid input received: Unknown sort direction, must be 'desc' or "
+                          f"'asc'")
+        if column not in (c for c, _ in keys):
+            keys.append((column, direction))
+    if "id" not in (c for c, _ in keys):
+        keys.append(("id", keys[-1][1] if keys else "desc"))
+
+    count = None
+    if params.with_count:
+        count = session.execute(
+            select(func.count()).select_from(query.order_by(None).subquery())
+        ).scalar_one()
+
+    exprs = [(_sort_expr(model, c, nullable), d) for c, d in keys]
+    if params.marker is not None:
+        marker_row = session.execute(
+            select(*[e for e, _ in exprs]).where(model.id == params.marker)
+        ).first()
+        if marker_row is None:
+            raise Invalid(f"Invalid input received: marker [{params.marker}] not found")
+        after: list[Any] = []
+        for i, (expr, direction) in enumerate(exprs):
+            ties = [exprs[j][0] == marker_row[j] for j in range(i)]
+            step = expr > marker_row[i] if direction == "asc" else expr < marker_row[i]
+            after.append(and_(*ties, step))
+        query = query.where(or_(*after))
+    query = query.order_by(*[e.asc() if d == "asc" else e.desc() for e, d in exprs])
+    if params.offset:
+        query = query.offset(params.offset)
+    limit = params.limit
+    if limit is not None:
+        query = query.limit(min(limit, MAX_LIMIT) + 1)
+    rows = list(session.execute(query).scalars().unique())
+    next_marker = None
+    if limit is not None and len(rows) > limit:
+        rows = rows[:limit]
+        next_marker = rows[-1].id if rows else None
+    return Page(rows=rows, next_marker=next_marker, count=count)
+
+
+def like(column: InstrumentedAttribute[Any], text: str) -> Any:
+    """Cinder's `key~=value` filters: a case-insensitive substring match."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return func.lower(column).like(f"%{escaped.lower()}%", escape="\\")

@@ -1,0 +1,85 @@
+"""The running service's parts, built once at start-up and passed to every service function."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from blockyard import backends as drivers
+from blockyard.backends.base import BackendStats, VolumeDriver
+from blockyard.config import BackendConfig, Config
+from blockyard.db.engine import Database
+
+log = logging.getLogger(__name__)
+
+#: how long get_stats results are reused before the driver is asked again
+STATS_TTL = 5.0
+
+
+@dataclass
+class Backend:
+    """One configured backend: its driver plus the identity the API shows for it."""
+
+    config: BackendConfig
+    driver: VolumeDriver
+    #: "host@backend", Cinder's service host of the volume manager
+    service_host: str
+    _stats: BackendStats | None = None
+    _stats_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def pool_host(self) -> str:
+        """"host@backend#pool", what os-vol-host-attr:host shows (one pool per backend)."""
+        return f"{self.service_host}#{self.config.name}"
+
+    @property
+    def service_uuid(self) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"blockyard:{self.service_host}"))
+
+    def stats(self, *, fresh: bool = False) -> BackendStats:
+        """The driver's stats, cached for STATS_TTL seconds."""
+        with self._lock:
+            now = time.monotonic()
+            if fresh or self._stats is None or now - self._stats_at > STATS_TTL:
+                self._stats = self.driver.get_stats()
+                self._stats_at = now
+            return self._stats
+
+
+@dataclass
+class Runtime:
+    config: Config
+    db: Database
+    backends: dict[str, Backend]
+    #: set by blockyard.service.tasks.TaskRunner when it is created
+    tasks: "TaskRunnerLike | None" = None
+
+    def backend(self, name: str) -> Backend:
+        from blockyard.errors import BackendError
+
+        try:
+            return self.backends[name]
+        except KeyError:
+            raise BackendError(f"Backend {name} is not configured on this service.") from None
+
+
+class TaskRunnerLike:
+    def submit(self, task_id: int, backend: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def build_backends(config: Config) -> dict[str, Backend]:
+    result = {}
+    for bc in config.backends:
+        driver = drivers.load(bc.name, bc.driver, bc.options)
+        driver.do_setup()
+        result[bc.name] = Backend(bc, driver, f"{config.host}@{bc.name}")
+    return result

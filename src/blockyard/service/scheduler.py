@@ -1,0 +1,58 @@
+"""Choosing a backend for a new volume: filter, then weigh by free capacity.
+
+Filters, as Cinder's default filter scheduler applies them: the volume type's
+`volume_backend_name` extra spec, the availability zone, and capacity (thin backends may
+over-subscribe up to `max_over_subscription_ratio`, minus `reserved_percentage`).
+"""
+
+from __future__ import annotations
+
+from blockyard.backends.base import PoolStats
+from blockyard.db.models import VolumeType
+from blockyard.errors import BackendError, Invalid
+from blockyard.service.runtime import Backend, Runtime
+
+
+class NoValidBackend(BackendError):
+    """No backend passes the filters."""
+
+
+def _virtual_free_gb(pool: PoolStats) -> float:
+    reserved = pool.total_capacity_gb * pool.reserved_percentage / 100.0
+    if pool.thin_provisioning_support:
+        virtual_total = pool.total_capacity_gb * pool.max_over_subscription_ratio
+        return min(
+            virtual_total - pool.provisioned_capacity_gb - reserved,
+            # a thin pool still needs real free space to take any write at all
+            (pool.free_capacity_gb - reserved) * pool.max_over_subscription_ratio,
+        )
+    return pool.free_capacity_gb - reserved
+
+
+def availability_zones(rt: Runtime) -> set[str]:
+    return {b.config.availability_zone for b in rt.backends.values()}
+
+
+def pick(rt: Runtime, vt: VolumeType, size_gb: int, zone: str | None) -> Backend:
+    """The best backend for a volume of `size_gb` GiB of type `vt` in `zone` (None: any)."""
+    if zone is not None and zone not in availability_zones(rt):
+        raise Invalid(f"Invalid input received: Availability zone '{zone}' is invalid.")
+    wanted_name = vt.specs.get("volume_backend_name")
+    best: tuple[float, Backend] | None = None
+    for backend in rt.backends.values():
+        if wanted_name and backend.config.volume_backend_name != wanted_name:
+            continue
+        if zone is not None and backend.config.availability_zone != zone:
+            continue
+        try:
+            pools = backend.stats().pools
+        except Exception:  # a backend that cannot report is not a candidate
+            continue
+        free = max((_virtual_free_gb(p) for p in pools), default=0.0)
+        if free < size_gb:
+            continue
+        if best is None or free > best[0]:
+            best = (free, backend)
+    if best is None:
+        raise NoValidBackend("No valid backend was found. No weighed backends available")
+    return best[1]

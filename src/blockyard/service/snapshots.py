@@ -1,0 +1,245 @@
+"""Snapshots: create and delete as durable tasks, plus the small updates and listing."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.orm import Session
+
+from blockyard import states
+from blockyard.db.models import Snapshot, SnapshotMetadata, Volume, utcnow
+from blockyard.errors import Invalid, InvalidState, NotFound
+from blockyard.service import quotas, tasks
+from blockyard.service.identity import Identity, authorize
+from blockyard.service.listing import ListParams, Page, like, paginate
+from blockyard.service.runtime import Runtime
+from blockyard.service.volumes import _model_values, _submit, snapshot_ref
+from blockyard.states import SnapshotStatus as S
+from blockyard.states import VolumeStatus as V
+
+SORTABLE = {
+    "created_at": "created_at", "updated_at": "updated_at", "id": "id", "name": "name",
+    "display_name": "name", "status": "status", "size": "size", "volume_id": "volume_id",
+    "project_id": "project_id",
+}
+
+
+def get(session: Session, who: Identity, snapshot_id: str) -> Snapshot:
+    snap = session.get(Snapshot, snapshot_id)
+    if snap is None:
+        raise NotFound("Snapshot", snapshot_id)
+    authorize(who, "snapshot:get", snap.project_id)
+    return snap
+
+
+def load(rt: Runtime, who: Identity, snapshot_id: str) -> Snapshot:
+    with rt.db.read() as s:
+        snap = get(s, who, snapshot_id)
+        _ = snap.metadata_items
+        return snap
+
+
+def create(rt: Runtime, who: Identity, volume_id: str, *, name: str | None,
+           description: str | None, metadata: dict[str, str], force: bool) -> Snapshot:
+    """Accept a snapshot of `volume_id`: pin the volume, insert the snapshot `creating`."""
+    snapshot_id = str(uuid.uuid4())
+    with rt.db.write() as s:
+        v = s.get(Volume, volume_id)
+        if v is None:
+            raise NotFound("Volume", volume_id)
+        authorize(who, "volume:get", v.project_id)
+        allowed = (V.AVAILABLE, V.IN_USE) if force else (V.AVAILABLE,)
+        if v.status not in allowed:
+            raise Invalid(f"Invalid volume: Volume {volume_id} status must be available, but "
+                          f"current status is: {v.status}.")
+        quotas.consume(s, rt.config.quotas, who.project_id,
+                       quotas.snapshot_deltas(v.volume_type.name, 1, v.size))
+        try:
+            states.pin(s, Volume, volume_id, allowed, "snapshot")
+        except InvalidState as exc:
+            raise Invalid(f"Invalid volume: Volume {volume_id} status must be available, but "
+                          f"current status is: {exc.current}.") from exc
+        task_id = tasks.enqueue(s, "create_snapshot", v.backend, snapshot_id)
+        snap = Snapshot(
+            id=snapshot_id,
+            project_id=who.project_id,
+            user_id=who.user_id,
+            volume_id=volume_id,
+            name=name,
+            description=description,
+            size=v.size,
+            status=S.CREATING,
+            progress="0%",
+            volume_type_id=v.volume_type_id,
+            task_id=task_id,
+            pins=0,
+            created_at=utcnow(),
+            metadata_items=[SnapshotMetadata(key=k, value=val) for k, val in metadata.items()],
+        )
+        s.add(snap)
+        s.flush()
+        s.refresh(snap)
+        _ = snap.metadata_items
+        backend = v.backend
+    _submit(rt, task_id, backend)
+    return snap
+
+
+def _run_create(rt: Runtime, task: tasks.TaskView) -> Any:
+    with rt.db.read() as s:
+        snap = s.get(Snapshot, task.resource_id)
+        if snap is None:
+            return None
+        v = s.get(Volume, snap.volume_id)
+        assert v is not None
+        ref = snapshot_ref(snap, v)
+        backend = v.backend
+    return rt.backend(backend).driver.create_snapshot(ref)
+
+
+def _settle_create(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
+                   error: BaseException | None) -> None:
+    snap = s.get(Snapshot, task.resource_id)
+    if snap is None:
+        return
+    states.unpin(s, Volume, snap.volume_id)
+    if error is None:
+        values = {"progress": "100%"}
+        if result is not None and result.provider_location is not None:
+            values["provider_location"] = result.provider_location
+        states.finish(s, Snapshot, snap.id, "create", task_id=task.id, values=values)
+    else:
+        states.fail(s, Snapshot, snap.id, "create", task_id=task.id)
+
+
+tasks.register("create_snapshot", tasks.Handler(_run_create, _settle_create))
+
+
+def delete_snapshot(rt: Runtime, who: Identity, snapshot_id: str, *, force: bool = False) -> None:
+    with rt.db.write() as s:
+        snap = get(s, who, snapshot_id)
+        v = s.get(Volume, snap.volume_id)
+        assert v is not None
+        task_id = tasks.enqueue(s, "delete_snapshot", v.backend, snapshot_id)
+        try:
+            states.begin(s, Snapshot, snapshot_id, "force_delete" if force else "delete",
+                         task_id=task_id, where=(Snapshot.pins == 0,))
+        except InvalidState as exc:
+            if exc.current in states.SNAPSHOT_TRANSITIONS["delete"].allowed:
+                raise Invalid(f"Invalid snapshot: Snapshot {snapshot_id} is being used to "
+                              f"create a volume.") from exc
+            raise Invalid(f"Invalid snapshot: Snapshot status must be available or error "
+                          f"and must not be part of a group, but current status is: "
+                          f"{exc.current}.") from exc
+        backend = v.backend
+    _submit(rt, task_id, backend)
+
+
+def _run_delete(rt: Runtime, task: tasks.TaskView) -> None:
+    with rt.db.read() as s:
+        snap = s.get(Snapshot, task.resource_id)
+        if snap is None:
+            return
+        v = s.get(Volume, snap.volume_id)
+        assert v is not None
+        ref = snapshot_ref(snap, v)
+        backend = v.backend
+    rt.backend(backend).driver.delete_snapshot(ref)
+
+
+def _settle_delete(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
+                   error: BaseException | None) -> None:
+    snap = s.get(Snapshot, task.resource_id)
+    if snap is None:
+        return
+    if error is not None:
+        states.fail(s, Snapshot, snap.id, "delete", task_id=task.id)
+        return
+    v = s.get(Volume, snap.volume_id)
+    removed = s.execute(delete(Snapshot).where(Snapshot.id == snap.id,
+                                               Snapshot.task_id == task.id))
+    if removed.rowcount == 1 and v is not None:  # type: ignore[attr-defined]
+        quotas.consume(s, rt.config.quotas, snap.project_id,
+                       quotas.snapshot_deltas(v.volume_type.name, -1, -snap.size))
+
+
+tasks.register("delete_snapshot", tasks.Handler(_run_delete, _settle_delete))
+
+
+# ---------------------------------------------------------------------------- small updates
+
+
+def update_fields(rt: Runtime, who: Identity, snapshot_id: str,
+                  values: dict[str, Any]) -> Snapshot:
+    with rt.db.write() as s:
+        snap = get(s, who, snapshot_id)
+        if values:
+            s.execute(update(Snapshot).where(Snapshot.id == snapshot_id)
+                      .values(updated_at=utcnow(), **values)
+                      .execution_options(synchronize_session=False))
+        s.expire(snap)
+        s.refresh(snap)
+        _ = snap.metadata_items
+        return snap
+
+
+def _replace_metadata(s: Session, snapshot_id: str, meta: dict[str, str]) -> None:
+    s.execute(delete(SnapshotMetadata).where(SnapshotMetadata.snapshot_id == snapshot_id))
+    for k, val in meta.items():
+        s.add(SnapshotMetadata(snapshot_id=snapshot_id, key=k, value=val))
+    s.flush()
+
+
+def set_metadata(rt: Runtime, who: Identity, snapshot_id: str, meta: dict[str, str], *,
+                 replace: bool) -> dict[str, str]:
+    with rt.db.write() as s:
+        snap = get(s, who, snapshot_id)
+        current = {} if replace else snap.meta
+        current.update(meta)
+        _replace_metadata(s, snapshot_id, current)
+        return current
+
+
+def delete_metadata_key(rt: Runtime, who: Identity, snapshot_id: str, key: str) -> None:
+    with rt.db.write() as s:
+        get(s, who, snapshot_id)
+        gone = s.execute(delete(SnapshotMetadata).where(
+            SnapshotMetadata.snapshot_id == snapshot_id, SnapshotMetadata.key == key))
+        if gone.rowcount != 1:  # type: ignore[attr-defined]
+            raise NotFound("Metadata", key, f"Metadata key {key} could not be found.")
+
+
+def reset_status(rt: Runtime, who: Identity, snapshot_id: str, status: str) -> None:
+    with rt.db.write() as s:
+        get(s, who, snapshot_id)
+        states.reset(s, Snapshot, snapshot_id, status)
+
+
+def list_snapshots(rt: Runtime, who: Identity, params: ListParams, *, all_projects: bool,
+                   like_allowed: bool) -> Page:
+    with rt.db.read() as s:
+        q = select(Snapshot)
+        if not (all_projects and who.is_admin):
+            q = q.where(Snapshot.project_id == who.project_id)
+        elif params.filters.get("project_id"):
+            q = q.where(Snapshot.project_id == params.filters["project_id"])
+        for key, value in params.filters.items():
+            base, approx = (key[:-1], True) if key.endswith("~") else (key, False)
+            if approx and not like_allowed:
+                continue
+            if base == "display_name":
+                base = "name"
+            if base in ("name", "status", "volume_id", "description"):
+                column = getattr(Snapshot, base)
+                q = q.where(like(column, value) if approx else column == value)
+            elif base == "metadata":
+                from blockyard.service.volumes import _metadata_filter
+
+                for mk, mv in _metadata_filter(value).items():
+                    q = q.where(exists().where(SnapshotMetadata.snapshot_id == Snapshot.id,
+                                               SnapshotMetadata.key == mk,
+                                               SnapshotMetadata.value == mv))
+        return paginate(s, Snapshot, q, params, sortable=SORTABLE,
+                        nullable={"name", "updated_at"}, kind="Snapshot")

@@ -1,0 +1,177 @@
+"""Durable tasks: long work that survives `kill -9`.
+
+A task row is inserted in the same transaction that moves its resource into a busy status
+(and stamps the row with the task's id). A worker thread of the resource's backend then
+
+1. runs the handler's `run` — the driver work, which is idempotent by contract;
+2. in one transaction, calls the handler's `settle` (success or failure status, quota, rows to
+   remove) and deletes the task row.
+
+A crash anywhere before step 2 commits leaves the task row in place, and `recover()` at the next
+start runs it again from step 1. A crash after it leaves nothing to do. So a resource is never
+stuck in a busy status, and the backend never keeps an object the database does not know or
+misses one the database promises.
+
+Fail points: with ``BLOCKYARD_FAILPOINTS=create_volume.after_run,...`` in the environment the
+process SIGKILLs itself at that point; the crash tests use this to kill the server exactly
+between the steps above.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from blockyard.db.models import Task
+from blockyard.service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: a task that was started this many times without settling is failed instead of re-run
+MAX_ATTEMPTS = 3
+
+_FAILPOINTS = frozenset(filter(None, os.environ.get("BLOCKYARD_FAILPOINTS", "").split(",")))
+
+
+def failpoint(name: str) -> None:
+    """Die here, as `kill -9` would, when the environment asks for it (crash tests only)."""
+    if name in _FAILPOINTS:
+        log.warning("failpoint %s: killing the process", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A task row detached from its session."""
+
+    id: int
+    kind: str
+    backend: str
+    resource_id: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Handler:
+    """How to carry out one kind of task.
+
+    `run` does the backend work and returns a result for `settle` (or raises); `settle`
+    writes the outcome in the transaction that also deletes the task row; `error` is None on
+    success.
+    """
+
+    run: Callable[[Runtime, TaskView], Any]
+    settle: Callable[[Session, Runtime, TaskView, Any, BaseException | None], None]
+
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def register(kind: str, handler: Handler) -> None:
+    HANDLERS[kind] = handler
+
+
+def enqueue(session: Session, kind: str, backend: str, resource_id: str,
+            payload: dict[str, Any] | None = None) -> int:
+    """Insert a task row in the caller's transaction; submit it after that commits."""
+    task = Task(kind=kind, backend=backend, resource_id=resource_id, payload=payload or {})
+    session.add(task)
+    session.flush()
+    return task.id
+
+
+class TaskRunner:
+    """Runs task rows on one thread pool per backend."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._pools = {
+            name: ThreadPoolExecutor(b.config.workers, thread_name_prefix=f"task-{name}")
+            for name, b in rt.backends.items()
+        }
+        self._idle = threading.Condition()
+        self._running = 0
+        rt.tasks = self
+
+    def submit(self, task_id: int, backend: str) -> None:
+        with self._idle:
+            self._running += 1
+        try:
+            self._pools[backend].submit(self._execute, task_id)
+        except Exception:
+            self._done()
+            raise
+
+    def recover(self) -> int:
+        """Submit every task left by a previous run of the process; returns how many."""
+        with self.rt.db.read() as s:
+            rows = s.execute(select(Task.id, Task.backend).order_by(Task.id)).all()
+        count = 0
+        for task_id, backend in rows:
+            if backend not in self._pools:
+                log.error("task %s belongs to backend %s, which is not configured", task_id,
+                          backend)
+                continue
+            self.submit(task_id, backend)
+            count += 1
+        return count
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no task is running (tests and shutdown)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._running == 0, timeout)
+
+    def shutdown(self) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=False)
+
+    def _done(self) -> None:
+        with self._idle:
+            self._running -= 1
+            self._idle.notify_all()
+
+    def _execute(self, task_id: int) -> None:
+        try:
+            self._execute_once(task_id)
+        except Exception:
+            log.exception("task %s could not be settled; it will be re-run at the next start",
+                          task_id)
+        finally:
+            self._done()
+
+    def _execute_once(self, task_id: int) -> None:
+        with self.rt.db.write() as s:
+            row = s.get(Task, task_id)
+            if row is None:
+                return  # already settled (submitted twice)
+            s.execute(update(Task).where(Task.id == task_id).values(attempts=Task.attempts + 1))
+            task = TaskView(row.id, row.kind, row.backend, row.resource_id, dict(row.payload),
+                            row.attempts + 1)
+        handler = HANDLERS[task.kind]
+        result: Any = None
+        error: BaseException | None = None
+        if task.attempts > MAX_ATTEMPTS:
+            error = RuntimeError(f"gave up after {MAX_ATTEMPTS} interrupted attempts")
+        else:
+            failpoint(f"{task.kind}.before_run")
+            try:
+                result = handler.run(self.rt, task)
+            except Exception as exc:
+                log.warning("task %s (%s of %s) failed: %s", task.id, task.kind,
+                            task.resource_id, exc)
+                error = exc
+            failpoint(f"{task.kind}.after_run")
+        with self.rt.db.write() as s:
+            handler.settle(s, self.rt, task, result, error)
+            s.execute(delete(Task).where(Task.id == task.id))
+        failpoint(f"{task.kind}.after_settle")

@@ -1,0 +1,54 @@
+"""Volume types: lookup and the default type. (CRUD of types lives in type_admin.)"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from blockyard.db.models import VolumeType
+from blockyard.errors import NotFound
+from blockyard.service.identity import Identity
+
+DEFAULT_TYPE_DESCRIPTION = "Default Volume Type"
+
+
+def ensure_default_type(session: Session, name: str) -> VolumeType:
+    """Create the default volume type on first start; it always exists afterwards."""
+    found = session.execute(select(VolumeType).where(VolumeType.name == name)).scalar()
+    if found is not None:
+        return found
+    vt = VolumeType(id=str(uuid.uuid4()), name=name, description=DEFAULT_TYPE_DESCRIPTION,
+                    is_public=True)
+    try:
+        with session.begin_nested():
+            session.add(vt)
+    except IntegrityError:
+        return session.execute(select(VolumeType).where(VolumeType.name == name)).scalar_one()
+    return vt
+
+
+def get_type(session: Session, ident: str, who: Identity | None = None) -> VolumeType:
+    """A type by id or by name, as Cinder resolves `volume_type` in a create request."""
+    found = session.execute(
+        select(VolumeType).where(or_(VolumeType.id == ident, VolumeType.name == ident))
+    ).scalars().first()
+    if found is None or (who is not None and not visible(found, who)):
+        raise NotFound("VolumeType", ident, f"Volume type with name {ident} could not be found.")
+    return found
+
+
+def visible(vt: VolumeType, who: Identity) -> bool:
+    return vt.is_public or who.is_admin or any(p.project_id == who.project_id
+                                              for p in vt.projects)
+
+
+def default_type(session: Session, name: str) -> VolumeType:
+    return get_type(session, name)
+
+
+def is_multiattach(vt: VolumeType) -> bool:
+    """Cinder's convention: extra spec multiattach = '<is> True'."""
+    return vt.specs.get("multiattach", "").strip().lower() in ("<is> true", "true")

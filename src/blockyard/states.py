@@ -1,0 +1,304 @@
+"""Every status and every status transition of volumes, snapshots and attachments.
+
+This is the only module that writes a ``status`` column. Each transition is one conditional
+update (compare-and-swap)::
+
+    UPDATE volumes SET status = :busy, previous_status = status, task_id = :task
+     WHERE id = :id AND status IN (:allowed...) AND task_id IS NULL [AND ...]
+
+and the row count tells whether it won. A lost race raises `InvalidState`; nothing is ever
+read, modified and written back.
+
+A row that a durable task is working on carries that task's id in ``task_id``. Finishing or
+failing a transition is conditional on the same task id, so an interrupted task that is re-run
+after a restart completes its own transition and nobody else's, and an admin's reset-status
+cannot pull a row out from under a running task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.orm import Session
+
+from blockyard.db.models import Attachment, Snapshot, Volume
+from blockyard.errors import InvalidState, NotFound
+
+
+class VolumeStatus(StrEnum):
+    CREATING = "creating"
+    AVAILABLE = "available"
+    RESERVED = "reserved"
+    ATTACHING = "attaching"
+    IN_USE = "in-use"
+    DETACHING = "detaching"
+    DELETING = "deleting"
+    EXTENDING = "extending"
+    MAINTENANCE = "maintenance"
+    RETYPING = "retyping"
+    ERROR = "error"
+    ERROR_DELETING = "error_deleting"
+    ERROR_EXTENDING = "error_extending"
+    ERROR_RESTORING = "error_restoring"
+    ERROR_MANAGING = "error_managing"
+    BACKING_UP = "backing-up"
+    RESTORING_BACKUP = "restoring-backup"
+    DOWNLOADING = "downloading"
+    UPLOADING = "uploading"
+    AWAITING_TRANSFER = "awaiting-transfer"
+
+
+class AttachStatus(StrEnum):
+    DETACHED = "detached"
+    RESERVED = "reserved"
+    ATTACHING = "attaching"
+    ATTACHED = "attached"
+    DETACHING = "detaching"
+    ERROR_ATTACHING = "error_attaching"
+    ERROR_DETACHING = "error_detaching"
+    DELETED = "deleted"
+
+
+class SnapshotStatus(StrEnum):
+    CREATING = "creating"
+    AVAILABLE = "available"
+    DELETING = "deleting"
+    ERROR = "error"
+    ERROR_DELETING = "error_deleting"
+    BACKING_UP = "backing-up"
+    RESTORING = "restoring"
+    UNMANAGING = "unmanaging"
+    DELETED = "deleted"
+
+
+#: the ``ok`` status that means "go back to the status before the transition began"
+PREVIOUS = "<previous>"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """allowed → busy, then busy → ok on success or busy → error on failure."""
+
+    allowed: tuple[str, ...]
+    busy: str
+    ok: str | None
+    error: str | None
+
+
+V = VolumeStatus
+S = SnapshotStatus
+
+VOLUME_TRANSITIONS: dict[str, Transition] = {
+    # a new row is inserted as `creating`; create only finishes or fails
+    "create": Transition((V.CREATING,), V.CREATING, V.AVAILABLE, V.ERROR),
+    "delete": Transition(
+        (V.AVAILABLE, V.ERROR, V.ERROR_RESTORING, V.ERROR_EXTENDING, V.ERROR_MANAGING),
+        V.DELETING,
+        None,
+        V.ERROR_DELETING,
+    ),
+    # force-delete also takes rows that are stuck half-way
+    "force_delete": Transition(
+        tuple(s for s in V if s not in (V.DELETING,)), V.DELETING, None, V.ERROR_DELETING
+    ),
+    "extend": Transition((V.AVAILABLE,), V.EXTENDING, PREVIOUS, V.ERROR_EXTENDING),
+    "extend_attached": Transition((V.IN_USE,), V.EXTENDING, PREVIOUS, V.ERROR_EXTENDING),
+    # legacy attach flow (os-reserve ... os-detach) and the attachments API
+    "reserve": Transition((V.AVAILABLE,), V.ATTACHING, V.IN_USE, V.AVAILABLE),
+    "reserve_multiattach": Transition((V.AVAILABLE, V.IN_USE), V.ATTACHING, V.IN_USE, PREVIOUS),
+    "attachment_reserve": Transition((V.AVAILABLE,), V.RESERVED, V.IN_USE, V.AVAILABLE),
+    "begin_detaching": Transition((V.IN_USE,), V.DETACHING, V.AVAILABLE, V.IN_USE),
+}
+
+SNAPSHOT_TRANSITIONS: dict[str, Transition] = {
+    "create": Transition((S.CREATING,), S.CREATING, S.AVAILABLE, S.ERROR),
+    "delete": Transition((S.AVAILABLE, S.ERROR), S.DELETING, None, S.ERROR_DELETING),
+    "force_delete": Transition(
+        tuple(s for s in S if s not in (S.DELETING, S.DELETED)), S.DELETING, None, S.ERROR_DELETING
+    ),
+}
+
+#: statuses an admin may set with os-reset_status
+VOLUME_RESET_STATUSES = frozenset(V)
+SNAPSHOT_RESET_STATUSES = frozenset({S.AVAILABLE, S.ERROR, S.CREATING, S.DELETING, S.ERROR_DELETING})
+ATTACH_RESET_STATUSES = frozenset({AttachStatus.ATTACHED, AttachStatus.DETACHED})
+
+Row = type[Volume] | type[Snapshot]
+_TABLES: dict[type[Any], tuple[str, dict[str, Transition]]] = {
+    Volume: ("Volume", VOLUME_TRANSITIONS),
+    Snapshot: ("Snapshot", SNAPSHOT_TRANSITIONS),
+}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _lost(session: Session, model: Row, ident: str, allowed: tuple[str, ...], action: str) -> None:
+    """Raise the error that explains why a compare-and-swap on `ident` matched no row."""
+    kind = _TABLES[model][0]
+    current = session.execute(select(model.status, model.task_id).where(model.id == ident)).first()
+    if current is None:
+        raise NotFound(kind, ident)
+    status, task_id = current
+    if status in allowed and task_id is not None:
+        raise InvalidState(kind, ident, f"{status} (a task is in progress)", allowed, action)
+    raise InvalidState(kind, ident, status, allowed, action)
+
+
+def begin(
+    session: Session,
+    model: Row,
+    ident: str,
+    action: str,
+    *,
+    task_id: int | None = None,
+    where: tuple[ColumnElement[bool], ...] = (),
+    values: dict[str, Any] | None = None,
+) -> None:
+    """Move a row from one of the action's allowed statuses to its busy status, or raise.
+
+    `task_id` marks the row as owned by a durable task until `finish` or `fail`; `where` adds
+    conditions that must hold in the same statement (no snapshots, no pins, ...); `values` are
+    written together with the status.
+    """
+    kind, table = _TABLES[model]
+    t = table[action]
+    stmt = (
+        update(model)
+        .where(model.id == ident, model.status.in_(t.allowed), model.task_id.is_(None), *where)
+        .values(
+            status=t.busy,
+            previous_status=model.status,
+            task_id=task_id,
+            updated_at=_now(),
+            **(values or {}),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        _lost(session, model, ident, t.allowed, action)
+
+
+def _settle(
+    session: Session,
+    model: Row,
+    ident: str,
+    action: str,
+    outcome: str | None,
+    task_id: int | None,
+    values: dict[str, Any] | None,
+) -> bool:
+    t = _TABLES[model][1][action]
+    if outcome is None:
+        raise ValueError(f"{action} has no status to settle in")
+    status: Any = model.previous_status if outcome == PREVIOUS else outcome
+    owner = model.task_id.is_(None) if task_id is None else model.task_id == task_id
+    stmt = (
+        update(model)
+        .where(model.id == ident, model.status == t.busy, owner)
+        .values(status=status, task_id=None, updated_at=_now(), **(values or {}))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(session.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
+
+
+def finish(
+    session: Session,
+    model: Row,
+    ident: str,
+    action: str,
+    *,
+    task_id: int | None = None,
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """busy → ok. False when the row was no longer ours (an admin reset it meanwhile)."""
+    return _settle(session, model, ident, action, _TABLES[model][1][action].ok, task_id, values)
+
+
+def fail(
+    session: Session,
+    model: Row,
+    ident: str,
+    action: str,
+    *,
+    task_id: int | None = None,
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """busy → error. False when the row was no longer ours."""
+    return _settle(session, model, ident, action, _TABLES[model][1][action].error, task_id, values)
+
+
+def reset(
+    session: Session,
+    model: Row,
+    ident: str,
+    status: str | None,
+    *,
+    values: dict[str, Any] | None = None,
+) -> None:
+    """An admin's os-reset_status: any status → `status` (None: keep), unless a task owns it.
+
+    Refusing while a task runs keeps the invariants the tasks guarantee (an `available` volume
+    always has its backing file); tasks always end, by finishing or by rolling back on restart.
+    """
+    kind = _TABLES[model][0]
+    stmt = (
+        update(model)
+        .where(model.id == ident, model.task_id.is_(None))
+        .values(updated_at=_now(), **({"status": status} if status else {}), **(values or {}))
+        .execution_options(synchronize_session=False)
+    )
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        current = session.execute(select(model.status).where(model.id == ident)).scalar()
+        if current is None:
+            raise NotFound(kind, ident)
+        raise InvalidState(kind, ident, f"{current} (a task is in progress)", ("any",), "reset")
+
+
+def set_attach_status(
+    session: Session, attachment_id: str, allowed: tuple[str, ...], status: str, **values: Any
+) -> None:
+    """Conditional update of an attachment's attach_status."""
+    stmt = (
+        update(Attachment)
+        .where(Attachment.id == attachment_id, Attachment.attach_status.in_(allowed))
+        .values(attach_status=status, updated_at=_now(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        current = session.execute(
+            select(Attachment.attach_status).where(Attachment.id == attachment_id)
+        ).scalar()
+        if current is None:
+            raise NotFound("Attachment", attachment_id)
+        raise InvalidState("Attachment", attachment_id, current, allowed, status)
+
+
+def pin(session: Session, model: Row, ident: str, allowed: tuple[str, ...], action: str) -> None:
+    """Mark a row as being read by a copy (snapshot, clone), if its status allows the copy.
+
+    A pinned row cannot begin `delete` (its delete conditions require ``pins = 0``), so the
+    source of a copy never disappears under it.
+    """
+    stmt = (
+        update(model)
+        .where(model.id == ident, model.status.in_(allowed))
+        .values(pins=model.pins + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        _lost(session, model, ident, allowed, action)
+
+
+def unpin(session: Session, model: Row, ident: str) -> None:
+    session.execute(
+        update(model)
+        .where(model.id == ident, model.pins > 0)
+        .values(pins=model.pins - 1)
+        .execution_options(synchronize_session=False)
+    )

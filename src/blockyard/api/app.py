@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from blockyard.api import errors, versions, volumes
+from blockyard.api import errors, snapshots, versions, volumes
 from blockyard.api.wire import CinderMiddleware
 from blockyard.config import Config
 from blockyard.service.lifecycle import build_runtime, close_runtime
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 ROUTES = [
     *versions.routes,
     *volumes.routes,
+    *snapshots.routes,
 ]
 
 

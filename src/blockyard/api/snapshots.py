@@ -1,0 +1,212 @@
+"""/v3/snapshots: create, list, show, update, delete, metadata and actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from blockyard import states
+from blockyard.api import listing, validate, wire
+from blockyard.api.errors import ApiError
+from blockyard.api.views import iso
+from blockyard.db.models import Snapshot
+from blockyard.errors import NotFound
+from blockyard.service import snapshots
+
+CREATE_KEYS = {"volume_id", "force", "name", "description", "display_name",
+               "display_description", "metadata"}
+UPDATE_KEYS = {"name", "description", "display_name", "display_description"}
+
+
+def snapshot_view(request: Request, snap: Snapshot, *, extended: bool = True) -> dict[str, Any]:
+    mv = wire.mv(request)
+    body: dict[str, Any] = {
+        "id": snap.id,
+        "created_at": iso(snap.created_at),
+        "updated_at": iso(snap.updated_at),
+        "name": snap.name,
+        "description": snap.description,
+        "volume_id": snap.volume_id,
+        "status": snap.status,
+        "size": snap.size,
+        "metadata": snap.meta,
+    }
+    if mv >= 14:
+        body["group_snapshot_id"] = None
+    if mv >= 41:
+        body["user_id"] = snap.user_id
+    if mv >= 65:
+        body["consumes_quota"] = True
+    if extended:
+        body["os-extended-snapshot-attributes:project_id"] = snap.project_id
+        body["os-extended-snapshot-attributes:progress"] = snap.progress
+    return body
+
+
+async def create(request: Request) -> Response:
+    body = await wire.json_body(request)
+    spec = validate.section(body, "snapshot")
+    if wire.mv(request) >= 53:
+        validate.no_extra_keys(spec, CREATE_KEYS, "snapshot")
+    if "volume_id" not in spec:
+        raise validate.invalid("snapshot", spec, "'volume_id' is a required property")
+    volume_id = validate.uuid_string(spec["volume_id"], "volume_id", nullable=False)
+    force = validate.boolean(spec.get("force", False), "force")
+    name = validate.string(spec.get("name", spec.get("display_name")), "name")
+    description = validate.string(spec.get("description", spec.get("display_description")),
+                                  "description")
+    meta = validate.metadata(spec.get("metadata"))
+    snap = await run_in_threadpool(
+        snapshots.create, wire.runtime(request), wire.identity(request), volume_id,
+        name=name, description=description, metadata=meta, force=force)
+    return wire.ok({"snapshot": snapshot_view(request, snap, extended=False)}, 202)
+
+
+async def _list(request: Request, detail: bool) -> Response:
+    params = listing.parse_params(request)
+    page = await run_in_threadpool(
+        snapshots.list_snapshots, wire.runtime(request), wire.identity(request), params,
+        all_projects=listing.all_tenants(request), like_allowed=wire.mv(request) >= 34)
+    body: dict[str, Any] = {
+        "snapshots": [snapshot_view(request, s, extended=detail) for s in page.rows]}
+    if page.next_marker is not None:
+        body["snapshots_links"] = wire.next_link(request, page.next_marker)
+    if page.count is not None:
+        body["count"] = page.count
+    return wire.ok(body)
+
+
+async def list_summary(request: Request) -> Response:
+    return await _list(request, detail=False)
+
+
+async def list_detail(request: Request) -> Response:
+    return await _list(request, detail=True)
+
+
+async def show(request: Request) -> Response:
+    snap = await run_in_threadpool(snapshots.load, wire.runtime(request),
+                                   wire.identity(request), request.path_params["id"])
+    return wire.ok({"snapshot": snapshot_view(request, snap)})
+
+
+async def update(request: Request) -> Response:
+    body = await wire.json_body(request)
+    spec = validate.section(body, "snapshot")
+    if wire.mv(request) >= 53:
+        validate.no_extra_keys(spec, UPDATE_KEYS, "snapshot")
+    values: dict[str, Any] = {}
+    if "name" in spec or "display_name" in spec:
+        values["name"] = validate.string(spec.get("name", spec.get("display_name")), "name")
+    if "description" in spec or "display_description" in spec:
+        values["description"] = validate.string(
+            spec.get("description", spec.get("display_description")), "description")
+    if not values:
+        raise ApiError(400, "Invalid input received: No updatable fields were given.")
+    snap = await run_in_threadpool(snapshots.update_fields, wire.runtime(request),
+                                   wire.identity(request), request.path_params["id"], values)
+    return wire.ok({"snapshot": snapshot_view(request, snap)})
+
+
+async def delete(request: Request) -> Response:
+    await run_in_threadpool(snapshots.delete_snapshot, wire.runtime(request),
+                            wire.identity(request), request.path_params["id"])
+    return wire.accepted()
+
+
+async def metadata_show(request: Request) -> Response:
+    snap = await run_in_threadpool(snapshots.load, wire.runtime(request),
+                                   wire.identity(request), request.path_params["id"])
+    return wire.ok({"metadata": snap.meta})
+
+
+async def _metadata_write(request: Request, replace: bool) -> Response:
+    body = await wire.json_body(request)
+    if "metadata" not in body:
+        raise ApiError(400, "Malformed request body")
+    meta = validate.metadata(body["metadata"])
+    result = await run_in_threadpool(snapshots.set_metadata, wire.runtime(request),
+                                     wire.identity(request), request.path_params["id"], meta,
+                                     replace=replace)
+    return wire.ok({"metadata": result})
+
+
+async def metadata_update(request: Request) -> Response:
+    return await _metadata_write(request, replace=False)
+
+
+async def metadata_replace(request: Request) -> Response:
+    return await _metadata_write(request, replace=True)
+
+
+async def metadata_key_show(request: Request) -> Response:
+    snap = await run_in_threadpool(snapshots.load, wire.runtime(request),
+                                   wire.identity(request), request.path_params["id"])
+    key = request.path_params["key"]
+    if key not in snap.meta:
+        raise NotFound("Metadata", key, f"Metadata key {key} could not be found.")
+    return wire.ok({"meta": {key: snap.meta[key]}})
+
+
+async def metadata_key_update(request: Request) -> Response:
+    body = await wire.json_body(request)
+    key = request.path_params["key"]
+    meta = validate.metadata(body.get("meta"), "meta")
+    if len(meta) != 1 or key not in meta:
+        raise ApiError(400, "Request body and URI mismatch" if key not in meta
+                       else "Request body contains too many items")
+    await run_in_threadpool(snapshots.set_metadata, wire.runtime(request),
+                            wire.identity(request), request.path_params["id"], meta,
+                            replace=False)
+    return wire.ok({"meta": meta})
+
+
+async def metadata_key_delete(request: Request) -> Response:
+    await run_in_threadpool(snapshots.delete_metadata_key, wire.runtime(request),
+                            wire.identity(request), request.path_params["id"],
+                            request.path_params["key"])
+    return Response(status_code=200)
+
+
+async def action(request: Request) -> Response:
+    body = await wire.json_body(request)
+    if len(body) != 1:
+        raise ApiError(400, "Malformed request body: exactly one action is expected.")
+    name, value = next(iter(body.items()))
+    snapshot_id = request.path_params["id"]
+    rt, who = wire.runtime(request), wire.identity(request)
+    if name == "os-reset_status":
+        if not isinstance(value, dict) or "status" not in value:
+            raise ApiError(400, "Must specify 'status'")
+        status = str(value["status"]).lower()
+        if status not in states.SNAPSHOT_RESET_STATUSES:
+            raise ApiError(400, f"Invalid input received: Must specify a valid status: "
+                                f"{status}")
+        await run_in_threadpool(snapshots.reset_status, rt, who, snapshot_id, status)
+        return wire.accepted()
+    if name == "os-force_delete":
+        await run_in_threadpool(snapshots.delete_snapshot, rt, who, snapshot_id, force=True)
+        return wire.accepted()
+    raise ApiError(400, f"There is no such action: {name}. Verify the request body and "
+                        f"Content-Type header and try again.")
+
+
+routes = [
+    Route("/v3/snapshots", list_summary, methods=["GET"]),
+    Route("/v3/snapshots", create, methods=["POST"]),
+    Route("/v3/snapshots/detail", list_detail, methods=["GET"]),
+    Route("/v3/snapshots/{id}", show, methods=["GET"]),
+    Route("/v3/snapshots/{id}", update, methods=["PUT"]),
+    Route("/v3/snapshots/{id}", delete, methods=["DELETE"]),
+    Route("/v3/snapshots/{id}/action", action, methods=["POST"]),
+    Route("/v3/snapshots/{id}/metadata", metadata_show, methods=["GET"]),
+    Route("/v3/snapshots/{id}/metadata", metadata_update, methods=["POST"]),
+    Route("/v3/snapshots/{id}/metadata", metadata_replace, methods=["PUT"]),
+    Route("/v3/snapshots/{id}/metadata/{key}", metadata_key_show, methods=["GET"]),
+    Route("/v3/snapshots/{id}/metadata/{key}", metadata_key_update, methods=["PUT"]),
+    Route("/v3/snapshots/{id}/metadata/{key}", metadata_key_delete, methods=["DELETE"]),
+]

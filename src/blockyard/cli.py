@@ -3,18 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
 
+from blockyard import backends as drivers
 from blockyard import config as configuration
 from blockyard.errors import ConfigError
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, minus re-raising SIGTERM/SIGINT after a graceful shutdown: a
+        requested stop that completed is a success (exit 0), not death by signal."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit)
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
         cfg = configuration.load(args.config, state_dir=args.state_dir, listen=args.listen)
+        for bc in cfg.backends:  # driver names and options, before anything starts
+            drivers.load(bc.name, bc.driver, bc.options)
     except ConfigError as exc:
         print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
         return 2
@@ -38,12 +68,8 @@ def _serve(args: argparse.Namespace) -> int:
                   f"{exc.strerror}", file=sys.stderr)
         return 1
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        app = create_app(cfg)
-    except ConfigError as exc:
-        print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
-        return 2
-    server = uvicorn.Server(uvicorn.Config(
+    app = create_app(cfg)
+    server = _server_class()(uvicorn.Config(
         app, log_level=args.log_level, access_log=args.access_log, lifespan="on",
         timeout_graceful_shutdown=10,
     ))

@@ -153,7 +153,7 @@ async def update(request: Request) -> Response:
         raise ApiError(400, "Invalid input received: No updatable fields were given.")
     v = await _in_thread(volumes.update_fields, wire.runtime(request), wire.identity(request),
                          request.path_params["id"], values)
-    return wire.ok({"volume": views.volume_detail(request, v)})
+    return wire.ok({"volume": views.volume_detail(request, v, admin_fields=False)})
 
 
 async def delete(request: Request) -> Response:

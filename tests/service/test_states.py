@@ -1,0 +1,155 @@
+"""The state machine: every transition is a compare-and-swap with exact outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from blockyard import states
+from blockyard.db.engine import Database
+from blockyard.db.models import Snapshot, Volume
+from blockyard.errors import InvalidState, NotFound
+from blockyard.service import types as vtypes
+from blockyard.states import VolumeStatus as V
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'states.db'}")
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+def _volume(db: Database, status: str = V.AVAILABLE, **kw: object) -> str:
+    with db.write() as s:
+        vt = vtypes.ensure_default_type(s, "__DEFAULT__")
+        s.add(Volume(id="v1", project_id="p", user_id="u", size=1, status=status,
+                     availability_zone="nova", volume_type_id=vt.id, backend="b", **kw))
+    return "v1"
+
+
+def _status(db: Database, vid: str) -> tuple[str, str | None, int | None]:
+    with db.read() as s:
+        row = s.execute(select(Volume.status, Volume.previous_status, Volume.task_id)
+                        .where(Volume.id == vid)).one()
+        return row[0], row[1], row[2]
+
+
+def test_extend_sequence_returns_to_previous_status(db: Database) -> None:
+    vid = _volume(db)
+    seen = [_status(db, vid)[0]]
+    with db.write() as s:
+        states.begin(s, Volume, vid, "extend", task_id=7)
+    seen.append(_status(db, vid)[0])
+    with db.write() as s:
+        assert states.finish(s, Volume, vid, "extend", task_id=7, values={"size": 2})
+    seen.append(_status(db, vid)[0])
+    assert seen == ["available", "extending", "available"]
+    assert _status(db, vid)[2] is None
+
+
+def test_attached_extend_goes_back_to_in_use(db: Database) -> None:
+    vid = _volume(db, V.IN_USE)
+    with db.write() as s:
+        states.begin(s, Volume, vid, "extend_attached", task_id=1)
+    with db.write() as s:
+        states.finish(s, Volume, vid, "extend_attached", task_id=1)
+    assert _status(db, vid)[0] == "in-use"
+
+
+def test_begin_from_wrong_status_raises_and_changes_nothing(db: Database) -> None:
+    vid = _volume(db, V.ERROR)
+    with db.write() as s, pytest.raises(InvalidState) as info:
+        states.begin(s, Volume, vid, "extend", task_id=1)
+    assert info.value.current == "error"
+    assert info.value.allowed == ("available",)
+    assert _status(db, vid) == ("error", None, None)
+
+
+def test_second_begin_loses_while_a_task_owns_the_row(db: Database) -> None:
+    vid = _volume(db)
+    with db.write() as s:
+        states.begin(s, Volume, vid, "extend", task_id=1)
+    with db.write() as s, pytest.raises(InvalidState):
+        states.begin(s, Volume, vid, "delete", task_id=2)
+    assert _status(db, vid) == ("extending", "available", 1)
+
+
+def test_finish_of_another_task_does_nothing(db: Database) -> None:
+    vid = _volume(db)
+    with db.write() as s:
+        states.begin(s, Volume, vid, "extend", task_id=1)
+    with db.write() as s:
+        assert not states.finish(s, Volume, vid, "extend", task_id=99)
+    assert _status(db, vid)[0] == "extending"
+
+
+def test_fail_sets_the_error_status(db: Database) -> None:
+    vid = _volume(db)
+    with db.write() as s:
+        states.begin(s, Volume, vid, "delete", task_id=3)
+    with db.write() as s:
+        assert states.fail(s, Volume, vid, "delete", task_id=3)
+    assert _status(db, vid) == ("error_deleting", "available", None)
+
+
+def test_reset_is_refused_while_a_task_runs(db: Database) -> None:
+    vid = _volume(db)
+    with db.write() as s:
+        states.begin(s, Volume, vid, "extend", task_id=1)
+    with db.write() as s, pytest.raises(InvalidState):
+        states.reset(s, Volume, vid, "error")
+    with db.write() as s:
+        states.finish(s, Volume, vid, "extend", task_id=1)
+    with db.write() as s:
+        states.reset(s, Volume, vid, "error")
+    assert _status(db, vid)[0] == "error"
+
+
+def test_reset_without_status_keeps_it(db: Database) -> None:
+    vid = _volume(db, V.ERROR)
+    with db.write() as s:
+        states.reset(s, Volume, vid, None, values={"attach_status": "detached"})
+    assert _status(db, vid)[0] == "error"
+
+
+def test_missing_row_is_not_found(db: Database) -> None:
+    with db.write() as s, pytest.raises(NotFound):
+        states.begin(s, Volume, "nope", "extend", task_id=1)
+    with db.write() as s, pytest.raises(NotFound):
+        states.begin(s, Snapshot, "nope", "delete", task_id=1)
+
+
+def test_where_conditions_are_part_of_the_swap(db: Database) -> None:
+    vid = _volume(db)
+    with db.write() as s:
+        states.pin(s, Volume, vid, (V.AVAILABLE,), "clone")
+    with db.write() as s, pytest.raises(InvalidState):
+        states.begin(s, Volume, vid, "delete", task_id=1, where=(Volume.pins == 0,))
+    with db.write() as s:
+        states.unpin(s, Volume, vid)
+        states.begin(s, Volume, vid, "delete", task_id=1, where=(Volume.pins == 0,))
+    assert _status(db, vid)[0] == "deleting"
+
+
+def test_pin_needs_an_allowed_status(db: Database) -> None:
+    vid = _volume(db, V.ERROR)
+    with db.write() as s, pytest.raises(InvalidState):
+        states.pin(s, Volume, vid, (V.AVAILABLE,), "clone")
+
+
+def test_every_transition_names_known_statuses() -> None:
+    volume_statuses = set(states.VolumeStatus)
+    for name, t in states.VOLUME_TRANSITIONS.items():
+        assert set(t.allowed) <= volume_statuses, name
+        assert t.busy in volume_statuses, name
+        assert t.ok in volume_statuses | {None, states.PREVIOUS}, name
+        assert t.error in volume_statuses | {None, states.PREVIOUS}, name
+    snapshot_statuses = set(states.SnapshotStatus)
+    for name, t in states.SNAPSHOT_TRANSITIONS.items():
+        assert set(t.allowed) <= snapshot_statuses, name
+        assert t.busy in snapshot_statuses, name

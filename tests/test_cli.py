@@ -1,0 +1,87 @@
+"""`blockyard serve`: configuration errors, a taken port, clean shutdown."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import REPO, Server
+
+SERVE = [sys.executable, "-m", "blockyard.cli", "serve"]
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SERVE, "--state-dir", str(tmp_path / "state"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ("listen = 'nowhere'", "listen"),
+        ("[backends.fast]\npath = '/tmp/x'", "backends.fast.driver"),
+        ("[backends.fast]\ndriver = 'floppy'", "backends.fast.driver"),
+        ("[backends.fast]\ndriver = 'file'\nworkers = 0", "backends.fast.workers"),
+        ("[quota]\nvolumes = 'ten'", "quota.volumes"),
+        ("[quota]\nbananas = 1", "quota.bananas"),
+        ("colour = 'blue'", "colour"),
+        ("this is not toml", "--config"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, config: str, key: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(config)
+    result = _run(["--config", str(path)], tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert key in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = _run(["--config", str(tmp_path / "absent.toml")], tmp_path)
+    assert result.returncode == 2
+    assert "no such file" in result.stderr
+
+
+def test_taken_port_is_a_clear_message(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = _run(["--listen", f"127.0.0.1:{port}"], tmp_path)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_shuts_down_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+    srv = Server(tmp_path / "state").start()
+    assert srv.proc is not None
+    srv.proc.send_signal(sig)
+    assert srv.wait_exit(20) == 0
+    assert "Traceback" not in srv.log()
+
+
+def test_config_file_declares_backends_and_listen(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "state", config=(
+        "[backends.alpha]\ndriver = 'file'\navailability_zone = 'az1'\n"
+        f"[backends.beta]\ndriver = 'file'\npath = '{tmp_path / 'beta'}'\n"
+        "availability_zone = 'az2'\n"
+    )).start()
+    try:
+        api = srv.client()
+        r = api.post("/volumes", {"volume": {"size": 1, "availability_zone": "az2"}})
+        assert r.status_code == 202, r.text
+        vol = api.wait_volume(r.json()["volume"]["id"], "available")
+        assert vol["os-vol-host-attr:host"].endswith("@beta#beta")
+        assert (tmp_path / "beta" / f"volume-{vol['id']}").stat().st_size == 1024**3
+    finally:
+        srv.stop()

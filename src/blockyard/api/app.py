@@ -41,7 +41,7 @@ def create_app(config: Config) -> Starlette:
     return Starlette(
         routes=ROUTES,
         middleware=[Middleware(CinderMiddleware)],
-        exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=errors.HANDLERS,
         lifespan=lifespan,
     )
 
@@ -51,7 +51,7 @@ def create_app_with_runtime(rt: Runtime) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         middleware=[Middleware(CinderMiddleware)],
-        exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=errors.HANDLERS,
     )
     app.state.runtime = rt
     return app

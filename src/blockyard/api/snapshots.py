@@ -54,7 +54,7 @@ async def create(request: Request) -> Response:
         validate.no_extra_keys(spec, CREATE_KEYS, "snapshot")
     if "volume_id" not in spec:
         raise validate.invalid("snapshot", spec, "'volume_id' is a required property")
-    volume_id = validate.uuid_string(spec["volume_id"], "volume_id", nullable=False)
+    volume_id = str(validate.uuid_string(spec["volume_id"], "volume_id", nullable=False))
     force = validate.boolean(spec.get("force", False), "force")
     name = validate.string(spec.get("name", spec.get("display_name")), "name")
     description = validate.string(spec.get("description", spec.get("display_description")),

@@ -36,9 +36,11 @@ class Page:
     count: int | None = None
 
 
-def _sort_expr(model: Any, name: str, nullable: set[str]) -> Any:
+def _sort_expr(model: Any, name: str, nullable: dict[str, Any]) -> Any:
+    """The column to sort on; a nullable one is coalesced to its stand-in so that keyset
+    comparisons never meet NULL (portable across SQLite and PostgreSQL)."""
     column = getattr(model, name)
-    return func.coalesce(column, "") if name in nullable else column
+    return func.coalesce(column, nullable[name]) if name in nullable else column
 
 
 def paginate(
@@ -48,13 +50,14 @@ def paginate(
     params: ListParams,
     *,
     sortable: dict[str, str],
-    nullable: set[str] = frozenset(),  # type: ignore[assignment]
-    kind: str = "Resource",
+    nullable: dict[str, Any] | None = None,
 ) -> Page:
     """Run `query` (already filtered) sorted by `params.sort` and cut to one page.
 
-    `sortable` maps the API's sort key names to column names (e.g. display_name → name).
+    `sortable` maps the API's sort key names to column names (e.g. display_name → name);
+    `nullable` maps nullable sort columns to the expression standing in for NULL.
     """
+    nullable = nullable or {}
     keys: list[tuple[str, str]] = []
     for key, direction in params.sort or (("created_at", "desc"),):
         column = sortable.get(key)

@@ -7,11 +7,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from blockyard import backends as drivers
 from blockyard.backends.base import BackendStats, VolumeDriver
 from blockyard.config import BackendConfig, Config
 from blockyard.db.engine import Database
+from blockyard.errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +62,19 @@ class Runtime:
     db: Database
     backends: dict[str, Backend]
     #: set by blockyard.service.tasks.TaskRunner when it is created
-    tasks: "TaskRunnerLike | None" = None
+    tasks: TaskSubmitter | None = None
 
     def backend(self, name: str) -> Backend:
-        from blockyard.errors import BackendError
-
         try:
             return self.backends[name]
         except KeyError:
             raise BackendError(f"Backend {name} is not configured on this service.") from None
 
 
-class TaskRunnerLike:
-    def submit(self, task_id: int, backend: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+class TaskSubmitter(Protocol):
+    """What service functions need of the task runner: hand over a committed task row."""
+
+    def submit(self, task_id: int, backend: str) -> None: ...
 
 
 def build_backends(config: Config) -> dict[str, Backend]:

@@ -242,4 +242,4 @@ def list_snapshots(rt: Runtime, who: Identity, params: ListParams, *, all_projec
                                                SnapshotMetadata.key == mk,
                                                SnapshotMetadata.value == mv))
         return paginate(s, Snapshot, q, params, sortable=SORTABLE,
-                        nullable={"name", "updated_at"}, kind="Snapshot")
+                        nullable={"name": "", "updated_at": Snapshot.created_at})

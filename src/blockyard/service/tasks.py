@@ -23,12 +23,14 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from blockyard.db.models import Task
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: a task that was started this many times without settling is failed instead of re-run
 MAX_ATTEMPTS = 3
+#: how often a transient database error while settling is retried before giving up until restart
+SETTLE_TRIES = 5
 
 _FAILPOINTS = frozenset(filter(None, os.environ.get("BLOCKYARD_FAILPOINTS", "").split(",")))
 
@@ -171,7 +175,15 @@ class TaskRunner:
                             task.resource_id, exc)
                 error = exc
             failpoint(f"{task.kind}.after_run")
-        with self.rt.db.write() as s:
-            handler.settle(s, self.rt, task, result, error)
-            s.execute(delete(Task).where(Task.id == task.id))
+        for attempt in range(SETTLE_TRIES):
+            try:
+                with self.rt.db.write() as s:
+                    handler.settle(s, self.rt, task, result, error)
+                    s.execute(delete(Task).where(Task.id == task.id))
+                break
+            except OperationalError:
+                if attempt == SETTLE_TRIES - 1:
+                    raise
+                log.warning("task %s: settling failed, retrying", task.id, exc_info=True)
+                time.sleep(0.1 * 2**attempt)
         failpoint(f"{task.kind}.after_settle")

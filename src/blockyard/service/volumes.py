@@ -504,7 +504,7 @@ def list_volumes(rt: Runtime, who: Identity, params: Any, *, all_projects: bool,
     with rt.db.read() as s:
         q = _filtered_query(who, params.filters, all_projects and who.is_admin, like_allowed)
         return paginate(s, Volume, q, params, sortable=SORTABLE,
-                        nullable={"name", "updated_at"}, kind="Volume")
+                        nullable={"name": "", "updated_at": Volume.created_at})
 
 
 def summary(rt: Runtime, who: Identity, all_projects: bool) -> tuple[int, int, dict[str, list[str]]]:

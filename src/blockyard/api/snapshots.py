@@ -109,7 +109,7 @@ async def update(request: Request) -> Response:
         raise ApiError(400, "Invalid input received: No updatable fields were given.")
     snap = await run_in_threadpool(snapshots.update_fields, wire.runtime(request),
                                    wire.identity(request), request.path_params["id"], values)
-    return wire.ok({"snapshot": snapshot_view(request, snap)})
+    return wire.ok({"snapshot": snapshot_view(request, snap, extended=False)})
 
 
 async def delete(request: Request) -> Response:

@@ -18,7 +18,7 @@ cannot pull a row out from under a running task.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -124,7 +124,9 @@ SNAPSHOT_TRANSITIONS: dict[str, Transition] = {
 
 #: statuses an admin may set with os-reset_status
 VOLUME_RESET_STATUSES = frozenset(V)
-SNAPSHOT_RESET_STATUSES = frozenset({S.AVAILABLE, S.ERROR, S.CREATING, S.DELETING, S.ERROR_DELETING})
+SNAPSHOT_RESET_STATUSES = frozenset(
+    {S.AVAILABLE, S.ERROR, S.CREATING, S.DELETING, S.ERROR_DELETING}
+)
 ATTACH_RESET_STATUSES = frozenset({AttachStatus.ATTACHED, AttachStatus.DETACHED})
 
 Row = type[Volume] | type[Snapshot]
@@ -135,7 +137,7 @@ _TABLES: dict[type[Any], tuple[str, dict[str, Transition]]] = {
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _lost(session: Session, model: Row, ident: str, allowed: tuple[str, ...], action: str) -> None:

@@ -10,11 +10,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard import states
-from blockyard.api import listing, validate, wire
+from blockyard.api import listing, metadata, validate, wire
 from blockyard.api.errors import ApiError
 from blockyard.api.views import iso
 from blockyard.db.models import Snapshot
-from blockyard.errors import NotFound
 from blockyard.service import snapshots
 
 CREATE_KEYS = {"volume_id", "force", "name", "description", "display_name",
@@ -118,60 +117,6 @@ async def delete(request: Request) -> Response:
     return wire.accepted()
 
 
-async def metadata_show(request: Request) -> Response:
-    snap = await run_in_threadpool(snapshots.load, wire.runtime(request),
-                                   wire.identity(request), request.path_params["id"])
-    return wire.ok({"metadata": snap.meta})
-
-
-async def _metadata_write(request: Request, replace: bool) -> Response:
-    body = await wire.json_body(request)
-    if "metadata" not in body:
-        raise ApiError(400, "Malformed request body")
-    meta = validate.metadata(body["metadata"])
-    result = await run_in_threadpool(snapshots.set_metadata, wire.runtime(request),
-                                     wire.identity(request), request.path_params["id"], meta,
-                                     replace=replace)
-    return wire.ok({"metadata": result})
-
-
-async def metadata_update(request: Request) -> Response:
-    return await _metadata_write(request, replace=False)
-
-
-async def metadata_replace(request: Request) -> Response:
-    return await _metadata_write(request, replace=True)
-
-
-async def metadata_key_show(request: Request) -> Response:
-    snap = await run_in_threadpool(snapshots.load, wire.runtime(request),
-                                   wire.identity(request), request.path_params["id"])
-    key = request.path_params["key"]
-    if key not in snap.meta:
-        raise NotFound("Metadata", key, f"Metadata key {key} could not be found.")
-    return wire.ok({"meta": {key: snap.meta[key]}})
-
-
-async def metadata_key_update(request: Request) -> Response:
-    body = await wire.json_body(request)
-    key = request.path_params["key"]
-    meta = validate.metadata(body.get("meta"), "meta")
-    if len(meta) != 1 or key not in meta:
-        raise ApiError(400, "Request body and URI mismatch" if key not in meta
-                       else "Request body contains too many items")
-    await run_in_threadpool(snapshots.set_metadata, wire.runtime(request),
-                            wire.identity(request), request.path_params["id"], meta,
-                            replace=False)
-    return wire.ok({"meta": meta})
-
-
-async def metadata_key_delete(request: Request) -> Response:
-    await run_in_threadpool(snapshots.delete_metadata_key, wire.runtime(request),
-                            wire.identity(request), request.path_params["id"],
-                            request.path_params["key"])
-    return Response(status_code=200)
-
-
 async def action(request: Request) -> Response:
     body = await wire.json_body(request)
     if len(body) != 1:
@@ -203,10 +148,5 @@ routes = [
     Route("/v3/snapshots/{id}", update, methods=["PUT"]),
     Route("/v3/snapshots/{id}", delete, methods=["DELETE"]),
     Route("/v3/snapshots/{id}/action", action, methods=["POST"]),
-    Route("/v3/snapshots/{id}/metadata", metadata_show, methods=["GET"]),
-    Route("/v3/snapshots/{id}/metadata", metadata_update, methods=["POST"]),
-    Route("/v3/snapshots/{id}/metadata", metadata_replace, methods=["PUT"]),
-    Route("/v3/snapshots/{id}/metadata/{key}", metadata_key_show, methods=["GET"]),
-    Route("/v3/snapshots/{id}/metadata/{key}", metadata_key_update, methods=["PUT"]),
-    Route("/v3/snapshots/{id}/metadata/{key}", metadata_key_delete, methods=["DELETE"]),
+    *metadata.routes("snapshots", snapshots.METADATA),
 ]

@@ -11,9 +11,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard import states
-from blockyard.api import listing, validate, views, wire
+from blockyard.api import listing, metadata, validate, views, wire
 from blockyard.api.errors import ApiError
-from blockyard.errors import NotFound
 from blockyard.service import volumes
 from blockyard.service.identity import Identity
 
@@ -167,60 +166,6 @@ async def delete(request: Request) -> Response:
     return wire.accepted()
 
 
-# ---------------------------------------------------------------------------- metadata
-
-
-async def metadata_show(request: Request) -> Response:
-    v = await _in_thread(_load, request, wire.identity(request), request.path_params["id"])
-    return wire.ok({"metadata": v.meta})
-
-
-async def _metadata_write(request: Request, replace: bool) -> Response:
-    body = await wire.json_body(request)
-    if "metadata" not in body:
-        raise ApiError(400, "Malformed request body")
-    meta = validate.metadata(body["metadata"])
-    result = await _in_thread(volumes.set_metadata, wire.runtime(request),
-                              wire.identity(request), request.path_params["id"], meta,
-                              replace=replace)
-    return wire.ok({"metadata": result})
-
-
-async def metadata_update(request: Request) -> Response:
-    return await _metadata_write(request, replace=False)
-
-
-async def metadata_replace(request: Request) -> Response:
-    return await _metadata_write(request, replace=True)
-
-
-async def metadata_key_show(request: Request) -> Response:
-    v = await _in_thread(_load, request, wire.identity(request), request.path_params["id"])
-    key = request.path_params["key"]
-    if key not in v.meta:
-        raise NotFound("Metadata", key, f"Metadata key {key} could not be found.")
-    return wire.ok({"meta": {key: v.meta[key]}})
-
-
-async def metadata_key_update(request: Request) -> Response:
-    body = await wire.json_body(request)
-    key = request.path_params["key"]
-    meta = validate.metadata(body.get("meta"), "meta")
-    if len(meta) != 1 or key not in meta:
-        raise ApiError(400, "Request body and URI mismatch" if key not in meta
-                       else "Request body contains too many items")
-    await _in_thread(volumes.set_metadata, wire.runtime(request), wire.identity(request),
-                     request.path_params["id"], meta, replace=False)
-    return wire.ok({"meta": meta})
-
-
-async def metadata_key_delete(request: Request) -> Response:
-    await _in_thread(volumes.delete_metadata_key, wire.runtime(request),
-                     wire.identity(request), request.path_params["id"],
-                     request.path_params["key"])
-    return Response(status_code=200)
-
-
 # ---------------------------------------------------------------------------- actions
 
 Action = Callable[[Request, str, Any], Awaitable[Response]]
@@ -330,10 +275,5 @@ routes = [
     Route("/v3/volumes/{id}", update, methods=["PUT"]),
     Route("/v3/volumes/{id}", delete, methods=["DELETE"]),
     Route("/v3/volumes/{id}/action", action, methods=["POST"]),
-    Route("/v3/volumes/{id}/metadata", metadata_show, methods=["GET"]),
-    Route("/v3/volumes/{id}/metadata", metadata_update, methods=["POST"]),
-    Route("/v3/volumes/{id}/metadata", metadata_replace, methods=["PUT"]),
-    Route("/v3/volumes/{id}/metadata/{key}", metadata_key_show, methods=["GET"]),
-    Route("/v3/volumes/{id}/metadata/{key}", metadata_key_update, methods=["PUT"]),
-    Route("/v3/volumes/{id}/metadata/{key}", metadata_key_delete, methods=["DELETE"]),
+    *metadata.routes("volumes", volumes.METADATA),
 ]

@@ -22,19 +22,19 @@ from contextlib import contextmanager
 from typing import Any
 
 from blockyard.backends.base import (
-    GiB,
     BackendStats,
     ConnectionInfo,
     Connector,
     DriverBase,
     DriverInfo,
+    GiB,
     ModelUpdate,
     OpenMode,
     PoolStats,
     SnapshotRef,
     VolumeRef,
 )
-from blockyard.backends.sparse import allocated_bytes, copy_sparse
+from blockyard.backends.sparse import copy_sparse
 from blockyard.errors import BackendError, ConfigError, Invalid
 
 TMP_PREFIX = ".tmp-"

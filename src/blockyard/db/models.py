@@ -7,7 +7,7 @@ Queries must stay portable between SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
@@ -16,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     """Naive UTC, as Cinder renders timestamps (no offset)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
@@ -206,7 +206,7 @@ class Attachment(Base):
 
 
 class Quota(Base):
-    """A project's hard limit for one resource (volumes, gigabytes, snapshots, volumes_<type>...)."""
+    """A project's hard limit for one resource (volumes, gigabytes, volumes_<type>, ...)."""
 
     __tablename__ = "quotas"
 

@@ -64,8 +64,8 @@ def paginate(
         if column is None:
             raise Invalid(f"Invalid input received: Invalid sort key {key}")
         if direction not in ("asc", "desc"):
-            raise Invalid(f"Invalid input received: Unknown sort direction, must be 'desc' or "
-                          f"'asc'")
+            raise Invalid("Invalid input received: Unknown sort direction, must be 'desc' or "
+                          "'asc'")
         if column not in (c for c, _ in keys):
             keys.append((column, direction))
     if "id" not in (c for c, _ in keys):

@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session
 from blockyard import states
 from blockyard.db.models import Snapshot, SnapshotMetadata, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
-from blockyard.service import quotas, tasks
+from blockyard.service import metadata, quotas, tasks
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, like, paginate
 from blockyard.service.runtime import Runtime
-from blockyard.service.volumes import _model_values, _submit, snapshot_ref
+from blockyard.service.volumes import _submit, snapshot_ref
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
 
@@ -32,6 +32,9 @@ def get(session: Session, who: Identity, snapshot_id: str) -> Snapshot:
         raise NotFound("Snapshot", snapshot_id)
     authorize(who, "snapshot:get", snap.project_id)
     return snap
+
+
+METADATA = metadata.Owner(Snapshot, SnapshotMetadata, "snapshot_id", get)
 
 
 def load(rt: Runtime, who: Identity, snapshot_id: str) -> Snapshot:
@@ -183,32 +186,6 @@ def update_fields(rt: Runtime, who: Identity, snapshot_id: str,
         s.refresh(snap)
         _ = snap.metadata_items
         return snap
-
-
-def _replace_metadata(s: Session, snapshot_id: str, meta: dict[str, str]) -> None:
-    s.execute(delete(SnapshotMetadata).where(SnapshotMetadata.snapshot_id == snapshot_id))
-    for k, val in meta.items():
-        s.add(SnapshotMetadata(snapshot_id=snapshot_id, key=k, value=val))
-    s.flush()
-
-
-def set_metadata(rt: Runtime, who: Identity, snapshot_id: str, meta: dict[str, str], *,
-                 replace: bool) -> dict[str, str]:
-    with rt.db.write() as s:
-        snap = get(s, who, snapshot_id)
-        current = {} if replace else snap.meta
-        current.update(meta)
-        _replace_metadata(s, snapshot_id, current)
-        return current
-
-
-def delete_metadata_key(rt: Runtime, who: Identity, snapshot_id: str, key: str) -> None:
-    with rt.db.write() as s:
-        get(s, who, snapshot_id)
-        gone = s.execute(delete(SnapshotMetadata).where(
-            SnapshotMetadata.snapshot_id == snapshot_id, SnapshotMetadata.key == key))
-        if gone.rowcount != 1:  # type: ignore[attr-defined]
-            raise NotFound("Metadata", key, f"Metadata key {key} could not be found.")
 
 
 def reset_status(rt: Runtime, who: Identity, snapshot_id: str, status: str) -> None:

@@ -23,7 +23,7 @@ from blockyard.db.models import (
     utcnow,
 )
 from blockyard.errors import Invalid, InvalidState, NotFound
-from blockyard.service import quotas, scheduler, tasks
+from blockyard.service import metadata, quotas, scheduler, tasks
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.runtime import Runtime
@@ -89,6 +89,9 @@ def get(session: Session, who: Identity, volume_id: str) -> Volume:
     return volume
 
 
+METADATA = metadata.Owner(Volume, VolumeMetadata, "volume_id", get)
+
+
 def _no_snapshots(volume_id: str) -> Any:
     return ~exists().where(Snapshot.volume_id == volume_id)
 
@@ -108,8 +111,8 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> Volume:
                 raise NotFound("Snapshot", req.snapshot_id)
             authorize(who, "snapshot:get", snap.project_id)
             if snap.status != S.AVAILABLE:
-                raise Invalid(f"Invalid snapshot: Originating snapshot status must be one of "
-                              f"'available' values")
+                raise Invalid("Invalid snapshot: Originating snapshot status must be one of "
+                              "'available' values")
             size = snap.size if size is None else size
             if size < snap.size:
                 raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
@@ -381,40 +384,11 @@ def update_fields(rt: Runtime, who: Identity, volume_id: str, values: dict[str, 
                       .values(updated_at=utcnow(), **values)
                       .execution_options(synchronize_session=False))
         if meta is not None:
-            _replace_metadata(s, volume_id, meta)
+            metadata.replace_items(s, METADATA, volume_id, meta)
         s.expire(v)
         s.refresh(v)
         _ = v.volume_type, v.attachments, v.metadata_items
         return v
-
-
-def _replace_metadata(s: Session, volume_id: str, meta: dict[str, str]) -> None:
-    s.execute(delete(VolumeMetadata).where(VolumeMetadata.volume_id == volume_id))
-    for k, val in meta.items():
-        s.add(VolumeMetadata(volume_id=volume_id, key=k, value=val))
-    s.flush()
-
-
-def set_metadata(rt: Runtime, who: Identity, volume_id: str, meta: dict[str, str], *,
-                 replace: bool) -> dict[str, str]:
-    """POST merges keys, PUT replaces the whole set; returns the resulting metadata."""
-    with rt.db.write() as s:
-        v = get(s, who, volume_id)
-        current = {} if replace else v.meta
-        current.update(meta)
-        _replace_metadata(s, volume_id, current)
-        s.execute(update(Volume).where(Volume.id == volume_id).values(updated_at=utcnow())
-                  .execution_options(synchronize_session=False))
-        return current
-
-
-def delete_metadata_key(rt: Runtime, who: Identity, volume_id: str, key: str) -> None:
-    with rt.db.write() as s:
-        get(s, who, volume_id)
-        gone = s.execute(delete(VolumeMetadata).where(VolumeMetadata.volume_id == volume_id,
-                                                      VolumeMetadata.key == key))
-        if gone.rowcount != 1:  # type: ignore[attr-defined]
-            raise NotFound("Metadata", key, f"Metadata key {key} could not be found.")
 
 
 def reset_status(rt: Runtime, who: Identity, volume_id: str, status: str | None,
@@ -507,7 +481,9 @@ def list_volumes(rt: Runtime, who: Identity, params: Any, *, all_projects: bool,
                         nullable={"name": "", "updated_at": Volume.created_at})
 
 
-def summary(rt: Runtime, who: Identity, all_projects: bool) -> tuple[int, int, dict[str, list[str]]]:
+def summary(
+    rt: Runtime, who: Identity, all_projects: bool
+) -> tuple[int, int, dict[str, list[str]]]:
     """Count, total size and the metadata values of the caller's volumes."""
     from sqlalchemy import func
 

@@ -1,0 +1,77 @@
+"""The metadata sub-resources (``/{collection}/{id}/metadata[/{key}]``) of volumes and
+snapshots, built once for any owner."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from blockyard.api import validate, wire
+from blockyard.api.errors import ApiError
+from blockyard.errors import NotFound
+from blockyard.service import metadata
+from blockyard.service.metadata import Owner
+
+
+def routes(collection: str, owner: Owner) -> list[Route]:
+    """GET/POST/PUT on the whole set and GET/PUT/DELETE on one key."""
+
+    async def show(request: Request) -> Response:
+        meta = await run_in_threadpool(metadata.show, wire.runtime(request),
+                                       wire.identity(request), owner, request.path_params["id"])
+        return wire.ok({"metadata": meta})
+
+    async def write(request: Request, replace: bool) -> Response:
+        body = await wire.json_body(request)
+        if "metadata" not in body:
+            raise ApiError(400, "Malformed request body")
+        meta = validate.metadata(body["metadata"])
+        result = await run_in_threadpool(metadata.set_items, wire.runtime(request),
+                                         wire.identity(request), owner,
+                                         request.path_params["id"], meta, replace=replace)
+        return wire.ok({"metadata": result})
+
+    async def merge(request: Request) -> Response:
+        return await write(request, replace=False)
+
+    async def replace(request: Request) -> Response:
+        return await write(request, replace=True)
+
+    async def show_key(request: Request) -> Response:
+        meta = await run_in_threadpool(metadata.show, wire.runtime(request),
+                                       wire.identity(request), owner, request.path_params["id"])
+        key = request.path_params["key"]
+        if key not in meta:
+            raise NotFound("Metadata", key, f"Metadata key {key} could not be found.")
+        return wire.ok({"meta": {key: meta[key]}})
+
+    async def update_key(request: Request) -> Response:
+        body = await wire.json_body(request)
+        key = request.path_params["key"]
+        meta = validate.metadata(body.get("meta"), "meta")
+        if key not in meta:
+            raise ApiError(400, "Request body and URI mismatch")
+        if len(meta) != 1:
+            raise ApiError(400, "Request body contains too many items")
+        await run_in_threadpool(metadata.set_items, wire.runtime(request),
+                                wire.identity(request), owner, request.path_params["id"],
+                                meta, replace=False)
+        return wire.ok({"meta": meta})
+
+    async def delete_key(request: Request) -> Response:
+        await run_in_threadpool(metadata.delete_key, wire.runtime(request),
+                                wire.identity(request), owner, request.path_params["id"],
+                                request.path_params["key"])
+        return Response(status_code=200)
+
+    base = f"/v3/{collection}/{{id}}/metadata"
+    return [
+        Route(base, show, methods=["GET"]),
+        Route(base, merge, methods=["POST"]),
+        Route(base, replace, methods=["PUT"]),
+        Route(f"{base}/{{key}}", show_key, methods=["GET"]),
+        Route(f"{base}/{{key}}", update_key, methods=["PUT"]),
+        Route(f"{base}/{{key}}", delete_key, methods=["DELETE"]),
+    ]

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from blockyard.api import errors, snapshots, versions, volumes
+from blockyard.api import errors, limits, misc, qos, quotas, snapshots, types, versions, volumes
 from blockyard.api.wire import CinderMiddleware
 from blockyard.config import Config
 from blockyard.service.lifecycle import build_runtime, close_runtime
@@ -25,6 +25,11 @@ ROUTES = [
     *versions.routes,
     *volumes.routes,
     *snapshots.routes,
+    *types.routes,
+    *qos.routes,
+    *quotas.routes,
+    *limits.routes,
+    *misc.routes,
 ]
 
 

@@ -1,0 +1,255 @@
+"""Deployment description: availability zones, services, extensions and scheduler pools.
+
+Blockyard is one process, so Cinder's services are derived, not stored: one ``cinder-scheduler``
+for ``Config.host`` and one ``cinder-volume`` per backend (``host@backend``). They are "up"
+whenever this process answers; a backend whose driver cannot report its stats shows
+``backend_state`` "down". Pools come live from each driver's ``get_stats`` (cached briefly by
+`Backend.stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from blockyard.api import validate, wire
+from blockyard.api.errors import ApiError
+from blockyard.api.types import admin_only
+from blockyard.api.views import iso
+from blockyard.backends.base import BackendStats, PoolStats
+from blockyard.db.models import utcnow
+from blockyard.service import types as vtypes
+from blockyard.service.identity import Identity
+from blockyard.service.runtime import Backend, Runtime
+
+SCHEDULER = "cinder-scheduler"
+VOLUME = "cinder-volume"
+
+#: Cinder 29's extension list: (name, alias, description, updated)
+EXTENSIONS = (
+    ("VolumeImageMetadata", "os-vol-image-meta",
+     "Show image metadata associated with the volume.", "2012-12-07T00:00:00+00:00"),
+    ("VolumeUnmanage", "os-volume-unmanage", "Enable volume unmanage operation.",
+     "2012-05-31T00:00:00+00:00"),
+    ("UsedLimits", "os-used-limits", "Provide data on limited resources that are being used.",
+     "2013-10-03T00:00:00+00:00"),
+    ("AdminActions", "os-admin-actions", "Enable admin actions.", "2012-08-25T00:00:00+00:00"),
+    ("Cgsnapshots", "cgsnapshots", "cgsnapshots support.", "2014-08-18T00:00:00+00:00"),
+    ("TypesExtraSpecs", "os-types-extra-specs", "Type extra specs support.",
+     "2011-08-24T00:00:00+00:00"),
+    ("SnapshotUnmanage", "os-snapshot-unmanage", "Enable volume unmanage operation.",
+     "2014-12-31T00:00:00+00:00"),
+    ("VolumeTypeEncryption", "encryption", "Encryption support for volume types.",
+     "2013-07-01T00:00:00+00:00"),
+    ("VolumeEncryptionMetadata", "os-volume-encryption-metadata",
+     "Volume encryption metadata retrieval support.", "2013-07-10T00:00:00+00:00"),
+    ("Consistencygroups", "consistencygroups", "consistency groups support.",
+     "2014-08-18T00:00:00+00:00"),
+    ("SnapshotActions", "os-snapshot-actions", "Enable snapshot manager actions.",
+     "2013-07-16T00:00:00+00:00"),
+    ("Backups", "backups", "Backups support.", "2012-12-12T00:00:00+00:00"),
+    ("Quotas", "os-quota-sets", "Quota management support.", "2011-08-08T00:00:00+00:00"),
+    ("VolumeActions", "os-volume-actions", "Enable volume actions.",
+     "2012-05-31T00:00:00+00:00"),
+    ("QuotaClasses", "os-quota-class-sets", "Quota classes management support.",
+     "2012-03-12T00:00:00+00:00"),
+    ("AvailabilityZones", "os-availability-zone", "Describe Availability Zones.",
+     "2013-06-27T00:00:00+00:00"),
+    ("VolumeTypeAccess", "os-volume-type-access", "Volume type access support.",
+     "2014-06-26T00:00:00Z"),
+    ("Services", "os-services", "Services support.", "2012-10-28T00:00:00-00:00"),
+    ("Hosts", "os-hosts", "Admin-only host administration.", "2011-06-29T00:00:00+00:00"),
+    ("TypesManage", "os-types-manage", "Types manage support.", "2011-08-24T00:00:00+00:00"),
+    ("ExtendedSnapshotAttributes", "os-extended-snapshot-attributes",
+     "Extended SnapshotAttributes support.", "2012-06-19T00:00:00+00:00"),
+    ("SnapshotManage", "os-snapshot-manage",
+     "Allows existing backend storage to be 'managed' by Cinder.", "2014-12-31T00:00:00+00:00"),
+    ("Qos_specs_manage", "qos-specs", "QoS specs support.", "2013-08-02T00:00:00+00:00"),
+    ("VolumeHostAttribute", "os-vol-host-attr", "Expose host as an attribute of a volume.",
+     "2011-11-03T00:00:00+00:00"),
+    ("Scheduler_stats", "scheduler-stats", "Scheduler stats support.",
+     "2014-09-07T00:00:00+00:00"),
+    ("VolumeManage", "os-volume-manage",
+     "Allows existing backend storage to be 'managed' by Cinder.", "2014-02-10T00:00:00+00:00"),
+    ("VolumeMigStatusAttribute", "os-vol-mig-status-attr",
+     "Expose migration_status as an attribute of a volume.", "2013-08-08T00:00:00+00:00"),
+    ("VolumeTransfer", "os-volume-transfer", "Volume transfer management support.",
+     "2013-05-29T00:00:00+00:00"),
+    ("VolumeTenantAttribute", "os-vol-tenant-attr",
+     "Expose the internal project_id as an attribute of a volume.",
+     "2011-11-03T00:00:00+00:00"),
+    ("SchedulerHints", "OS-SCH-HNT", "Pass arbitrary key/value pairs to the scheduler.",
+     "2013-04-18T00:00:00+00:00"),
+    ("ExtendedServices", "os-extended-services", "Extended services support.",
+     "2014-01-10T00:00:00-00:00"),
+    ("Capabilities", "capabilities", "Capabilities support.", "2015-08-31T00:00:00+00:00"),
+)
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await run_in_threadpool(fn, *args, **kwargs)
+
+
+def _backends(rt: Runtime) -> list[Backend]:
+    return [rt.backends[name] for name in sorted(rt.backends)]
+
+
+def _stats(backend: Backend) -> BackendStats | None:
+    """The driver's report, or None when it cannot give one (the backend is down)."""
+    try:
+        return backend.stats()
+    except Exception:  # any driver failure means "cannot report", never a 500 here
+        return None
+
+
+# ---------------------------------------------------------------------------- zones
+
+
+async def availability_zones(request: Request) -> Response:
+    rt = wire.runtime(request)
+    zones = sorted({b.config.availability_zone for b in rt.backends.values()})
+    return wire.ok({"availabilityZoneInfo": [
+        {"zoneName": zone, "zoneState": {"available": True}} for zone in zones]})
+
+
+# ---------------------------------------------------------------------------- services
+
+
+def _service(binary: str, host: str, zone: str, mv: int, now: str,
+             backend_state: str | None = None) -> dict[str, Any]:
+    """One service in Cinder's field order; the microversion-gated and volume-only fields as
+    Cinder adds them (cluster 3.7, backend_state 3.49, replication fields for volumes)."""
+    body: dict[str, Any] = {"binary": binary, "host": host, "zone": zone, "status": "enabled",
+                            "state": "up", "updated_at": now}
+    if binary == VOLUME and mv >= 49:
+        body["backend_state"] = backend_state
+    if mv >= 7:
+        body["cluster"] = None
+    body["disabled_reason"] = None
+    if binary == VOLUME:
+        body.update({"replication_status": "disabled", "active_backend_id": None,
+                     "frozen": False})
+    return body
+
+
+def _services(rt: Runtime, mv: int) -> list[dict[str, Any]]:
+    now = iso(utcnow())
+    assert now is not None
+    backends = _backends(rt)
+    zone = backends[0].config.availability_zone if backends else "nova"
+    result = [_service(SCHEDULER, rt.config.host, zone, mv, now)]
+    for b in backends:
+        state = "up" if _stats(b) is not None else "down"
+        result.append(_service(VOLUME, b.service_host, b.config.availability_zone, mv, now,
+                               state))
+    return result
+
+
+async def services(request: Request) -> Response:
+    admin_only(wire.identity(request), "volume_extension:services:index")
+    q = request.query_params
+    host = q.get("host")
+    binary = q.get("binary") or q.get("service")  # `service` is Cinder's deprecated alias
+    found = await _in_thread(_services, wire.runtime(request), wire.mv(request))
+    if host:
+        found = [s for s in found if s["host"] == host]
+    if binary:
+        found = [s for s in found if s["binary"] == binary]
+    return wire.ok({"services": found})
+
+
+# ---------------------------------------------------------------------------- extensions
+
+
+async def extensions(request: Request) -> Response:
+    return wire.ok({"extensions": [
+        {"name": name, "alias": alias, "description": description, "updated": updated,
+         "links": []}
+        for name, alias, description, updated in EXTENSIONS]})
+
+
+# ---------------------------------------------------------------------------- pools
+
+
+def _capabilities(backend: Backend, stats: BackendStats, pool: PoolStats,
+                  now: str) -> dict[str, Any]:
+    return {
+        "pool_name": pool.name,
+        "total_capacity_gb": pool.total_capacity_gb,
+        "free_capacity_gb": pool.free_capacity_gb,
+        "allocated_capacity_gb": pool.allocated_capacity_gb,
+        "provisioned_capacity_gb": pool.provisioned_capacity_gb,
+        "max_over_subscription_ratio": pool.max_over_subscription_ratio,
+        "thin_provisioning_support": pool.thin_provisioning_support,
+        "thick_provisioning_support": pool.thick_provisioning_support,
+        "reserved_percentage": int(pool.reserved_percentage),
+        "multiattach": pool.multiattach,
+        "QoS_support": False,
+        "filter_function": None,
+        "goodness_function": None,
+        "consistencygroup_support": False,
+        "replication_enabled": False,
+        "group_replication_enabled": False,
+        # the name the scheduler matches a type's volume_backend_name against
+        "volume_backend_name": backend.config.volume_backend_name or stats.volume_backend_name,
+        "storage_protocol": stats.storage_protocol,
+        "vendor_name": stats.vendor_name,
+        "driver_version": stats.driver_version,
+        "timestamp": now,
+    }
+
+
+def _pools(rt: Runtime, who: Identity, volume_type: str | None) -> list[dict[str, Any]]:
+    wanted_backend_name: str | None = None
+    if volume_type is not None:
+        with rt.db.read() as s:
+            vt = vtypes.get_type(s, volume_type, who)
+            wanted_backend_name = vt.specs.get("volume_backend_name")
+    now = iso(utcnow())
+    assert now is not None
+    result = []
+    for backend in _backends(rt):
+        if wanted_backend_name and backend.config.volume_backend_name != wanted_backend_name:
+            continue
+        stats = _stats(backend)
+        if stats is None:  # Cinder's scheduler drops backends that stopped reporting
+            continue
+        for pool in stats.pools:
+            name = backend.pool_host if len(stats.pools) == 1 else \
+                f"{backend.service_host}#{pool.name}"
+            result.append({"name": name,
+                           "capabilities": _capabilities(backend, stats, pool, now)})
+    return result
+
+
+async def get_pools(request: Request) -> Response:
+    who = wire.identity(request)
+    admin_only(who, "scheduler_extension:scheduler_stats:get_pools")
+    q = request.query_params
+    detail = validate.query_bool(q.get("detail"), "detail")
+    mv = wire.mv(request)
+    allowed = {"detail", "name"} | ({"volume_type"} if mv >= 35 else set())
+    unknown = sorted(set(q) - allowed)
+    if unknown and mv >= 33:  # from 3.33 Cinder rejects filters pools do not have
+        raise ApiError(400, f"Invalid filters {', '.join(unknown)} are found in query "
+                            f"options.")
+    volume_type = q.get("volume_type") if mv >= 35 else None
+    pools = await _in_thread(_pools, wire.runtime(request), who, volume_type or None)
+    if q.get("name"):
+        pools = [p for p in pools if p["name"] == q["name"]]
+    if not detail:
+        pools = [{"name": p["name"]} for p in pools]
+    return wire.ok({"pools": pools})
+
+
+routes = [
+    Route("/v3/os-availability-zone", availability_zones, methods=["GET"]),
+    Route("/v3/os-services", services, methods=["GET"]),
+    Route("/v3/extensions", extensions, methods=["GET"]),
+    Route("/v3/scheduler-stats/get_pools", get_pools, methods=["GET"]),
+]

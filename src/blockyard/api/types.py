@@ -1,0 +1,332 @@
+"""/v3/types: volume types, their extra specs and their project access list.
+
+The object differs by endpoint, as Cinder 29 renders it (and Tempest checks it):
+
+* list and show add ``qos_specs_id`` (admins) and ``os-volume-type-access:is_public``;
+* GET /types/default has ``qos_specs_id`` but not the access flag (Cinder's access extension
+  finds no cached type under the id "default");
+* create has the access flag but no ``qos_specs_id``; update has neither (both are rendered by
+  Cinder's older types_manage view).
+
+Non-admins see only the user-visible extra specs, as Cinder's READ_SENSITIVE policy does.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from blockyard.api import listing, validate, wire
+from blockyard.api.errors import ApiError
+from blockyard.db.models import VolumeType
+from blockyard.errors import NotFound
+from blockyard.service import type_admin
+from blockyard.service.identity import Identity
+
+ACCESS_KEY = "os-volume-type-access:is_public"
+USER_VISIBLE_SPECS = ("RESKEY:availability_zones", "multiattach", "replication_enabled")
+#: extra spec keys in a type create (spaces allowed) and in the extra_specs API (no spaces)
+_SPEC_KEY = re.compile(r"^[a-zA-Z0-9-_:. /]{1,255}$")
+_SPEC_KEY_NO_SPACE = re.compile(r"^[a-zA-Z0-9-_:.]{1,255}$")
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await run_in_threadpool(fn, *args, **kwargs)
+
+
+def admin_only(who: Identity, policy: str) -> None:
+    """Cinder's admin-only policies, with its wording."""
+    if not who.is_admin:
+        raise ApiError(403, f"Policy doesn't allow {policy} to be performed.")
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def visible_specs(who: Identity, specs: dict[str, str]) -> dict[str, str]:
+    if who.is_admin:
+        return specs
+    return {k: v for k, v in specs.items() if k in USER_VISIBLE_SPECS}
+
+
+def render(who: Identity, vt: VolumeType, *, qos: bool, access: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": vt.id,
+        "name": vt.name,
+        "is_public": vt.is_public,
+        "description": vt.description,
+        "extra_specs": visible_specs(who, vt.specs),
+    }
+    if qos and who.is_admin:
+        body["qos_specs_id"] = vt.qos_specs_id
+    if access:
+        body[ACCESS_KEY] = vt.is_public
+    return body
+
+
+# ---------------------------------------------------------------------------- input checks
+
+
+def check_name(value: Any, field: str = "name") -> str:
+    name = validate.string(value, field, nullable=False, max_length=255)
+    assert name is not None
+    if not name.strip():
+        raise ApiError(400, f"Invalid input for field/attribute {field}. Value: {value}. "
+                            f"An invalid 'name' value was provided. The 'name' can not be "
+                            f"empty.")
+    return name
+
+
+def check_specs(value: Any, field: str, key_pattern: re.Pattern[str]) -> dict[str, str]:
+    """A flat map of extra specs with Cinder's key pattern and string values."""
+    if not isinstance(value, dict):
+        raise validate.invalid(field, value, f"{value!r} is not of type 'object'")
+    for key, item in value.items():
+        if not key_pattern.match(key):
+            raise validate.invalid(field, value, f"Additional properties are not allowed "
+                                                 f"({key!r} was unexpected)")
+        if not isinstance(item, str):
+            raise validate.invalid(f"{field}/{key}", item, f"{item!r} is not of type 'string'")
+        if len(item) > 255:
+            raise validate.invalid(f"{field}/{key}", item, f"{item!r} is too long")
+    return dict(value)
+
+
+def _is_public_filter(raw: str | None) -> bool | None:
+    """Cinder's ``_parse_is_public``: absent → public only, "None" → all, else a boolean."""
+    if raw is None:
+        return True
+    if raw.strip().lower() == "none":
+        return None
+    try:
+        return validate.boolean(raw, "is_public")
+    except ApiError:
+        raise ApiError(400, f"Invalid is_public filter [{raw}]") from None
+
+
+def _type_filter(request: Request, who: Identity, filters: dict[str, str]) -> type_admin.TypeFilter:
+    if not who.is_admin:  # only admins may see private types or filter
+        return type_admin.TypeFilter(is_public=True)
+    is_public = _is_public_filter(request.query_params.get("is_public"))
+    columns: dict[str, str] = {}
+    specs: dict[str, str] | None = None
+    impossible = False
+    for key, value in filters.items():
+        if key == "is_public":
+            continue
+        if key == "extra_specs":
+            try:
+                parsed = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise ApiError(400, f"Invalid input received: extra_specs filter must be a "
+                                    f"dictionary, got {value!r}.")
+            specs = {str(k): str(v) for k, v in parsed.items()}
+        elif key in type_admin.FILTERABLE:
+            columns[key] = value
+        else:
+            impossible = True  # Cinder: a filter on no column of the type matches nothing
+    return type_admin.TypeFilter(is_public=is_public, columns=columns, extra_specs=specs,
+                                 impossible=impossible)
+
+
+# ---------------------------------------------------------------------------- types
+
+
+async def list_types(request: Request) -> Response:
+    who = wire.identity(request)
+    params = listing.parse_params(request)
+    flt = _type_filter(request, who, params.filters)
+    page = await _in_thread(type_admin.list_types, wire.runtime(request), who, params, flt)
+    body: dict[str, Any] = {
+        "volume_types": [render(who, vt, qos=True, access=True) for vt in page.rows]}
+    if page.next_marker is not None:
+        body["volume_type_links"] = wire.next_link(request, page.next_marker)
+    if page.count is not None:
+        body["count"] = page.count
+    return wire.ok(body)
+
+
+async def show_default(request: Request) -> Response:
+    who = wire.identity(request)
+    vt = await _in_thread(type_admin.get_default, wire.runtime(request), who)
+    return wire.ok({"volume_type": render(who, vt, qos=True, access=False)})
+
+
+async def show(request: Request) -> Response:
+    who = wire.identity(request)
+    vt = await _in_thread(type_admin.get, wire.runtime(request), who, request.path_params["id"])
+    return wire.ok({"volume_type": render(who, vt, qos=True, access=True)})
+
+
+async def create(request: Request) -> Response:
+    who = wire.identity(request)
+    admin_only(who, "volume_extension:types_manage")
+    body = await wire.json_body(request)
+    spec = validate.section(body, "volume_type")
+    validate.no_extra_keys(body, {"volume_type"})
+    validate.no_extra_keys(spec, {"name", "description", "extra_specs", ACCESS_KEY},
+                           "volume_type")
+    if "name" not in spec:
+        raise validate.invalid("volume_type", spec, "'name' is a required property")
+    name = check_name(spec["name"])
+    description = validate.string(spec.get("description"), "description")
+    specs = {} if spec.get("extra_specs") is None else \
+        check_specs(spec["extra_specs"], "extra_specs", _SPEC_KEY)
+    is_public = validate.boolean(spec.get(ACCESS_KEY, True), ACCESS_KEY)
+    vt = await _in_thread(type_admin.create, wire.runtime(request), name, description,
+                          is_public, specs)
+    return wire.ok({"volume_type": render(who, vt, qos=False, access=True)})
+
+
+async def update(request: Request) -> Response:
+    who = wire.identity(request)
+    admin_only(who, "volume_extension:types_manage")
+    body = await wire.json_body(request)
+    spec = validate.section(body, "volume_type")
+    validate.no_extra_keys(body, {"volume_type"})
+    validate.no_extra_keys(spec, {"name", "description", "is_public"}, "volume_type")
+    name = validate.string(spec.get("name"), "name")
+    description = validate.string(spec.get("description"), "description")
+    is_public = None if spec.get("is_public") is None else \
+        validate.boolean(spec["is_public"], "is_public")
+    if name is not None and not name.strip():
+        raise ApiError(400, "Volume type name can not be empty.")
+    if name is None and description is None and is_public is None:
+        raise ApiError(400, "Specify volume type name, description, is_public or a "
+                            "combination thereof.")
+    vt = await _in_thread(type_admin.update_type, wire.runtime(request), who,
+                          request.path_params["id"], name=name, description=description,
+                          is_public=is_public, set_description=description is not None)
+    return wire.ok({"volume_type": render(who, vt, qos=False, access=False)})
+
+
+async def delete(request: Request) -> Response:
+    who = wire.identity(request)
+    admin_only(who, "volume_extension:types_manage")
+    await _in_thread(type_admin.delete_type, wire.runtime(request), who,
+                     request.path_params["id"])
+    return wire.accepted()
+
+
+# ---------------------------------------------------------------------------- extra specs
+
+
+async def specs_index(request: Request) -> Response:
+    who = wire.identity(request)
+    specs = await _in_thread(type_admin.extra_specs, wire.runtime(request), who,
+                             request.path_params["id"])
+    return wire.ok({"extra_specs": visible_specs(who, specs)})
+
+
+async def specs_create(request: Request) -> Response:
+    who = wire.identity(request)
+    admin_only(who, "volume_extension:types_extra_specs:create")
+    body = await wire.json_body(request)
+    validate.no_extra_keys(body, {"extra_specs"})
+    if "extra_specs" not in body:
+        raise validate.invalid("body", body, "'extra_specs' is a required property")
+    specs = check_specs(body["extra_specs"], "extra_specs", _SPEC_KEY_NO_SPACE)
+    await _in_thread(type_admin.set_extra_specs, wire.runtime(request), who,
+                     request.path_params["id"], specs)
+    return wire.ok({"extra_specs": specs})
+
+
+async def specs_show(request: Request) -> Response:
+    who = wire.identity(request)
+    type_id, key = request.path_params["id"], request.path_params["key"]
+    specs = visible_specs(who, await _in_thread(type_admin.extra_specs, wire.runtime(request),
+                                                who, type_id))
+    if key not in specs:
+        raise NotFound("ExtraSpec", key, f"Volume Type {type_id} has no extra specs with key "
+                                         f"{key}.")
+    return wire.ok({key: specs[key]})
+
+
+async def specs_update(request: Request) -> Response:
+    who = wire.identity(request)
+    admin_only(who, "volume_extension:types_extra_specs:update")
+    body = await wire.json_body(request)
+    key = request.path_params["key"]
+    if len(body) > 1:
+        raise validate.invalid("body", body, f"{body} has too many properties")
+    specs = check_specs(body, "body", _SPEC_KEY_NO_SPACE)
+    if key not in specs:
+        raise ApiError(400, "Request body and URI mismatch")
+    await _in_thread(type_admin.set_extra_specs, wire.runtime(request), who,
+                     request.path_params["id"], specs)
+    return wire.ok(specs)
+
+
+async def specs_delete(request: Request) -> Response:
+    who = wire.identity(request)
+    admin_only(who, "volume_extension:types_extra_specs:delete")
+    await _in_thread(type_admin.delete_extra_spec, wire.runtime(request), who,
+                     request.path_params["id"], request.path_params["key"])
+    return wire.accepted()
+
+
+# ---------------------------------------------------------------------------- project access
+
+
+async def access_index(request: Request) -> Response:
+    who = wire.identity(request)
+    admin_only(who, "volume_extension:volume_type_access")
+    type_id = request.path_params["id"]
+    projects = await _in_thread(type_admin.access_list, wire.runtime(request), who, type_id)
+    return wire.ok({"volume_type_access": [{"volume_type_id": type_id, "project_id": p}
+                                           for p in projects]})
+
+
+def _project_arg(action: str, value: Any) -> str:
+    if not isinstance(value, dict):
+        raise validate.invalid(action, value, f"{value!r} is not of type 'object'")
+    validate.no_extra_keys(value, {"project"}, action)
+    if "project" not in value:
+        raise validate.invalid(action, value, "'project' is a required property")
+    project = validate.string(value["project"], "project", nullable=False, min_length=1)
+    assert project is not None
+    return project
+
+
+async def action(request: Request) -> Response:
+    who = wire.identity(request)
+    body = await wire.json_body(request)
+    if len(body) != 1:
+        raise ApiError(400, "Malformed request body: exactly one action is expected.")
+    name, value = next(iter(body.items()))
+    handlers = {"addProjectAccess": type_admin.add_access,
+                "removeProjectAccess": type_admin.remove_access}
+    if name not in handlers:
+        raise ApiError(400, f"There is no such action: {name}. Verify the request body and "
+                            f"Content-Type header and try again.")
+    admin_only(who, f"volume_extension:volume_type_access:{name}")
+    project = _project_arg(name, value)
+    await _in_thread(handlers[name], wire.runtime(request), who, request.path_params["id"],
+                     project)
+    return wire.accepted()
+
+
+routes = [
+    Route("/v3/types", list_types, methods=["GET"]),
+    Route("/v3/types", create, methods=["POST"]),
+    Route("/v3/types/default", show_default, methods=["GET"]),
+    Route("/v3/types/{id}", show, methods=["GET"]),
+    Route("/v3/types/{id}", update, methods=["PUT"]),
+    Route("/v3/types/{id}", delete, methods=["DELETE"]),
+    Route("/v3/types/{id}/action", action, methods=["POST"]),
+    Route("/v3/types/{id}/os-volume-type-access", access_index, methods=["GET"]),
+    Route("/v3/types/{id}/extra_specs", specs_index, methods=["GET"]),
+    Route("/v3/types/{id}/extra_specs", specs_create, methods=["POST"]),
+    Route("/v3/types/{id}/extra_specs/{key}", specs_show, methods=["GET"]),
+    Route("/v3/types/{id}/extra_specs/{key}", specs_update, methods=["PUT"]),
+    Route("/v3/types/{id}/extra_specs/{key}", specs_delete, methods=["DELETE"]),
+]

@@ -281,15 +281,23 @@ def set_attach_status(
         raise InvalidState("Attachment", attachment_id, current, allowed, status)
 
 
-def pin(session: Session, model: Row, ident: str, allowed: tuple[str, ...], action: str) -> None:
+def pin(
+    session: Session,
+    model: Row,
+    ident: str,
+    allowed: tuple[str, ...],
+    action: str,
+    *,
+    where: tuple[ColumnElement[bool], ...] = (),
+) -> None:
     """Mark a row as being read by a copy (snapshot, clone), if its status allows the copy.
 
-    A pinned row cannot begin `delete` (its delete conditions require ``pins = 0``), so the
-    source of a copy never disappears under it.
+    A pinned row cannot begin `delete` or `extend` (their conditions require ``pins = 0``), so
+    the source of a copy never disappears or grows under it.
     """
     stmt = (
         update(model)
-        .where(model.id == ident, model.status.in_(allowed))
+        .where(model.id == ident, model.status.in_(allowed), *where)
         .values(pins=model.pins + 1)
         .execution_options(synchronize_session=False)
     )

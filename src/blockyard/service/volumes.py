@@ -22,7 +22,7 @@ from blockyard.db.models import (
     VolumeType,
     utcnow,
 )
-from blockyard.errors import Invalid, InvalidState, NotFound
+from blockyard.errors import InUse, Invalid, InvalidState, NotFound
 from blockyard.service import metadata, quotas, scheduler, tasks
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
@@ -159,7 +159,16 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> Volume:
         if req.snapshot_id is not None:
             states.pin(s, Snapshot, req.snapshot_id, (S.AVAILABLE,), "create a volume from")
         if req.source_volid is not None:
-            states.pin(s, Volume, req.source_volid, COPYABLE, "clone")
+            try:
+                # the size read above must still hold: an extend may have finished since
+                states.pin(s, Volume, req.source_volid, COPYABLE, "clone",
+                           where=(Volume.size <= size,))
+            except InvalidState as exc:
+                if exc.current in COPYABLE:
+                    raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
+                                  f"smaller than original volume size, which grew meanwhile. "
+                                  f"They must be >= original volume size.") from exc
+                raise
         task_id = tasks.enqueue(s, "create_volume", backend.name, volume_id)
         volume = Volume(
             id=volume_id,
@@ -334,8 +343,15 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
             action = "extend_attached"
         task_id = tasks.enqueue(s, "extend_volume", v.backend, volume_id,
                                 {"new_size": new_size, "old_size": v.size, "action": action})
-        states.begin(s, Volume, volume_id, action, task_id=task_id,
-                     where=(Volume.size == v.size,))
+        try:
+            # pins == 0: no snapshot or clone is copying the volume while it grows under it
+            states.begin(s, Volume, volume_id, action, task_id=task_id,
+                         where=(Volume.size == v.size, Volume.pins == 0))
+        except InvalidState as exc:
+            if exc.current in states.VOLUME_TRANSITIONS[action].allowed:
+                raise InUse(f"Invalid volume: Volume {volume_id} is being copied by a "
+                            f"snapshot or clone in progress; extend it afterwards.") from exc
+            raise
         quotas.consume(s, rt.config.quotas, v.project_id,
                        {"gigabytes": new_size - v.size,
                         f"gigabytes_{v.volume_type.name}": new_size - v.size})

@@ -7,9 +7,11 @@ runner) is built in `lifespan` and reached through ``request.app.state.runtime``
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
@@ -20,6 +22,9 @@ from blockyard.service.lifecycle import build_runtime, close_runtime
 from blockyard.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+#: threads that run requests' blocking work (database, backend calls made inline)
+REQUEST_THREADS = 8
 
 ROUTES = [
     *versions.routes,
@@ -38,6 +43,12 @@ def create_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         rt = build_runtime(config)
         app.state.runtime = rt
+        # Requests run their database work on this many threads; more only add GIL handoffs
+        # on a small machine (the database serialises writers anyway).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+        # everything built so far lives for the whole run: keep the collector from walking it
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

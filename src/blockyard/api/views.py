@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request
 
 from blockyard.api import wire
-from blockyard.db.models import Attachment, Volume
+from blockyard.service.records import AttachmentRecord, VolumeRecord
 from blockyard.service.runtime import Runtime
 
 
@@ -20,7 +20,7 @@ def iso(ts: datetime | None) -> str | None:
     return None if ts is None else ts.isoformat(timespec="microseconds")
 
 
-def attachment_summary(a: Attachment) -> dict[str, Any]:
+def attachment_summary(a: AttachmentRecord) -> dict[str, Any]:
     """A volume's `attachments` entry (only attached ones are shown, as Cinder does)."""
     return {
         "id": a.volume_id,
@@ -33,16 +33,18 @@ def attachment_summary(a: Attachment) -> dict[str, Any]:
     }
 
 
-def volume_summary(request: Request, v: Volume) -> dict[str, Any]:
+def volume_summary(request: Request, v: VolumeRecord) -> dict[str, Any]:
     return {"id": v.id, "name": v.name, "links": wire.links(request, "volumes", v.id)}
 
 
-def volume_detail(request: Request, v: Volume, *, admin_fields: bool = True) -> dict[str, Any]:
+def volume_detail(
+    request: Request, v: VolumeRecord, *, admin_fields: bool = True
+) -> dict[str, Any]:
     """The full volume object. `admin_fields` adds the os-vol-* attributes (not on create)."""
     rt: Runtime = wire.runtime(request)
     mv = wire.mv(request)
     attached = [a for a in v.attachments if a.attach_status == "attached"]
-    metadata = v.meta
+    metadata = dict(v.meta)
     if attached or v.readonly:
         metadata.setdefault("readonly", str(v.readonly))
     if attached:
@@ -57,7 +59,7 @@ def volume_detail(request: Request, v: Volume, *, admin_fields: bool = True) -> 
         "updated_at": iso(v.updated_at),
         "name": v.name,
         "description": v.description,
-        "volume_type": v.volume_type.name,
+        "volume_type": v.type_name,
         "snapshot_id": v.snapshot_id,
         "source_volid": v.source_volid,
         "metadata": metadata,

@@ -14,7 +14,6 @@ from blockyard import states
 from blockyard.api import listing, metadata, validate, views, wire
 from blockyard.api.errors import ApiError
 from blockyard.service import volumes
-from blockyard.service.identity import Identity
 
 CREATE_KEYS = {
     "name", "description", "display_name", "display_description", "size", "availability_zone",
@@ -31,14 +30,6 @@ def _strict(request: Request) -> bool:
 
 async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await run_in_threadpool(fn, *args, **kwargs)
-
-
-def _load(request: Request, who: Identity, volume_id: str) -> Any:
-    rt = wire.runtime(request)
-    with rt.db.read() as s:
-        v = volumes.get(s, who, volume_id)
-        _ = v.volume_type, v.attachments, v.metadata_items
-        return v
 
 
 # ---------------------------------------------------------------------------- collection
@@ -131,7 +122,8 @@ async def summary(request: Request) -> Response:
 
 
 async def show(request: Request) -> Response:
-    v = await _in_thread(_load, request, wire.identity(request), request.path_params["id"])
+    v = await _in_thread(volumes.show, wire.runtime(request), wire.identity(request),
+                         request.path_params["id"])
     return wire.ok({"volume": views.volume_detail(request, v)})
 
 

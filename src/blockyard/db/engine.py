@@ -9,6 +9,7 @@ parallel with a writer. Any other SQLAlchemy URL (PostgreSQL) gets the ordinary 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ class Database:
         self._write = sessionmaker(
             self.engine.execution_options(immediate=True), expire_on_commit=False
         )
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
+        )
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -72,8 +76,13 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
-        """A transaction that commits on leaving the block and rolls back on an exception."""
-        with self._write() as session, session.begin():
+        """A transaction that commits on leaving the block and rolls back on an exception.
+
+        On SQLite, writers of this process queue on a lock first: SQLite's own busy handler
+        waits by sleeping in growing steps (up to 100 ms), so waiters there wake late, while
+        a lock hands over at once. Other processes still meet the busy timeout.
+        """
+        with self._write_lock, self._write() as session, session.begin():
             yield session
 
     def dispose(self) -> None:

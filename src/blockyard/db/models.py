@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -84,7 +84,6 @@ class Volume(Base):
         # default listing order (created_at desc, id desc) within a project, keyset paging
         Index("ix_volumes_project_created", "project_id", "created_at", "id"),
         Index("ix_volumes_created", "created_at", "id"),
-        Index("ix_volumes_project_name", "project_id", "name"),
         Index("ix_volumes_backend", "backend"),
         Index("ix_volumes_source_volid", "source_volid"),
     )
@@ -119,17 +118,23 @@ class Volume(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime)
 
-    volume_type: Mapped[VolumeType] = relationship(lazy="joined", innerjoin=True)
+    # loaded on access only: the API reads volumes through blockyard.service.records
+    volume_type: Mapped[VolumeType] = relationship(lazy="select")
     metadata_items: Mapped[list[VolumeMetadata]] = relationship(
-        cascade="all, delete-orphan", lazy="selectin", order_by="VolumeMetadata.key"
+        cascade="all, delete-orphan", lazy="select", order_by="VolumeMetadata.key"
     )
     attachments: Mapped[list[Attachment]] = relationship(
-        lazy="selectin", order_by="Attachment.created_at", viewonly=True
+        lazy="select", order_by="Attachment.created_at", viewonly=True
     )
 
     @property
     def meta(self) -> dict[str, str]:
         return {m.key: m.value for m in self.metadata_items}
+
+
+# sorting by name coalesces NULL to '' (see blockyard.service.listing): index that expression
+Index("ix_volumes_project_sortname", Volume.project_id, func.coalesce(Volume.name, ""), Volume.id)
+Index("ix_volumes_sortname", func.coalesce(Volume.name, ""), Volume.id)
 
 
 class VolumeMetadata(Base):
@@ -230,6 +235,8 @@ class Task(Base):
     transaction that settles its resource's status; a restart re-runs every row left here."""
 
     __tablename__ = "tasks"
+    # ids are never reused: rows are stamped with the id of the task that owns them
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(64))

@@ -54,6 +54,9 @@ def paginate(
 ) -> Page:
     """Run `query` (already filtered) sorted by `params.sort` and cut to one page.
 
+    The page holds what the query selects: ORM objects, or plain ids when it selects only the
+    id column (the caller then fetches read models for them).
+
     `sortable` maps the API's sort key names to column names (e.g. display_name → name);
     `nullable` maps nullable sort columns to the expression standing in for NULL.
     """
@@ -89,7 +92,11 @@ def paginate(
             ties = [exprs[j][0] == marker_row[j] for j in range(i)]
             step = expr > marker_row[i] if direction == "asc" else expr < marker_row[i]
             after.append(and_(*ties, step))
-        query = query.where(or_(*after))
+        # the redundant bound on the first key lets the index seek to the marker instead of
+        # scanning from the start of the order
+        first, first_dir = exprs[0]
+        bound = first >= marker_row[0] if first_dir == "asc" else first <= marker_row[0]
+        query = query.where(bound, or_(*after))
     query = query.order_by(*[e.asc() if d == "asc" else e.desc() for e, d in exprs])
     if params.offset:
         query = query.offset(params.offset)
@@ -100,7 +107,8 @@ def paginate(
     next_marker = None
     if limit is not None and len(rows) > limit:
         rows = rows[:limit]
-        next_marker = rows[-1].id if rows else None
+        last = rows[-1]
+        next_marker = last if isinstance(last, str) else last.id
     return Page(rows=rows, next_marker=next_marker, count=count)
 
 

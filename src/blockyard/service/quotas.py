@@ -1,14 +1,16 @@
 """Quota enforcement by conditional increments, race-free on any database.
 
 A usage row per (project, resource) is only ever changed by
-``UPDATE quota_usages SET in_use = in_use + :n WHERE ... AND in_use + :n <= :limit``, in the same
-transaction that creates, grows or removes what it counts. Two concurrent requests cannot both
+``UPDATE quota_usages SET in_use = in_use + :n WHERE ... AND in_use + :n <= <its limit>``, in the
+same transaction that creates, grows or removes what it counts. Two concurrent requests cannot both
 squeeze under a limit, and a rolled-back request releases nothing it did not take.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import case, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql as postgresql_dml
+from sqlalchemy.dialects import sqlite as sqlite_dml
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,10 +28,7 @@ def limit_of(session: Session, defaults: dict[str, int], project_id: str, resour
     ).scalar()
     if stored is not None:
         return int(stored)
-    base = resource.split("_", 1)[0] if resource.split("_", 1)[0] in PER_TYPE else resource
-    if base != resource and resource not in defaults:
-        return -1  # per-type quotas are unlimited unless set
-    return defaults.get(resource, -1)
+    return default_of(defaults, resource)
 
 
 def usage_of(session: Session, project_id: str, resource: str) -> int:
@@ -41,55 +40,86 @@ def usage_of(session: Session, project_id: str, resource: str) -> int:
     return int(value or 0)
 
 
-def _ensure_row(session: Session, project_id: str, resource: str) -> None:
-    exists = session.execute(
-        select(QuotaUsage.in_use).where(
-            QuotaUsage.project_id == project_id, QuotaUsage.resource == resource
-        )
-    ).first()
-    if exists is None:
-        try:
-            with session.begin_nested():
-                session.execute(
-                    insert(QuotaUsage).values(project_id=project_id, resource=resource, in_use=0)
-                )
-        except IntegrityError:
-            pass  # a concurrent request created it first
+def default_of(defaults: dict[str, int], resource: str) -> int:
+    """The configured default limit of `resource`; per-type resources are unlimited (-1)."""
+    if resource in defaults:
+        return defaults[resource]
+    return -1
+
+
+def _ensure_rows(session: Session, project_id: str, resources: list[str]) -> None:
+    """Create missing usage rows at zero (a concurrent creator wins harmlessly)."""
+    rows = [{"project_id": project_id, "resource": r, "in_use": 0} for r in resources]
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        module = sqlite_dml if dialect == "sqlite" else postgresql_dml
+        session.execute(module.insert(QuotaUsage).values(rows).on_conflict_do_nothing())
+        return
+    existing = set(session.execute(select(QuotaUsage.resource).where(
+        QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(resources))).scalars())
+    for row in rows:
+        if row["resource"] not in existing:
+            try:
+                with session.begin_nested():
+                    session.execute(insert(QuotaUsage).values(row))
+            except IntegrityError:
+                pass
 
 
 def consume(
     session: Session, defaults: dict[str, int], project_id: str, deltas: dict[str, int]
 ) -> None:
-    """Add `deltas` to the project's usage, or raise QuotaExceeded and change nothing.
+    """Add `deltas` to the project's usage, or raise QuotaExceeded.
 
-    Negative deltas (releases) always succeed and never go below zero.
+    Increases are one conditional UPDATE over all their rows, each row checked against its
+    own limit (the stored one, else the default); if any row would exceed its limit the row
+    count falls short and the caller's transaction, which the raised error aborts, rolls back
+    whatever the statement did change. Decreases always succeed and stop at zero.
     """
-    for resource, delta in sorted(deltas.items()):
-        if delta == 0:
-            continue
-        _ensure_row(session, project_id, resource)
-        row = (QuotaUsage.project_id == project_id, QuotaUsage.resource == resource)
-        if delta < 0:
-            session.execute(
-                update(QuotaUsage)
-                .where(*row)
-                .values(in_use=QuotaUsage.in_use + delta)
-                .execution_options(synchronize_session=False)
-            )
-            session.execute(
-                update(QuotaUsage)
-                .where(*row, QuotaUsage.in_use < 0)
-                .values(in_use=0)
-                .execution_options(synchronize_session=False)
-            )
-            continue
+    grow = {r: d for r, d in deltas.items() if d > 0}
+    shrink = {r: d for r, d in deltas.items() if d < 0}
+    if grow:
+        _ensure_rows(session, project_id, sorted(grow))
+        delta = case(grow, value=QuotaUsage.resource, else_=0)
+        stored = (
+            select(Quota.hard_limit)
+            .where(Quota.project_id == QuotaUsage.project_id,
+                   Quota.resource == QuotaUsage.resource)
+            .scalar_subquery()
+        )
+        limit = func.coalesce(stored, case({r: default_of(defaults, r) for r in grow},
+                                           value=QuotaUsage.resource, else_=-1))
+        result = session.execute(
+            update(QuotaUsage)
+            .where(QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(grow),
+                   or_(limit < 0, QuotaUsage.in_use + delta <= limit))
+            .values(in_use=QuotaUsage.in_use + delta)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != len(grow):  # type: ignore[attr-defined]
+            _raise_exceeded(session, defaults, project_id, grow)
+    if shrink:
+        delta = case(shrink, value=QuotaUsage.resource, else_=0)
+        session.execute(
+            update(QuotaUsage)
+            .where(QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(shrink))
+            .values(in_use=case((QuotaUsage.in_use + delta < 0, 0),
+                                else_=QuotaUsage.in_use + delta))
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _raise_exceeded(session: Session, defaults: dict[str, int], project_id: str,
+                    grow: dict[str, int]) -> None:
+    """Name the first resource whose limit the increase would pass."""
+    for resource, delta in sorted(grow.items()):
         limit = limit_of(session, defaults, project_id, resource)
-        stmt = update(QuotaUsage).where(*row).values(in_use=QuotaUsage.in_use + delta)
-        if limit >= 0:
-            stmt = stmt.where(QuotaUsage.in_use + delta <= limit)
-        result = session.execute(stmt.execution_options(synchronize_session=False))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            raise QuotaExceeded(resource, delta, limit, usage_of(session, project_id, resource))
+        in_use = usage_of(session, project_id, resource)
+        if limit >= 0 and in_use + delta > limit:
+            raise QuotaExceeded(resource, delta, limit, in_use)
+    resource, delta = sorted(grow.items())[0]
+    raise QuotaExceeded(resource, delta, limit_of(session, defaults, project_id, resource),
+                        usage_of(session, project_id, resource))
 
 
 def volume_deltas(type_name: str, count: int, gigabytes: int) -> dict[str, int]:

@@ -7,13 +7,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from blockyard import backends as drivers
 from blockyard.backends.base import BackendStats, VolumeDriver
 from blockyard.config import BackendConfig, Config
 from blockyard.db.engine import Database
 from blockyard.errors import BackendError
+
+if TYPE_CHECKING:
+    from blockyard.service.tasks import TaskView
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class Runtime:
 class TaskSubmitter(Protocol):
     """What service functions need of the task runner: hand over a committed task row."""
 
-    def submit(self, task_id: int, backend: str) -> None: ...
+    def submit(self, task: TaskView) -> None: ...
 
 
 def build_backends(config: Config) -> dict[str, Backend]:

@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session
 from blockyard import states
 from blockyard.db.models import Snapshot, SnapshotMetadata, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
-from blockyard.service import metadata, quotas, tasks
+from blockyard.service import metadata, quotas, records, tasks
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, like, paginate
 from blockyard.service.runtime import Runtime
-from blockyard.service.volumes import _submit, snapshot_ref
+from blockyard.service.volumes import snapshot_ref
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
 
@@ -58,13 +58,13 @@ def create(rt: Runtime, who: Identity, volume_id: str, *, name: str | None,
             raise Invalid(f"Invalid volume: Volume {volume_id} status must be available, but "
                           f"current status is: {v.status}.")
         quotas.consume(s, rt.config.quotas, who.project_id,
-                       quotas.snapshot_deltas(v.volume_type.name, 1, v.size))
+                       quotas.snapshot_deltas(records.type_name(s, v.volume_type_id), 1, v.size))
         try:
             states.pin(s, Volume, volume_id, allowed, "snapshot")
         except InvalidState as exc:
             raise Invalid(f"Invalid volume: Volume {volume_id} status must be available, but "
                           f"current status is: {exc.current}.") from exc
-        task_id = tasks.enqueue(s, "create_snapshot", v.backend, snapshot_id)
+        task = tasks.enqueue(s, "create_snapshot", v.backend, snapshot_id)
         snap = Snapshot(
             id=snapshot_id,
             project_id=who.project_id,
@@ -76,7 +76,7 @@ def create(rt: Runtime, who: Identity, volume_id: str, *, name: str | None,
             status=S.CREATING,
             progress="0%",
             volume_type_id=v.volume_type_id,
-            task_id=task_id,
+            task_id=task.id,
             pins=0,
             created_at=utcnow(),
             metadata_items=[SnapshotMetadata(key=k, value=val) for k, val in metadata.items()],
@@ -85,8 +85,7 @@ def create(rt: Runtime, who: Identity, volume_id: str, *, name: str | None,
         s.flush()
         s.refresh(snap)
         _ = snap.metadata_items
-        backend = v.backend
-    _submit(rt, task_id, backend)
+    tasks.start(rt, task)
     return snap
 
 
@@ -125,10 +124,10 @@ def delete_snapshot(rt: Runtime, who: Identity, snapshot_id: str, *, force: bool
         snap = get(s, who, snapshot_id)
         v = s.get(Volume, snap.volume_id)
         assert v is not None
-        task_id = tasks.enqueue(s, "delete_snapshot", v.backend, snapshot_id)
+        task = tasks.enqueue(s, "delete_snapshot", v.backend, snapshot_id)
         try:
             states.begin(s, Snapshot, snapshot_id, "force_delete" if force else "delete",
-                         task_id=task_id, where=(Snapshot.pins == 0,))
+                         task_id=task.id, where=(Snapshot.pins == 0,))
         except InvalidState as exc:
             if exc.current in states.SNAPSHOT_TRANSITIONS["delete"].allowed:
                 raise Invalid(f"Invalid snapshot: Snapshot {snapshot_id} is being used to "
@@ -136,8 +135,7 @@ def delete_snapshot(rt: Runtime, who: Identity, snapshot_id: str, *, force: bool
             raise Invalid(f"Invalid snapshot: Snapshot status must be available or error "
                           f"and must not be part of a group, but current status is: "
                           f"{exc.current}.") from exc
-        backend = v.backend
-    _submit(rt, task_id, backend)
+    tasks.start(rt, task)
 
 
 def _run_delete(rt: Runtime, task: tasks.TaskView) -> None:
@@ -164,8 +162,9 @@ def _settle_delete(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
     removed = s.execute(delete(Snapshot).where(Snapshot.id == snap.id,
                                                Snapshot.task_id == task.id))
     if removed.rowcount == 1 and v is not None:  # type: ignore[attr-defined]
+        type_name = records.type_name(s, v.volume_type_id)
         quotas.consume(s, rt.config.quotas, snap.project_id,
-                       quotas.snapshot_deltas(v.volume_type.name, -1, -snap.size))
+                       quotas.snapshot_deltas(type_name, -1, -snap.size))
 
 
 tasks.register("delete_snapshot", tasks.Handler(_run_delete, _settle_delete))

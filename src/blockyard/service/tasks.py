@@ -86,12 +86,24 @@ def register(kind: str, handler: Handler) -> None:
 
 
 def enqueue(session: Session, kind: str, backend: str, resource_id: str,
-            payload: dict[str, Any] | None = None) -> int:
-    """Insert a task row in the caller's transaction; submit it after that commits."""
-    task = Task(kind=kind, backend=backend, resource_id=resource_id, payload=payload or {})
+            payload: dict[str, Any] | None = None) -> TaskView:
+    """Insert a task row in the caller's transaction; submit it after that commits.
+
+    The row counts as started once (attempts = 1): `recover` adds one for every restart that
+    finds it, so a task that keeps killing the process is failed instead of re-run forever.
+    """
+    task = Task(kind=kind, backend=backend, resource_id=resource_id, payload=payload or {},
+                attempts=1)
     session.add(task)
     session.flush()
-    return task.id
+    return TaskView(task.id, kind, backend, resource_id, dict(task.payload), 1)
+
+
+def start(rt: Runtime, task: TaskView) -> None:
+    """Hand a task to its backend's workers; call after the enqueuing transaction commits."""
+    failpoint("api.after_commit")
+    assert rt.tasks is not None
+    rt.tasks.submit(task)
 
 
 class TaskRunner:
@@ -107,26 +119,29 @@ class TaskRunner:
         self._running = 0
         rt.tasks = self
 
-    def submit(self, task_id: int, backend: str) -> None:
+    def submit(self, task: TaskView) -> None:
         with self._idle:
             self._running += 1
         try:
-            self._pools[backend].submit(self._execute, task_id)
+            self._pools[task.backend].submit(self._execute, task)
         except Exception:
             self._done()
             raise
 
     def recover(self) -> int:
         """Submit every task left by a previous run of the process; returns how many."""
-        with self.rt.db.read() as s:
-            rows = s.execute(select(Task.id, Task.backend).order_by(Task.id)).all()
+        with self.rt.db.write() as s:
+            s.execute(update(Task).values(attempts=Task.attempts + 1))
+            rows = s.execute(select(Task).order_by(Task.id)).scalars().all()
+            left = [TaskView(r.id, r.kind, r.backend, r.resource_id, dict(r.payload),
+                             r.attempts) for r in rows]
         count = 0
-        for task_id, backend in rows:
-            if backend not in self._pools:
-                log.error("task %s belongs to backend %s, which is not configured", task_id,
-                          backend)
+        for task in left:
+            if task.backend not in self._pools:
+                log.error("task %s belongs to backend %s, which is not configured", task.id,
+                          task.backend)
                 continue
-            self.submit(task_id, backend)
+            self.submit(task)
             count += 1
         return count
 
@@ -144,23 +159,16 @@ class TaskRunner:
             self._running -= 1
             self._idle.notify_all()
 
-    def _execute(self, task_id: int) -> None:
+    def _execute(self, task: TaskView) -> None:
         try:
-            self._execute_once(task_id)
+            self._execute_once(task)
         except Exception:
             log.exception("task %s could not be settled; it will be re-run at the next start",
-                          task_id)
+                          task.id)
         finally:
             self._done()
 
-    def _execute_once(self, task_id: int) -> None:
-        with self.rt.db.write() as s:
-            row = s.get(Task, task_id)
-            if row is None:
-                return  # already settled (submitted twice)
-            s.execute(update(Task).where(Task.id == task_id).values(attempts=Task.attempts + 1))
-            task = TaskView(row.id, row.kind, row.backend, row.resource_id, dict(row.payload),
-                            row.attempts + 1)
+    def _execute_once(self, task: TaskView) -> None:
         handler = HANDLERS[task.kind]
         result: Any = None
         error: BaseException | None = None
@@ -178,8 +186,10 @@ class TaskRunner:
         for attempt in range(SETTLE_TRIES):
             try:
                 with self.rt.db.write() as s:
-                    handler.settle(s, self.rt, task, result, error)
-                    s.execute(delete(Task).where(Task.id == task.id))
+                    # deleting the row first makes settling happen at most once
+                    gone = s.execute(delete(Task).where(Task.id == task.id))
+                    if gone.rowcount == 1:  # type: ignore[attr-defined]
+                        handler.settle(s, self.rt, task, result, error)
                 break
             except OperationalError:
                 if attempt == SETTLE_TRIES - 1:

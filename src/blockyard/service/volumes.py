@@ -23,9 +23,10 @@ from blockyard.db.models import (
     utcnow,
 )
 from blockyard.errors import InUse, Invalid, InvalidState, NotFound
-from blockyard.service import metadata, quotas, scheduler, tasks
+from blockyard.service import metadata, quotas, records, scheduler, tasks
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
+from blockyard.service.records import VolumeRecord
 from blockyard.service.runtime import Runtime
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
@@ -89,6 +90,16 @@ def get(session: Session, who: Identity, volume_id: str) -> Volume:
     return volume
 
 
+def show(rt: Runtime, who: Identity, volume_id: str) -> VolumeRecord:
+    """The read model of one volume, as `who` may see it."""
+    with rt.db.read() as s:
+        record = records.fetch_volume(s, volume_id)
+    if record is None:
+        raise NotFound("Volume", volume_id)
+    authorize(who, "volume:get", record.project_id)
+    return record
+
+
 METADATA = metadata.Owner(Volume, VolumeMetadata, "volume_id", get)
 
 
@@ -99,7 +110,7 @@ def _no_snapshots(volume_id: str) -> Any:
 # ---------------------------------------------------------------------------- create
 
 
-def create(rt: Runtime, who: Identity, req: VolumeCreate) -> Volume:
+def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
     """Accept a volume: insert it `creating` with its task, then start the task."""
     with rt.db.read() as s:
         source_backend: str | None = None
@@ -169,7 +180,7 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> Volume:
                                   f"smaller than original volume size, which grew meanwhile. "
                                   f"They must be >= original volume size.") from exc
                 raise
-        task_id = tasks.enqueue(s, "create_volume", backend.name, volume_id)
+        task = tasks.enqueue(s, "create_volume", backend.name, volume_id)
         volume = Volume(
             id=volume_id,
             project_id=who.project_id,
@@ -186,23 +197,17 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> Volume:
             source_volid=req.source_volid,
             bootable=req.bootable,
             multiattach=multiattach,
-            task_id=task_id,
+            task_id=task.id,
             pins=0,
             created_at=utcnow(),
             metadata_items=[VolumeMetadata(key=k, value=v) for k, v in req.metadata.items()],
         )
         s.add(volume)
         s.flush()
-        s.refresh(volume)
-        _ = volume.volume_type, volume.attachments, volume.metadata_items
-    _submit(rt, task_id, backend.name)
-    return volume
-
-
-def _submit(rt: Runtime, task_id: int, backend: str) -> None:
-    tasks.failpoint("api.after_commit")
-    assert rt.tasks is not None
-    rt.tasks.submit(task_id, backend)
+        record = records.fetch_volume(s, volume_id)
+    tasks.start(rt, task)
+    assert record is not None
+    return record
 
 
 def _run_create(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
@@ -250,7 +255,7 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
     """Accept a delete: mark the volume (and with `cascade` its snapshots) deleting."""
     with rt.db.write() as s:
         v = get(s, who, volume_id)
-        task_id = tasks.enqueue(s, "delete_volume", v.backend, volume_id, {"cascade": cascade})
+        task = tasks.enqueue(s, "delete_volume", v.backend, volume_id, {"cascade": cascade})
         conditions: list[Any] = [Volume.pins == 0]
         if not cascade:
             conditions.append(_no_snapshots(volume_id))
@@ -258,7 +263,7 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
             conditions.append(Volume.attach_status == states.AttachStatus.DETACHED)
         try:
             states.begin(s, Volume, volume_id, "force_delete" if force else "delete",
-                         task_id=task_id, where=tuple(conditions))
+                         task_id=task.id, where=tuple(conditions))
         except InvalidState as exc:
             raise Invalid(
                 "Invalid volume: Volume status must be available or error or error_restoring "
@@ -271,8 +276,8 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
                                  ).scalars().all()
             for snap_id in snap_ids:
                 states.begin(s, Snapshot, snap_id, "force_delete" if force else "delete",
-                             task_id=task_id, where=(Snapshot.pins == 0,))
-    _submit(rt, task_id, v.backend)
+                             task_id=task.id, where=(Snapshot.pins == 0,))
+    tasks.start(rt, task)
 
 
 def _run_delete(rt: Runtime, task: tasks.TaskView) -> None:
@@ -301,7 +306,7 @@ def _settle_delete(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
             states.fail(s, Snapshot, sn.id, "delete", task_id=task.id)
         states.fail(s, Volume, v.id, "delete", task_id=task.id)
         return
-    type_name = v.volume_type.name
+    type_name = records.type_name(s, v.volume_type_id)
     for sn in snaps:
         s.execute(delete(Snapshot).where(Snapshot.id == sn.id, Snapshot.task_id == task.id))
         quotas.consume(s, rt.config.quotas, sn.project_id,
@@ -341,11 +346,11 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
                 raise Invalid(f"Invalid volume: backend {v.backend} cannot extend an "
                               f"attached volume.")
             action = "extend_attached"
-        task_id = tasks.enqueue(s, "extend_volume", v.backend, volume_id,
+        task = tasks.enqueue(s, "extend_volume", v.backend, volume_id,
                                 {"new_size": new_size, "old_size": v.size, "action": action})
         try:
             # pins == 0: no snapshot or clone is copying the volume while it grows under it
-            states.begin(s, Volume, volume_id, action, task_id=task_id,
+            states.begin(s, Volume, volume_id, action, task_id=task.id,
                          where=(Volume.size == v.size, Volume.pins == 0))
         except InvalidState as exc:
             if exc.current in states.VOLUME_TRANSITIONS[action].allowed:
@@ -354,9 +359,8 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
             raise
         quotas.consume(s, rt.config.quotas, v.project_id,
                        {"gigabytes": new_size - v.size,
-                        f"gigabytes_{v.volume_type.name}": new_size - v.size})
-        backend = v.backend
-    _submit(rt, task_id, backend)
+                        f"gigabytes_{records.type_name(s, v.volume_type_id)}": new_size - v.size})
+    tasks.start(rt, task)
 
 
 def _run_extend(rt: Runtime, task: tasks.TaskView) -> None:
@@ -381,7 +385,7 @@ def _settle_extend(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
     if states.fail(s, Volume, v.id, action, task_id=task.id):
         quotas.consume(s, rt.config.quotas, v.project_id,
                        {"gigabytes": old_size - new_size,
-                        f"gigabytes_{v.volume_type.name}": old_size - new_size})
+                        f"gigabytes_{records.type_name(s, v.volume_type_id)}": old_size - new_size})
 
 
 tasks.register("extend_volume", tasks.Handler(_run_extend, _settle_extend))
@@ -390,7 +394,9 @@ tasks.register("extend_volume", tasks.Handler(_run_extend, _settle_extend))
 # ---------------------------------------------------------------------------- small updates
 
 
-def update_fields(rt: Runtime, who: Identity, volume_id: str, values: dict[str, Any]) -> Volume:
+def update_fields(
+    rt: Runtime, who: Identity, volume_id: str, values: dict[str, Any]
+) -> VolumeRecord:
     """Name, description, metadata (replace), bootable, readonly: no status involved."""
     with rt.db.write() as s:
         v = get(s, who, volume_id)
@@ -401,10 +407,9 @@ def update_fields(rt: Runtime, who: Identity, volume_id: str, values: dict[str, 
                       .execution_options(synchronize_session=False))
         if meta is not None:
             metadata.replace_items(s, METADATA, volume_id, meta)
-        s.expire(v)
-        s.refresh(v)
-        _ = v.volume_type, v.attachments, v.metadata_items
-        return v
+        record = records.fetch_volume(s, v.id)
+    assert record is not None
+    return record
 
 
 def reset_status(rt: Runtime, who: Identity, volume_id: str, status: str | None,
@@ -451,7 +456,7 @@ def _filtered_query(who: Identity, filters: dict[str, str], all_projects: bool,
                     like_allowed: bool) -> Any:
     from blockyard.service.listing import like
 
-    q = select(Volume)
+    q = select(Volume.id)
     project = filters.get("project_id") if all_projects else None
     if not all_projects:
         q = q.where(Volume.project_id == who.project_id)
@@ -493,8 +498,10 @@ def list_volumes(rt: Runtime, who: Identity, params: Any, *, all_projects: bool,
 
     with rt.db.read() as s:
         q = _filtered_query(who, params.filters, all_projects and who.is_admin, like_allowed)
-        return paginate(s, Volume, q, params, sortable=SORTABLE,
+        page = paginate(s, Volume, q, params, sortable=SORTABLE,
                         nullable={"name": "", "updated_at": Volume.created_at})
+        page.rows = records.fetch_volumes(s, page.rows)
+        return page
 
 
 def summary(

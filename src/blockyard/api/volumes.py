@@ -86,8 +86,8 @@ async def create(request: Request) -> Response:
 
 async def _list(request: Request, detail: bool) -> Response:
     params = listing.parse_params(request)
-    page = await _in_thread(
-        volumes.list_volumes, wire.runtime(request), wire.identity(request), params,
+    page = await wire.read(
+        request, volumes.list_volumes, wire.runtime(request), wire.identity(request), params,
         all_projects=listing.all_tenants(request), like_allowed=wire.mv(request) >= 34,
     )
     render = views.volume_detail if detail else views.volume_summary
@@ -122,8 +122,8 @@ async def summary(request: Request) -> Response:
 
 
 async def show(request: Request) -> Response:
-    v = await _in_thread(volumes.show, wire.runtime(request), wire.identity(request),
-                         request.path_params["id"])
+    v = await wire.read(request, volumes.show, wire.runtime(request), wire.identity(request),
+                        request.path_params["id"])
     return wire.ok({"volume": views.volume_detail(request, v)})
 
 

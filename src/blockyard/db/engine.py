@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -73,6 +73,18 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self._read() as session, session.begin():
             yield session
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A bare connection in a read transaction, for the prebuilt Core reads of hot paths."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @property
+    def inline_reads(self) -> bool:
+        """May short reads run on the event loop? True for SQLite in WAL mode, where a reader
+        never waits for a lock; a networked database must be read from a worker thread."""
+        return self.url.startswith("sqlite")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:

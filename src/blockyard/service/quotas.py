@@ -47,13 +47,19 @@ def default_of(defaults: dict[str, int], resource: str) -> int:
     return -1
 
 
+#: prebuilt "insert unless present" statements, run with one parameter set per row
+_INSERT_IF_MISSING = {
+    "sqlite": sqlite_dml.insert(QuotaUsage).on_conflict_do_nothing(),
+    "postgresql": postgresql_dml.insert(QuotaUsage).on_conflict_do_nothing(),
+}
+
+
 def _ensure_rows(session: Session, project_id: str, resources: list[str]) -> None:
     """Create missing usage rows at zero (a concurrent creator wins harmlessly)."""
     rows = [{"project_id": project_id, "resource": r, "in_use": 0} for r in resources]
     dialect = session.get_bind().dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        module = sqlite_dml if dialect == "sqlite" else postgresql_dml
-        session.execute(module.insert(QuotaUsage).values(rows).on_conflict_do_nothing())
+    if dialect in _INSERT_IF_MISSING:
+        session.execute(_INSERT_IF_MISSING[dialect], rows)
         return
     existing = set(session.execute(select(QuotaUsage.resource).where(
         QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(resources))).scalars())

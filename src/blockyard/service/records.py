@@ -1,8 +1,10 @@
 """Read models of volumes: what the API renders, fetched with a fixed, small number of queries.
 
 Showing and listing volumes is most of the API's traffic (clients poll a volume until it is
-ready), so it bypasses ORM object loading: one joined SELECT for the rows, one for their
-metadata, and one for attachments only when some volume is attached.
+ready), so it bypasses the ORM: one prebuilt SELECT joins each volume with its type's name and
+its metadata, and a second one reads attachments only when some volume is attached. The
+functions take a Connection, so callers can run them inside an ORM transaction
+(``session.connection()``) or on a bare connection.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from blockyard.db.models import Attachment, Volume, VolumeMetadata, VolumeType
@@ -53,6 +55,9 @@ class VolumeRecord:
     migration_status: str | None
     created_at: datetime
     updated_at: datetime | None
+    provider_location: str | None
+    #: secrets of the export (CHAP): for drivers, never rendered
+    provider_auth: str | None = field(repr=False)
     meta: dict[str, str] = field(default_factory=dict)
     attachments: list[AttachmentRecord] = field(default_factory=list)
 
@@ -62,44 +67,56 @@ _COLUMNS = (
     Volume.status, Volume.attach_status, Volume.availability_zone, Volume.volume_type_id,
     VolumeType.name, Volume.backend, Volume.snapshot_id, Volume.source_volid, Volume.bootable,
     Volume.readonly, Volume.multiattach, Volume.name_id, Volume.migration_status,
-    Volume.created_at, Volume.updated_at,
+    Volume.created_at, Volume.updated_at, Volume.provider_location, Volume.provider_auth,
 )
-_BY_IDS = select(*_COLUMNS).join(VolumeType, VolumeType.id == Volume.volume_type_id)
-_ATTACHMENT_COLUMNS = (
-    Attachment.id, Attachment.volume_id, Attachment.instance_uuid, Attachment.attached_host,
-    Attachment.mountpoint, Attachment.attach_status, Attachment.attach_mode,
-    Attachment.attach_time,
+_WIDTH = len(_COLUMNS)
+#: volumes with their type's name and their metadata, one row per metadata item (or one row
+#: with NULL key when there is none); built once so that SQLAlchemy's compiled cache serves it
+_WITH_METADATA = (
+    select(*_COLUMNS, VolumeMetadata.key, VolumeMetadata.value)
+    .join(VolumeType, VolumeType.id == Volume.volume_type_id)
+    .outerjoin(VolumeMetadata, VolumeMetadata.volume_id == Volume.id)
+)
+_BY_ID = _WITH_METADATA.where(Volume.id == bindparam("id")).order_by(VolumeMetadata.key)
+_BY_IDS = _WITH_METADATA.where(Volume.id.in_(bindparam("ids", expanding=True))).order_by(
+    VolumeMetadata.key
+)
+_ATTACHMENTS = (
+    select(
+        Attachment.id, Attachment.volume_id, Attachment.instance_uuid,
+        Attachment.attached_host, Attachment.mountpoint, Attachment.attach_status,
+        Attachment.attach_mode, Attachment.attach_time,
+    )
+    .where(Attachment.volume_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Attachment.created_at)
 )
 
 
-def fetch_volumes(session: Session, ids: Sequence[str]) -> list[VolumeRecord]:
+def _collect(conn: Connection, rows: Any) -> dict[str, VolumeRecord]:
+    records: dict[str, VolumeRecord] = {}
+    for row in rows:
+        record = records.get(row[0])
+        if record is None:
+            record = records[row[0]] = VolumeRecord(*row[:_WIDTH])
+        if row[_WIDTH] is not None:
+            record.meta[row[_WIDTH]] = row[_WIDTH + 1]
+    attached = [r.id for r in records.values() if r.attach_status != "detached"]
+    if attached:
+        for arow in conn.execute(_ATTACHMENTS, {"ids": attached}):
+            records[arow[1]].attachments.append(AttachmentRecord(*arow))
+    return records
+
+
+def fetch_volumes(conn: Connection, ids: Sequence[str]) -> list[VolumeRecord]:
     """Records of the volumes `ids`, in that order (missing ones are left out)."""
     if not ids:
         return []
-    conn = session.connection()
-    records: dict[str, VolumeRecord] = {}
-    for row in conn.execute(_BY_IDS.where(Volume.id.in_(ids))):
-        records[row[0]] = VolumeRecord(*row)  # type: ignore[call-arg]
-    for volume_id, key, value in conn.execute(
-        select(VolumeMetadata.volume_id, VolumeMetadata.key, VolumeMetadata.value)
-        .where(VolumeMetadata.volume_id.in_(list(records)))
-        .order_by(VolumeMetadata.key)
-    ):
-        records[volume_id].meta[key] = value
-    attached = [r.id for r in records.values() if r.attach_status != "detached"]
-    if attached:
-        for arow in conn.execute(
-            select(*_ATTACHMENT_COLUMNS)
-            .where(Attachment.volume_id.in_(attached))
-            .order_by(Attachment.created_at)
-        ):
-            records[arow[1]].attachments.append(AttachmentRecord(*arow))
+    records = _collect(conn, conn.execute(_BY_IDS, {"ids": list(ids)}))
     return [records[i] for i in ids if i in records]
 
 
-def fetch_volume(session: Session, volume_id: str) -> VolumeRecord | None:
-    found = fetch_volumes(session, [volume_id])
-    return found[0] if found else None
+def fetch_volume(conn: Connection, volume_id: str) -> VolumeRecord | None:
+    return _collect(conn, conn.execute(_BY_ID, {"id": volume_id})).get(volume_id)
 
 
 def type_name(session: Session, type_id: str) -> str:

@@ -29,11 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from blockyard.db.models import Task
+from blockyard.db.models import Task, utcnow
 from blockyard.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,12 @@ def enqueue(session: Session, kind: str, backend: str, resource_id: str,
     The row counts as started once (attempts = 1): `recover` adds one for every restart that
     finds it, so a task that keeps killing the process is failed instead of re-run forever.
     """
-    task = Task(kind=kind, backend=backend, resource_id=resource_id, payload=payload or {},
-                attempts=1)
-    session.add(task)
-    session.flush()
-    return TaskView(task.id, kind, backend, resource_id, dict(task.payload), 1)
+    payload = payload or {}
+    result = session.execute(insert(Task).values(
+        kind=kind, backend=backend, resource_id=resource_id, payload=payload, attempts=1,
+        created_at=utcnow()))
+    task_id = int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
+    return TaskView(task_id, kind, backend, resource_id, dict(payload), 1)
 
 
 def start(rt: Runtime, task: TaskView) -> None:

@@ -7,10 +7,11 @@ long work is handed to a durable task (blockyard.service.tasks) after the transa
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import Connection, delete, exists, insert, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
@@ -51,7 +52,7 @@ class VolumeCreate:
 # ---------------------------------------------------------------------------- references
 
 
-def volume_ref(v: Volume) -> VolumeRef:
+def volume_ref(v: Volume | VolumeRecord) -> VolumeRef:
     return VolumeRef(
         id=v.id,
         size_gb=v.size,
@@ -92,8 +93,8 @@ def get(session: Session, who: Identity, volume_id: str) -> Volume:
 
 def show(rt: Runtime, who: Identity, volume_id: str) -> VolumeRecord:
     """The read model of one volume, as `who` may see it."""
-    with rt.db.read() as s:
-        record = records.fetch_volume(s, volume_id)
+    with rt.db.reading() as conn:
+        record = records.fetch_volume(conn, volume_id)
     if record is None:
         raise NotFound("Volume", volume_id)
     authorize(who, "volume:get", record.project_id)
@@ -111,7 +112,12 @@ def _no_snapshots(volume_id: str) -> Any:
 
 
 def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
-    """Accept a volume: insert it `creating` with its task, then start the task."""
+    """Accept a volume: insert it `creating` with its task, then start the task.
+
+    Everything that can be decided from a read is decided before the write transaction; the
+    transaction itself holds only the quota increment, the pins of the source (which re-check
+    what was read) and two inserts, because SQLite runs one writer at a time.
+    """
     with rt.db.read() as s:
         source_backend: str | None = None
         size = req.size
@@ -163,7 +169,16 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
             backend = scheduler.pick(rt, vt, size, req.availability_zone)
         type_id, type_name, multiattach = vt.id, vt.name, vtypes.is_multiattach(vt)
 
-    volume_id = str(uuid.uuid4())
+    record = VolumeRecord(
+        id=str(uuid.uuid4()), project_id=who.project_id, user_id=who.user_id, name=req.name,
+        description=req.description, size=size, status=V.CREATING,
+        attach_status=states.AttachStatus.DETACHED,
+        availability_zone=backend.config.availability_zone, volume_type_id=type_id,
+        type_name=type_name, backend=backend.name, snapshot_id=req.snapshot_id,
+        source_volid=req.source_volid, bootable=req.bootable, readonly=False,
+        multiattach=multiattach, name_id=None, migration_status=None, created_at=utcnow(),
+        updated_at=None, provider_location=None, provider_auth=None, meta=dict(req.metadata),
+    )
     with rt.db.write() as s:
         quotas.consume(s, rt.config.quotas, who.project_id,
                        quotas.volume_deltas(type_name, 1, size))
@@ -180,71 +195,120 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
                                   f"smaller than original volume size, which grew meanwhile. "
                                   f"They must be >= original volume size.") from exc
                 raise
-        task = tasks.enqueue(s, "create_volume", backend.name, volume_id)
-        volume = Volume(
-            id=volume_id,
-            project_id=who.project_id,
-            user_id=who.user_id,
-            name=req.name,
-            description=req.description,
-            size=size,
-            status=V.CREATING,
-            attach_status=states.AttachStatus.DETACHED,
-            availability_zone=backend.config.availability_zone,
-            volume_type_id=type_id,
-            backend=backend.name,
-            snapshot_id=req.snapshot_id,
-            source_volid=req.source_volid,
-            bootable=req.bootable,
-            multiattach=multiattach,
-            task_id=task.id,
-            pins=0,
-            created_at=utcnow(),
-            metadata_items=[VolumeMetadata(key=k, value=v) for k, v in req.metadata.items()],
-        )
-        s.add(volume)
-        s.flush()
-        record = records.fetch_volume(s, volume_id)
+        task = tasks.enqueue(s, "create_volume", backend.name, record.id, {
+            "size": size, "snapshot_id": req.snapshot_id, "source_volid": req.source_volid})
+        s.execute(insert(Volume).values(
+            id=record.id, project_id=record.project_id, user_id=record.user_id,
+            name=record.name, description=record.description, size=size, status=record.status,
+            previous_status=None, attach_status=record.attach_status,
+            availability_zone=record.availability_zone, volume_type_id=type_id,
+            backend=record.backend, snapshot_id=record.snapshot_id,
+            source_volid=record.source_volid, bootable=record.bootable, readonly=False,
+            multiattach=multiattach, task_id=task.id, pins=0, created_at=record.created_at,
+        ))
+        if req.metadata:
+            s.execute(insert(VolumeMetadata), [
+                {"volume_id": record.id, "key": k, "value": v} for k, v in req.metadata.items()])
     tasks.start(rt, task)
-    assert record is not None
     return record
 
 
-def _run_create(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
+def _refs_of_sources(rt: Runtime, snapshot_id: str | None,
+                     source_volid: str | None) -> tuple[SnapshotRef | None, VolumeRef | None]:
+    """The pinned sources of a copy (they cannot change while pinned)."""
     with rt.db.read() as s:
-        v = s.get(Volume, task.resource_id)
-        if v is None:
-            return None
-        ref = volume_ref(v)
-        driver = rt.backend(v.backend).driver
-        if v.snapshot_id is not None:
-            snap = s.get(Snapshot, v.snapshot_id)
+        if snapshot_id is not None:
+            snap = s.get(Snapshot, snapshot_id)
             assert snap is not None
-            snap_ref = snapshot_ref(snap, s.get(Volume, snap.volume_id))  # type: ignore[arg-type]
-            return driver.create_volume_from_snapshot(ref, snap_ref)
-        if v.source_volid is not None:
-            src = s.get(Volume, v.source_volid)
+            parent = s.get(Volume, snap.volume_id)
+            assert parent is not None
+            return snapshot_ref(snap, parent), None
+        if source_volid is not None:
+            src = s.get(Volume, source_volid)
             assert src is not None
-            return driver.create_cloned_volume(ref, volume_ref(src))
+            return None, volume_ref(src)
+    return None, None
+
+
+def _run_create(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
+    p = task.payload
+    ref = VolumeRef(id=task.resource_id, size_gb=int(p["size"]))
+    driver = rt.backend(task.backend).driver
+    snap_ref, src_ref = _refs_of_sources(rt, p.get("snapshot_id"), p.get("source_volid"))
+    if snap_ref is not None:
+        return driver.create_volume_from_snapshot(ref, snap_ref)
+    if src_ref is not None:
+        return driver.create_cloned_volume(ref, src_ref)
     return driver.create_volume(ref)
 
 
 def _settle_create(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
                    error: BaseException | None) -> None:
-    v = s.get(Volume, task.resource_id)
-    if v is None:
-        return
-    if v.snapshot_id is not None:
-        states.unpin(s, Snapshot, v.snapshot_id)
-    if v.source_volid is not None:
-        states.unpin(s, Volume, v.source_volid)
+    if task.payload.get("snapshot_id") is not None:
+        states.unpin(s, Snapshot, task.payload["snapshot_id"])
+    if task.payload.get("source_volid") is not None:
+        states.unpin(s, Volume, task.payload["source_volid"])
     if error is None:
-        states.finish(s, Volume, v.id, "create", task_id=task.id, values=_model_values(result))
+        states.finish(s, Volume, task.resource_id, "create", task_id=task.id,
+                      values=_model_values(result))
     else:
-        states.fail(s, Volume, v.id, "create", task_id=task.id)
+        states.fail(s, Volume, task.resource_id, "create", task_id=task.id)
 
 
 tasks.register("create_volume", tasks.Handler(_run_create, _settle_create))
+
+
+def _ref_payload(v: VolumeRecord) -> dict[str, Any]:
+    """What a task needs to rebuild the volume's VolumeRef without reading it again (the row
+    cannot change under the task that owns it)."""
+    return {"size": v.size, "name_id": v.name_id, "provider_location": v.provider_location,
+            "provider_auth": v.provider_auth, "project_id": v.project_id,
+            "type_name": v.type_name}
+
+
+def _ref_from_payload(task: tasks.TaskView) -> VolumeRef:
+    p = task.payload
+    return VolumeRef(id=task.resource_id, size_gb=int(p["size"]), name_id=p.get("name_id"),
+                     provider_location=p.get("provider_location"),
+                     provider_auth=p.get("provider_auth"))
+
+
+def _visible(rt: Runtime, who: Identity, volume_id: str) -> VolumeRecord:
+    """Read a volume before a write transaction that re-checks what matters by condition."""
+    with rt.db.reading() as conn:
+        v = records.fetch_volume(conn, volume_id)
+    if v is None:
+        raise NotFound("Volume", volume_id)
+    authorize(who, "volume:get", v.project_id)
+    return v
+
+
+class _Stale(Exception):
+    """The volume changed between the read and the write transaction (it was extended)."""
+
+
+#: how often an action re-reads a volume that changed under it before giving up
+FRESH_TRIES = 5
+
+
+def _stale(s: Session, v: VolumeRecord) -> bool:
+    """Did the write lose its compare-and-swap only because the size changed since the read?"""
+    size = s.execute(select(Volume.size).where(Volume.id == v.id)).scalar()
+    return size is not None and size != v.size
+
+
+def _with_fresh(rt: Runtime, who: Identity, volume_id: str,
+                act: Callable[[VolumeRecord], tasks.TaskView]) -> None:
+    """Read the volume, act on what was read under conditions that it still holds, and read
+    again when it did not; then start the task the action queued."""
+    for _ in range(FRESH_TRIES):
+        try:
+            task = act(_visible(rt, who, volume_id))
+        except _Stale:
+            continue
+        tasks.start(rt, task)
+        return
+    raise InUse(f"Invalid volume: Volume {volume_id} kept changing; try again.")
 
 
 # ---------------------------------------------------------------------------- delete
@@ -253,68 +317,78 @@ tasks.register("create_volume", tasks.Handler(_run_create, _settle_create))
 def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool = False,
                   force: bool = False) -> None:
     """Accept a delete: mark the volume (and with `cascade` its snapshots) deleting."""
-    with rt.db.write() as s:
-        v = get(s, who, volume_id)
-        task = tasks.enqueue(s, "delete_volume", v.backend, volume_id, {"cascade": cascade})
-        conditions: list[Any] = [Volume.pins == 0]
+
+    def act(v: VolumeRecord) -> tasks.TaskView:
+        # the size as read goes into the task (it releases that much quota): it must hold
+        conditions: list[Any] = [Volume.pins == 0, Volume.size == v.size]
         if not cascade:
             conditions.append(_no_snapshots(volume_id))
         if not force:
             conditions.append(Volume.attach_status == states.AttachStatus.DETACHED)
-        try:
-            states.begin(s, Volume, volume_id, "force_delete" if force else "delete",
-                         task_id=task.id, where=tuple(conditions))
-        except InvalidState as exc:
-            raise Invalid(
-                "Invalid volume: Volume status must be available or error or error_restoring "
-                "or error_extending or error_managing and must not be migrating, attached, "
-                "belong to a group, have snapshots, awaiting a transfer, or be disassociated "
-                "from snapshots after volume transfer."
-            ) from exc
-        if cascade:
-            snap_ids = s.execute(select(Snapshot.id).where(Snapshot.volume_id == volume_id)
-                                 ).scalars().all()
-            for snap_id in snap_ids:
-                states.begin(s, Snapshot, snap_id, "force_delete" if force else "delete",
-                             task_id=task.id, where=(Snapshot.pins == 0,))
-    tasks.start(rt, task)
+        with rt.db.write() as s:
+            task = tasks.enqueue(s, "delete_volume", v.backend, volume_id,
+                                 {"cascade": cascade, **_ref_payload(v)})
+            try:
+                states.begin(s, Volume, volume_id, "force_delete" if force else "delete",
+                             task_id=task.id, where=tuple(conditions))
+            except InvalidState as exc:
+                if _stale(s, v):
+                    raise _Stale() from exc
+                raise Invalid(
+                    "Invalid volume: Volume status must be available or error or "
+                    "error_restoring or error_extending or error_managing and must not be "
+                    "migrating, attached, belong to a group, have snapshots, awaiting a "
+                    "transfer, or be disassociated from snapshots after volume transfer."
+                ) from exc
+            if cascade:
+                snap_ids = s.execute(select(Snapshot.id).where(Snapshot.volume_id == volume_id)
+                                     ).scalars().all()
+                for snap_id in snap_ids:
+                    states.begin(s, Snapshot, snap_id, "force_delete" if force else "delete",
+                                 task_id=task.id, where=(Snapshot.pins == 0,))
+        return task
+
+    _with_fresh(rt, who, volume_id, act)
+
+
+def _cascaded_snapshots(conn: Connection, task_id: int) -> list[tuple[str, str, int, Any]]:
+    """(id, project_id, size, provider_location) of the snapshots a cascade delete owns."""
+    return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+        select(Snapshot.id, Snapshot.project_id, Snapshot.size, Snapshot.provider_location)
+        .where(Snapshot.task_id == task_id))]
 
 
 def _run_delete(rt: Runtime, task: tasks.TaskView) -> None:
-    with rt.db.read() as s:
-        v = s.get(Volume, task.resource_id)
-        if v is None:
-            return
-        driver = rt.backend(v.backend).driver
-        snaps = s.execute(select(Snapshot).where(Snapshot.task_id == task.id)).scalars().all()
-        snap_refs = [snapshot_ref(sn, v) for sn in snaps]
-        ref = volume_ref(v)
-    for snap_ref in snap_refs:
-        driver.delete_snapshot(snap_ref)
+    ref = _ref_from_payload(task)
+    driver = rt.backend(task.backend).driver
+    if task.payload.get("cascade"):
+        with rt.db.reading() as conn:
+            snaps = _cascaded_snapshots(conn, task.id)
+        for sid, _project, size, location in snaps:
+            driver.delete_snapshot(SnapshotRef(id=sid, volume=ref, size_gb=size,
+                                               provider_location=location))
     driver.remove_export(ref)
     driver.delete_volume(ref)
 
 
 def _settle_delete(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
                    error: BaseException | None) -> None:
-    v = s.get(Volume, task.resource_id)
-    if v is None:
-        return
-    snaps = s.execute(select(Snapshot).where(Snapshot.task_id == task.id)).scalars().all()
+    p = task.payload
+    snaps = _cascaded_snapshots(s.connection(), task.id) if p.get("cascade") else []
     if error is not None:
-        for sn in snaps:
-            states.fail(s, Snapshot, sn.id, "delete", task_id=task.id)
-        states.fail(s, Volume, v.id, "delete", task_id=task.id)
+        for sid, *_ in snaps:
+            states.fail(s, Snapshot, sid, "delete", task_id=task.id)
+        states.fail(s, Volume, task.resource_id, "delete", task_id=task.id)
         return
-    type_name = records.type_name(s, v.volume_type_id)
-    for sn in snaps:
-        s.execute(delete(Snapshot).where(Snapshot.id == sn.id, Snapshot.task_id == task.id))
-        quotas.consume(s, rt.config.quotas, sn.project_id,
-                       quotas.snapshot_deltas(type_name, -1, -sn.size))
-    removed = s.execute(delete(Volume).where(Volume.id == v.id, Volume.task_id == task.id))
+    type_name = str(p["type_name"])
+    for sid, project, size, _location in snaps:
+        s.execute(delete(Snapshot).where(Snapshot.id == sid, Snapshot.task_id == task.id))
+        quotas.consume(s, rt.config.quotas, project, quotas.snapshot_deltas(type_name, -1, -size))
+    removed = s.execute(delete(Volume).where(Volume.id == task.resource_id,
+                                             Volume.task_id == task.id))
     if removed.rowcount == 1:  # type: ignore[attr-defined]
-        quotas.consume(s, rt.config.quotas, v.project_id,
-                       quotas.volume_deltas(type_name, -1, -v.size))
+        quotas.consume(s, rt.config.quotas, str(p["project_id"]),
+                       quotas.volume_deltas(type_name, -1, -int(p["size"])))
 
 
 tasks.register("delete_volume", tasks.Handler(_run_delete, _settle_delete))
@@ -326,15 +400,17 @@ tasks.register("delete_volume", tasks.Handler(_run_delete, _settle_delete))
 def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
            attached_ok: bool = False) -> None:
     """Accept an extend: reserve the extra gigabytes and mark the volume extending."""
-    with rt.db.write() as s:
-        v = get(s, who, volume_id)
+
+    def act(v: VolumeRecord) -> tasks.TaskView:
         if new_size <= v.size:
             raise Invalid(f"Invalid input received: New size for extend must be greater than "
                           f"current size. (current: {v.size}, extended: {new_size}).")
         if new_size > rt.config.max_volume_size_gb:
             raise Invalid(f"Invalid input received: Volume size {new_size}GB exceeds the "
                           f"maximum of {rt.config.max_volume_size_gb}GB.")
-        per_volume = quotas.limit_of(s, rt.config.quotas, v.project_id, "per_volume_gigabytes")
+        with rt.db.read() as s:
+            per_volume = quotas.limit_of(s, rt.config.quotas, v.project_id,
+                                         "per_volume_gigabytes")
         if 0 <= per_volume < new_size:
             raise Invalid(f"Volume size {new_size}G exceeds the allowed per volume quota of "
                           f"{per_volume}G.")
@@ -346,46 +422,48 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
                 raise Invalid(f"Invalid volume: backend {v.backend} cannot extend an "
                               f"attached volume.")
             action = "extend_attached"
-        task = tasks.enqueue(s, "extend_volume", v.backend, volume_id,
-                                {"new_size": new_size, "old_size": v.size, "action": action})
-        try:
-            # pins == 0: no snapshot or clone is copying the volume while it grows under it
-            states.begin(s, Volume, volume_id, action, task_id=task.id,
-                         where=(Volume.size == v.size, Volume.pins == 0))
-        except InvalidState as exc:
-            if exc.current in states.VOLUME_TRANSITIONS[action].allowed:
-                raise InUse(f"Invalid volume: Volume {volume_id} is being copied by a "
-                            f"snapshot or clone in progress; extend it afterwards.") from exc
-            raise
-        quotas.consume(s, rt.config.quotas, v.project_id,
-                       {"gigabytes": new_size - v.size,
-                        f"gigabytes_{records.type_name(s, v.volume_type_id)}": new_size - v.size})
-    tasks.start(rt, task)
+        grow = new_size - v.size
+        with rt.db.write() as s:
+            task = tasks.enqueue(s, "extend_volume", v.backend, volume_id, {
+                "new_size": new_size, "old_size": v.size, "action": action,
+                **_ref_payload(v)})
+            try:
+                # size as read: nothing grew it meanwhile; pins == 0: no snapshot or clone is
+                # copying the volume while it grows under it
+                states.begin(s, Volume, volume_id, action, task_id=task.id,
+                             where=(Volume.size == v.size, Volume.pins == 0))
+            except InvalidState as exc:
+                if _stale(s, v):
+                    raise _Stale() from exc
+                if exc.current in states.VOLUME_TRANSITIONS[action].allowed:
+                    raise InUse(f"Invalid volume: Volume {volume_id} is being copied by a "
+                                f"snapshot or clone in progress; extend it afterwards.") from exc
+                raise
+            quotas.consume(s, rt.config.quotas, v.project_id,
+                           {"gigabytes": grow, f"gigabytes_{v.type_name}": grow})
+        return task
+
+    _with_fresh(rt, who, volume_id, act)
 
 
 def _run_extend(rt: Runtime, task: tasks.TaskView) -> None:
-    with rt.db.read() as s:
-        v = s.get(Volume, task.resource_id)
-        if v is None:
-            return
-        ref, backend = volume_ref(v), v.backend
-    rt.backend(backend).driver.extend_volume(ref, int(task.payload["new_size"]))
+    rt.backend(task.backend).driver.extend_volume(_ref_from_payload(task),
+                                                  int(task.payload["new_size"]))
 
 
 def _settle_extend(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
                    error: BaseException | None) -> None:
-    v = s.get(Volume, task.resource_id)
-    if v is None:
-        return
-    action = task.payload.get("action", "extend")
-    new_size, old_size = int(task.payload["new_size"]), int(task.payload["old_size"])
+    p = task.payload
+    action = p.get("action", "extend")
+    new_size, old_size = int(p["new_size"]), int(p["old_size"])
     if error is None:
-        states.finish(s, Volume, v.id, action, task_id=task.id, values={"size": new_size})
+        states.finish(s, Volume, task.resource_id, action, task_id=task.id,
+                      values={"size": new_size})
         return
-    if states.fail(s, Volume, v.id, action, task_id=task.id):
-        quotas.consume(s, rt.config.quotas, v.project_id,
-                       {"gigabytes": old_size - new_size,
-                        f"gigabytes_{records.type_name(s, v.volume_type_id)}": old_size - new_size})
+    if states.fail(s, Volume, task.resource_id, action, task_id=task.id):
+        shrink = old_size - new_size
+        quotas.consume(s, rt.config.quotas, str(p["project_id"]),
+                       {"gigabytes": shrink, f"gigabytes_{p['type_name']}": shrink})
 
 
 tasks.register("extend_volume", tasks.Handler(_run_extend, _settle_extend))
@@ -407,7 +485,7 @@ def update_fields(
                       .execution_options(synchronize_session=False))
         if meta is not None:
             metadata.replace_items(s, METADATA, volume_id, meta)
-        record = records.fetch_volume(s, v.id)
+        record = records.fetch_volume(s.connection(), v.id)
     assert record is not None
     return record
 
@@ -500,7 +578,7 @@ def list_volumes(rt: Runtime, who: Identity, params: Any, *, all_projects: bool,
         q = _filtered_query(who, params.filters, all_projects and who.is_admin, like_allowed)
         page = paginate(s, Volume, q, params, sortable=SORTABLE,
                         nullable={"name": "", "updated_at": Volume.created_at})
-        page.rows = records.fetch_volumes(s, page.rows)
+        page.rows = records.fetch_volumes(s.connection(), page.rows)
         return page
 
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from blockyard.db.models import Attachment, Snapshot, Volume
@@ -136,6 +136,11 @@ _TABLES: dict[type[Any], tuple[str, dict[str, Transition]]] = {
 }
 
 
+def _exec(session: Session, stmt: Any) -> CursorResult[Any]:
+    """Run a Core statement on the session's connection: the CAS updates need no ORM."""
+    return session.connection().execute(stmt)
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -143,10 +148,10 @@ def _now() -> datetime:
 def _lost(session: Session, model: Row, ident: str, allowed: tuple[str, ...], action: str) -> None:
     """Raise the error that explains why a compare-and-swap on `ident` matched no row."""
     kind = _TABLES[model][0]
-    current = session.execute(select(model.status, model.task_id).where(model.id == ident)).first()
+    current = _exec(session, select(model.status, model.task_id).where(model.id == ident)).first()
     if current is None:
         raise NotFound(kind, ident)
-    status, task_id = current
+    status, task_id = tuple(current)
     if status in allowed and task_id is not None:
         raise InvalidState(kind, ident, f"{status} (a task is in progress)", allowed, action)
     raise InvalidState(kind, ident, status, allowed, action)
@@ -182,7 +187,7 @@ def begin(
         )
         .execution_options(synchronize_session=False)
     )
-    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+    if _exec(session, stmt).rowcount != 1:
         _lost(session, model, ident, t.allowed, action)
 
 
@@ -206,7 +211,7 @@ def _settle(
         .values(status=status, task_id=None, updated_at=_now(), **(values or {}))
         .execution_options(synchronize_session=False)
     )
-    return bool(session.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
+    return bool(_exec(session, stmt).rowcount == 1)
 
 
 def finish(
@@ -255,8 +260,8 @@ def reset(
         .values(updated_at=_now(), **({"status": status} if status else {}), **(values or {}))
         .execution_options(synchronize_session=False)
     )
-    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
-        current = session.execute(select(model.status).where(model.id == ident)).scalar()
+    if _exec(session, stmt).rowcount != 1:
+        current = _exec(session, select(model.status).where(model.id == ident)).scalar()
         if current is None:
             raise NotFound(kind, ident)
         raise InvalidState(kind, ident, f"{current} (a task is in progress)", ("any",), "reset")
@@ -272,8 +277,8 @@ def set_attach_status(
         .values(attach_status=status, updated_at=_now(), **values)
         .execution_options(synchronize_session=False)
     )
-    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
-        current = session.execute(
+    if _exec(session, stmt).rowcount != 1:
+        current = _exec(session,
             select(Attachment.attach_status).where(Attachment.id == attachment_id)
         ).scalar()
         if current is None:
@@ -301,12 +306,12 @@ def pin(
         .values(pins=model.pins + 1)
         .execution_options(synchronize_session=False)
     )
-    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+    if _exec(session, stmt).rowcount != 1:
         _lost(session, model, ident, allowed, action)
 
 
 def unpin(session: Session, model: Row, ident: str) -> None:
-    session.execute(
+    _exec(session,
         update(model)
         .where(model.id == ident, model.pins > 0)
         .values(pins=model.pins - 1)

@@ -23,7 +23,7 @@ PER_TYPE = ("volumes", "gigabytes", "snapshots")
 
 def limit_of(session: Session, defaults: dict[str, int], project_id: str, resource: str) -> int:
     """The project's hard limit for `resource` (-1: unlimited)."""
-    stored = session.execute(
+    stored = session.connection().execute(
         select(Quota.hard_limit).where(Quota.project_id == project_id, Quota.resource == resource)
     ).scalar()
     if stored is not None:
@@ -32,7 +32,7 @@ def limit_of(session: Session, defaults: dict[str, int], project_id: str, resour
 
 
 def usage_of(session: Session, project_id: str, resource: str) -> int:
-    value = session.execute(
+    value = session.connection().execute(
         select(QuotaUsage.in_use).where(
             QuotaUsage.project_id == project_id, QuotaUsage.resource == resource
         )
@@ -59,7 +59,7 @@ def _ensure_rows(session: Session, project_id: str, resources: list[str]) -> Non
     rows = [{"project_id": project_id, "resource": r, "in_use": 0} for r in resources]
     dialect = session.get_bind().dialect.name
     if dialect in _INSERT_IF_MISSING:
-        session.execute(_INSERT_IF_MISSING[dialect], rows)
+        session.connection().execute(_INSERT_IF_MISSING[dialect], rows)
         return
     existing = set(session.execute(select(QuotaUsage.resource).where(
         QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(resources))).scalars())
@@ -95,18 +95,18 @@ def consume(
         )
         limit = func.coalesce(stored, case({r: default_of(defaults, r) for r in grow},
                                            value=QuotaUsage.resource, else_=-1))
-        result = session.execute(
+        result = session.connection().execute(
             update(QuotaUsage)
             .where(QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(grow),
                    or_(limit < 0, QuotaUsage.in_use + delta <= limit))
             .values(in_use=QuotaUsage.in_use + delta)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount != len(grow):  # type: ignore[attr-defined]
+        if result.rowcount != len(grow):
             _raise_exceeded(session, defaults, project_id, grow)
     if shrink:
         delta = case(shrink, value=QuotaUsage.resource, else_=0)
-        session.execute(
+        session.connection().execute(
             update(QuotaUsage)
             .where(QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(shrink))
             .values(in_use=case((QuotaUsage.in_use + delta < 0, 0),

@@ -93,10 +93,10 @@ def enqueue(session: Session, kind: str, backend: str, resource_id: str,
     finds it, so a task that keeps killing the process is failed instead of re-run forever.
     """
     payload = payload or {}
-    result = session.execute(insert(Task).values(
+    result = session.connection().execute(insert(Task).values(
         kind=kind, backend=backend, resource_id=resource_id, payload=payload, attempts=1,
         created_at=utcnow()))
-    task_id = int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
+    task_id = int(result.inserted_primary_key[0])  # type: ignore[index]
     return TaskView(task_id, kind, backend, resource_id, dict(payload), 1)
 
 
@@ -188,8 +188,8 @@ class TaskRunner:
             try:
                 with self.rt.db.write() as s:
                     # deleting the row first makes settling happen at most once
-                    gone = s.execute(delete(Task).where(Task.id == task.id))
-                    if gone.rowcount == 1:  # type: ignore[attr-defined]
+                    gone = s.connection().execute(delete(Task).where(Task.id == task.id))
+                    if gone.rowcount == 1:
                         handler.settle(s, self.rt, task, result, error)
                 break
             except OperationalError:

@@ -197,7 +197,7 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
                 raise
         task = tasks.enqueue(s, "create_volume", backend.name, record.id, {
             "size": size, "snapshot_id": req.snapshot_id, "source_volid": req.source_volid})
-        s.execute(insert(Volume).values(
+        s.connection().execute(insert(Volume).values(
             id=record.id, project_id=record.project_id, user_id=record.user_id,
             name=record.name, description=record.description, size=size, status=record.status,
             previous_status=None, attach_status=record.attach_status,
@@ -207,7 +207,7 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
             multiattach=multiattach, task_id=task.id, pins=0, created_at=record.created_at,
         ))
         if req.metadata:
-            s.execute(insert(VolumeMetadata), [
+            s.connection().execute(insert(VolumeMetadata), [
                 {"volume_id": record.id, "key": k, "value": v} for k, v in req.metadata.items()])
     tasks.start(rt, task)
     return record
@@ -293,7 +293,7 @@ FRESH_TRIES = 5
 
 def _stale(s: Session, v: VolumeRecord) -> bool:
     """Did the write lose its compare-and-swap only because the size changed since the read?"""
-    size = s.execute(select(Volume.size).where(Volume.id == v.id)).scalar()
+    size = s.connection().execute(select(Volume.size).where(Volume.id == v.id)).scalar()
     return size is not None and size != v.size
 
 
@@ -382,11 +382,12 @@ def _settle_delete(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
         return
     type_name = str(p["type_name"])
     for sid, project, size, _location in snaps:
-        s.execute(delete(Snapshot).where(Snapshot.id == sid, Snapshot.task_id == task.id))
+        s.connection().execute(
+            delete(Snapshot).where(Snapshot.id == sid, Snapshot.task_id == task.id))
         quotas.consume(s, rt.config.quotas, project, quotas.snapshot_deltas(type_name, -1, -size))
-    removed = s.execute(delete(Volume).where(Volume.id == task.resource_id,
+    removed = s.connection().execute(delete(Volume).where(Volume.id == task.resource_id,
                                              Volume.task_id == task.id))
-    if removed.rowcount == 1:  # type: ignore[attr-defined]
+    if removed.rowcount == 1:
         quotas.consume(s, rt.config.quotas, str(p["project_id"]),
                        quotas.volume_deltas(type_name, -1, -int(p["size"])))
 

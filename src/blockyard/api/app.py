@@ -24,7 +24,7 @@ from blockyard.service.runtime import Runtime
 log = logging.getLogger(__name__)
 
 #: threads that run requests' blocking work (database, backend calls made inline)
-REQUEST_THREADS = 8
+REQUEST_THREADS = 2
 
 ROUTES = [
     *versions.routes,

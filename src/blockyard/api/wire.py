@@ -10,6 +10,7 @@ out of the path into ``request.state.url_project`` so one route table serves bot
 from __future__ import annotations
 
 import json
+import random
 import re
 import uuid
 from collections.abc import Callable
@@ -31,6 +32,9 @@ MIN_VERSION = "3.0"
 MAX_VERSION = f"3.{MAX_MINOR}"
 
 T = TypeVar("T")
+
+#: request ids need to be unique, not secret: no system call per request for them
+_random = random.Random()
 
 _PROJECT_IN_URL = re.compile(r"^/v3/([0-9a-fA-F-]+)(/.*)?$")
 _VERSION = re.compile(r"^([1-9]\d*)\.([1-9]\d*|0)$")
@@ -68,7 +72,7 @@ class CinderMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = f"req-{uuid.uuid4()}"
+        request_id = f"req-{uuid.UUID(int=_random.getrandbits(128), version=4)}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         path: str = scope["path"]
@@ -145,8 +149,11 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 
 def base_url(request: Request) -> str:
-    """scheme://host:port as the client addressed us."""
-    return str(request.base_url).rstrip("/")
+    """scheme://host:port as the client addressed us (worked out once per request)."""
+    cached: str | None = getattr(request.state, "base_url", None)
+    if cached is None:
+        cached = request.state.base_url = str(request.base_url).rstrip("/")
+    return cached
 
 
 def project_prefix(request: Request) -> str:

@@ -8,7 +8,7 @@ squeeze under a limit, and a rolled-back request releases nothing it did not tak
 
 from __future__ import annotations
 
-from sqlalchemy import case, func, insert, or_, select, update
+from sqlalchemy import Connection, case, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql as postgresql_dml
 from sqlalchemy.dialects import sqlite as sqlite_dml
 from sqlalchemy.exc import IntegrityError
@@ -21,9 +21,14 @@ from blockyard.errors import QuotaExceeded
 PER_TYPE = ("volumes", "gigabytes", "snapshots")
 
 
-def limit_of(session: Session, defaults: dict[str, int], project_id: str, resource: str) -> int:
+def _conn(db: Session | Connection) -> Connection:
+    return db.connection() if isinstance(db, Session) else db
+
+
+def limit_of(db: Session | Connection, defaults: dict[str, int], project_id: str,
+             resource: str) -> int:
     """The project's hard limit for `resource` (-1: unlimited)."""
-    stored = session.connection().execute(
+    stored = _conn(db).execute(
         select(Quota.hard_limit).where(Quota.project_id == project_id, Quota.resource == resource)
     ).scalar()
     if stored is not None:
@@ -77,33 +82,25 @@ def consume(
 ) -> None:
     """Add `deltas` to the project's usage, or raise QuotaExceeded.
 
-    Increases are one conditional UPDATE over all their rows, each row checked against its
-    own limit (the stored one, else the default); if any row would exceed its limit the row
-    count falls short and the caller's transaction, which the raised error aborts, rolls back
-    whatever the statement did change. Decreases always succeed and stop at zero.
+    Increases are one conditional UPDATE over all their rows (plus, the first time a project
+    uses a resource, the insert of its row); if any row would exceed its limit the raised error
+    aborts the caller's transaction, which rolls back whatever the statement did change.
+    Decreases always succeed and stop at zero.
     """
     grow = {r: d for r, d in deltas.items() if d > 0}
     shrink = {r: d for r, d in deltas.items() if d < 0}
     if grow:
-        _ensure_rows(session, project_id, sorted(grow))
-        delta = case(grow, value=QuotaUsage.resource, else_=0)
-        stored = (
-            select(Quota.hard_limit)
-            .where(Quota.project_id == QuotaUsage.project_id,
-                   Quota.resource == QuotaUsage.resource)
-            .scalar_subquery()
-        )
-        limit = func.coalesce(stored, case({r: default_of(defaults, r) for r in grow},
-                                           value=QuotaUsage.resource, else_=-1))
-        result = session.connection().execute(
-            update(QuotaUsage)
-            .where(QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(grow),
-                   or_(limit < 0, QuotaUsage.in_use + delta <= limit))
-            .values(in_use=QuotaUsage.in_use + delta)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != len(grow):
-            _raise_exceeded(session, defaults, project_id, grow)
+        applied = _increase(session, defaults, project_id, grow)
+        if len(applied) < len(grow):
+            # usage rows are created on first use: make the missing ones and try those again
+            absent = sorted(set(grow) - applied - _existing(session, project_id, grow))
+            if absent:
+                _ensure_rows(session, project_id, absent)
+                applied |= _increase(session, defaults, project_id,
+                                     {r: grow[r] for r in absent})
+        if len(applied) < len(grow):
+            _raise_exceeded(session, defaults, project_id,
+                            {r: d for r, d in grow.items() if r not in applied})
     if shrink:
         delta = case(shrink, value=QuotaUsage.resource, else_=0)
         session.connection().execute(
@@ -113,6 +110,34 @@ def consume(
                                 else_=QuotaUsage.in_use + delta))
             .execution_options(synchronize_session=False)
         )
+
+
+def _increase(session: Session, defaults: dict[str, int], project_id: str,
+              grow: dict[str, int]) -> set[str]:
+    """One conditional UPDATE over every row of `grow`: each row is checked against its own
+    limit (the stored one, else the default). Returns the resources it changed."""
+    delta = case(grow, value=QuotaUsage.resource, else_=0)
+    stored = (
+        select(Quota.hard_limit)
+        .where(Quota.project_id == QuotaUsage.project_id, Quota.resource == QuotaUsage.resource)
+        .scalar_subquery()
+    )
+    limit = func.coalesce(stored, case({r: default_of(defaults, r) for r in grow},
+                                       value=QuotaUsage.resource, else_=-1))
+    result = session.connection().execute(
+        update(QuotaUsage)
+        .where(QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(grow),
+               or_(limit < 0, QuotaUsage.in_use + delta <= limit))
+        .values(in_use=QuotaUsage.in_use + delta)
+        .returning(QuotaUsage.resource)
+    )
+    return set(result.scalars())
+
+
+def _existing(session: Session, project_id: str, resources: dict[str, int]) -> set[str]:
+    return set(session.connection().execute(
+        select(QuotaUsage.resource).where(QuotaUsage.project_id == project_id,
+                                          QuotaUsage.resource.in_(resources))).scalars())
 
 
 def _raise_exceeded(session: Session, defaults: dict[str, int], project_id: str,

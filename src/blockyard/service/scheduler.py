@@ -11,6 +11,7 @@ from blockyard.backends.base import PoolStats
 from blockyard.db.models import VolumeType
 from blockyard.errors import BackendError, Invalid
 from blockyard.service.runtime import Backend, Runtime
+from blockyard.service.types import TypeInfo
 
 
 class NoValidBackend(BackendError):
@@ -33,7 +34,7 @@ def availability_zones(rt: Runtime) -> set[str]:
     return {b.config.availability_zone for b in rt.backends.values()}
 
 
-def pick(rt: Runtime, vt: VolumeType, size_gb: int, zone: str | None) -> Backend:
+def pick(rt: Runtime, vt: VolumeType | TypeInfo, size_gb: int, zone: str | None) -> Backend:
     """The best backend for a volume of `size_gb` GiB of type `vt` in `zone` (None: any)."""
     if zone is not None and zone not in availability_zones(rt):
         raise Invalid(f"Invalid input received: Availability zone '{zone}' is invalid.")

@@ -118,12 +118,16 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
     transaction itself holds only the quota increment, the pins of the source (which re-check
     what was read) and two inserts, because SQLite runs one writer at a time.
     """
-    with rt.db.read() as s:
+    with rt.db.reading() as conn:
         source_backend: str | None = None
         size = req.size
         type_ident = req.volume_type
         if req.snapshot_id is not None:
-            snap = s.get(Snapshot, req.snapshot_id)
+            snap = conn.execute(
+                select(Snapshot.project_id, Snapshot.status, Snapshot.size,
+                       Snapshot.volume_type_id, Volume.backend)
+                .join(Volume, Volume.id == Snapshot.volume_id)
+                .where(Snapshot.id == req.snapshot_id)).first()
             if snap is None:
                 raise NotFound("Snapshot", req.snapshot_id)
             authorize(who, "snapshot:get", snap.project_id)
@@ -135,10 +139,12 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
                 raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
                               f"smaller than the snapshot size {snap.size}GB. They must be >= "
                               f"original snapshot size.")
-            source_backend = s.get(Volume, snap.volume_id).backend  # type: ignore[union-attr]
+            source_backend = snap.backend
             type_ident = type_ident or snap.volume_type_id
         if req.source_volid is not None:
-            src = s.get(Volume, req.source_volid)
+            src = conn.execute(
+                select(Volume.project_id, Volume.size, Volume.backend, Volume.volume_type_id)
+                .where(Volume.id == req.source_volid)).first()
             if src is None:
                 raise NotFound("Volume", req.source_volid)
             authorize(who, "volume:get", src.project_id)
@@ -154,20 +160,20 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
         if size > rt.config.max_volume_size_gb:
             raise Invalid(f"Invalid input received: Volume size {size}GB exceeds the maximum "
                           f"of {rt.config.max_volume_size_gb}GB.")
-        vt = vtypes.get_type(s, type_ident or rt.config.default_volume_type, who)
-        per_volume = quotas.limit_of(s, rt.config.quotas, who.project_id, "per_volume_gigabytes")
-        if 0 <= per_volume < size:
-            raise Invalid(f"Volume size {size}G exceeds the allowed per volume quota of "
-                          f"{per_volume}G.")
-        if source_backend is not None:
-            backend = rt.backend(source_backend)
-            if req.availability_zone and req.availability_zone != \
-                    backend.config.availability_zone:
-                raise Invalid("Invalid input received: Availability zone of the source must "
-                              "match the requested one.")
-        else:
-            backend = scheduler.pick(rt, vt, size, req.availability_zone)
-        type_id, type_name, multiattach = vt.id, vt.name, vtypes.is_multiattach(vt)
+        vt = vtypes.resolve(conn, type_ident or rt.config.default_volume_type, who)
+        per_volume = quotas.limit_of(conn, rt.config.quotas, who.project_id,
+                                     "per_volume_gigabytes")
+    if 0 <= per_volume < size:
+        raise Invalid(f"Volume size {size}G exceeds the allowed per volume quota of "
+                      f"{per_volume}G.")
+    if source_backend is not None:
+        backend = rt.backend(source_backend)
+        if req.availability_zone and req.availability_zone != backend.config.availability_zone:
+            raise Invalid("Invalid input received: Availability zone of the source must "
+                          "match the requested one.")
+    else:
+        backend = scheduler.pick(rt, vt, size, req.availability_zone)
+    type_id, type_name, multiattach = vt.id, vt.name, vtypes.is_multiattach(vt)
 
     record = VolumeRecord(
         id=str(uuid.uuid4()), project_id=who.project_id, user_id=who.user_id, name=req.name,
@@ -273,14 +279,17 @@ def _ref_from_payload(task: tasks.TaskView) -> VolumeRef:
                      provider_auth=p.get("provider_auth"))
 
 
-def _visible(rt: Runtime, who: Identity, volume_id: str) -> VolumeRecord:
-    """Read a volume before a write transaction that re-checks what matters by condition."""
+def _visible(rt: Runtime, who: Identity, volume_id: str) -> tuple[VolumeRecord, int]:
+    """Read a volume (and its project's per-volume size limit) before a write transaction
+    that re-checks what matters by condition."""
     with rt.db.reading() as conn:
         v = records.fetch_volume(conn, volume_id)
-    if v is None:
-        raise NotFound("Volume", volume_id)
-    authorize(who, "volume:get", v.project_id)
-    return v
+        if v is None:
+            raise NotFound("Volume", volume_id)
+        authorize(who, "volume:get", v.project_id)
+        per_volume = quotas.limit_of(conn, rt.config.quotas, v.project_id,
+                                     "per_volume_gigabytes")
+    return v, per_volume
 
 
 class _Stale(Exception):
@@ -298,12 +307,12 @@ def _stale(s: Session, v: VolumeRecord) -> bool:
 
 
 def _with_fresh(rt: Runtime, who: Identity, volume_id: str,
-                act: Callable[[VolumeRecord], tasks.TaskView]) -> None:
+                act: Callable[[VolumeRecord, int], tasks.TaskView]) -> None:
     """Read the volume, act on what was read under conditions that it still holds, and read
     again when it did not; then start the task the action queued."""
     for _ in range(FRESH_TRIES):
         try:
-            task = act(_visible(rt, who, volume_id))
+            task = act(*_visible(rt, who, volume_id))
         except _Stale:
             continue
         tasks.start(rt, task)
@@ -318,7 +327,7 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
                   force: bool = False) -> None:
     """Accept a delete: mark the volume (and with `cascade` its snapshots) deleting."""
 
-    def act(v: VolumeRecord) -> tasks.TaskView:
+    def act(v: VolumeRecord, _per_volume: int) -> tasks.TaskView:
         # the size as read goes into the task (it releases that much quota): it must hold
         conditions: list[Any] = [Volume.pins == 0, Volume.size == v.size]
         if not cascade:
@@ -402,16 +411,13 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
            attached_ok: bool = False) -> None:
     """Accept an extend: reserve the extra gigabytes and mark the volume extending."""
 
-    def act(v: VolumeRecord) -> tasks.TaskView:
+    def act(v: VolumeRecord, per_volume: int) -> tasks.TaskView:
         if new_size <= v.size:
             raise Invalid(f"Invalid input received: New size for extend must be greater than "
                           f"current size. (current: {v.size}, extended: {new_size}).")
         if new_size > rt.config.max_volume_size_gb:
             raise Invalid(f"Invalid input received: Volume size {new_size}GB exceeds the "
                           f"maximum of {rt.config.max_volume_size_gb}GB.")
-        with rt.db.read() as s:
-            per_volume = quotas.limit_of(s, rt.config.quotas, v.project_id,
-                                         "per_volume_gigabytes")
         if 0 <= per_volume < new_size:
             raise Invalid(f"Volume size {new_size}G exceeds the allowed per volume quota of "
                           f"{per_volume}G.")

@@ -100,9 +100,10 @@ def _backends(rt: Runtime) -> list[Backend]:
 
 
 def _stats(backend: Backend) -> BackendStats | None:
-    """The driver's report, or None when it cannot give one (the backend is down)."""
+    """The driver's report, asked afresh (these endpoints run on a worker thread), or None
+    when it cannot give one (the backend is down)."""
     try:
-        return backend.stats()
+        return backend.stats(fresh=True)
     except Exception:  # any driver failure means "cannot report", never a 500 here
         return None
 

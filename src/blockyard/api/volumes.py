@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,10 +25,6 @@ UPDATE_KEYS = {"name", "description", "display_name", "display_description", "me
 def _strict(request: Request) -> bool:
     """From 3.53 on, Cinder rejects unknown keys in request bodies."""
     return wire.mv(request) >= 53
-
-
-async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await run_in_threadpool(fn, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------- collection
@@ -80,14 +75,14 @@ async def create(request: Request) -> Response:
         source_volid=source_volid,
         bootable=validate.boolean(spec.get("bootable", False), "bootable"),
     )
-    v = await _in_thread(volumes.create, wire.runtime(request), wire.identity(request), req)
+    v = await wire.call(request, volumes.create, req)
     return wire.ok({"volume": views.volume_detail(request, v, admin_fields=False)}, 202)
 
 
 async def _list(request: Request, detail: bool) -> Response:
     params = listing.parse_params(request)
-    page = await wire.read(
-        request, volumes.list_volumes, wire.runtime(request), wire.identity(request), params,
+    page = await wire.call(
+        request, volumes.list_volumes, params,
         all_projects=listing.all_tenants(request), like_allowed=wire.mv(request) >= 34,
     )
     render = views.volume_detail if detail else views.volume_summary
@@ -110,8 +105,7 @@ async def list_detail(request: Request) -> Response:
 async def summary(request: Request) -> Response:
     if wire.mv(request) < 12:
         raise ApiError(404, "The resource could not be found.")
-    count, total, meta = await _in_thread(volumes.summary, wire.runtime(request),
-                                          wire.identity(request), listing.all_tenants(request))
+    count, total, meta = await wire.call(request, volumes.summary, listing.all_tenants(request))
     body: dict[str, Any] = {"total_count": count, "total_size": total}
     if wire.mv(request) >= 36:
         body["metadata"] = meta
@@ -122,8 +116,7 @@ async def summary(request: Request) -> Response:
 
 
 async def show(request: Request) -> Response:
-    v = await wire.read(request, volumes.show, wire.runtime(request), wire.identity(request),
-                        request.path_params["id"])
+    v = await wire.call(request, volumes.show, request.path_params["id"])
     return wire.ok({"volume": views.volume_detail(request, v)})
 
 
@@ -142,8 +135,7 @@ async def update(request: Request) -> Response:
         values["metadata"] = validate.metadata(spec["metadata"])
     if not values:
         raise ApiError(400, "Invalid input received: No updatable fields were given.")
-    v = await _in_thread(volumes.update_fields, wire.runtime(request), wire.identity(request),
-                         request.path_params["id"], values)
+    v = await wire.call(request, volumes.update_fields, request.path_params["id"], values)
     return wire.ok({"volume": views.volume_detail(request, v, admin_fields=False)})
 
 
@@ -153,8 +145,8 @@ async def delete(request: Request) -> Response:
     force = validate.query_bool(q.get("force"), "force")
     if force and wire.mv(request) < 23:
         raise ApiError(400, "Invalid input received: force requires microversion 3.23.")
-    await _in_thread(volumes.delete_volume, wire.runtime(request), wire.identity(request),
-                     request.path_params["id"], cascade=cascade, force=force)
+    await wire.call(request, volumes.delete_volume, request.path_params["id"], cascade=cascade,
+                    force=force)
     return wire.accepted()
 
 
@@ -178,8 +170,8 @@ async def _extend(request: Request, volume_id: str, value: Any) -> Response:
     if _strict(request):
         validate.no_extra_keys(args, {"new_size"}, "os-extend")
     new_size = validate.integer(args["new_size"], "new_size", minimum=1)
-    await _in_thread(volumes.extend, wire.runtime(request), wire.identity(request), volume_id,
-                     new_size, attached_ok=wire.mv(request) >= 42)
+    await wire.call(request, volumes.extend, volume_id, new_size,
+                    attached_ok=wire.mv(request) >= 42)
     return wire.accepted()
 
 
@@ -205,8 +197,8 @@ async def _reset_status(request: Request, volume_id: str, value: Any) -> Respons
     migration_status = args.get("migration_status")
     if migration_status is not None:
         migration_status = str(migration_status).lower()
-    await _in_thread(volumes.reset_status, wire.runtime(request), wire.identity(request),
-                     volume_id, status, attach_status, migration_status)
+    await wire.call(request, volumes.reset_status, volume_id, status, attach_status,
+                    migration_status)
     return wire.accepted()
 
 
@@ -215,8 +207,7 @@ async def _set_bootable(request: Request, volume_id: str, value: Any) -> Respons
     if "bootable" not in args:
         raise ApiError(400, "Must specify bootable in request.")
     bootable = validate.boolean(args["bootable"], "bootable")
-    await _in_thread(volumes.update_fields, wire.runtime(request), wire.identity(request),
-                     volume_id, {"bootable": bootable})
+    await wire.call(request, volumes.update_fields, volume_id, {"bootable": bootable})
     return Response(status_code=200)
 
 
@@ -225,14 +216,12 @@ async def _update_readonly(request: Request, volume_id: str, value: Any) -> Resp
     if "readonly" not in args:
         raise ApiError(400, "Must specify readonly in request.")
     readonly = validate.boolean(args["readonly"], "readonly")
-    await _in_thread(volumes.update_fields, wire.runtime(request), wire.identity(request),
-                     volume_id, {"readonly": readonly})
+    await wire.call(request, volumes.update_fields, volume_id, {"readonly": readonly})
     return wire.accepted()
 
 
 async def _force_delete(request: Request, volume_id: str, value: Any) -> Response:
-    await _in_thread(volumes.delete_volume, wire.runtime(request), wire.identity(request),
-                     volume_id, force=True)
+    await wire.call(request, volumes.delete_volume, volume_id, force=True)
     return wire.accepted()
 
 

@@ -116,12 +116,16 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-async def read(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a read-only service call: on the event loop where the database allows it (SQLite:
-    a short read never waits), else on a worker thread. Saves two thread hand-offs per poll."""
-    if runtime(request).db.inline_reads:
-        return fn(*args, **kwargs)
-    return await run_in_threadpool(fn, *args, **kwargs)
+async def call(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run the service function ``fn(runtime, identity, *args, **kwargs)`` for this request.
+
+    Service functions that do database work only run on the event loop where the database
+    allows it (see `Database.inline`), else on a worker thread.
+    """
+    rt, who = runtime(request), identity(request)
+    if rt.db.inline:
+        return fn(rt, who, *args, **kwargs)
+    return await run_in_threadpool(fn, rt, who, *args, **kwargs)
 
 
 def mv(request: Request) -> int:

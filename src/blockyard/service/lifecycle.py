@@ -16,7 +16,7 @@ from blockyard.backends.base import SnapshotRef, VolumeRef
 from blockyard.config import Config
 from blockyard.db.engine import Database
 from blockyard.db.models import Snapshot, Volume
-from blockyard.errors import NotSupported
+from blockyard.errors import BlockyardError, NotSupported
 from blockyard.service import snapshots as _snapshots  # noqa: F401  (registers task handlers)
 from blockyard.service import types as vtypes
 from blockyard.service import volumes as _volumes  # noqa: F401  (registers task handlers)
@@ -62,7 +62,13 @@ def build_runtime(config: Config) -> Runtime:
     db.migrate()
     with db.write() as s:
         vtypes.ensure_default_type(s, config.default_volume_type)
+    db.start_checkpoints()
     rt = Runtime(config=config, db=db, backends=build_backends(config))
+    for backend in rt.backends.values():  # the first report is the only one waited for
+        try:
+            backend.stats()
+        except BlockyardError as exc:
+            log.warning("backend %s: %s", backend.name, exc)
     runner = TaskRunner(rt)
     sweep_orphans(rt)
     resumed = runner.recover()

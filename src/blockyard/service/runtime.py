@@ -34,6 +34,8 @@ class Backend:
     service_host: str
     _stats: BackendStats | None = None
     _stats_at: float = 0.0
+    _refreshing: bool = False
+    _error: Exception | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -50,13 +52,43 @@ class Backend:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"blockyard:{self.service_host}"))
 
     def stats(self, *, fresh: bool = False) -> BackendStats:
-        """The driver's stats, cached for STATS_TTL seconds."""
+        """The driver's stats, cached for STATS_TTL seconds.
+
+        Only the first call (or `fresh`) waits for the driver; later ones answer from the
+        cache at once and, once it is stale, refresh it on a background thread, so that
+        scheduling a volume never waits for a backend to count its space. While the last
+        attempt failed, this raises BackendError (the backend is down).
+        """
         with self._lock:
-            now = time.monotonic()
-            if fresh or self._stats is None or now - self._stats_at > STATS_TTL:
-                self._stats = self.driver.get_stats()
-                self._stats_at = now
-            return self._stats
+            if not fresh and self._stats_at:
+                if time.monotonic() - self._stats_at > STATS_TTL and not self._refreshing:
+                    self._refreshing = True
+                    threading.Thread(target=self._refresh, name=f"stats-{self.name}",
+                                     daemon=True).start()
+                return self._answer()
+        self._refreshing = True
+        self._refresh()
+        with self._lock:
+            return self._answer()
+
+    def _answer(self) -> BackendStats:
+        if self._error is not None or self._stats is None:
+            raise BackendError(f"Backend {self.name} cannot report its capacity: "
+                               f"{self._error}", self._error)
+        return self._stats
+
+    def _refresh(self) -> None:
+        stats: BackendStats | None = None
+        error: Exception | None = None
+        try:
+            stats = self.driver.get_stats()
+        except Exception as exc:  # noqa: BLE001 - any failure means the backend is down
+            log.warning("backend %s: get_stats failed: %s", self.name, exc)
+            error = exc
+        with self._lock:
+            if stats is not None:
+                self._stats = stats
+            self._error, self._stats_at, self._refreshing = error, time.monotonic(), False
 
 
 @dataclass

@@ -8,13 +8,16 @@ squeeze under a limit, and a rolled-back request releases nothing it did not tak
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, case, func, insert, or_, select, update
+import functools
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql as postgresql_dml
 from sqlalchemy.dialects import sqlite as sqlite_dml
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from blockyard.db.models import Quota, QuotaUsage
+from blockyard.db.models import Base, Quota, QuotaUsage
 from blockyard.errors import QuotaExceeded
 
 #: resources that also exist per volume type, as "<resource>_<type name>"
@@ -102,35 +105,51 @@ def consume(
             _raise_exceeded(session, defaults, project_id,
                             {r: d for r, d in grow.items() if r not in applied})
     if shrink:
-        delta = case(shrink, value=QuotaUsage.resource, else_=0)
-        session.connection().execute(
-            update(QuotaUsage)
-            .where(QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(shrink))
-            .values(in_use=case((QuotaUsage.in_use + delta < 0, 0),
-                                else_=QuotaUsage.in_use + delta))
-            .execution_options(synchronize_session=False)
-        )
+        session.connection().execute(_change_statement(len(shrink), False),
+                                     _params(project_id, shrink))
+
+
+@functools.cache
+def _change_statement(slots: int, grow: bool) -> Any:
+    """The UPDATE changing `slots` usage rows of one project by their own deltas (all bound
+    parameters, so it is built and compiled once per shape). Growing checks each row against
+    its limit, the stored one else the default (``-1``: unlimited); shrinking stops at zero."""
+    table = Base.metadata.tables["quota_usages"]
+    resource, in_use = table.c.resource, table.c.in_use
+    names: list[Any] = [bindparam(f"r{i}") for i in range(slots)]
+    delta = case(*[(resource == names[i], bindparam(f"d{i}")) for i in range(slots)], else_=0)
+    stmt = update(table).where(table.c.project_id == bindparam("p_project"),
+                               resource.in_(names))
+    if not grow:
+        return stmt.values(in_use=case((in_use + delta < 0, 0), else_=in_use + delta))
+    stored = (
+        select(Quota.hard_limit)
+        .where(Quota.project_id == table.c.project_id, Quota.resource == resource)
+        .scalar_subquery()
+    )
+    default = case(*[(resource == names[i], bindparam(f"l{i}")) for i in range(slots)],
+                   else_=-1)
+    limit = func.coalesce(stored, default)
+    return (stmt.where(or_(limit < 0, in_use + delta <= limit))
+            .values(in_use=in_use + delta).returning(resource))
+
+
+def _params(project_id: str, deltas: dict[str, int],
+            defaults: dict[str, int] | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {"p_project": project_id}
+    for i, (resource, delta) in enumerate(sorted(deltas.items())):
+        params[f"r{i}"], params[f"d{i}"] = resource, delta
+        if defaults is not None:
+            params[f"l{i}"] = default_of(defaults, resource)
+    return params
 
 
 def _increase(session: Session, defaults: dict[str, int], project_id: str,
               grow: dict[str, int]) -> set[str]:
-    """One conditional UPDATE over every row of `grow`: each row is checked against its own
-    limit (the stored one, else the default). Returns the resources it changed."""
-    delta = case(grow, value=QuotaUsage.resource, else_=0)
-    stored = (
-        select(Quota.hard_limit)
-        .where(Quota.project_id == QuotaUsage.project_id, Quota.resource == QuotaUsage.resource)
-        .scalar_subquery()
-    )
-    limit = func.coalesce(stored, case({r: default_of(defaults, r) for r in grow},
-                                       value=QuotaUsage.resource, else_=-1))
-    result = session.connection().execute(
-        update(QuotaUsage)
-        .where(QuotaUsage.project_id == project_id, QuotaUsage.resource.in_(grow),
-               or_(limit < 0, QuotaUsage.in_use + delta <= limit))
-        .values(in_use=QuotaUsage.in_use + delta)
-        .returning(QuotaUsage.resource)
-    )
+    """Grow every row of `grow` in one conditional UPDATE; returns the resources it changed
+    (a row over its limit, or a row that does not exist yet, is left out)."""
+    result = session.connection().execute(_change_statement(len(grow), True),
+                                          _params(project_id, grow, defaults))
     return set(result.scalars())
 
 

@@ -33,7 +33,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from blockyard.db.models import Task, utcnow
+from blockyard.db.models import Base, Task, utcnow
 from blockyard.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,10 @@ def register(kind: str, handler: Handler) -> None:
     HANDLERS[kind] = handler
 
 
+#: prebuilt, so that queueing a task builds no statement (values come as parameters)
+_INSERT_TASK = insert(Base.metadata.tables["tasks"])
+
+
 def enqueue(session: Session, kind: str, backend: str, resource_id: str,
             payload: dict[str, Any] | None = None) -> TaskView:
     """Insert a task row in the caller's transaction; submit it after that commits.
@@ -93,9 +97,9 @@ def enqueue(session: Session, kind: str, backend: str, resource_id: str,
     finds it, so a task that keeps killing the process is failed instead of re-run forever.
     """
     payload = payload or {}
-    result = session.connection().execute(insert(Task).values(
-        kind=kind, backend=backend, resource_id=resource_id, payload=payload, attempts=1,
-        created_at=utcnow()))
+    result = session.connection().execute(_INSERT_TASK, {
+        "kind": kind, "backend": backend, "resource_id": resource_id, "payload": payload,
+        "attempts": 1, "created_at": utcnow()})
     task_id = int(result.inserted_primary_key[0])  # type: ignore[index]
     return TaskView(task_id, kind, backend, resource_id, dict(payload), 1)
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from blockyard import states
 from blockyard.backends.base import ModelUpdate, SnapshotRef, VolumeRef
 from blockyard.db.models import (
+    Base,
     Snapshot,
     Volume,
     VolumeMetadata,
@@ -31,6 +32,10 @@ from blockyard.service.records import VolumeRecord
 from blockyard.service.runtime import Runtime
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
+
+#: prebuilt inserts of the create path: the values come as parameters, nothing is coerced
+_INSERT_VOLUME = insert(Base.metadata.tables["volumes"])
+_INSERT_METADATA = insert(Base.metadata.tables["volume_metadata"])
 
 #: statuses a volume may be copied from (clone source, snapshot source)
 COPYABLE = (V.AVAILABLE, V.IN_USE)
@@ -203,17 +208,20 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
                 raise
         task = tasks.enqueue(s, "create_volume", backend.name, record.id, {
             "size": size, "snapshot_id": req.snapshot_id, "source_volid": req.source_volid})
-        s.connection().execute(insert(Volume).values(
-            id=record.id, project_id=record.project_id, user_id=record.user_id,
-            name=record.name, description=record.description, size=size, status=record.status,
-            previous_status=None, attach_status=record.attach_status,
-            availability_zone=record.availability_zone, volume_type_id=type_id,
-            backend=record.backend, snapshot_id=record.snapshot_id,
-            source_volid=record.source_volid, bootable=record.bootable, readonly=False,
-            multiattach=multiattach, task_id=task.id, pins=0, created_at=record.created_at,
-        ))
+        s.connection().execute(_INSERT_VOLUME, {
+            "id": record.id, "project_id": record.project_id, "user_id": record.user_id,
+            "name": record.name, "description": record.description, "size": size,
+            "status": record.status, "previous_status": None,
+            "attach_status": record.attach_status,
+            "availability_zone": record.availability_zone, "volume_type_id": type_id,
+            "backend": record.backend, "snapshot_id": record.snapshot_id,
+            "source_volid": record.source_volid, "bootable": record.bootable,
+            "readonly": False, "multiattach": multiattach, "task_id": task.id, "pins": 0,
+            "created_at": record.created_at, "updated_at": None, "provider_location": None,
+            "provider_auth": None, "name_id": None, "migration_status": None,
+        })
         if req.metadata:
-            s.connection().execute(insert(VolumeMetadata), [
+            s.connection().execute(_INSERT_METADATA, [
                 {"volume_id": record.id, "key": k, "value": v} for k, v in req.metadata.items()])
     tasks.start(rt, task)
     return record

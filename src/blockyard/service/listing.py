@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, func, literal_column, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from blockyard.errors import Invalid
@@ -40,7 +40,14 @@ def _sort_expr(model: Any, name: str, nullable: dict[str, Any]) -> Any:
     """The column to sort on; a nullable one is coalesced to its stand-in so that keyset
     comparisons never meet NULL (portable across SQLite and PostgreSQL)."""
     column = getattr(model, name)
-    return func.coalesce(column, nullable[name]) if name in nullable else column
+    if name not in nullable:
+        return column
+    stand_in = nullable[name]
+    if stand_in == "":
+        # rendered literally, not bound: an expression index on coalesce(name, '') only
+        # serves a query whose expression is the same text
+        stand_in = literal_column("''")
+    return func.coalesce(column, stand_in)
 
 
 def paginate(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 
 from blockyard.api import validate, wire
 from blockyard.api.errors import ApiError
-from blockyard.service.listing import MAX_LIMIT, ListParams
+from blockyard.service.listing import MAX_LIMIT, ListParams, Page
 
 #: query keys that steer the listing itself, never filters
 PAGING_KEYS = {"limit", "marker", "offset", "sort", "sort_key", "sort_dir", "with_count",
@@ -50,6 +52,18 @@ def parse_params(request: Request) -> ListParams:
         with_count=with_count,
         filters=filters,
     )
+
+
+def page_body(request: Request, key: str, items: list[Any], page: Page,
+              links_key: str | None = None) -> dict[str, Any]:
+    """A list response: the rendered `items` under `key`, the next-page link (under
+    ``<key>_links`` unless Cinder names it otherwise) and the count when asked for."""
+    body: dict[str, Any] = {key: items}
+    if page.next_marker is not None:
+        body[links_key or f"{key}_links"] = wire.next_link(request, page.next_marker)
+    if page.count is not None:
+        body["count"] = page.count
+    return body
 
 
 def all_tenants(request: Request) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -59,24 +58,20 @@ async def create(request: Request) -> Response:
     description = validate.string(spec.get("description", spec.get("display_description")),
                                   "description")
     meta = validate.metadata(spec.get("metadata"))
-    snap = await run_in_threadpool(
-        snapshots.create, wire.runtime(request), wire.identity(request), volume_id,
+    snap = await wire.call(
+        request, snapshots.create, volume_id,
         name=name, description=description, metadata=meta, force=force)
     return wire.ok({"snapshot": snapshot_view(request, snap, extended=False)}, 202)
 
 
 async def _list(request: Request, detail: bool) -> Response:
     params = listing.parse_params(request)
-    page = await run_in_threadpool(
-        snapshots.list_snapshots, wire.runtime(request), wire.identity(request), params,
+    page = await wire.call(
+        request, snapshots.list_snapshots, params,
         all_projects=listing.all_tenants(request), like_allowed=wire.mv(request) >= 34)
-    body: dict[str, Any] = {
-        "snapshots": [snapshot_view(request, s, extended=detail) for s in page.rows]}
-    if page.next_marker is not None:
-        body["snapshots_links"] = wire.next_link(request, page.next_marker)
-    if page.count is not None:
-        body["count"] = page.count
-    return wire.ok(body)
+    return wire.ok(listing.page_body(
+        request, "snapshots", [snapshot_view(request, s, extended=detail) for s in page.rows],
+        page))
 
 
 async def list_summary(request: Request) -> Response:
@@ -88,8 +83,7 @@ async def list_detail(request: Request) -> Response:
 
 
 async def show(request: Request) -> Response:
-    snap = await run_in_threadpool(snapshots.load, wire.runtime(request),
-                                   wire.identity(request), request.path_params["id"])
+    snap = await wire.call(request, snapshots.load, request.path_params["id"])
     return wire.ok({"snapshot": snapshot_view(request, snap)})
 
 
@@ -106,14 +100,12 @@ async def update(request: Request) -> Response:
             spec.get("description", spec.get("display_description")), "description")
     if not values:
         raise ApiError(400, "Invalid input received: No updatable fields were given.")
-    snap = await run_in_threadpool(snapshots.update_fields, wire.runtime(request),
-                                   wire.identity(request), request.path_params["id"], values)
+    snap = await wire.call(request, snapshots.update_fields, request.path_params["id"], values)
     return wire.ok({"snapshot": snapshot_view(request, snap, extended=False)})
 
 
 async def delete(request: Request) -> Response:
-    await run_in_threadpool(snapshots.delete_snapshot, wire.runtime(request),
-                            wire.identity(request), request.path_params["id"])
+    await wire.call(request, snapshots.delete_snapshot, request.path_params["id"])
     return wire.accepted()
 
 
@@ -123,7 +115,6 @@ async def action(request: Request) -> Response:
         raise ApiError(400, "Malformed request body: exactly one action is expected.")
     name, value = next(iter(body.items()))
     snapshot_id = request.path_params["id"]
-    rt, who = wire.runtime(request), wire.identity(request)
     if name == "os-reset_status":
         if not isinstance(value, dict) or "status" not in value:
             raise ApiError(400, "Must specify 'status'")
@@ -131,10 +122,10 @@ async def action(request: Request) -> Response:
         if status not in states.SNAPSHOT_RESET_STATUSES:
             raise ApiError(400, f"Invalid input received: Must specify a valid status: "
                                 f"{status}")
-        await run_in_threadpool(snapshots.reset_status, rt, who, snapshot_id, status)
+        await wire.call(request, snapshots.reset_status, snapshot_id, status)
         return wire.accepted()
     if name == "os-force_delete":
-        await run_in_threadpool(snapshots.delete_snapshot, rt, who, snapshot_id, force=True)
+        await wire.call(request, snapshots.delete_snapshot, snapshot_id, force=True)
         return wire.accepted()
     raise ApiError(400, f"There is no such action: {name}. Verify the request body and "
                         f"Content-Type header and try again.")

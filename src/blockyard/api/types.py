@@ -146,13 +146,9 @@ async def list_types(request: Request) -> Response:
     params = listing.parse_params(request)
     flt = _type_filter(request, who, params.filters)
     page = await _in_thread(type_admin.list_types, wire.runtime(request), who, params, flt)
-    body: dict[str, Any] = {
-        "volume_types": [render(who, vt, qos=True, access=True) for vt in page.rows]}
-    if page.next_marker is not None:
-        body["volume_type_links"] = wire.next_link(request, page.next_marker)
-    if page.count is not None:
-        body["count"] = page.count
-    return wire.ok(body)
+    return wire.ok(listing.page_body(
+        request, "volume_types", [render(who, vt, qos=True, access=True) for vt in page.rows],
+        page, links_key="volume_type_links"))
 
 
 async def show_default(request: Request) -> Response:

@@ -86,12 +86,8 @@ async def _list(request: Request, detail: bool) -> Response:
         all_projects=listing.all_tenants(request), like_allowed=wire.mv(request) >= 34,
     )
     render = views.volume_detail if detail else views.volume_summary
-    body: dict[str, Any] = {"volumes": [render(request, v) for v in page.rows]}
-    if page.next_marker is not None:
-        body["volumes_links"] = wire.next_link(request, page.next_marker)
-    if page.count is not None:
-        body["count"] = page.count
-    return wire.ok(body)
+    return wire.ok(listing.page_body(request, "volumes", [render(request, v) for v in page.rows],
+                                     page))
 
 
 async def list_summary(request: Request) -> Response:

@@ -1,0 +1,87 @@
+"""The one way blockyard runs external commands (tgtadm, qemu-nbd, qemu-img, rbd, ...).
+
+Callers build argv lists and name exit codes in tiny predicates; this module runs them with a
+timeout, captures output, and turns failures into errors that keep everything needed to
+debug them. Nothing else in the package imports `subprocess` to run a command to completion;
+long-running daemons are started through `spawn`.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from blockyard.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+
+class CommandFailed(BackendError):
+    """A command exited with a code its caller did not accept."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
+        super().__init__(
+            f"{' '.join(argv)} exited with {returncode}: {stderr.strip() or stdout.strip()}"
+        )
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class CommandTimeout(BackendError):
+    """A command did not finish in time; it was killed."""
+
+    def __init__(self, argv: Sequence[str], timeout: float) -> None:
+        super().__init__(f"{' '.join(argv)} did not finish within {timeout} s")
+        self.argv = list(argv)
+        self.timeout = timeout
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = 30.0,
+    ok_codes: tuple[int, ...] = (0,),
+    input: str | None = None,
+) -> Completed:
+    """Run `argv` to completion; raise CommandFailed/CommandTimeout unless it exits in
+    `ok_codes`. Secrets must never be passed in argv (they show in `ps`): use `input`."""
+    try:
+        proc = subprocess.run(
+            list(argv), input=input, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise CommandTimeout(argv, timeout) from None
+    except FileNotFoundError as exc:
+        raise CommandFailed(argv, 127, "", str(exc)) from None
+    if proc.returncode not in ok_codes:
+        raise CommandFailed(argv, proc.returncode, proc.stdout, proc.stderr)
+    log.debug("ran %s", argv)
+    return Completed(list(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+def spawn(argv: Sequence[str], *, log_path: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a daemon-like child (tgtd, qemu-nbd) that the caller supervises and stops.
+
+    It gets its own session, so a signal aimed at blockyard's terminal does not reach it,
+    and its output goes to `log_path` (or is discarded).
+    """
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        if log_path:
+            out.close()  # type: ignore[union-attr]

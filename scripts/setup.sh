@@ -17,6 +17,10 @@ PYTHON=/usr/bin/python3
 APT_PACKAGES=(
     python3-venv
     python3-pip
+    tgt                 # iSCSI target daemon (tgtd, tgtadm)
+    qemu-utils          # qemu-nbd, qemu-img
+    qemu-block-extra    # qemu's iscsi block driver (userspace iSCSI initiator)
+    python3-libnbd      # NBD client bindings for /usr/bin/python3
 )
 
 say() { echo "setup: $*" >&2; }

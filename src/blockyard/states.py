@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, select, update
+from sqlalchemy import ColumnElement, CursorResult, case, exists, select, update
 from sqlalchemy.orm import Session
 
 from blockyard.db.models import Attachment, Snapshot, Volume
@@ -107,12 +107,22 @@ VOLUME_TRANSITIONS: dict[str, Transition] = {
     ),
     "extend": Transition((V.AVAILABLE,), V.EXTENDING, PREVIOUS, V.ERROR_EXTENDING),
     "extend_attached": Transition((V.IN_USE,), V.EXTENDING, PREVIOUS, V.ERROR_EXTENDING),
-    # legacy attach flow (os-reserve ... os-detach) and the attachments API
-    "reserve": Transition((V.AVAILABLE,), V.ATTACHING, V.IN_USE, V.AVAILABLE),
-    "reserve_multiattach": Transition((V.AVAILABLE, V.IN_USE), V.ATTACHING, V.IN_USE, PREVIOUS),
-    "attachment_reserve": Transition((V.AVAILABLE,), V.RESERVED, V.IN_USE, V.AVAILABLE),
-    "begin_detaching": Transition((V.IN_USE,), V.DETACHING, V.AVAILABLE, V.IN_USE),
+    # legacy attach flow (os-reserve ... os-detach) and the attachments API; these are single
+    # steps (no task): `begin` moves the volume, and leaving an attach state goes through
+    # `derive_attach_status`, which looks at the attachments that remain
+    "reserve": Transition((V.AVAILABLE,), V.ATTACHING, None, None),
+    "reserve_multiattach": Transition((V.AVAILABLE, V.IN_USE, V.RESERVED, V.ATTACHING),
+                                      V.ATTACHING, None, None),
+    "attachment_reserve": Transition((V.AVAILABLE,), V.RESERVED, None, None),
+    "attachment_reserve_multiattach": Transition(
+        (V.AVAILABLE, V.IN_USE, V.RESERVED, V.ATTACHING), V.RESERVED, None, None),
+    "attach": Transition((V.ATTACHING, V.RESERVED, V.IN_USE), V.IN_USE, None, None),
+    "begin_detaching": Transition((V.IN_USE,), V.DETACHING, None, None),
+    "roll_detaching": Transition((V.DETACHING,), V.IN_USE, None, None),
 }
+
+#: statuses a volume may leave through `derive_attach_status`
+ATTACH_STATES = (V.ATTACHING, V.RESERVED, V.IN_USE, V.DETACHING)
 
 SNAPSHOT_TRANSITIONS: dict[str, Transition] = {
     "create": Transition((S.CREATING,), S.CREATING, S.AVAILABLE, S.ERROR),
@@ -317,3 +327,32 @@ def unpin(session: Session, model: Row, ident: str) -> None:
         .values(pins=model.pins - 1)
         .execution_options(synchronize_session=False)
     )
+
+
+def derive_attach_status(session: Session, volume_id: str,
+                         allowed: tuple[str, ...] = ATTACH_STATES) -> str:
+    """Set a volume's status from its attachments, as Cinder derives it: in-use while one is
+    attached, reserved while one is reserved or attaching, else available. One conditional
+    UPDATE (the volume must be in one of `allowed` and owned by no task); returns the status.
+    """
+    def having(*statuses: str) -> ColumnElement[bool]:
+        return exists().where(Attachment.volume_id == volume_id,
+                              Attachment.attach_status.in_(statuses))
+
+    derived = case(
+        (having(AttachStatus.ATTACHED, AttachStatus.DETACHING), V.IN_USE.value),
+        (having(AttachStatus.RESERVED, AttachStatus.ATTACHING), V.RESERVED.value),
+        else_=V.AVAILABLE.value,
+    )
+    attached = case((having(AttachStatus.ATTACHED, AttachStatus.DETACHING), "attached"),
+                    else_="detached")
+    stmt = (
+        update(Volume)
+        .where(Volume.id == volume_id, Volume.status.in_(allowed), Volume.task_id.is_(None))
+        .values(status=derived, attach_status=attached, updated_at=_now())
+        .returning(Volume.status)
+    )
+    status = _exec(session, stmt).scalar()
+    if status is None:
+        _lost(session, Volume, volume_id, allowed, "update attachments of")
+    return str(status)

@@ -15,7 +15,18 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from blockyard.api import errors, limits, misc, qos, quotas, snapshots, types, versions, volumes
+from blockyard.api import (
+    attachments,
+    errors,
+    limits,
+    misc,
+    qos,
+    quotas,
+    snapshots,
+    types,
+    versions,
+    volumes,
+)
 from blockyard.api.wire import CinderMiddleware
 from blockyard.config import Config
 from blockyard.service.lifecycle import build_runtime, close_runtime
@@ -30,6 +41,7 @@ ROUTES = [
     *versions.routes,
     *volumes.routes,
     *snapshots.routes,
+    *attachments.routes,
     *types.routes,
     *qos.routes,
     *quotas.routes,

@@ -93,7 +93,7 @@ def uuid_string(value: Any, field: str, *, nullable: bool = True) -> str | None:
     if value is None and nullable:
         return None
     if not isinstance(value, str):
-        raise invalid(field, value, f"{value!r} is not a 'uuid'")
+        raise invalid(field, value, f"{value!r} is not of type 'string'")
     try:
         uuid.UUID(value)
     except ValueError:

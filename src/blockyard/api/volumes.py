@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard import states
+from blockyard.api import attachments as attachment_api
 from blockyard.api import listing, metadata, validate, views, wire
 from blockyard.api.errors import ApiError
 from blockyard.service import volumes
@@ -221,13 +222,14 @@ async def _force_delete(request: Request, volume_id: str, value: Any) -> Respons
     return wire.accepted()
 
 
-#: action name → handler; later issues add the attach/detach and migration actions here
+#: action name → handler (the attach/detach ones live with the attachments API)
 ACTIONS: dict[str, Action] = {
     "os-extend": _extend,
     "os-reset_status": _reset_status,
     "os-set_bootable": _set_bootable,
     "os-update_readonly_flag": _update_readonly,
     "os-force_delete": _force_delete,
+    **attachment_api.LEGACY_ACTIONS,
 }
 
 

@@ -177,7 +177,7 @@ class VolumeDriver(Protocol):
 
     def terminate_connection(
         self, volume: VolumeRef, connector: Connector | None, force: bool = False
-    ) -> None: ...
+    ) -> ModelUpdate | None: ...
 
     # data access for copies
     def open_volume(self, volume: VolumeRef, mode: OpenMode = "rb") -> io.RawIOBase: ...
@@ -242,7 +242,8 @@ class DriverBase:
 
     def terminate_connection(
         self, volume: VolumeRef, connector: Connector | None, force: bool = False
-    ) -> None:
+    ) -> ModelUpdate | None:
+        """Stop allowing `connector` (None: everyone); returns what to persist, if anything."""
         return None
 
     def open_volume(self, volume: VolumeRef, mode: OpenMode = "rb") -> io.RawIOBase:

@@ -17,6 +17,7 @@ from blockyard.config import Config
 from blockyard.db.engine import Database
 from blockyard.db.models import Snapshot, Volume
 from blockyard.errors import BlockyardError, NotSupported
+from blockyard.service import attachments
 from blockyard.service import snapshots as _snapshots  # noqa: F401  (registers task handlers)
 from blockyard.service import types as vtypes
 from blockyard.service import volumes as _volumes  # noqa: F401  (registers task handlers)
@@ -71,6 +72,7 @@ def build_runtime(config: Config) -> Runtime:
             log.warning("backend %s: %s", backend.name, exc)
     runner = TaskRunner(rt)
     sweep_orphans(rt)
+    attachments.reconcile(rt)
     resumed = runner.recover()
     if resumed:
         log.info("resumed %d unfinished task(s)", resumed)

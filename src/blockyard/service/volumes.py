@@ -73,7 +73,7 @@ def snapshot_ref(s: Snapshot, volume: Volume) -> SnapshotRef:
     )
 
 
-def _model_values(update_: ModelUpdate | None) -> dict[str, Any]:
+def model_values(update_: ModelUpdate | None) -> dict[str, Any]:
     if update_ is None:
         return {}
     values = {}
@@ -264,7 +264,7 @@ def _settle_create(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
         states.unpin(s, Volume, task.payload["source_volid"])
     if error is None:
         states.finish(s, Volume, task.resource_id, "create", task_id=task.id,
-                      values=_model_values(result))
+                      values=model_values(result))
     else:
         states.fail(s, Volume, task.resource_id, "create", task_id=task.id)
 

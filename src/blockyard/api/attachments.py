@@ -1,0 +1,247 @@
+"""/v3/attachments (microversion 3.27+) and the legacy attach/detach volume actions.
+
+Connecting and disconnecting do backend work (targets, processes), so those calls always run
+on a worker thread; the rest is database work like any other endpoint's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from blockyard.api import listing, validate, wire
+from blockyard.api.errors import ApiError
+from blockyard.api.views import iso
+from blockyard.db.models import Attachment
+from blockyard.service import attachments
+from blockyard.service.attachments import connector_of
+
+#: the attachments API appeared in 3.27; complete in 3.44; attach mode in 3.54
+MIN_MV, COMPLETE_MV, MODE_MV = 27, 44, 54
+
+
+async def blocking(request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(runtime, identity, ...)`` on a worker thread: it talks to backends."""
+    return await run_in_threadpool(fn, wire.runtime(request), wire.identity(request), *args,
+                                   **kwargs)
+
+
+def _require(request: Request, minor: int = MIN_MV) -> None:
+    if wire.mv(request) < minor:
+        raise ApiError(404, "The resource could not be found.")
+
+
+def attachment_summary(att: Attachment) -> dict[str, Any]:
+    return {"id": att.id, "status": att.attach_status, "instance": att.instance_uuid,
+            "volume_id": att.volume_id}
+
+
+def attachment_detail(att: Attachment) -> dict[str, Any]:
+    return {
+        **attachment_summary(att),
+        "attached_at": iso(att.attach_time) or "",
+        "detached_at": iso(att.detach_time) or "",
+        "attach_mode": att.attach_mode or "null",
+        "connection_info": att.connection_info or {},
+    }
+
+
+def _connector_arg(value: Any, field: str = "connector") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise validate.invalid(field, value, f"{value!r} is not of type 'object'")
+    return value
+
+
+async def create(request: Request) -> Response:
+    _require(request)
+    body = await wire.json_body(request)
+    spec = validate.section(body, "attachment")
+    if wire.mv(request) >= 53:
+        validate.no_extra_keys(spec, {"volume_uuid", "instance_uuid", "connector", "mode"},
+                               "attachment")
+    if "volume_uuid" not in spec:
+        raise validate.invalid("attachment", spec, "'volume_uuid' is a required property")
+    volume_id = str(validate.uuid_string(spec["volume_uuid"], "volume_uuid", nullable=False))
+    instance_uuid = None
+    if "instance_uuid" in spec:
+        instance_uuid = validate.uuid_string(spec["instance_uuid"], "instance_uuid",
+                                             nullable=False)
+    mode = None
+    if "mode" in spec:
+        if wire.mv(request) < MODE_MV:
+            raise ApiError(400, "Invalid input received: mode requires microversion 3.54.")
+        if spec["mode"] not in ("rw", "ro"):
+            raise validate.invalid("mode", spec["mode"], "must be 'rw' or 'ro'")
+        mode = spec["mode"]
+    connector = None
+    if spec.get("connector"):
+        connector = connector_of(_connector_arg(spec["connector"]))
+    att = await blocking(request, attachments.create, volume_id, instance_uuid, connector, mode)
+    return wire.ok({"attachment": attachment_detail(att)})
+
+
+async def _list(request: Request, detail: bool) -> Response:
+    _require(request)
+    filters = {k: v for k, v in request.query_params.items()
+               if k in ("volume_id", "instance_id", "status")}
+    found = await wire.call(request, attachments.list_attachments,
+                            all_projects=listing.all_tenants(request), filters=filters)
+    render = attachment_detail if detail else attachment_summary
+    return wire.ok({"attachments": [render(a) for a in found]})
+
+
+async def list_summary(request: Request) -> Response:
+    return await _list(request, detail=False)
+
+
+async def list_detail(request: Request) -> Response:
+    return await _list(request, detail=True)
+
+
+async def show(request: Request) -> Response:
+    _require(request)
+    att = await wire.call(request, attachments.get, request.path_params["id"])
+    return wire.ok({"attachment": attachment_detail(att)})
+
+
+async def update(request: Request) -> Response:
+    _require(request)
+    body = await wire.json_body(request)
+    spec = validate.section(body, "attachment")
+    if "connector" not in spec:
+        raise validate.invalid("attachment", spec, "'connector' is a required property")
+    connector = connector_of(_connector_arg(spec["connector"]))
+    att = await blocking(request, attachments.update_connector, request.path_params["id"],
+                         connector)
+    return wire.ok({"attachment": attachment_detail(att)})
+
+
+async def delete(request: Request) -> Response:
+    _require(request)
+    await blocking(request, attachments.delete_attachment, request.path_params["id"])
+    return wire.ok({"attachments": []})
+
+
+async def action(request: Request) -> Response:
+    _require(request, COMPLETE_MV)
+    body = await wire.json_body(request)
+    if list(body) != ["os-complete"]:
+        name = next(iter(body), "")
+        raise ApiError(400, f"There is no such action: {name}. Verify the request body and "
+                            f"Content-Type header and try again.")
+    await wire.call(request, attachments.complete, request.path_params["id"])
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/v3/attachments", list_summary, methods=["GET"]),
+    Route("/v3/attachments", create, methods=["POST"]),
+    Route("/v3/attachments/detail", list_detail, methods=["GET"]),
+    Route("/v3/attachments/{id}", show, methods=["GET"]),
+    Route("/v3/attachments/{id}", update, methods=["PUT"]),
+    Route("/v3/attachments/{id}", delete, methods=["DELETE"]),
+    Route("/v3/attachments/{id}/action", action, methods=["POST"]),
+]
+
+
+# ---------------------------------------------------------------------------- legacy actions
+
+
+def _args(value: Any, action: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise validate.invalid(action, value, f"{value!r} is not of type 'object'")
+    return value
+
+
+async def _reserve(request: Request, volume_id: str, value: Any) -> Response:
+    await wire.call(request, attachments.reserve, volume_id)
+    return wire.accepted()
+
+
+async def _unreserve(request: Request, volume_id: str, value: Any) -> Response:
+    await wire.call(request, attachments.unreserve, volume_id)
+    return wire.accepted()
+
+
+async def _initialize_connection(request: Request, volume_id: str, value: Any) -> Response:
+    args = _args(value, "os-initialize_connection")
+    if "connector" not in args:
+        raise validate.invalid("os-initialize_connection", args,
+                               "'connector' is a required property")
+    connector = connector_of(_connector_arg(args["connector"]))
+    info = await blocking(request, attachments.initialize_connection, volume_id, connector)
+    return wire.ok({"connection_info": info.to_wire()})
+
+
+async def _terminate_connection(request: Request, volume_id: str, value: Any) -> Response:
+    args = _args(value, "os-terminate_connection")
+    if "connector" not in args:
+        raise validate.invalid("os-terminate_connection", args,
+                               "'connector' is a required property")
+    connector = connector_of(_connector_arg(args["connector"]))
+    await blocking(request, attachments.terminate_connection, volume_id, connector)
+    return wire.accepted()
+
+
+async def _attach(request: Request, volume_id: str, value: Any) -> Response:
+    args = _args(value, "os-attach")
+    instance_uuid = args.get("instance_uuid")
+    host_name = args.get("host_name")
+    if not instance_uuid and not host_name:
+        raise ApiError(400, "Invalid request to attach volume to an invalid target")
+    if instance_uuid is not None:
+        validate.uuid_string(instance_uuid, "instance_uuid")
+    mode = args.get("mode", "rw")
+    if mode not in ("rw", "ro"):
+        raise ApiError(400, "Invalid request to attach volume with an invalid mode. "
+                            "Attaching mode should be 'rw' or 'ro'")
+    await wire.call(request, attachments.attach, volume_id, instance_uuid=instance_uuid,
+                    host_name=host_name,
+                    mountpoint=validate.string(args.get("mountpoint"), "mountpoint"), mode=mode)
+    return wire.accepted()
+
+
+async def _begin_detaching(request: Request, volume_id: str, value: Any) -> Response:
+    await wire.call(request, attachments.begin_detaching, volume_id)
+    return wire.accepted()
+
+
+async def _roll_detaching(request: Request, volume_id: str, value: Any) -> Response:
+    await wire.call(request, attachments.roll_detaching, volume_id)
+    return wire.accepted()
+
+
+async def _detach(request: Request, volume_id: str, value: Any) -> Response:
+    args = _args(value, "os-detach")
+    attachment_id = validate.uuid_string(args.get("attachment_id"), "attachment_id")
+    await blocking(request, attachments.detach, volume_id, attachment_id)
+    return wire.accepted()
+
+
+async def _force_detach(request: Request, volume_id: str, value: Any) -> Response:
+    args = _args(value, "os-force_detach")
+    attachment_id = validate.uuid_string(args.get("attachment_id"), "attachment_id")
+    connector = connector_of(_connector_arg(args["connector"])) if args.get("connector") \
+        else None
+    await blocking(request, attachments.detach, volume_id, attachment_id, force=True,
+                   connector=connector)
+    return wire.accepted()
+
+
+LEGACY_ACTIONS = {
+    "os-reserve": _reserve,
+    "os-unreserve": _unreserve,
+    "os-initialize_connection": _initialize_connection,
+    "os-terminate_connection": _terminate_connection,
+    "os-attach": _attach,
+    "os-begin_detaching": _begin_detaching,
+    "os-roll_detaching": _roll_detaching,
+    "os-detach": _detach,
+    "os-force_detach": _force_detach,
+}

@@ -1,0 +1,347 @@
+"""Attaching volumes: the attachments API (3.27+) and the six legacy actions.
+
+The volume's status moves by conditional updates (blockyard.states): reserving is one
+compare-and-swap, so of many concurrent reservations of a non-multiattach volume exactly one
+wins. Leaving an attach state derives the status from the attachments that remain.
+
+Export work happens once per connector, in `_connect`: the driver's create_export (which may
+start targets and processes) and then initialize_connection, which only formats. What the
+driver returns is persisted with the volume; the connection info with the attachment. The
+steps are ordered so that a crash leaves a state `reconcile` can settle at the next start:
+an attachment whose connector is recorded but whose connection info is not was being
+exported, and its export is undone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from blockyard import states
+from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
+from blockyard.db.models import Attachment, Volume, utcnow
+from blockyard.errors import Invalid, InvalidState, NotFound
+from blockyard.service import volumes
+from blockyard.service.identity import Identity, authorize
+from blockyard.service.runtime import Runtime
+from blockyard.states import AttachStatus as A
+from blockyard.states import VolumeStatus as V
+
+_CONNECTOR_FIELDS = ("host", "ip", "initiator", "platform", "os_type", "nqn")
+
+
+def connector_of(props: dict[str, Any]) -> Connector:
+    """The wire connector dict (os-brick's connector properties) as a typed Connector."""
+    multipath = props.get("multipath", False)
+    if isinstance(multipath, str):
+        multipath = multipath.strip().lower() in ("true", "1", "yes")
+    return Connector(
+        **{k: (str(props[k]) if props.get(k) is not None else None) for k in _CONNECTOR_FIELDS},
+        multipath=bool(multipath),
+        extra={k: v for k, v in props.items() if k not in _CONNECTOR_FIELDS + ("multipath",)},
+    )
+
+
+def _props_of(connector: Connector) -> dict[str, Any]:
+    props = {k: v for k, v in asdict(connector).items() if k != "extra" and v is not None}
+    props.update(connector.extra)
+    return props
+
+
+def attachment_connection_info(info: ConnectionInfo, attachment_id: str) -> dict[str, Any]:
+    """The attachments API's connection_info: the driver's data with the protocol and the
+    attachment id folded in, as Cinder returns it."""
+    return {**info.data, "driver_volume_type": info.driver_volume_type,
+            "attachment_id": attachment_id}
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+def _volume(s: Session, who: Identity, volume_id: str) -> Volume:
+    return volumes.get(s, who, volume_id)
+
+
+def get(rt: Runtime, who: Identity, attachment_id: str) -> Attachment:
+    with rt.db.read() as s:
+        att = s.get(Attachment, attachment_id)
+        if att is None:
+            raise NotFound("VolumeAttachment", attachment_id,
+                           f"VolumeAttachment {attachment_id} could not be found.")
+        authorize(who, "attachment:get", att.project_id)
+        return att
+
+
+def list_attachments(rt: Runtime, who: Identity, *, all_projects: bool,
+                     filters: dict[str, str]) -> list[Attachment]:
+    with rt.db.read() as s:
+        q = select(Attachment).order_by(Attachment.created_at.desc(), Attachment.id.desc())
+        if not (all_projects and who.is_admin):
+            q = q.where(Attachment.project_id == who.project_id)
+        if filters.get("volume_id"):
+            q = q.where(Attachment.volume_id == filters["volume_id"])
+        if filters.get("instance_id"):
+            q = q.where(Attachment.instance_uuid == filters["instance_id"])
+        if filters.get("status"):
+            q = q.where(Attachment.attach_status == filters["status"])
+        return list(s.execute(q).scalars())
+
+
+# ---------------------------------------------------------------------------- export steps
+
+
+def _connect(rt: Runtime, volume_id: str, connector: Connector) -> ConnectionInfo:
+    """Export the volume to `connector` (once) and format its connection info."""
+    with rt.db.read() as s:
+        v = s.get(Volume, volume_id)
+        assert v is not None
+        ref, backend = volumes.volume_ref(v), v.backend
+    driver = rt.backend(backend).driver
+    driver.validate_connector(connector)
+    model = driver.create_export(ref, connector)
+    values = volumes.model_values(model)
+    if values:
+        with rt.db.write() as s:
+            s.execute(update(Volume).where(Volume.id == volume_id).values(**values)
+                      .execution_options(synchronize_session=False))
+        ref = VolumeRef(id=ref.id, size_gb=ref.size_gb, name_id=ref.name_id,
+                        provider_location=values.get("provider_location", ref.provider_location),
+                        provider_auth=values.get("provider_auth", ref.provider_auth))
+    return driver.initialize_connection(ref, connector)
+
+
+def _disconnect(rt: Runtime, volume_id: str, connector: Connector | None, *,
+                force: bool = False) -> None:
+    """Stop exporting to `connector`; remove the export when no attachment needs it."""
+    with rt.db.read() as s:
+        v = s.get(Volume, volume_id)
+        if v is None:
+            return
+        ref, backend = volumes.volume_ref(v), v.backend
+        remaining = s.execute(
+            select(func.count()).select_from(Attachment)
+            .where(Attachment.volume_id == volume_id, Attachment.connection_info.is_not(None))
+        ).scalar_one()
+    driver = rt.backend(backend).driver
+    model = driver.terminate_connection(ref, connector, force)
+    values = volumes.model_values(model)
+    if remaining == 0:
+        driver.remove_export(ref)
+    if values:
+        with rt.db.write() as s:
+            s.execute(update(Volume).where(Volume.id == volume_id).values(**values)
+                      .execution_options(synchronize_session=False))
+
+
+# ---------------------------------------------------------------------------- attachments API
+
+
+def create(rt: Runtime, who: Identity, volume_id: str, instance_uuid: str | None,
+           connector: Connector | None, mode: str | None) -> Attachment:
+    """Reserve the volume for a new attachment; with a connector, connect it at once."""
+    attachment_id = str(uuid.uuid4())
+    with rt.db.write() as s:
+        v = _volume(s, who, volume_id)
+        action = "attachment_reserve_multiattach" if v.multiattach else "attachment_reserve"
+        try:
+            states.begin(s, Volume, volume_id, action)
+        except InvalidState as exc:
+            raise Invalid(f"Invalid volume: Volume {volume_id} status must be available or "
+                          f"downloading to reserve, but the current status is "
+                          f"{exc.current}.") from exc
+        s.add(Attachment(id=attachment_id, volume_id=volume_id, project_id=v.project_id,
+                         instance_uuid=instance_uuid, attach_status=A.RESERVED,
+                         attach_mode=mode or "null", created_at=utcnow()))
+    if connector is not None:
+        return update_connector(rt, who, attachment_id, connector)
+    return get(rt, who, attachment_id)
+
+
+def update_connector(rt: Runtime, who: Identity, attachment_id: str,
+                     connector: Connector) -> Attachment:
+    """Give a reserved attachment its connector: export, and store the connection info."""
+    att = get(rt, who, attachment_id)
+    if att.attach_status not in (A.RESERVED, A.ATTACHED):
+        raise Invalid(f"Invalid attachment: attachment {attachment_id} is "
+                      f"{att.attach_status}, it must be reserved to be updated.")
+    with rt.db.write() as s:
+        # the connector is recorded before any export work: a crash from here on leaves an
+        # attachment whose export `reconcile` can find and undo
+        s.execute(update(Attachment).where(Attachment.id == attachment_id)
+                  .values(connector=_props_of(connector), attached_host=connector.host,
+                          mountpoint=connector.extra.get("mountpoint"), updated_at=utcnow())
+                  .execution_options(synchronize_session=False))
+    try:
+        info = _connect(rt, att.volume_id, connector)
+    except Exception:
+        with rt.db.write() as s:
+            s.execute(update(Attachment).where(Attachment.id == attachment_id)
+                      .values(connector=None, attached_host=None)
+                      .execution_options(synchronize_session=False))
+        _disconnect(rt, att.volume_id, connector, force=True)
+        raise
+    with rt.db.write() as s:
+        s.execute(update(Attachment).where(Attachment.id == attachment_id)
+                  .values(connection_info=attachment_connection_info(info, attachment_id),
+                          updated_at=utcnow())
+                  .execution_options(synchronize_session=False))
+    return get(rt, who, attachment_id)
+
+
+def complete(rt: Runtime, who: Identity, attachment_id: str) -> None:
+    """The host is connected: attachment attached, volume in-use."""
+    att = get(rt, who, attachment_id)
+    with rt.db.write() as s:
+        states.set_attach_status(s, attachment_id, (A.RESERVED, A.ATTACHED), A.ATTACHED,
+                                 attach_time=utcnow(),
+                                 attach_mode="rw" if att.attach_mode == "null"
+                                 else att.attach_mode)
+        states.begin(s, Volume, att.volume_id, "attach",
+                     values={"attach_status": "attached"})
+
+
+def delete_attachment(rt: Runtime, who: Identity, attachment_id: str) -> None:
+    """Disconnect (when connected) and remove the attachment; the volume's status follows."""
+    att = get(rt, who, attachment_id)
+    with rt.db.write() as s:
+        states.set_attach_status(s, attachment_id, (A.RESERVED, A.ATTACHED, A.ATTACHING,
+                                                    A.DETACHING, A.ERROR_ATTACHING),
+                                 A.DETACHING)
+    if att.connector is not None:
+        _disconnect_attachment(rt, att)
+    with rt.db.write() as s:
+        s.execute(delete(Attachment).where(Attachment.id == attachment_id))
+        states.derive_attach_status(s, att.volume_id)
+
+
+def _disconnect_attachment(rt: Runtime, att: Attachment) -> None:
+    with rt.db.write() as s:
+        # this attachment no longer needs the export: count it out before deciding
+        s.execute(update(Attachment).where(Attachment.id == att.id)
+                  .values(connection_info=None)
+                  .execution_options(synchronize_session=False))
+    _disconnect(rt, att.volume_id, connector_of(att.connector or {}), force=True)
+
+
+# ---------------------------------------------------------------------------- legacy actions
+
+
+def reserve(rt: Runtime, who: Identity, volume_id: str) -> None:
+    with rt.db.write() as s:
+        v = _volume(s, who, volume_id)
+        states.begin(s, Volume, volume_id,
+                     "reserve_multiattach" if v.multiattach else "reserve")
+
+
+def unreserve(rt: Runtime, who: Identity, volume_id: str) -> None:
+    with rt.db.write() as s:
+        _volume(s, who, volume_id)
+        states.derive_attach_status(s, volume_id, (V.ATTACHING,))
+
+
+def initialize_connection(rt: Runtime, who: Identity, volume_id: str,
+                          connector: Connector) -> ConnectionInfo:
+    with rt.db.read() as s:
+        v = _volume(s, who, volume_id)
+        if v.task_id is not None or v.status in (V.CREATING, V.DELETING, V.ERROR_DELETING):
+            raise Invalid(f"Invalid volume: Volume {volume_id} is {v.status} and cannot be "
+                          f"connected.")
+    return _connect(rt, volume_id, connector)
+
+
+def terminate_connection(rt: Runtime, who: Identity, volume_id: str,
+                         connector: Connector, force: bool = False) -> None:
+    with rt.db.read() as s:
+        _volume(s, who, volume_id)
+    _disconnect(rt, volume_id, connector, force=force)
+
+
+def attach(rt: Runtime, who: Identity, volume_id: str, *, instance_uuid: str | None,
+           host_name: str | None, mountpoint: str | None, mode: str) -> None:
+    with rt.db.write() as s:
+        v = _volume(s, who, volume_id)
+        states.begin(s, Volume, volume_id, "attach", values={"attach_status": "attached"})
+        s.add(Attachment(id=str(uuid.uuid4()), volume_id=volume_id, project_id=v.project_id,
+                         instance_uuid=instance_uuid, attached_host=host_name,
+                         mountpoint=mountpoint, attach_status=A.ATTACHED, attach_mode=mode,
+                         attach_time=utcnow(), created_at=utcnow()))
+
+
+def begin_detaching(rt: Runtime, who: Identity, volume_id: str) -> None:
+    with rt.db.write() as s:
+        _volume(s, who, volume_id)
+        states.begin(s, Volume, volume_id, "begin_detaching")
+
+
+def roll_detaching(rt: Runtime, who: Identity, volume_id: str) -> None:
+    with rt.db.write() as s:
+        _volume(s, who, volume_id)
+        states.begin(s, Volume, volume_id, "roll_detaching")
+
+
+def detach(rt: Runtime, who: Identity, volume_id: str, attachment_id: str | None, *,
+           force: bool = False, connector: Connector | None = None) -> None:
+    """Remove one attachment of the volume (the only one when none is named)."""
+    with rt.db.write() as s:
+        v = _volume(s, who, volume_id)
+        q = select(Attachment).where(Attachment.volume_id == volume_id)
+        if attachment_id:
+            q = q.where(Attachment.id == attachment_id)
+        found = list(s.execute(q).scalars())
+        if attachment_id and not found:
+            raise NotFound("VolumeAttachment", attachment_id,
+                           f"VolumeAttachment {attachment_id} could not be found.")
+        if not attachment_id and len(found) > 1:
+            raise Invalid("Invalid input received: attachment_id is required to detach a "
+                          "volume with several attachments.")
+        if not force and v.status not in (V.DETACHING, V.IN_USE, V.ATTACHING):
+            raise InvalidState("Volume", volume_id, v.status,
+                               (V.DETACHING, V.IN_USE, V.ATTACHING), "detach")
+        for att in found:
+            s.execute(delete(Attachment).where(Attachment.id == att.id))
+        states.derive_attach_status(
+            s, volume_id, states.ATTACH_STATES + ((V.ERROR, V.AVAILABLE) if force else ()))
+    if force:
+        # the caller cannot be trusted to terminate the connection: do it here
+        _disconnect(rt, volume_id, connector, force=True)
+
+
+# ---------------------------------------------------------------------------- restart
+
+
+def reconcile(rt: Runtime) -> None:
+    """After a restart: undo exports that were in progress, finish detaches that were, and
+    re-create the exports of attached volumes (target daemons keep no state)."""
+    with rt.db.read() as s:
+        half = list(s.execute(select(Attachment).where(
+            Attachment.connector.is_not(None), Attachment.connection_info.is_(None))).scalars())
+        leaving = list(s.execute(select(Attachment).where(
+            Attachment.attach_status == A.DETACHING)).scalars())
+    for att in half:
+        if att.attach_status == A.DETACHING:
+            continue
+        _disconnect(rt, att.volume_id, connector_of(att.connector or {}), force=True)
+        with rt.db.write() as s:
+            s.execute(update(Attachment).where(Attachment.id == att.id)
+                      .values(connector=None, attached_host=None)
+                      .execution_options(synchronize_session=False))
+    for att in leaving:
+        if att.connector is not None:
+            _disconnect(rt, att.volume_id, connector_of(att.connector), force=True)
+        with rt.db.write() as s:
+            s.execute(delete(Attachment).where(Attachment.id == att.id))
+            try:
+                states.derive_attach_status(s, att.volume_id)
+            except (InvalidState, NotFound):
+                pass
+    with rt.db.read() as s:
+        exported = list(s.execute(
+            select(Volume).where(Volume.id.in_(
+                select(Attachment.volume_id).where(Attachment.connection_info.is_not(None))))
+        ).scalars())
+    for v in exported:
+        rt.backend(v.backend).driver.ensure_export(volumes.volume_ref(v))

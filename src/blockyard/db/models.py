@@ -202,8 +202,9 @@ class Attachment(Base):
     mountpoint: Mapped[str | None] = mapped_column(String(255))
     attach_status: Mapped[str] = mapped_column(String(32))
     attach_mode: Mapped[str] = mapped_column(String(8), default="rw")
-    connector: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    connection_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # none_as_null: "no connector yet" must be SQL NULL, which the queries look for
+    connector: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    connection_info: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     attach_time: Mapped[datetime | None] = mapped_column(DateTime)
     detach_time: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -28,6 +28,7 @@ from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import volumes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.runtime import Runtime
+from blockyard.service.tasks import failpoint
 from blockyard.states import AttachStatus as A
 from blockyard.states import VolumeStatus as V
 
@@ -175,8 +176,10 @@ def update_connector(rt: Runtime, who: Identity, attachment_id: str,
                   .values(connector=_props_of(connector), attached_host=connector.host,
                           mountpoint=connector.extra.get("mountpoint"), updated_at=utcnow())
                   .execution_options(synchronize_session=False))
+    failpoint("attach.connector_recorded")
     try:
         info = _connect(rt, att.volume_id, connector)
+        failpoint("attach.exported")
     except Exception:
         with rt.db.write() as s:
             s.execute(update(Attachment).where(Attachment.id == attachment_id)
@@ -211,8 +214,10 @@ def delete_attachment(rt: Runtime, who: Identity, attachment_id: str) -> None:
         states.set_attach_status(s, attachment_id, (A.RESERVED, A.ATTACHED, A.ATTACHING,
                                                     A.DETACHING, A.ERROR_ATTACHING),
                                  A.DETACHING)
+    failpoint("detach.detaching")
     if att.connector is not None:
         _disconnect_attachment(rt, att)
+    failpoint("detach.disconnected")
     with rt.db.write() as s:
         s.execute(delete(Attachment).where(Attachment.id == attachment_id))
         states.derive_attach_status(s, att.volume_id)

@@ -1,0 +1,450 @@
+"""The NBD target: one qemu-nbd process per exported volume.
+
+Each exported volume gets its own ``qemu-nbd`` serving the volume's backing file (or device)
+as the export ``volume-<id>``, with ``--persistent --shared=N`` so that several clients
+(multiattach, reconnects) may connect, ``--discard=unmap``, and ``--cache=none --aio=native``
+where the path takes O_DIRECT (``--cache=writeback --aio=threads`` elsewhere, e.g. tmpfs).
+The process is started with `blockyard.exec.spawn` and found again through its pid file;
+qemu-nbd writes that file only once its socket listens, so the file holding the child's pid
+is the readiness signal. Everything lives under ``<state_dir>/nbd``:
+
+    volume-<id>.sock         the Unix socket (mode "unix")
+    volume-<id>.pid          the pid file (qemu-nbd keeps it locked while it runs)
+    volume-<id>.log          qemu-nbd's output
+    volume-<id>.tls/keys.psk the TLS-PSK identities allowed in (tls only)
+
+What protects an export (NBD itself has no initiator ACL):
+
+* mode "unix": the socket sits in ``<state_dir>/nbd``, a directory of mode 0700, so only the
+  service's user (root) on this host can connect. `connectors` is bookkeeping here: any
+  process of that user can reach every export, whichever connector it was exported to.
+* mode "tcp": qemu-nbd listens on `bind` (loopback by default) on a port picked from
+  `port_range`. Without tls anyone who can reach that address can read and write the volume.
+* tls: TLS-PSK is required before the export is visible. Every connector (host name) gets its
+  own identity (the host name) and its own 256-bit key, one ``identity:hexkey`` line in the
+  volume's ``keys.psk``; `connection_info` gives a connector only its own key. GnuTLS reads
+  the psk file at every handshake, so `export` and `unexport` take effect for the next
+  connection without restarting qemu-nbd. A connection already established when its
+  connector is unexported stays up until the client disconnects (qemu-nbd cannot drop a
+  single client); `remove` ends all of them.
+
+`Export.secrets` holds one entry per connector: ``"tls_psk_key:<host>": hexkey``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
+from blockyard.errors import BackendError, ConfigError, Invalid
+from blockyard.exec import spawn
+from blockyard.targets.base import Export
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "nbd"
+SECRET_PREFIX = "tls_psk_key:"
+
+Mode = Literal["unix", "tcp"]
+Cache = Literal["auto", "none", "writeback"]
+
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class _Process(Protocol):
+    """The part of a spawned child (a `subprocess.Popen`) this module uses."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Running:
+    """A live qemu-nbd of ours, as its command line tells."""
+
+    pid: int
+    address: dict[str, Any]
+    tls: bool
+
+
+class QemuNbdTarget:
+    """Export volumes over NBD, one qemu-nbd per volume (see the module docstring)."""
+
+    protocol = PROTOCOL
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        mode: Mode = "unix",
+        bind: str = "127.0.0.1",
+        advertise_host: str | None = None,
+        port_range: tuple[int, int] = (10809, 10908),
+        tls: bool = False,
+        cache: Cache = "auto",
+        max_clients: int = 16,
+        qemu_nbd: str = "qemu-nbd",
+        start_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        if mode not in ("unix", "tcp"):
+            raise ConfigError("mode", f"must be 'unix' or 'tcp', not {mode!r}")
+        if cache not in ("auto", "none", "writeback"):
+            raise ConfigError("cache", f"must be 'auto', 'none' or 'writeback', not {cache!r}")
+        low, high = port_range
+        if not 0 < low <= high < 65536:
+            raise ConfigError("port_range", f"{port_range!r} is not a range of TCP ports")
+        if max_clients < 1:
+            raise ConfigError("max_clients", "must be at least 1")
+        self.dir = Path(state_dir) / "nbd"
+        self.mode: Mode = mode
+        self.bind = bind
+        self.advertise_host = advertise_host or bind
+        self.port_range = (low, high)
+        self.tls = tls
+        self.cache: Cache = cache
+        self.max_clients = max_clients
+        self.qemu_nbd = qemu_nbd
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self._children: dict[str, _Process] = {}
+        self._lock = threading.RLock()
+
+    # the Target protocol
+
+    def start(self) -> None:
+        """Create the state directory; running qemu-nbd processes are adopted as found."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+
+    def stop(self) -> None:
+        """Stop every qemu-nbd with a pid file here (those we started or adopted)."""
+        with self._lock:
+            names = set(self._children) | {p.stem for p in self._pid_files()}
+            for name in sorted(names):
+                self._stop(name)
+                _unlink(self._sock(name))
+                _unlink(self._pid(name))
+
+    def validate_connector(self, connector: Connector) -> None:
+        if not connector.host:
+            raise Invalid("An NBD connector needs a host.")
+        if not _SAFE.fullmatch(connector.host):
+            raise Invalid(f"NBD connector host {connector.host!r} is not a plain host name "
+                          "(letters, digits, '.', '_', '-').")
+
+    def export(self, volume: VolumeRef, path: str, connector: Connector,
+               existing: Export | None) -> Export:
+        self.validate_connector(connector)
+        host = str(connector.host)
+        name = _export_name(volume)
+        with self._lock:
+            self.start()
+            running = self._running(name)
+            if running is not None:
+                tls = running.tls
+            elif existing is not None:
+                tls = bool(existing.data.get("tls"))
+            else:
+                tls = self.tls
+            keys = dict(existing.secrets) if existing else {}
+            if tls:
+                if existing is None:  # adopt what a crash may have left unpersisted
+                    keys = {**self._read_psk(name), **keys}
+                keys.setdefault(SECRET_PREFIX + host, secrets.token_hex(32))
+                self._write_psk(name, keys)
+            address = running.address if running else self._serve(
+                name, path, tls, existing.data if existing else None)
+            connectors = list(existing.connectors) if existing else []
+            if host not in connectors:
+                connectors.append(host)
+            return Export(PROTOCOL, {"export_name": name, **address, "tls": tls},
+                          keys if tls else {}, tuple(connectors))
+
+    def ensure(self, volume: VolumeRef, path: str, export: Export) -> Export:
+        name = _export_name(volume)
+        tls = bool(export.data.get("tls"))
+        with self._lock:
+            self.start()
+            if tls:
+                self._write_psk(name, export.secrets)
+            running = self._running(name)
+            address = running.address if running else self._serve(name, path, tls, export.data)
+            return Export(PROTOCOL, {**export.data, **address, "export_name": name},
+                          dict(export.secrets), export.connectors)
+
+    def unexport(self, volume: VolumeRef, export: Export, connector: Connector | None) -> Export:
+        name = _export_name(volume)
+        gone = set(export.connectors) if connector is None else {connector.host}
+        connectors = tuple(c for c in export.connectors if c not in gone)
+        keys = {k: v for k, v in export.secrets.items()
+                if k.removeprefix(SECRET_PREFIX) not in gone}
+        with self._lock:
+            if self._tls_dir(name).is_dir():
+                self._write_psk(name, keys)
+        return Export(export.protocol, dict(export.data), keys, connectors)
+
+    def remove(self, volume: VolumeRef, export: Export) -> None:
+        name = _export_name(volume)
+        with self._lock:
+            self._stop(name)
+            for path in (self._sock(name), self._pid(name), self._log(name)):
+                _unlink(path)
+            shutil.rmtree(self._tls_dir(name), ignore_errors=True)
+
+    def connection_info(self, volume: VolumeRef, export: Export,
+                        connector: Connector) -> ConnectionInfo:
+        host = connector.host
+        if host not in export.connectors:
+            raise Invalid(f"Volume {volume.id} is not exported to {host!r}.")
+        tls = bool(export.data.get("tls"))
+        data: dict[str, Any] = {"export_name": export.data["export_name"],
+                                "volume_id": volume.id, "access_mode": "rw", "tls": tls}
+        data.update({k: v for k, v in export.data.items() if k in ("socket", "host", "port")})
+        if tls:
+            psk = export.secrets.get(SECRET_PREFIX + str(host))
+            if psk is None:
+                raise Invalid(f"Volume {volume.id} has no TLS key for {host!r}.")
+            data["tls_psk_identity"] = host
+            data["tls_psk_key"] = psk
+        return ConnectionInfo(PROTOCOL, data)
+
+    def exports(self) -> list[str]:
+        return sorted(p.stem for p in self._pid_files() if self._running(p.stem))
+
+    # paths
+
+    def _sock(self, name: str) -> Path:
+        return self.dir / f"{name}.sock"
+
+    def _pid(self, name: str) -> Path:
+        return self.dir / f"{name}.pid"
+
+    def _log(self, name: str) -> Path:
+        return self.dir / f"{name}.log"
+
+    def _tls_dir(self, name: str) -> Path:
+        return self.dir / f"{name}.tls"
+
+    def _pid_files(self) -> list[Path]:
+        return sorted(self.dir.glob("volume-*.pid")) if self.dir.is_dir() else []
+
+    # processes
+
+    def _running(self, name: str) -> _Running | None:
+        """The live qemu-nbd serving `name`: the pid in its pid file, if that process is a
+        qemu-nbd started with this very pid file (a reused pid is not ours)."""
+        pid = _read_pid(self._pid(name))
+        argv = _cmdline(pid) if pid else []
+        if not argv or os.path.basename(argv[0]) != "qemu-nbd":
+            return None
+        if f"--pid-file={self._pid(name)}" not in argv:
+            return None
+        opts = {k: v for k, _, v in (a[2:].partition("=") for a in argv if a.startswith("--"))}
+        if "socket" in opts:
+            address: dict[str, Any] = {"socket": opts["socket"]}
+        else:
+            address = {"host": self._advertised(opts.get("bind", "")),
+                       "port": int(opts.get("port", "0"))}
+        assert pid is not None
+        return _Running(pid, address, "tls-creds" in opts)
+
+    def _advertised(self, bind: str) -> str:
+        return self.advertise_host if bind == self.bind else bind
+
+    def _serve(self, name: str, path: str, tls: bool,
+               wanted: dict[str, Any] | None) -> dict[str, Any]:
+        """Start qemu-nbd for `name` at the `wanted` address (the persisted one), else at a
+        new one; return the address it listens on."""
+        self._reap(name)
+        _unlink(self._pid(name))
+        if wanted and "socket" in wanted or not wanted and self.mode == "unix":
+            sock = self._sock(name)
+            if len(os.fsencode(sock)) > 107:  # sun_path holds 108 bytes with the NUL
+                raise BackendError(f"Unix socket path {sock} is too long; use a shorter "
+                                   "state_dir.")
+            _unlink(sock)
+            if not self._spawn(name, path, tls, [f"--socket={sock}"]):
+                raise BackendError(f"qemu-nbd for {name}: {sock} is in use.")
+            return {"socket": str(sock)}
+        ports = list(self._free_ports())
+        if wanted and "port" in wanted:
+            ports.insert(0, int(wanted["port"]))
+        for port in ports:
+            if self._spawn(name, path, tls, [f"--bind={self.bind}", f"--port={port}"]):
+                return {"host": self.advertise_host, "port": port}
+        low, high = self.port_range
+        raise BackendError(f"No free port for {name} in {low}-{high} on {self.bind}.")
+
+    def _spawn(self, name: str, path: str, tls: bool, listen: list[str]) -> bool:
+        """Run qemu-nbd and wait until it listens. False when its port was taken."""
+        pid_file = self._pid(name)
+        argv = [self.qemu_nbd, "--format=raw", *self._cache_args(path), "--discard=unmap",
+                "--persistent", f"--shared={self.max_clients}", f"--export-name={name}",
+                *listen, f"--pid-file={pid_file}"]
+        if tls:
+            argv += ["--object", f"tls-creds-psk,id=tls0,endpoint=server,"
+                     f"dir={self._tls_dir(name)}", "--tls-creds=tls0"]
+        argv.append(path)
+        log_path = self._log(name)
+        _unlink(log_path)
+        proc: _Process = spawn(argv, log_path=str(log_path))
+        self._children[name] = proc
+        deadline = time.monotonic() + self.start_timeout
+        while _read_pid(pid_file) != proc.pid:
+            if proc.poll() is not None:
+                self._children.pop(name, None)
+                output = _tail(log_path)
+                if "Address already in use" in output:
+                    return False
+                raise BackendError(f"qemu-nbd for {name} exited with {proc.poll()}: {output}")
+            if time.monotonic() > deadline:
+                self._stop(name)
+                raise BackendError(f"qemu-nbd for {name} did not listen within "
+                                   f"{self.start_timeout} s: {_tail(log_path)}")
+            time.sleep(0.01)
+        log.info("qemu-nbd %s serves %s (pid %d)", name, path, proc.pid)
+        return True
+
+    def _cache_args(self, path: str) -> list[str]:
+        direct = self.cache == "none" or self.cache == "auto" and _takes_o_direct(path)
+        if direct:
+            return ["--cache=none", "--aio=native"]
+        return ["--cache=writeback", "--aio=threads"]
+
+    def _free_ports(self) -> Iterator[int]:
+        used = {r.address.get("port") for r in map(self._running, self._names()) if r}
+        low, high = self.port_range
+        for port in range(low, high + 1):
+            if port not in used and _port_free(self.bind, port):
+                yield port
+
+    def _names(self) -> list[str]:
+        return [p.stem for p in self._pid_files()]
+
+    def _stop(self, name: str) -> None:
+        """SIGTERM the qemu-nbd of `name`, SIGKILL it after `stop_timeout`; reap our child."""
+        running = self._running(name)
+        child = self._children.get(name)
+        if running is not None and (child is None or child.pid != running.pid):
+            _terminate(running.pid, self.stop_timeout)
+        if child is not None and child.poll() is None:
+            child.terminate()
+            deadline = time.monotonic() + self.stop_timeout
+            while child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if child.poll() is None:
+                child.kill()
+                while child.poll() is None:
+                    time.sleep(0.01)
+        self._children.pop(name, None)
+
+    def _reap(self, name: str) -> None:
+        child = self._children.pop(name, None)
+        if child is not None and child.poll() is None:
+            self._children[name] = child
+            self._stop(name)
+
+    # TLS-PSK
+
+    def _read_psk(self, name: str) -> dict[str, str]:
+        try:
+            text = (self._tls_dir(name) / "keys.psk").read_text()
+        except FileNotFoundError:
+            return {}
+        pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+        return {SECRET_PREFIX + ident: key for ident, key in pairs}
+
+    def _write_psk(self, name: str, keys: dict[str, str]) -> None:
+        """Replace the volume's keys.psk atomically: one ``identity:hexkey`` per connector."""
+        tls_dir = self._tls_dir(name)
+        tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lines = "".join(f"{k.removeprefix(SECRET_PREFIX)}:{v}\n"
+                        for k, v in sorted(keys.items()) if k.startswith(SECRET_PREFIX))
+        tmp = tls_dir / "keys.psk.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(lines)
+        os.replace(tmp, tls_dir / "keys.psk")
+
+
+def _export_name(volume: VolumeRef) -> str:
+    if not _SAFE.fullmatch(volume.id):
+        raise Invalid(f"Volume id {volume.id!r} cannot name an NBD export.")
+    return f"volume-{volume.id}"
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    """The argv of a live process; [] when it is gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """Stop a qemu-nbd that is not our child (adopted after a restart)."""
+    argv = _cmdline(pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while _cmdline(pid) == argv and argv and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if _cmdline(pid) != argv:
+            return
+
+
+def _takes_o_direct(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-size:].strip()
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,335 @@
+"""QemuNbdTarget against real qemu-nbd processes, checked with a real NBD client (libnbd)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nbd
+import pytest
+
+from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
+from blockyard.errors import Invalid
+from blockyard.targets.base import Export
+from blockyard.targets.qemu_nbd import QemuNbdTarget
+
+MiB = 1024**2
+SIZE = 64 * MiB
+HOST_A = Connector(host="compute-a", ip="127.0.0.1")
+HOST_B = Connector(host="compute-b", ip="127.0.0.1")
+
+
+def qemu_nbd_pids(under: Path) -> list[int]:
+    """Live (not zombie) qemu-nbd processes whose command line mentions `under`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]) == "qemu-nbd" and any(str(under) in a for a in argv):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A short directory (Unix socket paths must stay under 108 bytes); no qemu-nbd of ours
+    may outlive the test."""
+    path = Path(tempfile.mkdtemp(prefix="nbdt-", dir="/tmp"))
+    yield path
+    leftover = qemu_nbd_pids(path)
+    for pid in leftover:
+        os.kill(pid, signal.SIGKILL)
+    assert leftover == [], "qemu-nbd processes left behind"
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(root, name))
+        for name in dirs:
+            os.rmdir(os.path.join(root, name))
+    os.rmdir(path)
+
+
+@pytest.fixture
+def make_target(base: Path) -> Iterator[Callable[..., QemuNbdTarget]]:
+    made: list[QemuNbdTarget] = []
+
+    def make(**options: Any) -> QemuNbdTarget:
+        target = QemuNbdTarget(base / "state", **options)
+        target.start()
+        made.append(target)
+        return target
+
+    yield make
+    for target in made:
+        target.stop()
+
+
+@pytest.fixture
+def volume(base: Path) -> tuple[VolumeRef, str]:
+    ref = VolumeRef(id="0b5c3f0e-6a35-4a47-9b0e-2f4c1e2d3a4b", size_gb=1)
+    path = base / ref.name
+    with open(path, "wb") as f:
+        f.truncate(SIZE)
+    return ref, str(path)
+
+
+def connect(info: ConnectionInfo, tmp: Path, *, tls: bool | None = None,
+            identity: str | None = None, key: str | None = None) -> nbd.NBD:
+    """Connect libnbd the way `info` says; `tls`/`identity`/`key` override it."""
+    data = info.data
+    h = nbd.NBD()
+    h.set_export_name(data["export_name"])
+    use_tls = data["tls"] if tls is None else tls
+    if use_tls:
+        h.set_tls(nbd.TLS_REQUIRE)
+        identity = identity or data.get("tls_psk_identity")
+        key = key or data.get("tls_psk_key")
+        if identity and key:
+            psk = tmp / f"client-{identity}-{key[:8]}.psk"
+            psk.write_text(f"{identity}:{key}\n")
+            h.set_tls_username(identity)
+            h.set_tls_psk_file(str(psk))
+    if "socket" in data:
+        h.connect_unix(data["socket"])
+    else:
+        h.connect_tcp(data["host"], str(data["port"]))
+    return h
+
+
+def refused(info: ConnectionInfo, tmp: Path, **kw: Any) -> bool:
+    try:
+        h = connect(info, tmp, **kw)
+    except nbd.Error:
+        return True
+    h.shutdown()
+    return False
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_region_sha(path: str, offset: int, length: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return sha(f.read(length))
+
+
+def pid_of(base: Path) -> int:
+    (pid,) = qemu_nbd_pids(base)
+    return pid
+
+
+def test_written_blocks_reach_the_backing_file(make_target: Callable[..., QemuNbdTarget],
+                                               volume: tuple[VolumeRef, str],
+                                               base: Path) -> None:
+    ref, path = volume
+    target = make_target()
+    export = target.export(ref, path, HOST_A, None)
+    assert export.protocol == "nbd"
+    assert export.data == {"export_name": f"volume-{ref.id}", "tls": False,
+                           "socket": str(base / "state" / "nbd" / f"volume-{ref.id}.sock")}
+    assert export.connectors == ("compute-a",) and export.secrets == {}
+    assert Export.from_json(export.to_json()) == export
+    info = target.connection_info(ref, export, HOST_A)
+    assert info.driver_volume_type == "nbd"
+    assert info.data["access_mode"] == "rw" and info.data["volume_id"] == ref.id
+
+    h = connect(info, base)
+    assert h.get_size() == SIZE
+    assert h.can_trim()
+    writes = {0: os.urandom(4096), 3 * MiB + 512: os.urandom(65536),
+              SIZE - 4096: os.urandom(4096)}
+    for offset, block in writes.items():
+        h.pwrite(block, offset)
+    h.flush()
+    for offset, block in writes.items():
+        assert h.pread(len(block), offset) == block
+    h.shutdown()
+    for offset, block in writes.items():
+        assert file_region_sha(path, offset, len(block)) == sha(block)
+    assert target.exports() == [f"volume-{ref.id}"]
+
+
+def test_connection_info_only_formats(make_target: Callable[..., QemuNbdTarget],
+                                      volume: tuple[VolumeRef, str], base: Path) -> None:
+    ref, path = volume
+    target = make_target(tls=True)
+    export = target.export(ref, path, HOST_A, None)
+    pids = qemu_nbd_pids(base)
+    files = sorted(base.rglob("*"))
+    infos = [target.connection_info(ref, export, HOST_A) for _ in range(100)]
+    assert all(i == infos[0] for i in infos)
+    assert qemu_nbd_pids(base) == pids and sorted(base.rglob("*")) == files
+    assert infos[0].data["tls_psk_identity"] == "compute-a"
+    assert infos[0].data["tls_psk_key"] == export.secrets["tls_psk_key:compute-a"]
+    with pytest.raises(Invalid):
+        target.connection_info(ref, export, HOST_B)
+
+
+def test_export_is_idempotent_and_serves_several_connectors(
+        make_target: Callable[..., QemuNbdTarget], volume: tuple[VolumeRef, str],
+        base: Path) -> None:
+    ref, path = volume
+    target = make_target(tls=True)
+    first = target.export(ref, path, HOST_A, None)
+    pid = pid_of(base)
+    assert target.export(ref, path, HOST_A, first) == first
+    both = target.export(ref, path, HOST_B, first)
+    assert pid_of(base) == pid
+    assert both.connectors == ("compute-a", "compute-b")
+    assert both.data == first.data
+    assert both.secrets["tls_psk_key:compute-a"] == first.secrets["tls_psk_key:compute-a"]
+    assert both.secrets["tls_psk_key:compute-b"] != both.secrets["tls_psk_key:compute-a"]
+
+    # both attached at once (multiattach): what one writes, the other reads
+    a = connect(target.connection_info(ref, both, HOST_A), base)
+    b = connect(target.connection_info(ref, both, HOST_B), base)
+    a.pwrite(b"x" * 512, MiB)
+    a.flush()
+    assert b.pread(512, MiB) == b"x" * 512
+    a.shutdown()
+    b.shutdown()
+
+
+def test_a_crash_before_persisting_is_adopted(make_target: Callable[..., QemuNbdTarget],
+                                              volume: tuple[VolumeRef, str],
+                                              base: Path) -> None:
+    ref, path = volume
+    lost = make_target(tls=True).export(ref, path, HOST_A, None)
+    pid = pid_of(base)
+    again = make_target(tls=True).export(ref, path, HOST_A, None)  # a new service, no record
+    assert again == lost and pid_of(base) == pid
+
+
+def test_remove_ends_the_process_and_its_files(make_target: Callable[..., QemuNbdTarget],
+                                               volume: tuple[VolumeRef, str],
+                                               base: Path) -> None:
+    ref, path = volume
+    target = make_target(tls=True)
+    export = target.export(ref, path, HOST_A, None)
+    pid = pid_of(base)
+    h = connect(target.connection_info(ref, export, HOST_A), base)  # a client stays connected
+    target.remove(ref, export)
+    assert not Path(f"/proc/{pid}").exists()
+    assert sorted(p.name for p in (base / "state" / "nbd").iterdir()) == []
+    assert target.exports() == []
+    target.remove(ref, export)  # idempotent
+    with pytest.raises(nbd.Error):
+        h.pread(512, 0)
+    del h  # libnbd 1.14 has no close(): the handle closes when collected
+
+
+def test_ensure_restarts_a_killed_process_at_the_same_socket(
+        make_target: Callable[..., QemuNbdTarget], volume: tuple[VolumeRef, str],
+        base: Path) -> None:
+    ref, path = volume
+    target = make_target()
+    export = target.export(ref, path, HOST_A, None)
+    h = connect(target.connection_info(ref, export, HOST_A), base)
+    h.pwrite(b"before" * 100, 0)
+    h.flush()
+    h.shutdown()
+    old = pid_of(base)
+    os.kill(old, signal.SIGKILL)
+    while qemu_nbd_pids(base):
+        time.sleep(0.01)
+    assert target.exports() == []
+
+    ensured = target.ensure(ref, path, export)
+    assert ensured == export
+    assert pid_of(base) != old
+    assert target.ensure(ref, path, ensured) == ensured  # running: nothing to do
+    h = connect(target.connection_info(ref, ensured, HOST_A), base)
+    assert h.pread(600, 0) == b"before" * 100
+    h.shutdown()
+
+
+def test_ensure_after_a_service_restart_keeps_port_and_keys(
+        make_target: Callable[..., QemuNbdTarget], volume: tuple[VolumeRef, str],
+        base: Path) -> None:
+    ref, path = volume
+    first = make_target(mode="tcp", tls=True, port_range=(20809, 20899))
+    export = first.export(ref, path, HOST_A, None)
+    assert export.data["host"] == "127.0.0.1" and 20809 <= export.data["port"] <= 20899
+    first.stop()
+    assert qemu_nbd_pids(base) == [] and first.exports() == []
+
+    second = make_target(mode="tcp", tls=True, port_range=(20809, 20899))
+    ensured = second.ensure(ref, path, export)
+    assert ensured == export
+    h = connect(second.connection_info(ref, ensured, HOST_A), base)
+    assert h.get_tls_negotiated()
+    h.shutdown()
+
+
+def test_tcp_tls_lets_in_only_the_exported_connectors(
+        make_target: Callable[..., QemuNbdTarget], volume: tuple[VolumeRef, str],
+        base: Path) -> None:
+    ref, path = volume
+    target = make_target(mode="tcp", tls=True, port_range=(20809, 20899))
+    export = target.export(ref, path, HOST_A, None)
+    export = target.export(ref, path, HOST_B, export)
+    info_a = target.connection_info(ref, export, HOST_A)
+    info_b = target.connection_info(ref, export, HOST_B)
+    pid = pid_of(base)
+
+    assert refused(info_a, base, tls=False)                      # plain NBD
+    assert refused(info_a, base, identity="nobody", key=None)    # TLS without a key
+    assert refused(info_a, base, key="00" * 32)                  # the wrong key
+    assert refused(info_a, base, identity="compute-b")           # a's key under b's name
+    h = connect(info_a, base)
+    assert h.get_tls_negotiated() and h.get_size() == SIZE
+    h.shutdown()
+
+    remaining = target.unexport(ref, export, HOST_A)
+    assert remaining.connectors == ("compute-b",)
+    assert list(remaining.secrets) == ["tls_psk_key:compute-b"]
+    assert refused(info_a, base)          # a's key is gone, without a restart
+    assert not refused(info_b, base)
+    assert pid_of(base) == pid
+
+    nobody = target.unexport(ref, remaining, None)
+    assert nobody.connectors == () and nobody.secrets == {}
+    assert refused(info_b, base)
+    again = target.export(ref, path, HOST_A, nobody)      # re-export: a new key works
+    assert again.secrets["tls_psk_key:compute-a"] != info_a.data["tls_psk_key"]
+    assert not refused(target.connection_info(ref, again, HOST_A), base)
+    assert pid_of(base) == pid
+
+
+def test_tcp_ports_are_distinct_per_volume(make_target: Callable[..., QemuNbdTarget],
+                                           base: Path) -> None:
+    target = make_target(mode="tcp", port_range=(20809, 20899))
+    ports = set()
+    for n in range(3):
+        ref = VolumeRef(id=f"vol{n}", size_gb=1)
+        path = base / ref.name
+        path.write_bytes(b"")
+        os.truncate(path, MiB)
+        export = target.export(ref, str(path), HOST_A, None)
+        ports.add(export.data["port"])
+        h = connect(target.connection_info(ref, export, HOST_A), base)
+        assert h.get_size() == MiB
+        h.shutdown()
+    assert len(ports) == 3
+    assert target.exports() == ["volume-vol0", "volume-vol1", "volume-vol2"]
+    target.stop()
+    assert target.exports() == [] and qemu_nbd_pids(base) == []
+
+
+def test_connectors_need_a_plain_host_name(make_target: Callable[..., QemuNbdTarget]) -> None:
+    target = make_target()
+    target.validate_connector(HOST_A)
+    for bad in (Connector(), Connector(host="a:b"), Connector(host="a\nb")):
+        with pytest.raises(Invalid):
+            target.validate_connector(bad)

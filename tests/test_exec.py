@@ -37,3 +37,11 @@ def test_timeout_kills() -> None:
 
 def test_input_goes_to_stdin() -> None:
     assert run(["cat"], input="secret").stdout == "secret"
+
+
+def test_redacted_secrets_never_show() -> None:
+    done = run(["echo", "user", "s3cret"], redact=("s3cret",))
+    assert "s3cret" not in " ".join(done.argv) + done.stdout
+    with pytest.raises(CommandFailed) as info:
+        run(["sh", "-c", "echo s3cret >&2; exit 1", "s3cret"], redact=("s3cret",))
+    assert "s3cret" not in str(info.value) + info.value.stderr + " ".join(info.value.argv)

@@ -54,22 +54,34 @@ def run(
     timeout: float = 30.0,
     ok_codes: tuple[int, ...] = (0,),
     input: str | None = None,
+    redact: tuple[str, ...] = (),
 ) -> Completed:
     """Run `argv` to completion; raise CommandFailed/CommandTimeout unless it exits in
-    `ok_codes`. Secrets must never be passed in argv (they show in `ps`): use `input`."""
+    `ok_codes`. Secrets belong in `input`, not argv (argv shows in `ps`); a tool that only
+    takes one on its command line gets it listed in `redact`, which masks it in every log
+    line, error and result this function produces."""
+    shown = [_mask(arg, redact) for arg in argv]
     try:
         proc = subprocess.run(
             list(argv), input=input, capture_output=True, text=True, timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise CommandTimeout(argv, timeout) from None
+        raise CommandTimeout(shown, timeout) from None
     except FileNotFoundError as exc:
-        raise CommandFailed(argv, 127, "", str(exc)) from None
+        raise CommandFailed(shown, 127, "", str(exc)) from None
+    stdout, stderr = _mask(proc.stdout, redact), _mask(proc.stderr, redact)
     if proc.returncode not in ok_codes:
-        raise CommandFailed(argv, proc.returncode, proc.stdout, proc.stderr)
-    log.debug("ran %s", argv)
-    return Completed(list(argv), proc.returncode, proc.stdout, proc.stderr)
+        raise CommandFailed(shown, proc.returncode, stdout, stderr)
+    log.debug("ran %s", shown)
+    return Completed(shown, proc.returncode, stdout, stderr)
+
+
+def _mask(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def spawn(argv: Sequence[str], *, log_path: str | None = None) -> subprocess.Popen[bytes]:

@@ -6,16 +6,18 @@ Thinness is checked through st_blocks and SEEK_DATA, so these tests need a files
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import io
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 import blockyard.backends.file as file_mod
-from blockyard.backends.base import GiB, Connector, SnapshotRef, VolumeRef
+from blockyard.backends.base import Connector, GiB, SnapshotRef, VolumeRef
 from blockyard.backends.file import FileDriver
 from blockyard.backends.sparse import allocated_bytes, copy_sparse, iter_data_extents
 from blockyard.errors import BackendError, ConfigError, Invalid
@@ -118,8 +120,12 @@ def test_info_and_exports(driver: FileDriver) -> None:
     driver.validate_connector(conn)
     driver.validate_connector(Connector())
     update = driver.create_export(v, conn)
-    assert update is not None and update.provider_location == driver.volume_path(v)
+    assert update is not None and update.provider_location is not None
+    assert json.loads(update.provider_location)["data"] == {"device_path": driver.volume_path(v)}
     assert os.path.isabs(driver.volume_path(v))
+    # the service persists the export with the volume; initialize_connection only formats it
+    v = dataclasses.replace(v, provider_location=update.provider_location,
+                            provider_auth=update.provider_auth)
     info1 = driver.initialize_connection(v, conn)
     assert info1 == driver.initialize_connection(v, conn)
     assert info1.to_wire() == {

@@ -7,14 +7,17 @@ from typing import Any
 from blockyard.backends.base import DriverBase, VolumeDriver
 from blockyard.backends.file import FileDriver
 from blockyard.errors import ConfigError
+from blockyard.targets.base import Target
 
 DRIVERS: dict[str, type[DriverBase]] = {
     "file": FileDriver,
 }
 
 
-def load(backend_name: str, driver: str, options: dict[str, Any]) -> VolumeDriver:
-    """Instantiate the driver registered as `driver` for the backend `backend_name`."""
+def load(backend_name: str, driver: str, options: dict[str, Any],
+         target: Target | None = None) -> VolumeDriver:
+    """Instantiate the driver registered as `driver` for the backend `backend_name`, exporting
+    through `target` (None: local paths)."""
     try:
         cls = DRIVERS[driver]
     except KeyError:
@@ -22,4 +25,4 @@ def load(backend_name: str, driver: str, options: dict[str, Any]) -> VolumeDrive
         raise ConfigError(
             f"backends.{backend_name}.driver", f"unknown driver {driver!r} (known: {known})"
         ) from None
-    return cls(backend_name, options)  # type: ignore[return-value]
+    return cls(backend_name, options, target)  # type: ignore[return-value]

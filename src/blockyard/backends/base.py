@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from blockyard.errors import NotSupported
+
+if TYPE_CHECKING:
+    from blockyard.targets.base import Target
 
 GiB = 1024**3
 
@@ -169,7 +172,7 @@ class VolumeDriver(Protocol):
 
     def create_export(self, volume: VolumeRef, connector: Connector) -> ModelUpdate | None: ...
 
-    def ensure_export(self, volume: VolumeRef) -> None: ...
+    def ensure_export(self, volume: VolumeRef) -> ModelUpdate | None: ...
 
     def remove_export(self, volume: VolumeRef) -> None: ...
 
@@ -191,9 +194,16 @@ class DriverBase:
     A driver subclasses this and overrides what it supports, as Incus's drivers embed `common`.
     """
 
-    def __init__(self, backend_name: str, options: dict[str, Any]) -> None:
+    def __init__(self, backend_name: str, options: dict[str, Any],
+                 target: Target | None = None) -> None:
         self.backend_name = backend_name
         self.options = options
+        #: how volumes are exported (drivers with native protocols may ignore it)
+        if target is None:
+            from blockyard.targets.local import LocalTarget  # targets import this module
+
+            target = LocalTarget()
+        self.target: Target = target
 
     def info(self) -> DriverInfo:
         return DriverInfo()
@@ -231,8 +241,9 @@ class DriverBase:
     def create_export(self, volume: VolumeRef, connector: Connector) -> ModelUpdate | None:
         return None
 
-    def ensure_export(self, volume: VolumeRef) -> None:
+    def ensure_export(self, volume: VolumeRef) -> ModelUpdate | None:
         """Re-create a persisted export after a restart (targets keep no state)."""
+        return None
 
     def remove_export(self, volume: VolumeRef) -> None:
         return None

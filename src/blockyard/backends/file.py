@@ -23,8 +23,6 @@ from typing import Any
 
 from blockyard.backends.base import (
     BackendStats,
-    ConnectionInfo,
-    Connector,
     DriverBase,
     DriverInfo,
     GiB,
@@ -34,17 +32,20 @@ from blockyard.backends.base import (
     SnapshotRef,
     VolumeRef,
 )
+from blockyard.backends.exports import TargetExports
 from blockyard.backends.sparse import copy_sparse
 from blockyard.errors import BackendError, ConfigError, Invalid
+from blockyard.targets.base import Target
 
 TMP_PREFIX = ".tmp-"
 
 
-class FileDriver(DriverBase):
+class FileDriver(TargetExports, DriverBase):
     """Sparse raw files in a local directory, exported as plain paths ("local" protocol)."""
 
-    def __init__(self, backend_name: str, options: dict[str, Any]) -> None:
-        super().__init__(backend_name, options)
+    def __init__(self, backend_name: str, options: dict[str, Any],
+                 target: Target | None = None) -> None:
+        super().__init__(backend_name, options, target)
         path = options.get("path")
         if not path or not isinstance(path, (str, os.PathLike)):
             raise ConfigError(
@@ -263,31 +264,10 @@ class FileDriver(DriverBase):
                 if not e.name.startswith(TMP_PREFIX) and e.is_file(follow_symlinks=False)
             }
 
-    # exports: the "local" protocol hands out the file path itself, so there is nothing to set up
+    # exports: carried out by the backend's target (TargetExports)
 
-    def validate_connector(self, connector: Connector) -> None:
-        """Any connector will do: a local path needs no initiator identity."""
-
-    def create_export(self, volume: VolumeRef, connector: Connector) -> ModelUpdate | None:
-        return ModelUpdate(provider_location=self.volume_path(volume))
-
-    def ensure_export(self, volume: VolumeRef) -> None:
-        """Nothing to restore: a path needs no target."""
-
-    def remove_export(self, volume: VolumeRef) -> None:
-        return None
-
-    def initialize_connection(self, volume: VolumeRef, connector: Connector) -> ConnectionInfo:
-        """Only formatting, no side effects: may be called any number of times."""
-        return ConnectionInfo(
-            "local",
-            {"device_path": self.volume_path(volume), "volume_id": volume.id, "access_mode": "rw"},
-        )
-
-    def terminate_connection(
-        self, volume: VolumeRef, connector: Connector | None, force: bool = False
-    ) -> None:
-        return None
+    def export_path(self, volume: VolumeRef) -> str:
+        return self.volume_path(volume)
 
     # data access
 

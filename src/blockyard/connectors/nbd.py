@@ -1,0 +1,217 @@
+"""The NBD connector: volumes served by an NBD server (qemu-nbd), reached through libnbd.
+
+Nothing is attached to the kernel: `connect_volume` checks the export answers and returns its
+URI, which QEMU and qemu-img open themselves; `open` gives a `VolumeHandle` over libnbd.
+TLS uses a pre-shared key, written to a 0600 file only for the handshake.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import nbd  # type: ignore[import-untyped]
+
+from blockyard.backends.base import OpenMode
+
+from .base import ConnectorError, Device, Extent, VolumeHandle, check_mode
+from .info import NbdInfo
+from .util import remove_quietly, write_private
+
+#: the largest request we send, whatever the server allows (qemu-nbd allows 32 MiB)
+MAX_REQUEST = 32 * 1024 * 1024
+#: the largest block-status range we ask about at once (servers may not take 4 GiB)
+MAX_STATUS = 1 << 30
+
+
+def _error(what: str, where: str, exc: nbd.Error) -> ConnectorError:
+    err = ConnectorError(f"{what} {where} failed: {exc.string}")
+    err.cause = exc
+    return err
+
+
+def connect_handle(info: NbdInfo, *, where: str | None = None) -> Any:
+    """A connected libnbd handle for `info`, with base:allocation requested."""
+    where = where or info.uri
+    h = nbd.NBD()
+    try:
+        h.set_export_name(info.export_name)
+        h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+        if info.tls:
+            _connect_tls(h, info)
+        elif info.socket:
+            h.connect_unix(info.socket)
+        else:
+            h.connect_tcp(info.host, str(info.port))
+    except nbd.Error as exc:
+        raise _error("connecting to", where, exc) from exc  # libnbd frees `h` when unused
+    return h
+
+
+def _connect_tls(h: Any, info: NbdInfo) -> None:
+    h.set_tls(nbd.TLS_REQUIRE)
+    h.set_tls_username(info.tls_psk_identity)
+    with tempfile.TemporaryDirectory(prefix="blockyard-psk-") as tmp:  # 0700
+        psk = os.path.join(tmp, "keys.psk")
+        write_private(psk, f"{info.tls_psk_identity}:{info.tls_psk_key}\n")
+        try:
+            h.set_tls_psk_file(psk)
+            if info.socket:
+                h.connect_unix(info.socket)
+            else:
+                h.connect_tcp(info.host, str(info.port))
+        finally:  # the handshake is over: the key need not stay on disk
+            remove_quietly(psk)
+
+
+class NbdHandle(VolumeHandle):
+    """A `VolumeHandle` over one libnbd connection.
+
+    Requests are split at the server's maximum and widened to its minimum block size with a
+    read-modify-write at unaligned edges, so any offset and length work.
+    """
+
+    def __init__(self, h: Any, writable: bool, name: str) -> None:
+        self._h = h
+        try:
+            size = h.get_size()
+            if writable and h.is_read_only():
+                raise ConnectorError(f"{name} is exported read-only")
+            self._align = max(1, h.get_block_size(nbd.SIZE_MINIMUM))
+            self._max = min(MAX_REQUEST, h.get_block_size(nbd.SIZE_MAXIMUM) or MAX_REQUEST)
+            self._max -= self._max % self._align
+            self._has_status = bool(h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION))
+        except BaseException:
+            self._h = None  # dropping the last reference closes the connection
+            raise
+        super().__init__(size, writable, name)
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except nbd.Error as exc:
+            raise _error(what, self.name, exc) from exc
+
+    def _read_aligned(self, count: int, offset: int) -> bytes:
+        parts = []
+        while count:
+            n = min(count, self._max)
+            parts.append(self._call("reading", self._h.pread, n, offset))
+            offset += n
+            count -= n
+        return b"".join(parts)
+
+    def _pread(self, count: int, offset: int) -> bytes:
+        start = offset - offset % self._align
+        end = min(self._size, -(-(offset + count) // self._align) * self._align)
+        data = self._read_aligned(end - start, start)
+        if start == offset and end == offset + count:
+            return data
+        return data[offset - start: offset - start + count]
+
+    def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        head = offset % self._align
+        if head:  # the unaligned first block: read, patch, write back
+            start = offset - head
+            n = min(len(view), self._align - head)
+            block = bytearray(self._read_aligned(min(self._align, self._size - start), start))
+            block[head:head + n] = view[:n]
+            self._call("writing", self._h.pwrite, bytes(block), start)
+            view, offset = view[n:], offset + n
+        whole = len(view) - len(view) % self._align
+        pos = 0
+        while pos < whole:
+            n = min(whole - pos, self._max)
+            self._call("writing", self._h.pwrite, view[pos:pos + n], offset + pos)
+            pos += n
+        tail = view[whole:]
+        if tail:  # the unaligned last block
+            start = offset + whole
+            block = bytearray(self._read_aligned(min(self._align, self._size - start), start))
+            block[:len(tail)] = tail
+            self._call("writing", self._h.pwrite, bytes(block), start)
+
+    def _flush(self) -> None:
+        if self._h.can_flush():
+            self._call("flushing", self._h.flush)
+
+    def _release(self) -> None:
+        try:
+            self._h.shutdown()
+        except nbd.Error:
+            pass  # the server is gone already; nothing left to flush
+        finally:
+            self._h = None  # libnbd (1.14) has no close(): the last reference closes it
+
+    def extents(self, offset: int = 0, length: int | None = None) -> Iterator[Extent]:
+        """Runs of data and holes from NBD block status (base:allocation). Adjacent runs of
+        the same kind are merged; without block status everything is data."""
+        self._checkClosed()
+        end = self._size if length is None else min(self._size, offset + length)
+        if not self._has_status:
+            yield from super().extents(offset, end - offset)
+            return
+        pending: Extent | None = None
+        pos = offset
+        while pos < end:
+            found: list[tuple[int, bool]] = []
+
+            self._call("block status of", self._h.block_status,
+                       min(end - pos, MAX_STATUS), pos, _collector(found))
+            if not found:
+                raise ConnectorError(f"block status of {self.name} at {pos} returned nothing")
+            for run, is_data in found:
+                run = min(run, end - pos)
+                if run <= 0:
+                    break
+                if pending and pending.is_data == is_data:
+                    pending = Extent(pending.offset, pending.length + run, is_data)
+                else:
+                    if pending:
+                        yield pending
+                    pending = Extent(pos, run, is_data)
+                pos += run
+        if pending:
+            yield pending
+
+
+def _collector(found: list[tuple[int, bool]]) -> Any:
+    """A block-status callback appending (length, is_data) runs of base:allocation."""
+
+    def collect(context: str, start: int, entries: list[int], err: int) -> int:
+        if context == nbd.CONTEXT_BASE_ALLOCATION:
+            for i in range(0, len(entries), 2):
+                found.append((entries[i], not entries[i + 1] & nbd.STATE_HOLE))
+        return 0
+
+    return collect
+
+
+class NbdConnector:
+    protocol = "nbd"
+
+    def __init__(self, properties: dict[str, Any] | None = None, **_: Any) -> None:
+        self._properties = dict(properties or {})
+
+    def get_connector_properties(self) -> dict[str, Any]:
+        return dict(self._properties)
+
+    def connect_volume(self, info: NbdInfo) -> Device:
+        """Check the export answers; the device is its URI."""
+        with self.open(info, "rb") as handle:
+            return Device(path=info.uri, size=handle.size)
+
+    def disconnect_volume(self, info: NbdInfo, device: Device, force: bool = False) -> None:
+        """Nothing stays connected between calls, so there is nothing to undo here."""
+
+    def extend_volume(self, info: NbdInfo) -> int:
+        """The size the server reports now (a new connection sees a resized export)."""
+        with self.open(info, "rb") as handle:
+            return handle.size
+
+    def open(self, info: NbdInfo, mode: OpenMode = "rb") -> NbdHandle:
+        writable = check_mode(info, mode)
+        return NbdHandle(connect_handle(info), writable, info.uri)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from blockyard import backends as drivers
 from blockyard import config as configuration
 from blockyard.errors import ConfigError
+from blockyard.targets import check_options as check_target_options
 
 
 def _server_class() -> type:
@@ -45,6 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
         cfg = configuration.load(args.config, state_dir=args.state_dir, listen=args.listen)
         for bc in cfg.backends:  # driver names and options, before anything starts
             drivers.load(bc.name, bc.driver, bc.options)
+        for protocol in {bc.target for bc in cfg.backends} | set(cfg.targets):
+            check_target_options(protocol, cfg.targets.get(protocol, {}))
     except ConfigError as exc:
         print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
         return 2

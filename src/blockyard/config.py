@@ -16,6 +16,11 @@ Example::
     path = "/srv/volumes"
     availability_zone = "nova"
     volume_backend_name = "fast"
+    target = "iscsi"          # local (default), iscsi (tgt) or nbd (qemu-nbd)
+
+    [targets.iscsi]           # options of the export target, see blockyard.targets
+    portal = "127.0.0.1:3260"
+    control_port = 3261
 
 Every error names the key it is about (`ConfigError.key`).
 """
@@ -40,9 +45,11 @@ DEFAULT_QUOTAS: dict[str, int] = {
     "groups": 10,
     "per_volume_gigabytes": -1,
 }
-_TOP_KEYS = {"listen", "state_dir", "database_url", "host", "quota", "backends", "workers",
+_TOP_KEYS = {"listen", "state_dir", "database_url", "host", "quota", "backends", "targets",
              "default_volume_type", "max_volume_size_gb"}
-_BACKEND_KEYS = {"driver", "availability_zone", "volume_backend_name", "workers"}
+_BACKEND_KEYS = {"driver", "availability_zone", "volume_backend_name", "workers", "target"}
+#: export protocols a backend may name in `target`
+TARGET_PROTOCOLS = ("local", "iscsi", "nbd")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class BackendConfig:
     volume_backend_name: str = ""
     #: worker threads running this backend's durable tasks
     workers: int = 4
+    #: how volumes are exported: "local", "iscsi" (tgt) or "nbd" (qemu-nbd)
+    target: str = "local"
     #: everything else in the table goes to the driver
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -68,6 +77,8 @@ class Config:
     quotas: dict[str, int]
     default_volume_type: str = "__DEFAULT__"
     max_volume_size_gb: int = 16384
+    #: options of each export target, by protocol ([targets.iscsi], [targets.nbd])
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def parse_listen(value: Any, key: str = "listen") -> tuple[str, int]:
@@ -101,6 +112,10 @@ def _backend(name: str, table: Any, state_dir: Path) -> BackendConfig:
     workers = _expect(table.get("workers", 4), int, f"{key}.workers")
     if workers < 1:
         raise ConfigError(f"{key}.workers", "must be at least 1")
+    target = _expect(table.get("target", "local"), str, f"{key}.target")
+    if target not in TARGET_PROTOCOLS:
+        raise ConfigError(f"{key}.target", f"must be one of {', '.join(TARGET_PROTOCOLS)}, "
+                                           f"got {target!r}")
     options = {k: v for k, v in table.items() if k not in _BACKEND_KEYS}
     if driver == "file":
         options.setdefault("path", str(state_dir / "volumes" / name))
@@ -112,6 +127,7 @@ def _backend(name: str, table: Any, state_dir: Path) -> BackendConfig:
         volume_backend_name=_expect(table.get("volume_backend_name", name), str,
                                     f"{key}.volume_backend_name"),
         workers=workers,
+        target=target,
         options=options,
     )
 
@@ -139,7 +155,13 @@ def build(
         if k not in DEFAULT_QUOTAS:
             raise ConfigError(f"quota.{k}", "unknown quota")
         quotas[k] = _expect(v, int, f"quota.{k}")
+    targets = _expect(data.get("targets", {}), dict, "targets")
+    for protocol, table in targets.items():
+        if protocol not in TARGET_PROTOCOLS:
+            raise ConfigError(f"targets.{protocol}", "unknown target protocol")
+        _expect(table, dict, f"targets.{protocol}")
     return Config(
+        targets={p: dict(t) for p, t in targets.items()},
         listen_host=host,
         listen_port=port,
         state_dir=sdir,

@@ -349,4 +349,9 @@ def reconcile(rt: Runtime) -> None:
                 select(Attachment.volume_id).where(Attachment.connection_info.is_not(None))))
         ).scalars())
     for v in exported:
-        rt.backend(v.backend).driver.ensure_export(volumes.volume_ref(v))
+        values = volumes.model_values(
+            rt.backend(v.backend).driver.ensure_export(volumes.volume_ref(v)))
+        if values:
+            with rt.db.write() as s:
+                s.execute(update(Volume).where(Volume.id == v.id).values(**values)
+                          .execution_options(synchronize_session=False))

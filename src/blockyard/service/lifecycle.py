@@ -21,7 +21,7 @@ from blockyard.service import attachments
 from blockyard.service import snapshots as _snapshots  # noqa: F401  (registers task handlers)
 from blockyard.service import types as vtypes
 from blockyard.service import volumes as _volumes  # noqa: F401  (registers task handlers)
-from blockyard.service.runtime import Runtime, build_backends
+from blockyard.service.runtime import Runtime, build_backends, build_targets
 from blockyard.service.tasks import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def build_runtime(config: Config) -> Runtime:
     with db.write() as s:
         vtypes.ensure_default_type(s, config.default_volume_type)
     db.start_checkpoints()
-    rt = Runtime(config=config, db=db, backends=build_backends(config))
+    built = build_targets(config)
+    rt = Runtime(config=config, db=db, backends=build_backends(config, built), targets=built)
     for backend in rt.backends.values():  # the first report is the only one waited for
         try:
             backend.stats()
@@ -83,4 +84,9 @@ def close_runtime(rt: Runtime) -> None:
     runner = rt.tasks
     if isinstance(runner, TaskRunner):
         runner.shutdown()
+    for target in rt.targets.values():
+        try:
+            target.stop()
+        except Exception:  # noqa: BLE001 - stop the others all the same
+            log.exception("stopping the %s target failed", target.protocol)
     rt.db.dispose()

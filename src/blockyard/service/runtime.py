@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from blockyard import backends as drivers
+from blockyard import targets
 from blockyard.backends.base import BackendStats, VolumeDriver
 from blockyard.config import BackendConfig, Config
 from blockyard.db.engine import Database
 from blockyard.errors import BackendError
+from blockyard.targets.base import Target
 
 if TYPE_CHECKING:
     from blockyard.service.tasks import TaskView
@@ -98,6 +100,8 @@ class Runtime:
     backends: dict[str, Backend]
     #: set by blockyard.service.tasks.TaskRunner when it is created
     tasks: TaskSubmitter | None = None
+    #: the export targets in use, by protocol (their daemons run while the service does)
+    targets: dict[str, Target] = field(default_factory=dict)
 
     def backend(self, name: str) -> Backend:
         try:
@@ -112,10 +116,20 @@ class TaskSubmitter(Protocol):
     def submit(self, task: TaskView) -> None: ...
 
 
-def build_backends(config: Config) -> dict[str, Backend]:
+def build_targets(config: Config) -> dict[str, Target]:
+    """One target per export protocol some backend uses, its daemons started."""
+    built: dict[str, Target] = {}
+    for protocol in sorted({bc.target for bc in config.backends}):
+        target = targets.build(protocol, config.state_dir, config.targets.get(protocol, {}))
+        target.start()
+        built[protocol] = target
+    return built
+
+
+def build_backends(config: Config, built_targets: dict[str, Target]) -> dict[str, Backend]:
     result = {}
     for bc in config.backends:
-        driver = drivers.load(bc.name, bc.driver, bc.options)
+        driver = drivers.load(bc.name, bc.driver, bc.options, built_targets.get(bc.target))
         driver.do_setup()
         result[bc.name] = Backend(bc, driver, f"{config.host}@{bc.name}")
     return result

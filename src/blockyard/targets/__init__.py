@@ -1,2 +1,66 @@
 """Export targets: how a backend's volume is offered to an initiator (iSCSI via tgt, NBD via
-qemu-nbd, local paths). Drivers compose one target with their storage."""
+qemu-nbd, local paths). Drivers compose one target with their storage; the runtime builds one
+target per protocol in use and starts and stops its daemons."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+from blockyard.errors import ConfigError
+from blockyard.targets.base import Export, Target
+from blockyard.targets.local import LocalTarget
+from blockyard.targets.qemu_nbd import QemuNbdTarget
+from blockyard.targets.tgt import TgtTarget
+
+TARGETS: dict[str, type[Any]] = {
+    "local": LocalTarget,
+    "iscsi": TgtTarget,
+    "nbd": QemuNbdTarget,
+}
+
+__all__ = ["TARGETS", "Export", "Target", "build", "check_options"]
+
+
+def _run_dir(state_dir: Path, protocol: str) -> Path:
+    """A short directory for sockets (a unix socket path has at most 107 bytes), unique to
+    this state dir: /run/blockyard/<hash>/<protocol>."""
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
+    base = Path("/run") if os.access("/run", os.W_OK) else Path("/tmp")
+    return base / "blockyard" / digest / protocol
+
+
+def check_options(protocol: str, options: dict[str, Any]) -> None:
+    """Raise ConfigError naming the first [targets.<protocol>] option the target lacks."""
+    cls = TARGETS[protocol]
+    if cls is LocalTarget:
+        if options:
+            raise ConfigError(f"targets.{protocol}", "the local target takes no options")
+        return
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(options) - set(params) - {"state_dir"})
+    if unknown:
+        raise ConfigError(f"targets.{protocol}.{unknown[0]}", "unknown option")
+    missing = sorted(n for n, p in params.items() if p.default is inspect.Parameter.empty
+                     and p.kind is inspect.Parameter.KEYWORD_ONLY and n not in options)
+    if missing:
+        raise ConfigError(f"targets.{protocol}.{missing[0]}", "is required")
+
+
+def build(protocol: str, state_dir: Path, options: dict[str, Any]) -> Target:
+    """The target for `protocol` with its [targets.<protocol>] `options`."""
+    check_options(protocol, options)
+    if TARGETS[protocol] is LocalTarget:
+        return LocalTarget()
+    cls = TARGETS[protocol]
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    where = _run_dir(state_dir, protocol) if protocol == "nbd" else state_dir / "targets" / protocol
+    where.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        target: Target = cls(str(where), **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"targets.{protocol}", str(exc)) from None
+    return target

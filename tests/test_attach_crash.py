@@ -9,13 +9,15 @@ a restart finishes the detach. Either way the volume's status is the one its att
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.server import Api, Server
+from tests.support.server import Api, Server, free_port
+from tests.test_attach_targets import _control_port, _qemu_nbd_of
 
 CONNECTOR = {"initiator": "iqn.1993-08.org.debian:01:crash", "host": "h1", "ip": "127.0.0.1"}
 
@@ -33,15 +35,44 @@ def _post_dying(api: Api, method: str, path: str, body: Any = None) -> None:
         pass
 
 
+def _server(make_server: Callable[..., Server], protocol: str) -> Server:
+    """A server whose one backend exports through `protocol`."""
+    if protocol == "local":
+        return make_server("state")
+    control = _control_port()
+    extra = (f"[targets.iscsi]\nportal = '127.0.0.1:{free_port()}'\n"
+             f"control_port = {control}\n" if protocol == "iscsi" else "")
+    srv = make_server("state", config=f"[backends.b]\ndriver = 'file'\n"
+                                      f"target = '{protocol}'\n{extra}")
+    srv.control_port = control  # type: ignore[attr-defined]
+    return srv
+
+
+def _exported(srv: Server, protocol: str, volume_id: str) -> bool:
+    """Does the target still export the volume (a leak once nothing is attached)?"""
+    if protocol == "iscsi":
+        shown = subprocess.run(
+            ["tgtadm", "--control-port", str(srv.control_port),  # type: ignore[attr-defined]
+             "--lld", "iscsi", "--op", "show", "--mode", "target"],
+            capture_output=True, text=True, check=True).stdout
+        return f"volume-{volume_id}" in shown
+    if protocol == "nbd":
+        return bool(_qemu_nbd_of(srv))
+    return False
+
+
 def _volume(api: Api) -> str:
     r = api.post("/volumes", {"volume": {"size": 1}})
     assert r.status_code == 202, r.text
     return str(api.wait_volume(r.json()["volume"]["id"], "available")["id"])
 
 
-@pytest.mark.parametrize("point", ["attach.connector_recorded", "attach.exported"])
-def test_kill_while_attaching(make_server: Callable[..., Server], point: str) -> None:
-    srv = make_server("state").start()
+@pytest.mark.parametrize("protocol", ["local", "iscsi", "nbd"])
+@pytest.mark.parametrize("point", ["attach.connector_recorded", "attach.export_created",
+                                   "attach.exported"])
+def test_kill_while_attaching(make_server: Callable[..., Server], point: str,
+                              protocol: str) -> None:
+    srv = _server(make_server, protocol).start()
     api = srv.client()
     vid = _volume(api)
     r = api.post("/attachments", {"attachment": {"volume_uuid": vid}})
@@ -59,16 +90,21 @@ def test_kill_while_attaching(make_server: Callable[..., Server], point: str) ->
     assert shown["connection_info"] == {}
     assert _rows(srv, f"select connector from attachments where id = '{att}'") == [(None,)]
     assert api.get(f"/volumes/{vid}").json()["volume"]["status"] == "reserved"
+    assert not _exported(srv, protocol, vid)
     # and it can be used normally afterwards
     r = api.put(f"/attachments/{att}", {"attachment": {"connector": CONNECTOR}})
     assert r.status_code == 200, r.text
     assert api.post(f"/attachments/{att}/action", {"os-complete": None}).status_code == 204
     assert api.get(f"/volumes/{vid}").json()["volume"]["status"] == "in-use"
+    assert api.delete(f"/attachments/{att}").status_code == 200
+    assert not _exported(srv, protocol, vid)
 
 
+@pytest.mark.parametrize("protocol", ["local", "iscsi", "nbd"])
 @pytest.mark.parametrize("point", ["detach.detaching", "detach.disconnected"])
-def test_kill_while_detaching(make_server: Callable[..., Server], point: str) -> None:
-    srv = make_server("state").start()
+def test_kill_while_detaching(make_server: Callable[..., Server], point: str,
+                              protocol: str) -> None:
+    srv = _server(make_server, protocol).start()
     api = srv.client()
     vid = _volume(api)
     r = api.post("/attachments", {"attachment": {"volume_uuid": vid, "connector": CONNECTOR}})
@@ -85,4 +121,5 @@ def test_kill_while_detaching(make_server: Callable[..., Server], point: str) ->
     volume = api.get(f"/volumes/{vid}").json()["volume"]
     assert (volume["status"], volume["attachments"]) == ("available", [])
     assert _rows(srv, "select count(*) from attachments") == [(0,)]
+    assert not _exported(srv, protocol, vid)
     assert api.delete(f"/volumes/{vid}").status_code == 202

@@ -228,3 +228,20 @@ control_port = {control}
     assert api.delete(f"/attachments/{att['id']}").status_code == 200
     srv.stop()
     assert _qemu_nbd_of(srv) == []
+
+
+def test_iscsi_needs_an_initiator(server: Server, tmp_path: Path) -> None:
+    api = server.client()
+    r = api.post("/volumes", {"volume": {"size": 1, "volume_type": "iscsi"}})
+    vol = api.wait_volume(r.json()["volume"]["id"], "available")
+    bad = {k: v for k, v in _props(tmp_path, "noiqn").items() if k != "initiator"}
+    r = api.post("/attachments", {"attachment": {"volume_uuid": vol["id"], "connector": bad}})
+    assert r.status_code == 400, r.text
+    assert "initiator" in r.json()["badRequest"]["message"]
+    # nothing half-created: no attachment, the volume is available, no target
+    assert api.get(f"/attachments?volume_id={vol['id']}").json()["attachments"] == []
+    assert api.get(f"/volumes/{vol['id']}").json()["volume"]["status"] == "available"
+    assert f"volume-{vol['id']}" not in _tgt_targets(server)
+    act = f"/volumes/{vol['id']}/action"
+    r = api.post(act, {"os-initialize_connection": {"connector": bad}})
+    assert r.status_code == 400, r.text

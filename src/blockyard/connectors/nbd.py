@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,10 @@ from .util import remove_quietly, write_private
 
 #: the largest request we send, whatever the server allows (qemu-nbd allows 32 MiB)
 MAX_REQUEST = 32 * 1024 * 1024
+#: the size of the requests a read or write is split into (capped by the server's maximum)
+REQUEST = 2 * 1024 * 1024
+#: how many requests one handle keeps in flight at most
+DEPTH = 16
 #: the largest block-status range we ask about at once (servers may not take 4 GiB)
 MAX_STATUS = 1 << 30
 
@@ -67,14 +72,23 @@ def _connect_tls(h: Any, info: NbdInfo) -> None:
 
 
 class NbdHandle(VolumeHandle):
-    """A `VolumeHandle` over one libnbd connection.
+    """A `VolumeHandle` over one libnbd connection, with pipelined requests.
 
-    Requests are split at the server's maximum and widened to its minimum block size with a
-    read-modify-write at unaligned edges, so any offset and length work.
+    Reads and writes are split into requests of at most `REQUEST` bytes (and at most the
+    server's maximum), of which up to `DEPTH` are in flight at once (libnbd's async API).
+    Unaligned edges are widened to the server's minimum block size with a read-modify-write,
+    so any offset and length work. Reads land in the caller's buffer without a copy.
+
+    Writes of immutable data (`bytes`) are written behind: `write` returns once the requests
+    are queued, and an error surfaces from the next call (`write`, `read`, `flush`, `close`,
+    ...). Writes of mutable buffers complete before `write` returns, since the caller may
+    reuse the buffer. `flush` (and `close`, which flushes) waits for every write first.
     """
 
     def __init__(self, h: Any, writable: bool, name: str) -> None:
         self._h = h
+        self._pending: deque[int] = deque()
+        self._failure: ConnectorError | None = None
         try:
             size = h.get_size()
             if writable and h.is_read_only():
@@ -82,6 +96,8 @@ class NbdHandle(VolumeHandle):
             self._align = max(1, h.get_block_size(nbd.SIZE_MINIMUM))
             self._max = min(MAX_REQUEST, h.get_block_size(nbd.SIZE_MAXIMUM) or MAX_REQUEST)
             self._max -= self._max % self._align
+            self._request = max(self._align, min(REQUEST, self._max))
+            self._request -= self._request % self._align
             self._has_status = bool(h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION))
         except BaseException:
             self._h = None  # dropping the last reference closes the connection
@@ -94,52 +110,139 @@ class NbdHandle(VolumeHandle):
         except nbd.Error as exc:
             raise _error(what, self.name, exc) from exc
 
-    def _read_aligned(self, count: int, offset: int) -> bytes:
-        parts = []
-        while count:
-            n = min(count, self._max)
-            parts.append(self._call("reading", self._h.pread, n, offset))
-            offset += n
-            count -= n
-        return b"".join(parts)
+    # the pipeline
+    def _submit(self, what: str, fn: Any, buf: Any, offset: int) -> None:
+        """Queue one async request, first waiting until fewer than DEPTH are in flight."""
+        if len(self._pending) >= DEPTH:
+            self._wait(DEPTH - 1)
+        try:
+            self._pending.append(fn(buf, offset))
+        except nbd.Error as exc:
+            self._fail(_error(what, self.name, exc))
+            self._wait(0)
 
-    def _pread(self, count: int, offset: int) -> bytes:
+    def _fail(self, err: ConnectorError) -> None:
+        if self._failure is None:
+            self._failure = err
+
+    def _wait(self, limit: int) -> None:
+        """Retire requests (oldest first) until at most `limit` are in flight; then raise the
+        first error any request met. On an error everything in flight is retired first."""
+        h, pending = self._h, self._pending
+        while len(pending) > limit or (self._failure is not None and pending):
+            cookie = pending[0]
+            try:
+                done = h.aio_command_completed(cookie)
+            except nbd.Error as exc:
+                pending.popleft()
+                self._fail(_error("I/O on", self.name, exc))
+                continue
+            if done:
+                pending.popleft()
+                continue
+            try:
+                h.poll(-1)
+            except nbd.Error as exc:  # the connection is dead: nothing will complete
+                pending.clear()
+                self._fail(_error("I/O on", self.name, exc))
+        self._check()
+
+    def _check(self) -> None:
+        err, self._failure = self._failure, None
+        if err is not None:
+            raise err
+
+    def _drain(self) -> None:
+        if self._pending or self._failure is not None:
+            self._wait(0)
+
+    # reads
+    def _read_aligned_into(self, view: memoryview, offset: int) -> None:
+        """Fill `view` (aligned offset and length, or up to the end) from `offset`."""
+        pos, count = 0, len(view)
+        while pos < count:
+            n = min(count - pos, self._request)
+            self._submit("reading", self._h.aio_pread, nbd.Buffer.from_buffer(view[pos:pos + n]),
+                         offset + pos)
+            pos += n
+
+    def _preadinto(self, view: memoryview, offset: int) -> None:
+        self._drain()  # reads see every earlier write
+        count = len(view)
         start = offset - offset % self._align
         end = min(self._size, -(-(offset + count) // self._align) * self._align)
-        data = self._read_aligned(end - start, start)
         if start == offset and end == offset + count:
-            return data
-        return data[offset - start: offset - start + count]
+            self._read_aligned_into(view, offset)
+        else:  # unaligned edges: the aligned middle straight into `view`, the edges apart
+            head_end = min(end, start + self._align)
+            edges: list[tuple[bytearray, int]] = []
+            first = bytearray(head_end - start)
+            self._read_aligned_into(memoryview(first), start)
+            edges.append((first, start))
+            mid_start = head_end
+            mid_end = max(mid_start, (offset + count) - (offset + count) % self._align)
+            if mid_end > mid_start:
+                self._read_aligned_into(view[mid_start - offset:mid_end - offset], mid_start)
+            if end > mid_end and mid_end >= head_end:
+                last = bytearray(end - mid_end)
+                self._read_aligned_into(memoryview(last), mid_end)
+                edges.append((last, mid_end))
+            self._wait(0)
+            for block, at in edges:
+                lo, hi = max(at, offset), min(at + len(block), offset + count)
+                if lo < hi:
+                    view[lo - offset:hi - offset] = block[lo - at:hi - at]
+        self._wait(0)
 
+    def _pread(self, count: int, offset: int) -> bytes:
+        buf = bytearray(count)
+        self._preadinto(memoryview(buf), offset)
+        return bytes(buf)
+
+    # writes
     def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        view = memoryview(data)
+        self._check()
+        view = memoryview(data).cast("B")
+        # bytes cannot change under us: written behind; anything else before we return
+        behind = view.readonly and isinstance(view.obj, bytes)
         head = offset % self._align
         if head:  # the unaligned first block: read, patch, write back
+            self._drain()
             start = offset - head
             n = min(len(view), self._align - head)
-            block = bytearray(self._read_aligned(min(self._align, self._size - start), start))
+            block = bytearray(min(self._align, self._size - start))
+            self._preadinto(memoryview(block), start)
             block[head:head + n] = view[:n]
-            self._call("writing", self._h.pwrite, bytes(block), start)
+            self._submit("writing", self._h.aio_pwrite, bytes(block), start)
             view, offset = view[n:], offset + n
         whole = len(view) - len(view) % self._align
         pos = 0
         while pos < whole:
-            n = min(whole - pos, self._max)
-            self._call("writing", self._h.pwrite, view[pos:pos + n], offset + pos)
+            n = min(whole - pos, self._request)
+            self._submit("writing", self._h.aio_pwrite, view[pos:pos + n], offset + pos)
             pos += n
         tail = view[whole:]
         if tail:  # the unaligned last block
             start = offset + whole
-            block = bytearray(self._read_aligned(min(self._align, self._size - start), start))
+            self._drain()
+            block = bytearray(min(self._align, self._size - start))
+            self._preadinto(memoryview(block), start)
             block[:len(tail)] = tail
-            self._call("writing", self._h.pwrite, bytes(block), start)
+            self._submit("writing", self._h.aio_pwrite, bytes(block), start)
+        if not behind:
+            self._wait(0)
 
     def _flush(self) -> None:
+        self._drain()
         if self._h.can_flush():
             self._call("flushing", self._h.flush)
 
     def _release(self) -> None:
         try:
+            try:
+                self._drain()  # a read-only handle has no flush to wait for its reads
+            except ConnectorError:
+                pass  # close() already flushed (and raised); nothing more to report
             self._h.shutdown()
         except nbd.Error:
             pass  # the server is gone already; nothing left to flush

@@ -18,11 +18,12 @@ import uuid
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
 from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
+from blockyard.backends.exports import load_export
 from blockyard.db.models import Attachment, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import volumes
@@ -104,6 +105,7 @@ def _connect(rt: Runtime, volume_id: str, connector: Connector) -> ConnectionInf
     driver = rt.backend(backend).driver
     driver.validate_connector(connector)
     model = driver.create_export(ref, connector)
+    failpoint("attach.export_created")
     values = volumes.model_values(model)
     if values:
         with rt.db.write() as s:
@@ -117,25 +119,43 @@ def _connect(rt: Runtime, volume_id: str, connector: Connector) -> ConnectionInf
 
 def _disconnect(rt: Runtime, volume_id: str, connector: Connector | None, *,
                 force: bool = False) -> None:
-    """Stop exporting to `connector`; remove the export when no attachment needs it."""
+    """Stop exporting to `connector`; remove the export when no attachment needs it and the
+    target allows no other connector (legacy initialize_connection leaves no attachment row)."""
     with rt.db.read() as s:
         v = s.get(Volume, volume_id)
         if v is None:
             return
         ref, backend = volumes.volume_ref(v), v.backend
-        remaining = s.execute(
-            select(func.count()).select_from(Attachment)
+        users = [connector_of(c or {}) for c in s.execute(
+            select(Attachment.connector)
             .where(Attachment.volume_id == volume_id, Attachment.connection_info.is_not(None))
-        ).scalar_one()
+        ).scalars()]
+    remaining = len(users)
     driver = rt.backend(backend).driver
+    if connector is not None and any(_same_host(connector, u) for u in users):
+        return  # another attachment of this host still uses the connection: keep it
     model = driver.terminate_connection(ref, connector, force)
-    values = volumes.model_values(model)
-    if remaining == 0:
+    values: dict[str, Any] = volumes.model_values(model)
+    still_allowed = load_export(VolumeRef(
+        id=ref.id, size_gb=ref.size_gb,
+        provider_location=values.get("provider_location", ref.provider_location),
+        provider_auth=values.get("provider_auth", ref.provider_auth)))
+    if remaining == 0 and not (still_allowed and still_allowed.connectors):
         driver.remove_export(ref)
+        # the export is gone: the next connection starts from nothing, not from a stale record
+        values = {"provider_location": None, "provider_auth": None}
     if values:
         with rt.db.write() as s:
             s.execute(update(Volume).where(Volume.id == volume_id).values(**values)
                       .execution_options(synchronize_session=False))
+
+
+def _same_host(a: Connector, b: Connector) -> bool:
+    """Do two connectors name the same initiator (a host attaching twice shares one
+    connection, as os-brick's multiattach does)?"""
+    if a.initiator and b.initiator:
+        return a.initiator == b.initiator
+    return a.host is not None and a.host == b.host
 
 
 # ---------------------------------------------------------------------------- attachments API
@@ -158,7 +178,14 @@ def create(rt: Runtime, who: Identity, volume_id: str, instance_uuid: str | None
                          instance_uuid=instance_uuid, attach_status=A.RESERVED,
                          attach_mode=mode or "null", created_at=utcnow()))
     if connector is not None:
-        return update_connector(rt, who, attachment_id, connector)
+        try:
+            return update_connector(rt, who, attachment_id, connector)
+        except Exception:
+            # nothing half-created: the reservation goes with the connection that failed
+            with rt.db.write() as s:
+                s.execute(delete(Attachment).where(Attachment.id == attachment_id))
+                states.derive_attach_status(s, volume_id)
+            raise
     return get(rt, who, attachment_id)
 
 
@@ -318,6 +345,22 @@ def detach(rt: Runtime, who: Identity, volume_id: str, attachment_id: str | None
 # ---------------------------------------------------------------------------- restart
 
 
+def _undo_unrecorded_export(rt: Runtime, volume_id: str, connector: Connector) -> None:
+    """An export the target made but the service never recorded (a crash in between) is
+    invisible to remove_export: export again, which adopts what the target has, and record
+    that, so that the disconnect which follows removes it."""
+    with rt.db.read() as s:
+        v = s.get(Volume, volume_id)
+        if v is None or v.provider_location:
+            return
+        ref, backend = volumes.volume_ref(v), v.backend
+    values = volumes.model_values(rt.backend(backend).driver.create_export(ref, connector))
+    if values:
+        with rt.db.write() as s:
+            s.execute(update(Volume).where(Volume.id == volume_id).values(**values)
+                      .execution_options(synchronize_session=False))
+
+
 def reconcile(rt: Runtime) -> None:
     """After a restart: undo exports that were in progress, finish detaches that were, and
     re-create the exports of attached volumes (target daemons keep no state)."""
@@ -329,6 +372,7 @@ def reconcile(rt: Runtime) -> None:
     for att in half:
         if att.attach_status == A.DETACHING:
             continue
+        _undo_unrecorded_export(rt, att.volume_id, connector_of(att.connector or {}))
         _disconnect(rt, att.volume_id, connector_of(att.connector or {}), force=True)
         with rt.db.write() as s:
             s.execute(update(Attachment).where(Attachment.id == att.id)
@@ -336,7 +380,7 @@ def reconcile(rt: Runtime) -> None:
                       .execution_options(synchronize_session=False))
     for att in leaving:
         if att.connector is not None:
-            _disconnect(rt, att.volume_id, connector_of(att.connector), force=True)
+            _disconnect_attachment(rt, att)
         with rt.db.write() as s:
             s.execute(delete(Attachment).where(Attachment.id == att.id))
             try:

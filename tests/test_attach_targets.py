@@ -171,31 +171,39 @@ def test_iscsi_refuses_other_initiators_and_wrong_chap(server: Server, tmp_path:
     with pytest.raises(LoginRefused):
         _read(wrong, allowed, tmp_path)
     _read(info, allowed, tmp_path)  # the right one still works
+    listed = api.get("/volumes/detail").text + api.get(f"/volumes/{vol['id']}").text
+    assert info.data["auth_password"] not in listed
+    assert info.data["auth_password"] not in server.log()
     api.delete(f"/attachments/{att['id']}")
     assert f"volume-{vol['id']}" not in _tgt_targets(server)
 
 
-def test_initialize_connection_is_idempotent_and_creates_nothing(server: Server,
-                                                                 tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["iscsi", "nbd"])
+def test_legacy_flow_initialize_connection_is_idempotent(server: Server, tmp_path: Path,
+                                                         protocol: str) -> None:
     api = server.client()
-    r = api.post("/volumes", {"volume": {"size": 1, "volume_type": "nbd"}})
+    r = api.post("/volumes", {"volume": {"size": 1, "volume_type": protocol}})
     vol = api.wait_volume(r.json()["volume"]["id"], "available")
     props = _props(tmp_path, "legacy")
     act = f"/volumes/{vol['id']}/action"
     assert api.post(act, {"os-reserve": None}).status_code == 202
     first = api.post(act, {"os-initialize_connection": {"connector": props}}).json()
-    processes = _qemu_nbd_of(server)
-    assert len(processes) == 1
+    assert first["connection_info"]["driver_volume_type"] == protocol
+    processes, targets = _qemu_nbd_of(server), _tgt_targets(server)
+    assert len(processes) == (1 if protocol == "nbd" else 0)
     for _ in range(100):
         again = api.post(act, {"os-initialize_connection": {"connector": props}})
         assert again.json() == first
-    assert _qemu_nbd_of(server) == processes
+    assert (_qemu_nbd_of(server), _tgt_targets(server)) == (processes, targets)
+    info = ConnectionInfo(protocol, first["connection_info"]["data"])
+    _write(info, props, tmp_path)
     assert api.post(act, {"os-attach": {"instance_uuid": "11111111-2222-3333-4444-555555555555",
                                         "mountpoint": "/dev/vdb"}}).status_code == 202
     assert api.post(act, {"os-begin_detaching": None}).status_code == 202
     assert api.post(act, {"os-terminate_connection": {"connector": props}}).status_code == 202
     assert api.post(act, {"os-detach": {}}).status_code == 202
     assert _qemu_nbd_of(server) == []
+    assert f"volume-{vol['id']}" not in _tgt_targets(server)
 
 
 def test_restart_re_creates_exports(make_server: Callable[..., Server], tmp_path: Path) -> None:

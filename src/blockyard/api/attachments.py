@@ -6,6 +6,7 @@ on a worker thread; the rest is database work like any other endpoint's.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -151,22 +152,22 @@ routes = [
 # ---------------------------------------------------------------------------- legacy actions
 
 
+def _state_step(step: Callable[..., None]) -> Callable[[Request, str, Any], Awaitable[Response]]:
+    """An action that only moves the volume's status (its value, if any, is ignored)."""
+
+    async def handler(request: Request, volume_id: str, value: Any) -> Response:
+        await wire.call(request, step, volume_id)
+        return wire.accepted()
+
+    return handler
+
+
 def _args(value: Any, action: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise validate.invalid(action, value, f"{value!r} is not of type 'object'")
     return value
-
-
-async def _reserve(request: Request, volume_id: str, value: Any) -> Response:
-    await wire.call(request, attachments.reserve, volume_id)
-    return wire.accepted()
-
-
-async def _unreserve(request: Request, volume_id: str, value: Any) -> Response:
-    await wire.call(request, attachments.unreserve, volume_id)
-    return wire.accepted()
 
 
 async def _initialize_connection(request: Request, volume_id: str, value: Any) -> Response:
@@ -207,16 +208,6 @@ async def _attach(request: Request, volume_id: str, value: Any) -> Response:
     return wire.accepted()
 
 
-async def _begin_detaching(request: Request, volume_id: str, value: Any) -> Response:
-    await wire.call(request, attachments.begin_detaching, volume_id)
-    return wire.accepted()
-
-
-async def _roll_detaching(request: Request, volume_id: str, value: Any) -> Response:
-    await wire.call(request, attachments.roll_detaching, volume_id)
-    return wire.accepted()
-
-
 async def _detach(request: Request, volume_id: str, value: Any) -> Response:
     args = _args(value, "os-detach")
     attachment_id = validate.uuid_string(args.get("attachment_id"), "attachment_id")
@@ -235,13 +226,13 @@ async def _force_detach(request: Request, volume_id: str, value: Any) -> Respons
 
 
 LEGACY_ACTIONS = {
-    "os-reserve": _reserve,
-    "os-unreserve": _unreserve,
+    "os-reserve": _state_step(attachments.reserve),
+    "os-unreserve": _state_step(attachments.unreserve),
     "os-initialize_connection": _initialize_connection,
     "os-terminate_connection": _terminate_connection,
     "os-attach": _attach,
-    "os-begin_detaching": _begin_detaching,
-    "os-roll_detaching": _roll_detaching,
+    "os-begin_detaching": _state_step(attachments.begin_detaching),
+    "os-roll_detaching": _state_step(attachments.roll_detaching),
     "os-detach": _detach,
     "os-force_detach": _force_detach,
 }

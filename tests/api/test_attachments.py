@@ -210,3 +210,16 @@ def test_force_detach(server: Server) -> None:
     assert api.post(act, {"os-force_detach": {"connector": CONNECTOR}}).status_code == 202
     assert _status(api, vol["id"]) == "available"
     assert api.delete(f"/volumes/{vol['id']}").status_code == 202
+
+
+def test_force_delete_of_an_attached_volume(server: Server) -> None:
+    api = server.client(version="3.71")
+    vol = _volume(api)
+    r = api.post("/attachments", {"attachment": {"volume_uuid": vol["id"],
+                                                 "connector": CONNECTOR}})
+    att = r.json()["attachment"]["id"]
+    assert api.post(f"/attachments/{att}/action", {"os-complete": None}).status_code == 204
+    assert api.delete(f"/volumes/{vol['id']}").status_code == 400
+    assert api.delete(f"/volumes/{vol['id']}?force=true").status_code == 202
+    api.wait_volume(vol["id"], "deleted")
+    assert api.get(f"/attachments/{att}").status_code == 404

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from blockyard import states
 from blockyard.backends.base import ModelUpdate, SnapshotRef, VolumeRef
 from blockyard.db.models import (
+    Attachment,
     Base,
     Snapshot,
     Volume,
@@ -402,6 +403,9 @@ def _settle_delete(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
         s.connection().execute(
             delete(Snapshot).where(Snapshot.id == sid, Snapshot.task_id == task.id))
         quotas.consume(s, rt.config.quotas, project, quotas.snapshot_deltas(type_name, -1, -size))
+    # a forced delete may leave attachment records behind: they go with the volume
+    owned = select(Volume.id).where(Volume.id == task.resource_id, Volume.task_id == task.id)
+    s.connection().execute(delete(Attachment).where(Attachment.volume_id.in_(owned)))
     removed = s.connection().execute(delete(Volume).where(Volume.id == task.resource_id,
                                              Volume.task_id == task.id))
     if removed.rowcount == 1:

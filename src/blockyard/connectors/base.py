@@ -88,9 +88,9 @@ def check_mode(info: VolumeInfo, mode: str) -> bool:
 class VolumeHandle(io.RawIOBase):
     """A volume opened for reading (and writing): positioned I/O over a fixed size.
 
-    Subclasses supply `_pread`, `_pwrite`, `_flush`, `_release` and may refine `extents`;
-    this class owns the position, the bounds and the mode checks. Writing past the end raises
-    ENOSPC (a volume does not grow by writing); reading there returns b"".
+    Subclasses supply `_pread` (or `_preadinto`), `_pwrite`, `_flush`, `_release` and may
+    refine `extents`; this class owns the position, the bounds and the mode checks. Writing
+    past the end raises ENOSPC (a volume does not grow by writing); reading there returns b"".
     """
 
     # class-level defaults, so a handle whose __init__ failed closes quietly in __del__
@@ -108,6 +108,10 @@ class VolumeHandle(io.RawIOBase):
     # what subclasses supply
     def _pread(self, count: int, offset: int) -> bytes:
         raise NotImplementedError
+
+    def _preadinto(self, view: memoryview, offset: int) -> None:
+        """Fill `view` from `offset` (inside the volume); override to read without a copy."""
+        view[:] = self._pread(len(view), offset)
 
     def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
         raise NotImplementedError
@@ -164,8 +168,7 @@ class VolumeHandle(io.RawIOBase):
         count = max(0, min(len(view), self._size - self._pos))
         if count == 0:
             return 0
-        data = self._pread(count, self._pos)
-        view[:count] = data
+        self._preadinto(view[:count], self._pos)
         self._pos += count
         return count
 

@@ -40,6 +40,9 @@ from .util import (
 QEMU_NBD = "qemu-nbd"
 #: how long the login and the bridge's start may take before we give up and kill it
 LOGIN_TIMEOUT = 20.0
+#: request size and requests in flight of handles on a bridge (see NbdHandle)
+BRIDGE_REQUEST = 2 * 1024 * 1024
+BRIDGE_DEPTH = 8
 #: how long a stopping bridge gets before SIGKILL
 STOP_TIMEOUT = 10.0
 
@@ -209,6 +212,10 @@ class IscsiConnector:
 
 class _BridgedHandle(NbdHandle):
     """An `NbdHandle` that owns its bridge and stops it on close."""
+
+    #: fewer, larger requests: each one costs the bridge an iSCSI command as well
+    request_size = BRIDGE_REQUEST
+    depth = BRIDGE_DEPTH
 
     def __init__(self, h: Any, writable: bool, name: str, owner: IscsiConnector,
                  bridge: Bridge) -> None:

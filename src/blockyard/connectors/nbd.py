@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import nbd  # type: ignore[import-untyped]
@@ -24,9 +25,11 @@ from .util import remove_quietly, write_private
 #: the largest request we send, whatever the server allows (qemu-nbd allows 32 MiB)
 MAX_REQUEST = 32 * 1024 * 1024
 #: the size of the requests a read or write is split into (capped by the server's maximum)
-REQUEST = 2 * 1024 * 1024
+REQUEST = 1024 * 1024
 #: how many requests one handle keeps in flight at most
 DEPTH = 16
+#: the smallest read-ahead window (it grows to DEPTH * REQUEST as sequential reads go on)
+MIN_AHEAD = 128 * 1024
 #: the largest block-status range we ask about at once (servers may not take 4 GiB)
 MAX_STATUS = 1 << 30
 
@@ -71,13 +74,27 @@ def _connect_tls(h: Any, info: NbdInfo) -> None:
             remove_quietly(psk)
 
 
+@dataclass
+class _Ahead:
+    """One read-ahead request: its cookie, where it reads, and how much of it was served."""
+
+    cookie: int
+    offset: int
+    length: int
+    buf: bytearray
+    used: int = 0
+
+
 class NbdHandle(VolumeHandle):
     """A `VolumeHandle` over one libnbd connection, with pipelined requests.
 
-    Reads and writes are split into requests of at most `REQUEST` bytes (and at most the
-    server's maximum), of which up to `DEPTH` are in flight at once (libnbd's async API).
+    Reads and writes are split into requests of at most `request_size` bytes (and at most the
+    server's maximum), of which up to `depth` are in flight at once (libnbd's async API).
     Unaligned edges are widened to the server's minimum block size with a read-modify-write,
-    so any offset and length work. Reads land in the caller's buffer without a copy.
+    so any offset and length work. Reads land in the caller's buffer without a copy, except
+    for sequential reads: from the second read that starts where the previous one ended, the
+    handle reads ahead into its own buffers, a window that doubles with every sequential read
+    up to DEPTH requests; a seek elsewhere or a write drops it.
 
     Writes of immutable data (`bytes`) are written behind: `write` returns once the requests
     are queued, and an error surfaces from the next call (`write`, `read`, `flush`, `close`,
@@ -85,10 +102,24 @@ class NbdHandle(VolumeHandle):
     reuse the buffer. `flush` (and `close`, which flushes) waits for every write first.
     """
 
+    #: request size and requests in flight; None: the module's REQUEST and DEPTH
+    request_size: int | None = None
+    depth: int | None = None
+
     def __init__(self, h: Any, writable: bool, name: str) -> None:
         self._h = h
-        self._pending: deque[int] = deque()
+        #: (cookie, first byte, end) of the requests in flight; reads span nothing
+        self._pending: deque[tuple[int, int, int]] = deque()
         self._failure: ConnectorError | None = None
+        #: sequential reads: where the last read ended, the chunks read ahead in order, the
+        #: offset the next read must start at to use them, where reading ahead goes on, and
+        #: chunk buffers that are free again
+        self._seq_end = -1
+        self._ahead: deque[_Ahead] = deque()
+        self._ahead_pos = -1
+        self._ahead_next = 0
+        self._ahead_window = 0
+        self._spare: list[bytearray] = []
         try:
             size = h.get_size()
             if writable and h.is_read_only():
@@ -96,7 +127,8 @@ class NbdHandle(VolumeHandle):
             self._align = max(1, h.get_block_size(nbd.SIZE_MINIMUM))
             self._max = min(MAX_REQUEST, h.get_block_size(nbd.SIZE_MAXIMUM) or MAX_REQUEST)
             self._max -= self._max % self._align
-            self._request = max(self._align, min(REQUEST, self._max))
+            self._depth = max(1, self.depth or DEPTH)
+            self._request = max(self._align, min(self.request_size or REQUEST, self._max))
             self._request -= self._request % self._align
             self._has_status = bool(h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION))
         except BaseException:
@@ -111,12 +143,16 @@ class NbdHandle(VolumeHandle):
             raise _error(what, self.name, exc) from exc
 
     # the pipeline
-    def _submit(self, what: str, fn: Any, buf: Any, offset: int) -> None:
-        """Queue one async request, first waiting until fewer than DEPTH are in flight."""
-        if len(self._pending) >= DEPTH:
-            self._wait(DEPTH - 1)
+    def _submit(self, what: str, fn: Any, buf: Any, offset: int, end: int = 0) -> None:
+        """Queue one async request, first waiting until fewer than DEPTH are in flight and,
+        for a write (`end` > `offset`), until no write in flight overlaps it (NBD orders
+        nothing among requests in flight)."""
+        if len(self._pending) >= self._depth:
+            self._wait(self._depth - 1)
+        if end > offset and any(lo < end and offset < hi for _, lo, hi in self._pending):
+            self._wait(0)
         try:
-            self._pending.append(fn(buf, offset))
+            self._pending.append((fn(buf, offset), offset, end))
         except nbd.Error as exc:
             self._fail(_error(what, self.name, exc))
             self._wait(0)
@@ -130,7 +166,7 @@ class NbdHandle(VolumeHandle):
         first error any request met. On an error everything in flight is retired first."""
         h, pending = self._h, self._pending
         while len(pending) > limit or (self._failure is not None and pending):
-            cookie = pending[0]
+            cookie = pending[0][0]
             try:
                 done = h.aio_command_completed(cookie)
             except nbd.Error as exc:
@@ -145,6 +181,13 @@ class NbdHandle(VolumeHandle):
             except nbd.Error as exc:  # the connection is dead: nothing will complete
                 pending.clear()
                 self._fail(_error("I/O on", self.name, exc))
+        self._check()
+
+    def _wait_for(self, cookie: int) -> None:
+        """Wait until the request `cookie` (and every older one) has been retired."""
+        pending = self._pending
+        while pending and pending[0][0] <= cookie:
+            self._wait(len(pending) - 1)
         self._check()
 
     def _check(self) -> None:
@@ -167,32 +210,71 @@ class NbdHandle(VolumeHandle):
             pos += n
 
     def _preadinto(self, view: memoryview, offset: int) -> None:
-        self._drain()  # reads see every earlier write
+        self._check()
+        if any(hi > lo for _, lo, hi in self._pending):
+            self._wait(0)  # reads see every earlier write
         count = len(view)
+        if self._ahead and offset == self._ahead_pos:
+            self._read_ahead_into(view, offset)
+            return
+        self._ahead.clear()  # not where we read ahead: drop it (in flight ones just retire)
         start = offset - offset % self._align
         end = min(self._size, -(-(offset + count) // self._align) * self._align)
         if start == offset and end == offset + count:
+            if offset == self._seq_end and offset + count < self._size:
+                # the second read in sequence: read ahead from here on
+                self._ahead_next = offset
+                self._ahead_window = 0
+                self._read_ahead_into(view, offset)
+                return
             self._read_aligned_into(view, offset)
-        else:  # unaligned edges: the aligned middle straight into `view`, the edges apart
-            head_end = min(end, start + self._align)
-            edges: list[tuple[bytearray, int]] = []
-            first = bytearray(head_end - start)
-            self._read_aligned_into(memoryview(first), start)
-            edges.append((first, start))
-            mid_start = head_end
-            mid_end = max(mid_start, (offset + count) - (offset + count) % self._align)
-            if mid_end > mid_start:
-                self._read_aligned_into(view[mid_start - offset:mid_end - offset], mid_start)
-            if end > mid_end and mid_end >= head_end:
-                last = bytearray(end - mid_end)
-                self._read_aligned_into(memoryview(last), mid_end)
-                edges.append((last, mid_end))
             self._wait(0)
-            for block, at in edges:
-                lo, hi = max(at, offset), min(at + len(block), offset + count)
-                if lo < hi:
-                    view[lo - offset:hi - offset] = block[lo - at:hi - at]
-        self._wait(0)
+        else:  # unaligned: read the aligned span apart, copy out what was asked
+            span = bytearray(end - start)
+            self._read_aligned_into(memoryview(span), start)
+            self._wait(0)
+            view[:] = memoryview(span)[offset - start:offset - start + count]
+        self._seq_end = offset + count
+
+    def _read_ahead(self, at: int) -> None:
+        """Keep up to `_ahead_window` bytes (and DEPTH requests) read ahead past `at`."""
+        window = self._ahead_window
+        while len(self._ahead) < self._depth and self._ahead_next < self._size and \
+                self._ahead_next - at < window:
+            n = min(self._request, window, self._size - self._ahead_next)
+            buf = self._spare.pop() if self._spare else bytearray(self._request)
+            target = buf if n == len(buf) else memoryview(buf)[:n]
+            self._submit("reading", self._h.aio_pread, nbd.Buffer.from_buffer(target),
+                         self._ahead_next)
+            self._ahead.append(_Ahead(self._pending[-1][0], self._ahead_next, n, buf))
+            self._ahead_next += n
+
+    def _read_ahead_into(self, view: memoryview, offset: int) -> None:
+        """Serve a sequential read from the read-ahead, in order, topping it up as it goes."""
+        try:
+            pos, count = 0, len(view)
+            # the window starts at a few reads' worth and doubles with every sequential read
+            self._ahead_window = min(self._depth * self._request,
+                                     max(2 * self._ahead_window, 4 * count, MIN_AHEAD))
+            self._ahead_window = max(self._align,
+                                     self._ahead_window - self._ahead_window % self._align)
+            self._read_ahead(offset)
+            while pos < count:
+                chunk = self._ahead[0]
+                self._wait_for(chunk.cookie)
+                n = min(count - pos, chunk.length - chunk.used)
+                view[pos:pos + n] = memoryview(chunk.buf)[chunk.used:chunk.used + n]
+                chunk.used += n
+                pos += n
+                if chunk.used == chunk.length:
+                    self._ahead.popleft()
+                    self._spare.append(chunk.buf)  # done: libnbd no longer writes into it
+                    self._read_ahead(offset + pos)
+        except BaseException:
+            self._ahead.clear()
+            self._seq_end = -1
+            raise
+        self._ahead_pos = self._seq_end = offset + count
 
     def _pread(self, count: int, offset: int) -> bytes:
         buf = bytearray(count)
@@ -202,6 +284,8 @@ class NbdHandle(VolumeHandle):
     # writes
     def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
         self._check()
+        self._ahead.clear()  # stale now; reads in flight just retire
+        self._seq_end = -1
         view = memoryview(data).cast("B")
         # bytes cannot change under us: written behind; anything else before we return
         behind = view.readonly and isinstance(view.obj, bytes)
@@ -213,13 +297,14 @@ class NbdHandle(VolumeHandle):
             block = bytearray(min(self._align, self._size - start))
             self._preadinto(memoryview(block), start)
             block[head:head + n] = view[:n]
-            self._submit("writing", self._h.aio_pwrite, bytes(block), start)
+            self._submit("writing", self._h.aio_pwrite, bytes(block), start, start + len(block))
             view, offset = view[n:], offset + n
         whole = len(view) - len(view) % self._align
         pos = 0
         while pos < whole:
             n = min(whole - pos, self._request)
-            self._submit("writing", self._h.aio_pwrite, view[pos:pos + n], offset + pos)
+            self._submit("writing", self._h.aio_pwrite, view[pos:pos + n], offset + pos,
+                         offset + pos + n)
             pos += n
         tail = view[whole:]
         if tail:  # the unaligned last block
@@ -228,7 +313,7 @@ class NbdHandle(VolumeHandle):
             block = bytearray(min(self._align, self._size - start))
             self._preadinto(memoryview(block), start)
             block[:len(tail)] = tail
-            self._submit("writing", self._h.aio_pwrite, bytes(block), start)
+            self._submit("writing", self._h.aio_pwrite, bytes(block), start, start + len(block))
         if not behind:
             self._wait(0)
 
@@ -253,6 +338,7 @@ class NbdHandle(VolumeHandle):
         """Runs of data and holes from NBD block status (base:allocation). Adjacent runs of
         the same kind are merged; without block status everything is data."""
         self._checkClosed()
+        self._drain()  # block status sees every earlier write
         end = self._size if length is None else min(self._size, offset + length)
         if not self._has_status:
             yield from super().extents(offset, end - offset)

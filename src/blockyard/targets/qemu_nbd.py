@@ -56,6 +56,8 @@ from blockyard.targets.base import Export
 log = logging.getLogger(__name__)
 
 PROTOCOL = "nbd"
+#: seconds between checks while qemu-nbd starts or stops (each takes a few tens of ms)
+POLL = 0.002
 SECRET_PREFIX = "tls_psk_key:"
 
 Mode = Literal["unix", "tcp"]
@@ -126,7 +128,15 @@ class QemuNbdTarget:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._children: dict[str, _Process] = {}
+        #: guards the table of per-export locks, and stop()
         self._lock = threading.RLock()
+        #: one lock per export: starting or stopping one qemu-nbd (tens of ms) never makes
+        #: another volume's attach wait
+        self._export_locks: dict[str, threading.RLock] = {}
+
+    def _export_lock(self, name: str) -> threading.RLock:
+        with self._lock:
+            return self._export_locks.setdefault(name, threading.RLock())
 
     # the Target protocol
 
@@ -156,7 +166,7 @@ class QemuNbdTarget:
         self.validate_connector(connector)
         host = str(connector.host)
         name = _export_name(volume)
-        with self._lock:
+        with self._export_lock(name):
             self.start()
             running = self._running(name)
             if running is not None:
@@ -182,7 +192,7 @@ class QemuNbdTarget:
     def ensure(self, volume: VolumeRef, path: str, export: Export) -> Export:
         name = _export_name(volume)
         tls = bool(export.data.get("tls"))
-        with self._lock:
+        with self._export_lock(name):
             self.start()
             if tls:
                 self._write_psk(name, export.secrets)
@@ -197,14 +207,14 @@ class QemuNbdTarget:
         connectors = tuple(c for c in export.connectors if c not in gone)
         keys = {k: v for k, v in export.secrets.items()
                 if k.removeprefix(SECRET_PREFIX) not in gone}
-        with self._lock:
+        with self._export_lock(name):
             if self._tls_dir(name).is_dir():
                 self._write_psk(name, keys)
         return Export(export.protocol, dict(export.data), keys, connectors)
 
     def remove(self, volume: VolumeRef, export: Export) -> None:
         name = _export_name(volume)
-        with self._lock:
+        with self._export_lock(name):
             self._stop(name)
             for path in (self._sock(name), self._pid(name), self._log(name)):
                 _unlink(path)
@@ -320,7 +330,7 @@ class QemuNbdTarget:
                 self._stop(name)
                 raise BackendError(f"qemu-nbd for {name} did not listen within "
                                    f"{self.start_timeout} s: {_tail(log_path)}")
-            time.sleep(0.01)
+            time.sleep(POLL)
         log.info("qemu-nbd %s serves %s (pid %d)", name, path, proc.pid)
         return True
 
@@ -350,11 +360,11 @@ class QemuNbdTarget:
             child.terminate()
             deadline = time.monotonic() + self.stop_timeout
             while child.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
+                time.sleep(POLL)
             if child.poll() is None:
                 child.kill()
                 while child.poll() is None:
-                    time.sleep(0.01)
+                    time.sleep(POLL)
         self._children.pop(name, None)
 
     def _reap(self, name: str) -> None:
@@ -416,7 +426,7 @@ def _terminate(pid: int, timeout: float) -> None:
             os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while _cmdline(pid) == argv and argv and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(POLL)
         if _cmdline(pid) != argv:
             return
 

@@ -162,16 +162,8 @@ def _state_step(step: Callable[..., None]) -> Callable[[Request, str, Any], Awai
     return handler
 
 
-def _args(value: Any, action: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise validate.invalid(action, value, f"{value!r} is not of type 'object'")
-    return value
-
-
 async def _initialize_connection(request: Request, volume_id: str, value: Any) -> Response:
-    args = _args(value, "os-initialize_connection")
+    args = validate.action_args(value, "os-initialize_connection")
     if "connector" not in args:
         raise validate.invalid("os-initialize_connection", args,
                                "'connector' is a required property")
@@ -181,7 +173,7 @@ async def _initialize_connection(request: Request, volume_id: str, value: Any) -
 
 
 async def _terminate_connection(request: Request, volume_id: str, value: Any) -> Response:
-    args = _args(value, "os-terminate_connection")
+    args = validate.action_args(value, "os-terminate_connection")
     if "connector" not in args:
         raise validate.invalid("os-terminate_connection", args,
                                "'connector' is a required property")
@@ -191,7 +183,7 @@ async def _terminate_connection(request: Request, volume_id: str, value: Any) ->
 
 
 async def _attach(request: Request, volume_id: str, value: Any) -> Response:
-    args = _args(value, "os-attach")
+    args = validate.action_args(value, "os-attach")
     instance_uuid = args.get("instance_uuid")
     host_name = args.get("host_name")
     if not instance_uuid and not host_name:
@@ -209,14 +201,14 @@ async def _attach(request: Request, volume_id: str, value: Any) -> Response:
 
 
 async def _detach(request: Request, volume_id: str, value: Any) -> Response:
-    args = _args(value, "os-detach")
+    args = validate.action_args(value, "os-detach")
     attachment_id = validate.uuid_string(args.get("attachment_id"), "attachment_id")
     await blocking(request, attachments.detach, volume_id, attachment_id)
     return wire.accepted()
 
 
 async def _force_detach(request: Request, volume_id: str, value: Any) -> Response:
-    args = _args(value, "os-force_detach")
+    args = validate.action_args(value, "os-force_detach")
     attachment_id = validate.uuid_string(args.get("attachment_id"), "attachment_id")
     connector = connector_of(_connector_arg(args["connector"])) if args.get("connector") \
         else None

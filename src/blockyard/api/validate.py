@@ -32,6 +32,16 @@ def section(body: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def action_args(value: Any, action: str) -> dict[str, Any]:
+    """An action's value as an object: clients send null, {} or an object for actions that
+    take no arguments, so null counts as {}."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(action, value, f"{value!r} is not of type 'object'")
+    return value
+
+
 def no_extra_keys(obj: dict[str, Any], allowed: Iterable[str], where: str = "") -> None:
     """Cinder's additionalProperties: false (strict from microversion 3.53 on)."""
     extra = sorted(set(obj) - set(allowed))

@@ -152,16 +152,8 @@ async def delete(request: Request) -> Response:
 Action = Callable[[Request, str, Any], Awaitable[Response]]
 
 
-def _action_dict(value: Any, action: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise validate.invalid(action, value, f"{value!r} is not of type 'object'")
-    return value
-
-
 async def _extend(request: Request, volume_id: str, value: Any) -> Response:
-    args = _action_dict(value, "os-extend")
+    args = validate.action_args(value, "os-extend")
     if "new_size" not in args:
         raise validate.invalid("os-extend", args, "'new_size' is a required property")
     if _strict(request):
@@ -173,7 +165,7 @@ async def _extend(request: Request, volume_id: str, value: Any) -> Response:
 
 
 async def _reset_status(request: Request, volume_id: str, value: Any) -> Response:
-    args = _action_dict(value, "os-reset_status")
+    args = validate.action_args(value, "os-reset_status")
     validate.no_extra_keys(args, {"status", "attach_status", "migration_status"},
                            "os-reset_status")
     if not args:
@@ -200,7 +192,7 @@ async def _reset_status(request: Request, volume_id: str, value: Any) -> Respons
 
 
 async def _set_bootable(request: Request, volume_id: str, value: Any) -> Response:
-    args = _action_dict(value, "os-set_bootable")
+    args = validate.action_args(value, "os-set_bootable")
     if "bootable" not in args:
         raise ApiError(400, "Must specify bootable in request.")
     bootable = validate.boolean(args["bootable"], "bootable")
@@ -209,7 +201,7 @@ async def _set_bootable(request: Request, volume_id: str, value: Any) -> Respons
 
 
 async def _update_readonly(request: Request, volume_id: str, value: Any) -> Response:
-    args = _action_dict(value, "os-update_readonly_flag")
+    args = validate.action_args(value, "os-update_readonly_flag")
     if "readonly" not in args:
         raise ApiError(400, "Must specify readonly in request.")
     readonly = validate.boolean(args["readonly"], "readonly")

@@ -14,7 +14,9 @@ exported, and its export is undone.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -32,6 +34,8 @@ from blockyard.service.runtime import Runtime
 from blockyard.service.tasks import failpoint
 from blockyard.states import AttachStatus as A
 from blockyard.states import VolumeStatus as V
+
+log = logging.getLogger(__name__)
 
 _CONNECTOR_FIELDS = ("host", "ip", "initiator", "platform", "os_type", "nqn")
 
@@ -193,16 +197,18 @@ def update_connector(rt: Runtime, who: Identity, attachment_id: str,
                      connector: Connector) -> Attachment:
     """Give a reserved attachment its connector: export, and store the connection info."""
     att = get(rt, who, attachment_id)
-    if att.attach_status not in (A.RESERVED, A.ATTACHED):
-        raise Invalid(f"Invalid attachment: attachment {attachment_id} is "
-                      f"{att.attach_status}, it must be reserved to be updated.")
+    updatable = Attachment.attach_status.in_((A.RESERVED, A.ATTACHED))
     with rt.db.write() as s:
         # the connector is recorded before any export work: a crash from here on leaves an
         # attachment whose export `reconcile` can find and undo
-        s.execute(update(Attachment).where(Attachment.id == attachment_id)
-                  .values(connector=_props_of(connector), attached_host=connector.host,
-                          mountpoint=connector.extra.get("mountpoint"), updated_at=utcnow())
-                  .execution_options(synchronize_session=False))
+        recorded = s.execute(
+            update(Attachment).where(Attachment.id == attachment_id, updatable)
+            .values(connector=_props_of(connector), attached_host=connector.host,
+                    mountpoint=connector.extra.get("mountpoint"), updated_at=utcnow())
+            .execution_options(synchronize_session=False))
+        if recorded.rowcount != 1:  # type: ignore[attr-defined]
+            raise Invalid(f"Invalid attachment: attachment {attachment_id} is "
+                          f"{att.attach_status}, it must be reserved to be updated.")
     failpoint("attach.connector_recorded")
     try:
         info = _connect(rt, att.volume_id, connector)
@@ -215,10 +221,16 @@ def update_connector(rt: Runtime, who: Identity, attachment_id: str,
         _disconnect(rt, att.volume_id, connector, force=True)
         raise
     with rt.db.write() as s:
-        s.execute(update(Attachment).where(Attachment.id == attachment_id)
-                  .values(connection_info=attachment_connection_info(info, attachment_id),
-                          updated_at=utcnow())
-                  .execution_options(synchronize_session=False))
+        stored = s.execute(
+            update(Attachment).where(Attachment.id == attachment_id, updatable)
+            .values(connection_info=attachment_connection_info(info, attachment_id),
+                    updated_at=utcnow())
+            .execution_options(synchronize_session=False))
+    if stored.rowcount != 1:  # type: ignore[attr-defined]
+        # the attachment was deleted while we exported: take the export back with it
+        _disconnect(rt, att.volume_id, connector, force=True)
+        raise NotFound("VolumeAttachment", attachment_id,
+                       f"VolumeAttachment {attachment_id} could not be found.")
     return get(rt, who, attachment_id)
 
 
@@ -363,39 +375,60 @@ def _undo_unrecorded_export(rt: Runtime, volume_id: str, connector: Connector) -
 
 def reconcile(rt: Runtime) -> None:
     """After a restart: undo exports that were in progress, finish detaches that were, and
-    re-create the exports of attached volumes (target daemons keep no state)."""
+    re-create the exports of attached volumes (target daemons keep no state).
+
+    Each attachment is settled on its own: one backend that fails is logged and retried at
+    the next start, and does not keep the service (and every other volume) down."""
     with rt.db.read() as s:
         half = list(s.execute(select(Attachment).where(
             Attachment.connector.is_not(None), Attachment.connection_info.is_(None))).scalars())
         leaving = list(s.execute(select(Attachment).where(
             Attachment.attach_status == A.DETACHING)).scalars())
     for att in half:
-        if att.attach_status == A.DETACHING:
-            continue
-        _undo_unrecorded_export(rt, att.volume_id, connector_of(att.connector or {}))
-        _disconnect(rt, att.volume_id, connector_of(att.connector or {}), force=True)
-        with rt.db.write() as s:
-            s.execute(update(Attachment).where(Attachment.id == att.id)
-                      .values(connector=None, attached_host=None)
-                      .execution_options(synchronize_session=False))
+        if att.attach_status != A.DETACHING:
+            _settling(f"undo the export of attachment {att.id}", _undo_half_attach, rt, att)
     for att in leaving:
-        if att.connector is not None:
-            _disconnect_attachment(rt, att)
-        with rt.db.write() as s:
-            s.execute(delete(Attachment).where(Attachment.id == att.id))
-            try:
-                states.derive_attach_status(s, att.volume_id)
-            except (InvalidState, NotFound):
-                pass
+        _settling(f"finish detaching attachment {att.id}", _finish_detach, rt, att)
+    # only what is still connected once the two steps above are done
     with rt.db.read() as s:
         exported = list(s.execute(
             select(Volume).where(Volume.id.in_(
                 select(Attachment.volume_id).where(Attachment.connection_info.is_not(None))))
         ).scalars())
     for v in exported:
-        values = volumes.model_values(
-            rt.backend(v.backend).driver.ensure_export(volumes.volume_ref(v)))
-        if values:
-            with rt.db.write() as s:
-                s.execute(update(Volume).where(Volume.id == v.id).values(**values)
-                          .execution_options(synchronize_session=False))
+        _settling(f"re-create the export of volume {v.id}", _ensure_export, rt, v)
+
+
+def _settling(what: str, step: Callable[[Runtime, Any], None], rt: Runtime, row: Any) -> None:
+    try:
+        step(rt, row)
+    except Exception:  # noqa: BLE001 - logged; the next start tries again
+        log.exception("could not %s at start-up", what)
+
+
+def _undo_half_attach(rt: Runtime, att: Attachment) -> None:
+    _undo_unrecorded_export(rt, att.volume_id, connector_of(att.connector or {}))
+    _disconnect(rt, att.volume_id, connector_of(att.connector or {}), force=True)
+    with rt.db.write() as s:
+        s.execute(update(Attachment).where(Attachment.id == att.id)
+                  .values(connector=None, attached_host=None)
+                  .execution_options(synchronize_session=False))
+
+
+def _finish_detach(rt: Runtime, att: Attachment) -> None:
+    if att.connector is not None:
+        _disconnect_attachment(rt, att)
+    with rt.db.write() as s:
+        s.execute(delete(Attachment).where(Attachment.id == att.id))
+        try:
+            states.derive_attach_status(s, att.volume_id)
+        except (InvalidState, NotFound):
+            pass  # the volume moved on (deleted, or owned by a task): nothing to derive
+
+
+def _ensure_export(rt: Runtime, v: Volume) -> None:
+    values = volumes.model_values(rt.backend(v.backend).driver.ensure_export(volumes.volume_ref(v)))
+    if values:
+        with rt.db.write() as s:
+            s.execute(update(Volume).where(Volume.id == v.id).values(**values)
+                      .execution_options(synchronize_session=False))

@@ -319,7 +319,8 @@ class NbdHandle(VolumeHandle):
 
     def _flush(self) -> None:
         self._drain()
-        if self._h.can_flush():
+        # the connection may have died since the last request: that is a flush failure too
+        if self._call("flushing", self._h.can_flush):
             self._call("flushing", self._h.flush)
 
     def _release(self) -> None:

@@ -21,6 +21,7 @@ APT_PACKAGES=(
     qemu-utils          # qemu-nbd, qemu-img
     qemu-block-extra    # qemu's iscsi block driver (userspace iSCSI initiator)
     python3-libnbd      # NBD client bindings for /usr/bin/python3
+    qemu-system-x86     # guests the compute agent runs (KVM where it can, TCG otherwise)
 )
 
 say() { echo "setup: $*" >&2; }

@@ -22,13 +22,19 @@ Example::
     portal = "127.0.0.1:3260"
     control_port = 3261
 
+    [compute]                 # where to send Nova's volume-extended events (optional)
+    url = "http://127.0.0.1:8774/v2.1"    # the compute API base; without it none are sent
+    timeout = 10                          # seconds per request
+
 Every error names the key it is about (`ConfigError.key`).
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +52,10 @@ DEFAULT_QUOTAS: dict[str, int] = {
     "per_volume_gigabytes": -1,
 }
 _TOP_KEYS = {"listen", "state_dir", "database_url", "host", "quota", "backends", "targets",
-             "default_volume_type", "max_volume_size_gb"}
+             "default_volume_type", "max_volume_size_gb", "compute"}
+_COMPUTE_KEYS = {"url", "timeout"}
+#: seconds a request to the compute API may take, by default
+DEFAULT_COMPUTE_TIMEOUT = 10.0
 _BACKEND_KEYS = {"driver", "availability_zone", "volume_backend_name", "workers", "target"}
 #: export protocols a backend may name in `target`
 TARGET_PROTOCOLS = ("local", "iscsi", "nbd")
@@ -67,6 +76,17 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class ComputeEndpoint:
+    """[compute]: the compute API the volume service tells about attached volumes that grew
+    (`blockyard.service.compute_events`; not the compute agent's own configuration)."""
+
+    #: the compute API base, e.g. "http://127.0.0.1:8774/v2.1"; None: send no events
+    url: str | None = None
+    #: seconds one request may take
+    timeout: float = DEFAULT_COMPUTE_TIMEOUT
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str
     listen_port: int
@@ -79,6 +99,8 @@ class Config:
     max_volume_size_gb: int = 16384
     #: options of each export target, by protocol ([targets.iscsi], [targets.nbd])
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: [compute]: where volume-extended events go
+    compute: ComputeEndpoint = field(default_factory=ComputeEndpoint)
 
 
 def parse_listen(value: Any, key: str = "listen") -> tuple[str, int]:
@@ -132,6 +154,31 @@ def _backend(name: str, table: Any, state_dir: Path) -> BackendConfig:
     )
 
 
+def _compute(table: Any) -> ComputeEndpoint:
+    _expect(table, dict, "compute")
+    unknown = sorted(set(table) - _COMPUTE_KEYS)
+    if unknown:
+        raise ConfigError(f"compute.{unknown[0]}", "unknown key")
+    url = table.get("url")
+    if url is not None:
+        _expect(url, str, "compute.url")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+                or parts.fragment:
+            raise ConfigError("compute.url", f"must be an http:// or https:// base URL, got "
+                                             f"{url!r}")
+        try:
+            _ = parts.port  # raises on a port that is not a number or out of range
+        except ValueError:
+            raise ConfigError("compute.url", f"has a bad port: {url!r}") from None
+    timeout = table.get("timeout", DEFAULT_COMPUTE_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or not 0 < timeout < math.inf:
+        raise ConfigError("compute.timeout", f"must be a number of seconds above 0, "
+                                             f"got {timeout!r}")
+    return ComputeEndpoint(url=url, timeout=float(timeout))
+
+
 def build(
     data: dict[str, Any],
     *,
@@ -173,6 +220,7 @@ def build(
                                     "default_volume_type"),
         max_volume_size_gb=_expect(data.get("max_volume_size_gb", 16384), int,
                                    "max_volume_size_gb"),
+        compute=_compute(data.get("compute", {})),
     )
 
 

@@ -17,7 +17,7 @@ from blockyard.config import Config
 from blockyard.db.engine import Database
 from blockyard.db.models import Snapshot, Volume
 from blockyard.errors import BlockyardError, NotSupported
-from blockyard.service import attachments
+from blockyard.service import attachments, compute_events
 from blockyard.service import snapshots as _snapshots  # noqa: F401  (registers task handlers)
 from blockyard.service import types as vtypes
 from blockyard.service import volumes as _volumes  # noqa: F401  (registers task handlers)
@@ -64,6 +64,7 @@ def build_runtime(config: Config) -> Runtime:
     with db.write() as s:
         vtypes.ensure_default_type(s, config.default_volume_type)
     db.start_checkpoints()
+    compute_events.announce(config.compute)
     built = build_targets(config)
     rt = Runtime(config=config, db=db, backends=build_backends(config, built), targets=built)
     for backend in rt.backends.values():  # the first report is the only one waited for

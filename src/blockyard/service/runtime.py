@@ -109,6 +109,15 @@ class Runtime:
         except KeyError:
             raise BackendError(f"Backend {name} is not configured on this service.") from None
 
+    def target_of(self, backend: str) -> Target:
+        """The export target through which `backend` offers its volumes."""
+        protocol = self.backend(backend).config.target
+        try:
+            return self.targets[protocol]
+        except KeyError:
+            raise BackendError(f"Backend {backend}: its {protocol} target is not running.") \
+                from None
+
 
 class TaskSubmitter(Protocol):
     """What service functions need of the task runner: hand over a committed task row."""

@@ -5,7 +5,10 @@ A task row is inserted in the same transaction that moves its resource into a bu
 
 1. runs the handler's `run` — the driver work, which is idempotent by contract;
 2. in one transaction, calls the handler's `settle` (success or failure status, quota, rows to
-   remove) and deletes the task row.
+   remove) and deletes the task row;
+3. runs the follow-up `settle` may return (telling another service, e.g. compute, what
+   happened) once that transaction has committed. Follow-ups are best effort: they run at
+   most once, a failure is logged and changes nothing, and a crash before one runs loses it.
 
 A crash anywhere before step 2 commits leaves the task row in place, and `recover()` at the next
 start runs it again from step 1. A crash after it leaves nothing to do. So a resource is never
@@ -65,17 +68,22 @@ class TaskView:
     attempts: int
 
 
+#: what `settle` may hand back: work for after its transaction commits (step 3 above)
+FollowUp = Callable[[], None]
+
+
 @dataclass(frozen=True)
 class Handler:
     """How to carry out one kind of task.
 
     `run` does the backend work and returns a result for `settle` (or raises); `settle`
     writes the outcome in the transaction that also deletes the task row; `error` is None on
-    success.
+    success. `settle` may return a `FollowUp`, called on the worker thread after that
+    transaction commits, outside any transaction (it reads what it needs in `settle`).
     """
 
     run: Callable[[Runtime, TaskView], Any]
-    settle: Callable[[Session, Runtime, TaskView, Any, BaseException | None], None]
+    settle: Callable[[Session, Runtime, TaskView, Any, BaseException | None], FollowUp | None]
 
 
 HANDLERS: dict[str, Handler] = {}
@@ -188,13 +196,15 @@ class TaskRunner:
                             task.resource_id, exc)
                 error = exc
             failpoint(f"{task.kind}.after_run")
+        follow_up: FollowUp | None = None
         for attempt in range(SETTLE_TRIES):
+            follow_up = None  # only the attempt that commits counts
             try:
                 with self.rt.db.write() as s:
                     # deleting the row first makes settling happen at most once
                     gone = s.connection().execute(delete(Task).where(Task.id == task.id))
                     if gone.rowcount == 1:
-                        handler.settle(s, self.rt, task, result, error)
+                        follow_up = handler.settle(s, self.rt, task, result, error)
                 break
             except OperationalError:
                 if attempt == SETTLE_TRIES - 1:
@@ -202,3 +212,9 @@ class TaskRunner:
                 log.warning("task %s: settling failed, retrying", task.id, exc_info=True)
                 time.sleep(0.1 * 2**attempt)
         failpoint(f"{task.kind}.after_settle")
+        if follow_up is not None:
+            try:
+                follow_up()
+            except Exception:
+                log.exception("task %s (%s of %s): its follow-up failed", task.id, task.kind,
+                              task.resource_id)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, insert, select, update
+from sqlalchemy import Connection, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
@@ -26,7 +26,7 @@ from blockyard.db.models import (
     utcnow,
 )
 from blockyard.errors import InUse, Invalid, InvalidState, NotFound
-from blockyard.service import metadata, quotas, records, scheduler, tasks
+from blockyard.service import compute_events, metadata, quotas, records, scheduler, tasks
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.records import VolumeRecord
@@ -421,7 +421,12 @@ tasks.register("delete_volume", tasks.Handler(_run_delete, _settle_delete))
 
 def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
            attached_ok: bool = False) -> None:
-    """Accept an extend: reserve the extra gigabytes and mark the volume extending."""
+    """Accept an extend: reserve the extra gigabytes and mark the volume extending.
+
+    An attached volume (`attached_ok`, microversion 3.42) also needs a driver that extends
+    online and an export target whose consumers can see the volume grow; once it has grown,
+    compute is told (`_tell_compute`).
+    """
 
     def act(v: VolumeRecord, per_volume: int) -> tasks.TaskView:
         if new_size <= v.size:
@@ -440,6 +445,12 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
             if not rt.backend(v.backend).driver.info().online_extend:
                 raise Invalid(f"Invalid volume: backend {v.backend} cannot extend an "
                               f"attached volume.")
+            # the driver may grow the volume, but could the attached consumer see it grow?
+            target = rt.target_of(v.backend)
+            if not target.online_resize:
+                raise Invalid(f"Invalid volume: volumes exported over {target.protocol} cannot "
+                              f"be extended while attached ({target.online_resize_blocker}); "
+                              f"detach it first.")
             action = "extend_attached"
         grow = new_size - v.size
         with rt.db.write() as s:
@@ -471,18 +482,41 @@ def _run_extend(rt: Runtime, task: tasks.TaskView) -> None:
 
 
 def _settle_extend(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
-                   error: BaseException | None) -> None:
+                   error: BaseException | None) -> tasks.FollowUp | None:
     p = task.payload
     action = p.get("action", "extend")
     new_size, old_size = int(p["new_size"]), int(p["old_size"])
     if error is None:
-        states.finish(s, Volume, task.resource_id, action, task_id=task.id,
-                      values={"size": new_size})
-        return
+        done = states.finish(s, Volume, task.resource_id, action, task_id=task.id,
+                             values={"size": new_size})
+        if done and action == "extend_attached":
+            return _tell_compute(s, rt, task.resource_id)
+        return None
     if states.fail(s, Volume, task.resource_id, action, task_id=task.id):
         shrink = old_size - new_size
         quotas.consume(s, rt.config.quotas, str(p["project_id"]),
                        {"gigabytes": shrink, f"gigabytes_{p['type_name']}": shrink})
+    return None
+
+
+def _tell_compute(s: Session, rt: Runtime, volume_id: str) -> tasks.FollowUp | None:
+    """Once the extend commits, send compute a volume-extended event for each instance the
+    volume is attached to, so that the guests' disks grow (Cinder's extend does the same)."""
+    if rt.config.compute.url is None:
+        return None
+    instances = [str(uuid_) for uuid_ in s.execute(
+        select(Attachment.instance_uuid)
+        .where(Attachment.volume_id == volume_id, Attachment.instance_uuid.is_not(None))
+        .group_by(Attachment.instance_uuid)
+        .order_by(func.min(Attachment.created_at))).scalars()]
+    if not instances:
+        return None
+    config = rt.config.compute
+
+    def send() -> None:
+        compute_events.volume_extended(config, volume_id, instances)
+
+    return send
 
 
 tasks.register("extend_volume", tasks.Handler(_run_extend, _settle_extend))
@@ -605,8 +639,6 @@ def summary(
     rt: Runtime, who: Identity, all_projects: bool
 ) -> tuple[int, int, dict[str, list[str]]]:
     """Count, total size and the metadata values of the caller's volumes."""
-    from sqlalchemy import func
-
     with rt.db.read() as s:
         q = select(func.count(Volume.id), func.coalesce(func.sum(Volume.size), 0))
         mq = select(VolumeMetadata.key, VolumeMetadata.value).join(

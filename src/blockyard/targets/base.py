@@ -44,6 +44,13 @@ class Target(Protocol):
     """One export protocol, with the daemons it supervises."""
 
     protocol: str
+    #: whether a volume may grow while exported: True when an attached consumer can pick up
+    #: the new size (QEMU's block_resize on a local file); False when the protocol or the
+    #: daemon fixes the size the initiator sees for as long as the export lives
+    online_resize: bool
+    #: why not, when `online_resize` is False (for the API's refusal), e.g. "QEMU cannot grow
+    #: an NBD disk"
+    online_resize_blocker: str
 
     def start(self) -> None:
         """Start (or adopt) the target's daemons; idempotent."""

@@ -12,6 +12,9 @@ class LocalTarget:
     """No daemon, no access control beyond the file's permissions: the path is the export."""
 
     protocol = PROTOCOL
+    #: the consumer opens the file itself, and QEMU's block_resize grows its disk
+    online_resize = True
+    online_resize_blocker = ""
 
     def start(self) -> None:
         """Nothing to start."""

@@ -91,6 +91,9 @@ class QemuNbdTarget:
     """Export volumes over NBD, one qemu-nbd per volume (see the module docstring)."""
 
     protocol = PROTOCOL
+    #: an NBD export's size is negotiated once, at connect, and QEMU cannot grow an NBD node
+    online_resize = False
+    online_resize_blocker = "QEMU cannot grow an NBD disk"
 
     def __init__(
         self,

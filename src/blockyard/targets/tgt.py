@@ -270,6 +270,10 @@ class TgtTarget:
     """iSCSI exports served by a tgtd this object supervises (see the module docstring)."""
 
     protocol = PROTOCOL
+    #: tgtd reads a LUN's size once, when the LUN is created, and reports that size to
+    #: initiators for as long as the LUN exists
+    online_resize = False
+    online_resize_blocker = "tgt reports a LUN's size only as of when the LUN was created"
 
     def __init__(self, state_dir: str, *, control_port: int, portal: str = "127.0.0.1:3260",
                  iqn_prefix: str = DEFAULT_IQN_PREFIX,

@@ -1,0 +1,123 @@
+"""Tell the compute service that attached volumes grew (Nova's external-events API).
+
+Extending an attached volume only grows the backend's file or device: the guest keeps seeing
+the old size until the hypervisor resizes its disk (QEMU's ``block_resize``). Cinder has Nova
+do that by posting one ``volume-extended`` event per instance the volume is attached to::
+
+    POST <compute url>/os-server-external-events
+    X-OpenStack-Nova-API-Version: 2.51        (the microversion that added volume-extended)
+    {"events": [{"name": "volume-extended", "server_uuid": <instance>, "tag": <volume id>}]}
+
+and blockyard does the same towards the API named by ``[compute] url`` (blockyard's compute
+agent, or a Nova), as the admin of the noauth scheme both speak (``X-Auth-Token:
+admin:admin``). It is best effort, as in Cinder: the extend is complete whether or not the
+event gets through, and a failure (nothing listening, a timeout, an HTTP error, an instance
+compute does not know) is only logged, naming the volume and the instances. The events are
+sent from the task runner's thread once the extend has settled (see `volumes._settle_extend`),
+never inside a transaction or on a request's path.
+
+The compute API is a peer on the service network: requests go to it directly, whatever
+``http_proxy`` the environment sets.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from blockyard.config import ComputeEndpoint
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/os-server-external-events"
+#: the compute API microversion that added the volume-extended event
+MICROVERSION = "2.51"
+#: the noauth token of the admin (user "admin" of project "admin")
+TOKEN = "admin:admin"
+EVENT = "volume-extended"
+
+#: no proxies: the compute API is reached directly
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def announce(config: ComputeEndpoint) -> None:
+    """Say once, at start-up, where volume-extended events go (or that none will)."""
+    if config.url is None:
+        log.info("no [compute] url: attached volumes that are extended are not announced to "
+                 "a compute service (guests see the new size only after re-attaching)")
+    else:
+        log.info("volume-extended events go to %s%s", config.url.rstrip("/"), EVENTS_PATH)
+
+
+def body(volume_id: str, instance_uuids: Sequence[str]) -> dict[str, Any]:
+    """The request body: one event per instance, tagged with the volume."""
+    return {"events": [{"name": EVENT, "server_uuid": uuid, "tag": volume_id}
+                       for uuid in instance_uuids]}
+
+
+def volume_extended(config: ComputeEndpoint, volume_id: str,
+                    instance_uuids: Sequence[str]) -> bool:
+    """Tell compute that `volume_id` grew under `instance_uuids`; True when every event was
+    accepted. Never raises: failures are logged."""
+    if not instance_uuids:
+        return True
+    if config.url is None:
+        return False
+    instances = ", ".join(instance_uuids)
+    request = urllib.request.Request(
+        config.url.rstrip("/") + EVENTS_PATH, method="POST",
+        data=json.dumps(body(volume_id, instance_uuids)).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json",
+                 "X-Auth-Token": TOKEN, "X-OpenStack-Nova-API-Version": MICROVERSION})
+    try:
+        with _OPENER.open(request, timeout=config.timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        log.warning("volume %s: compute answered %s to the volume-extended event for "
+                    "instance(s) %s: %s", volume_id, exc.code, instances, _error_text(exc))
+        return False
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # URLError, refused connections and timeouts are OSErrors
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        log.warning("volume %s: could not send the volume-extended event for instance(s) %s "
+                    "to %s: %s", volume_id, instances, config.url,
+                    str(reason) or type(exc).__name__)
+        return False
+    if status == 207:  # some events failed (e.g. an instance compute does not know)
+        return _partial(volume_id, raw)
+    log.info("volume %s: compute told of its new size (instance(s) %s)", volume_id, instances)
+    return True
+
+
+def _partial(volume_id: str, raw: bytes) -> bool:
+    """Log each event compute refused in a 207 (multi-status) answer; returns False."""
+    try:
+        events = [e for e in json.loads(raw)["events"] if isinstance(e, dict)]
+    except (ValueError, KeyError, TypeError):
+        events = []
+    refused = [e for e in events if e.get("code") != 200]
+    if not refused:
+        log.warning("volume %s: compute accepted only some volume-extended events: %s",
+                    volume_id, _text(raw))
+    for event in refused:
+        log.warning("volume %s: compute refused the volume-extended event for instance %s: "
+                    "%s %s", volume_id, event.get("server_uuid"), event.get("code"),
+                    event.get("status"))
+    return False
+
+
+def _text(raw: bytes, limit: int = 300) -> str:
+    return raw.decode(errors="replace").strip()[:limit]
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    """The start of an error answer's body, or its reason when there is none to read."""
+    try:
+        return _text(exc.read()) or str(exc.reason)
+    except (OSError, http.client.HTTPException):
+        return str(exc.reason)

@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from blockyard import backends as drivers
 from blockyard import config as configuration
@@ -51,35 +52,61 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
         return 2
-    import uvicorn
-
     from blockyard.api.app import create_app
 
-    # bind first, so a taken port is one clear line and not a traceback from the server
-    family = socket.AF_INET6 if ":" in cfg.listen_host else socket.AF_INET
+    sock = _bind(cfg.listen_host, cfg.listen_port)
+    if sock is None:
+        return 1
+    return _run(create_app(cfg), sock, args,
+                f"serving the Cinder v3 API on http://{cfg.listen_host}:%d/v3")
+
+
+def _compute(args: argparse.Namespace) -> int:
+    from blockyard.compute import config as compute_config
+
+    try:
+        cfg = compute_config.load(args.config, state_dir=args.state_dir, listen=args.listen)
+    except ConfigError as exc:
+        print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    from blockyard.compute.api import create_app
+
+    sock = _bind(cfg.listen_host, cfg.listen_port)
+    if sock is None:
+        return 1
+    return _run(create_app(cfg), sock, args,
+                f"serving the compute API on http://{cfg.listen_host}:%d/v2.1")
+
+
+def _bind(host: str, port: int) -> socket.socket | None:
+    """Bind first, so a taken port is one clear line and not a traceback from the server."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((cfg.listen_host, cfg.listen_port))
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            print(f"blockyard: {cfg.listen_host}:{cfg.listen_port} is already in use",
-                  file=sys.stderr)
+            print(f"blockyard: {host}:{port} is already in use", file=sys.stderr)
         else:
-            print(f"blockyard: cannot listen on {cfg.listen_host}:{cfg.listen_port}: "
-                  f"{exc.strerror}", file=sys.stderr)
-        return 1
+            print(f"blockyard: cannot listen on {host}:{port}: {exc.strerror}",
+                  file=sys.stderr)
+        return None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    app = create_app(cfg)
+    return sock
+
+
+def _run(app: Any, sock: socket.socket, args: argparse.Namespace, banner: str) -> int:
+    import uvicorn
+
     server = _server_class()(uvicorn.Config(
         app, log_level=args.log_level, access_log=args.access_log, lifespan="on",
         timeout_graceful_shutdown=10,
     ))
     host, port = sock.getsockname()[:2]
     logging.getLogger("blockyard").info("serving on %s:%s", host, port)
-    print(f"blockyard: serving the Cinder v3 API on http://{cfg.listen_host}:{port}/v3",
-          file=sys.stderr, flush=True)
+    print(f"blockyard: {banner % port}", file=sys.stderr, flush=True)
     server.run(sockets=[sock])
     return 0 if server.started else 1
 
@@ -91,14 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="TOML configuration file (default: embedded default)")
     serve.add_argument("--state-dir", help="where the database and volumes live (./var)")
     serve.add_argument("--listen", help="HOST:PORT to listen on (127.0.0.1:8776)")
-    serve.add_argument("--log-level", default="warning",
+    compute = sub.add_parser("compute", help="run the compute agent (Nova-compatible API)")
+    compute.add_argument("--config", help="TOML configuration file (default: built-in)")
+    compute.add_argument("--state-dir", help="where the agent keeps its state (./var/compute)")
+    compute.add_argument("--listen", help="HOST:PORT to listen on (127.0.0.1:8774)")
+    for p in (serve, compute):
+        p.add_argument("--log-level", default="warning",
                        choices=["critical", "error", "warning", "info", "debug"])
-    serve.add_argument("--access-log", action="store_true", help="log every request")
+        p.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _serve(args)
+    if args.command == "compute":
+        return _compute(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

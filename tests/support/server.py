@@ -26,6 +26,9 @@ def free_port() -> int:
 class Server:
     """One server process. `start()` waits until the API answers; `kill()` is a real SIGKILL."""
 
+    #: the `blockyard` subcommand this process runs
+    command = "serve"
+
     def __init__(self, state_dir: Path, *, config: str | None = None,
                  env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.state_dir = state_dir
@@ -47,7 +50,7 @@ class Server:
         return f"{self.url}/v3"
 
     def start(self, *, env: dict[str, str] | None = None, timeout: float = 30.0) -> Server:
-        argv = [*BLOCKYARD, "serve", "--state-dir", str(self.state_dir), "--listen",
+        argv = [*BLOCKYARD, self.command, "--state-dir", str(self.state_dir), "--listen",
                 f"127.0.0.1:{self.port}"]
         if self.config_path is not None:
             argv += ["--config", str(self.config_path)]
@@ -60,7 +63,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/", timeout=1.0).status_code == 300:
+                if httpx.get(self.url + "/", timeout=1.0).status_code == 300:  # versions
                     return self
             except httpx.HTTPError:
                 pass

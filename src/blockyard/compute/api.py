@@ -1,0 +1,460 @@
+"""The agent's Nova-compatible API: the subset of /v2.1 the real clients need to give volumes
+to guests (`openstack server add/remove volume`, openstacksdk's volume attachments) and the
+external-events endpoint the volume service calls when it extended an attached volume.
+
+Microversions 2.1 to `MAX_VERSION`, from ``OpenStack-API-Version: compute X`` or the older
+``X-OpenStack-Nova-API-Version``; attachment bodies follow them (tag at 2.70,
+delete_on_termination at 2.79, attachment_id/bdm_uuid instead of id at 2.89). Errors use
+the same fault bodies as Nova (and Cinder): ``{"itemNotFound": {"code": 404, ...}}``.
+
+Extensions, under a ``blockyard:`` prefix that clients ignore: a server created with
+``blockyard:qmp_socket`` adopts a running QEMU instead of starting one, and every volume
+attachment reports ``blockyard:guest_device``, the path the guest really sees the disk at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from blockyard import errors
+from blockyard.api import errors as http_errors
+from blockyard.api.errors import ApiError, fault
+from blockyard.failpoints import InjectedFailure
+
+from .config import ComputeConfig
+from .hypervisor import HypervisorError
+from .manager import Agent
+from .store import Instance, Mapping
+from .volume_api import Caller, VolumeApiError
+
+log = logging.getLogger(__name__)
+
+MIN_VERSION = (2, 1)
+MAX_VERSION = (2, 89)
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
+_COLLECTIONS = {"servers", "os-server-external-events", "flavors", "limits", "extensions"}
+
+
+def _text(v: tuple[int, int]) -> str:
+    return f"{v[0]}.{v[1]}"
+
+
+# ---------------------------------------------------------------------- request context
+def agent_of(request: Request) -> Agent:
+    agent: Agent = request.app.state.agent
+    return agent
+
+
+def caller_of(request: Request) -> tuple[Caller, str]:
+    """Nova's noauth: a token 'user:project'; X-Project-Id / X-User-Id headers win."""
+    token = request.headers.get("x-auth-token") or "admin:admin"
+    user, _, project = token.partition(":")
+    project = request.headers.get("x-project-id") or project or user
+    user = request.headers.get("x-user-id") or user
+    return Caller(token=token, project_id=project), user
+
+
+def version_of(request: Request) -> tuple[int, int]:
+    v: tuple[int, int] = request.scope.get("compute_version", MIN_VERSION)
+    return v
+
+
+async def body_of(request: Request, key: str) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "Malformed request body") from None
+    if not isinstance(body, dict) or not isinstance(body.get(key), dict):
+        raise ApiError(400, f"Invalid input for field/attribute {key}. Value: {body!r}.")
+    return dict(body[key])
+
+
+def _string(body: dict[str, Any], key: str, *, required: bool = False,
+            max_len: int = 255) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise ApiError(400, f"Invalid input for field/attribute {key}: it is required.")
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+        raise ApiError(400, f"Invalid input for field/attribute {key}. Value: {value!r}.")
+    return value
+
+
+def _uuid(value: str | None, key: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise ApiError(400, f"Invalid input for field/attribute {key}. Value: {value}. "
+                            f"'{value}' is not a 'uuid'") from None
+
+
+# ---------------------------------------------------------------------- views
+def _time(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _links(request: Request, kind: str, ident: str) -> list[dict[str, str]]:
+    base = str(request.base_url).rstrip("/")
+    return [{"rel": "self", "href": f"{base}/v2.1/{kind}/{ident}"},
+            {"rel": "bookmark", "href": f"{base}/{kind}/{ident}"}]
+
+
+def server_view(request: Request, inst: Instance, mappings: list[Mapping]) -> dict[str, Any]:
+    agent = agent_of(request)
+    v = version_of(request)
+    vm_state = {"ACTIVE": "active", "BUILD": "building", "SHUTOFF": "stopped",
+                "ERROR": "error"}[inst.status]
+    flavor = agent.config.flavors.get(inst.flavor or "")
+    view: dict[str, Any] = {
+        "id": inst.id, "name": inst.name, "status": inst.status,
+        "tenant_id": inst.project_id, "user_id": inst.user_id, "metadata": {},
+        "hostId": "", "created": _time(inst.created_at), "updated": _time(inst.updated_at),
+        "addresses": {}, "accessIPv4": "", "accessIPv6": "", "progress": 0,
+        "links": _links(request, "servers", inst.id),
+        "image": {"id": inst.image, "links": []} if inst.image else "",
+        "OS-DCF:diskConfig": "MANUAL", "OS-EXT-AZ:availability_zone": "nova",
+        "OS-EXT-SRV-ATTR:host": agent.config.host,
+        "OS-EXT-SRV-ATTR:hypervisor_hostname": agent.config.host,
+        "OS-EXT-SRV-ATTR:instance_name": f"instance-{inst.id}",
+        "OS-EXT-STS:vm_state": vm_state, "OS-EXT-STS:task_state": None,
+        "OS-EXT-STS:power_state": 1 if inst.status == "ACTIVE" else 4,
+        "OS-SRV-USG:launched_at": _time(inst.created_at), "OS-SRV-USG:terminated_at": None,
+        "os-extended-volumes:volumes_attached": [
+            {"id": m.volume_id, "delete_on_termination": m.delete_on_termination}
+            if v >= (2, 3) else {"id": m.volume_id} for m in mappings],
+        "config_drive": "", "key_name": None, "security_groups": [{"name": "default"}],
+    }
+    if v >= (2, 47):
+        view["flavor"] = {"original_name": inst.flavor, "vcpus": flavor.vcpus if flavor else 0,
+                          "ram": flavor.ram_mb if flavor else 0, "disk": 0, "ephemeral": 0,
+                          "swap": 0, "extra_specs": {}}
+    else:
+        view["flavor"] = {"id": inst.flavor, "links": []}
+    if v >= (2, 9):
+        view["locked"] = False
+    if v >= (2, 19):
+        view["description"] = None
+    if v >= (2, 26):
+        view["tags"] = []
+    if inst.fault:
+        view["fault"] = {"code": 500, "message": inst.fault, "created": _time(inst.updated_at)}
+    view["blockyard:adopted"] = inst.adopted
+    if inst.console_socket:
+        view["blockyard:console_socket"] = inst.console_socket
+    return view
+
+
+def attachment_view(request: Request, m: Mapping) -> dict[str, Any]:
+    v = version_of(request)
+    view: dict[str, Any] = {"device": m.device_name, "serverId": m.instance_id,
+                            "volumeId": m.volume_id}
+    if v < (2, 89):
+        view["id"] = m.volume_id
+    if v >= (2, 70):
+        view["tag"] = m.tag
+    if v >= (2, 79):
+        view["delete_on_termination"] = m.delete_on_termination
+    if v >= (2, 89):
+        view["attachment_id"] = m.attachment_id
+        view["bdm_uuid"] = m.id
+    view["blockyard:guest_device"] = m.guest_path
+    return view
+
+
+# ---------------------------------------------------------------------- versions
+def _version_doc(request: Request) -> dict[str, Any]:
+    base = str(request.base_url).rstrip("/")
+    return {"id": "v2.1", "status": "CURRENT", "version": _text(MAX_VERSION),
+            "min_version": _text(MIN_VERSION), "updated": "2013-07-23T11:33:21Z",
+            "links": [{"rel": "self", "href": f"{base}/v2.1/"}],
+            "media-types": [{"base": "application/json",
+                             "type": "application/vnd.openstack.compute+json;version=2.1"}]}
+
+
+async def versions(request: Request) -> Response:
+    return JSONResponse({"versions": [_version_doc(request)]}, 300)
+
+
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": _version_doc(request)})
+
+
+# ---------------------------------------------------------------------- servers
+async def list_servers(request: Request) -> Response:
+    return await _servers(request, detail=False)
+
+
+async def list_servers_detail(request: Request) -> Response:
+    return await _servers(request, detail=True)
+
+
+async def _servers(request: Request, *, detail: bool) -> Response:
+    agent = agent_of(request)
+    caller, _ = caller_of(request)
+    q = request.query_params
+    all_projects = q.get("all_tenants", q.get("all_projects", "0")).lower() in ("1", "true")
+    found = agent.instances(caller, all_projects)
+    if name := q.get("name"):
+        try:
+            pattern = re.compile(name)
+        except re.error:
+            raise ApiError(400, f"Invalid regular expression for name: {name}") from None
+        found = [i for i in found if pattern.search(i.name)]
+    if status := q.get("status"):
+        found = [i for i in found if i.status == status.upper()]
+    if detail:
+        body = [server_view(request, i, agent.store.mappings(i.id)) for i in found]
+    else:
+        body = [{"id": i.id, "name": i.name, "links": _links(request, "servers", i.id)}
+                for i in found]
+    return JSONResponse({"servers": body})
+
+
+async def show_server(request: Request) -> Response:
+    agent = agent_of(request)
+    caller, _ = caller_of(request)
+    inst = agent.instance(caller, request.path_params["server_id"])
+    return JSONResponse({"server": server_view(request, inst, agent.store.mappings(inst.id))})
+
+
+async def create_server(request: Request) -> Response:
+    agent = agent_of(request)
+    caller, user = caller_of(request)
+    body = await body_of(request, "server")
+    name = _string(body, "name", required=True)
+    assert name is not None
+    qmp = _string(body, "blockyard:qmp_socket", max_len=1024)
+    if qmp is not None:
+        inst = await agent.adopt_server(caller, user, name, qmp)
+    else:
+        image = _string(body, "imageRef", required=True)
+        flavor = _string(body, "flavorRef", required=True)
+        assert image is not None and flavor is not None
+        inst = await agent.create_server(caller, user, name, image, flavor)
+    return JSONResponse({"server": {
+        "id": inst.id, "links": _links(request, "servers", inst.id),
+        "OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}],
+        "adminPass": uuid.uuid4().hex[:12]}}, 202)
+
+
+async def delete_server(request: Request) -> Response:
+    caller, _ = caller_of(request)
+    await agent_of(request).delete_server(caller, request.path_params["server_id"])
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------------- volume attachments
+async def list_attachments(request: Request) -> Response:
+    agent = agent_of(request)
+    caller, _ = caller_of(request)
+    inst = agent.instance(caller, request.path_params["server_id"])
+    return JSONResponse({"volumeAttachments": [attachment_view(request, m)
+                                               for m in agent.store.mappings(inst.id)]})
+
+
+async def show_attachment(request: Request) -> Response:
+    agent = agent_of(request)
+    caller, _ = caller_of(request)
+    inst = agent.instance(caller, request.path_params["server_id"])
+    m = agent.store.mapping_of(inst.id, request.path_params["volume_id"])
+    return JSONResponse({"volumeAttachment": attachment_view(request, m)})
+
+
+async def create_attachment(request: Request) -> Response:
+    agent = agent_of(request)
+    caller, _ = caller_of(request)
+    body = await body_of(request, "volumeAttachment")
+    volume_id = _uuid(body.get("volumeId"), "volumeId")
+    device = _string(body, "device", max_len=32)
+    if device is not None and not re.fullmatch(r"/dev/[a-z]+[a-z0-9]*", device):
+        raise ApiError(400, f"The supplied device path ({device}) is invalid.")
+    v = version_of(request)
+    tag = _string(body, "tag", max_len=60) if v >= (2, 49) else None
+    delete_on_termination = False
+    if "delete_on_termination" in body:
+        if v < (2, 79) or not isinstance(body["delete_on_termination"], bool):
+            raise ApiError(400, "Invalid input for field/attribute delete_on_termination.")
+        delete_on_termination = body["delete_on_termination"]
+    m = await agent.attach(caller, request.path_params["server_id"], volume_id, device=device,
+                           tag=tag, delete_on_termination=delete_on_termination)
+    return JSONResponse({"volumeAttachment": attachment_view(request, m)})
+
+
+async def delete_attachment(request: Request) -> Response:
+    caller, _ = caller_of(request)
+    await agent_of(request).begin_detach(caller, request.path_params["server_id"],
+                                         request.path_params["volume_id"])
+    return Response(status_code=202)
+
+
+# ---------------------------------------------------------------------- external events
+async def external_events(request: Request) -> Response:
+    """Nova's os-server-external-events; the agent acts on ``volume-extended``."""
+    agent = agent_of(request)
+    try:
+        body = await request.json()
+        events = body["events"]
+        assert isinstance(events, list) and events
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ApiError(400, "Invalid input for field/attribute events.") from None
+    results, found = [], False
+    for event in events:
+        if not isinstance(event, dict) or not isinstance(event.get("name"), str) or \
+                not isinstance(event.get("server_uuid"), str):
+            raise ApiError(400, f"Invalid event: {event!r}")
+        result = dict(event, code=200, status="completed")
+        try:
+            agent.store.instance(event["server_uuid"])
+        except errors.NotFound:
+            result.update(code=404, status="failed")
+            results.append(result)
+            continue
+        found = True
+        if event["name"] == "volume-extended" and isinstance(event.get("tag"), str):
+            agent.handle_volume_extended(event["server_uuid"], event["tag"])
+        results.append(result)
+    if not found:
+        raise errors.NotFound("Instance", "", "No instances found for any event")
+    status = 200 if all(r["code"] == 200 for r in results) else 207
+    return JSONResponse({"events": results}, status)
+
+
+# ---------------------------------------------------------------------- errors, middleware
+async def handle_volume_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, VolumeApiError)
+    status = exc.status if 400 <= exc.status < 500 else 503
+    return fault(status, exc.message)
+
+
+async def handle_hypervisor_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    return fault(500, f"The hypervisor failed: {exc}")
+
+
+async def handle_injected(request: Request, exc: Exception) -> Response:
+    return fault(500, str(exc))
+
+
+class ComputeMiddleware:
+    """Microversion negotiation, a project id in the URL, request ids; like Nova's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        parts = path.split("/")
+        # /v2.1/{project_id}/servers... → /v2.1/servers...
+        if len(parts) > 3 and parts[1] == "v2.1" and parts[2] not in _COLLECTIONS:
+            scope = dict(scope, path="/".join(parts[:2] + parts[3:]))
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        wanted = headers.get("x-openstack-nova-api-version")
+        if "openstack-api-version" in headers:
+            service, _, value = headers["openstack-api-version"].strip().partition(" ")
+            if service.lower() == "compute":
+                wanted = value.strip()
+        try:
+            v = _negotiate(wanted)
+        except ApiError as exc:
+            await fault(exc.status, exc.message)(scope, receive, send)
+            return
+        scope["compute_version"] = v
+        request_id = "req-" + str(uuid.uuid4())
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"openstack-api-version", f"compute {_text(v)}".encode()),
+                         (b"x-openstack-nova-api-version", _text(v).encode()),
+                         (b"vary", b"OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
+                         (b"x-openstack-request-id", request_id.encode()),
+                         (b"x-compute-request-id", request_id.encode())]
+                message = dict(message, headers=list(message.get("headers", [])) + extra)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _negotiate(wanted: str | None) -> tuple[int, int]:
+    if wanted is None or not wanted.strip():
+        return MIN_VERSION
+    wanted = wanted.strip().lower()
+    if wanted == "latest":
+        return MAX_VERSION
+    match = _VERSION_RE.match(wanted)
+    if not match:
+        raise ApiError(400, f"Invalid API version request string: {wanted}")
+    v = (int(match[1]), int(match[2]))
+    if not MIN_VERSION <= v <= MAX_VERSION:
+        raise ApiError(406, f"Version {wanted} is not supported by the API. Minimum is "
+                            f"{_text(MIN_VERSION)} and maximum is {_text(MAX_VERSION)}.")
+    return v
+
+
+def _route(path: str, endpoint: Callable[[Request], Awaitable[Response]],
+           *methods: str) -> list[Route]:
+    return [Route(path, endpoint, methods=list(methods)),
+            Route(path + "/", endpoint, methods=list(methods))]
+
+
+ROUTES = [
+    Route("/", versions, methods=["GET"]),
+    *_route("/v2.1", version, "GET"),
+    *_route("/v2.1/servers", list_servers, "GET"),
+    Route("/v2.1/servers", create_server, methods=["POST"]),
+    *_route("/v2.1/servers/detail", list_servers_detail, "GET"),
+    Route("/v2.1/servers/{server_id}", show_server, methods=["GET"]),
+    Route("/v2.1/servers/{server_id}", delete_server, methods=["DELETE"]),
+    Route("/v2.1/servers/{server_id}/os-volume_attachments", list_attachments,
+          methods=["GET"]),
+    Route("/v2.1/servers/{server_id}/os-volume_attachments", create_attachment,
+          methods=["POST"]),
+    Route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", show_attachment,
+          methods=["GET"]),
+    Route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", delete_attachment,
+          methods=["DELETE"]),
+    Route("/v2.1/os-server-external-events", external_events, methods=["POST"]),
+]
+
+HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    VolumeApiError: handle_volume_api_error,
+    errors.BlockyardError: http_errors.handle_domain_error,
+    ApiError: http_errors.handle_api_error,
+    HTTPException: http_errors.handle_http_error,
+    HypervisorError: handle_hypervisor_error,
+    InjectedFailure: handle_injected,
+    Exception: http_errors.handle_unexpected,
+}
+
+
+def create_app(config: ComputeConfig) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        agent = Agent(config)
+        await agent.start()
+        app.state.agent = agent
+        try:
+            yield
+        finally:
+            await agent.close()
+
+    from starlette.middleware import Middleware
+
+    return Starlette(routes=ROUTES, middleware=[Middleware(ComputeMiddleware)],
+                     exception_handlers=HANDLERS, lifespan=lifespan)

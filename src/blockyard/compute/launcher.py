@@ -1,0 +1,141 @@
+"""Starting and stopping the QEMU processes of the instances the agent owns.
+
+A guest is a plain `qemu-system-*` child with a QMP unix socket and its serial console on
+another unix socket, both in the instance's directory. It runs in a session of its own, so
+that the agent can stop, crash or restart without taking its guests along; a restarted agent
+finds them again by their QMP socket. QEMU is never daemonized (``-daemonize``): the agent
+keeps the child and reaps it.
+
+Acceleration: KVM where this host can run guests with it, else TCG (see `kvm_usable`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Flavor, Image, QemuConfig
+
+
+@dataclass(frozen=True)
+class Launched:
+    pid: int
+    qmp_socket: str
+    console_socket: str
+    process: subprocess.Popen[bytes]
+
+
+def kvm_usable() -> bool:
+    """KVM runs guests only with hardware virtualization: /dev/kvm must open read-write *and*
+    the CPU must advertise vmx or svm. Nested paravirtual hosts (PVM) offer a /dev/kvm that
+    QEMU accepts but whose guests do not run, and they show neither flag."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " vmx" in flags or " svm" in flags
+
+
+def accelerator(qemu: QemuConfig) -> str:
+    if qemu.accel == "auto":
+        return "kvm" if kvm_usable() else "tcg"
+    return qemu.accel
+
+
+def argv(qemu: QemuConfig, image: Image, flavor: Flavor, *, name: str, qmp_socket: str,
+         console_socket: str, accel: str) -> list[str]:
+    """QEMU's command line for one guest. Nothing secret is ever on it: volumes arrive
+    later over QMP, with their credentials as QEMU secret objects."""
+    args = [
+        qemu.binary, "-name", f"guest={name}", "-machine", f"{qemu.machine},accel={accel}",
+        "-m", str(flavor.ram_mb), "-smp", str(flavor.vcpus),
+        "-nodefaults", "-display", "none", "-no-user-config",
+        "-qmp", f"unix:{qmp_socket},server=on,wait=off",
+        "-serial", f"unix:{console_socket},server=on,wait=off",
+    ]
+    if accel == "kvm":
+        args += ["-cpu", "host"]
+    if image.kernel:
+        args += ["-kernel", image.kernel]
+        if image.initrd:
+            args += ["-initrd", image.initrd]
+        if image.append:
+            args += ["-append", image.append]
+    if image.disk:
+        args += ["-blockdev", f"driver=file,filename={_escape(image.disk)},node-name=root-file,"
+                 "read-only=on",
+                 "-blockdev", "driver=qcow2,file=root-file,node-name=root,read-only=on"
+                 if image.disk.endswith(".qcow2") else
+                 "driver=raw,file=root-file,node-name=root,read-only=on",
+                 "-device", "virtio-blk-pci,drive=root,id=root"]
+    return args
+
+
+def _escape(value: str) -> str:
+    return value.replace(",", ",,")
+
+
+def launch(qemu: QemuConfig, image: Image, flavor: Flavor, *, name: str, directory: Path,
+           accel: str, timeout: float = 10.0) -> Launched:
+    """Start the guest and wait until its QMP socket exists (QEMU is then listening)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    qmp, console = directory / "qmp.sock", directory / "console.sock"
+    for stale in (qmp, console):
+        stale.unlink(missing_ok=True)
+    log = open(directory / "qemu.log", "ab")
+    try:
+        proc = subprocess.Popen(
+            argv(qemu, image, flavor, name=name, qmp_socket=str(qmp),
+                 console_socket=str(console), accel=accel),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    finally:
+        log.close()
+    deadline = time.monotonic() + timeout
+    while not qmp.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc.pid, proc)
+            tail = (directory / "qemu.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"QEMU did not start: {tail.strip() or 'no output'}")
+        time.sleep(0.01)
+    return Launched(proc.pid, str(qmp), str(console), proc)
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone for our purposes
+
+
+def stop_process(pid: int, proc: subprocess.Popen[bytes] | None = None,
+                 timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; reap it when it is our child."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while alive(pid) and time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        if not alive(pid):
+            break
+    if proc is not None:
+        try:
+            proc.wait(1)
+        except subprocess.TimeoutExpired:
+            pass

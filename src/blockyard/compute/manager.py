@@ -1,0 +1,495 @@
+"""The compute agent's workflows: servers, attach, detach, extend, and start-up reconcile.
+
+Attach is the seed's flow on the attachments API, each step registering its undo:
+
+    1. reserve a device slot (mapping row)            undo: remove the row
+    2. attachment create (volume → reserved)          undo: attachment delete
+    3. connector = get_connector_properties()
+    4. attachment update with the connector → connection_info
+    5. connect_volume on this host                     undo: disconnect (unless shared)
+    6. QEMU: secrets, blockdev-add, device_add         undo: device_del, blockdev-del, secrets
+    7. attachment complete (volume → in-use); the mapping is marked attached
+
+A failure anywhere undoes every earlier step, newest first, and the caller gets the error.
+Detach: begin_detaching → device_del (waits for the guest's DEVICE_DELETED, retried like
+Nova) → blockdev-del → disconnect → attachment delete; a guest that will not let go rolls
+back to in-use (roll_detaching) and the fault is recorded on the instance.
+
+Every step that changes something outside the agent is recorded on the mapping row first, so
+a restarted agent knows what to finish or undo (`reconcile`). Work on one instance is
+serialized by a per-instance lock; a multiattach volume's host connection is shared by the
+mappings of this host and dropped with the last one (per-volume lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from blockyard import failpoints
+from blockyard.connectors import (
+    Device,
+    VolumeInfo,
+    connector_for,
+    get_connector_properties,
+    parse,
+)
+from blockyard.errors import BlockyardError, Conflict, Invalid, NotFound
+
+from . import launcher
+from .config import ComputeConfig
+from .disks import qemu_source, secret_id, tls_creds_id
+from .hypervisor import DetachTimeout, Hypervisor, HypervisorError
+from .store import Instance, InstanceStatus, Mapping, MappingStatus, Store, utcnow
+from .undo import Undo
+from .volume_api import Caller, VolumeApi, VolumeApiError
+
+log = logging.getLogger(__name__)
+
+#: how long QMP may take to answer once connected
+QMP_TIMEOUT = 10.0
+
+
+class Agent:
+    """One per host: the instances it owns and the volumes in them."""
+
+    def __init__(self, config: ComputeConfig) -> None:
+        self.config = config
+        self.store = Store(config.database_path)
+        self.volumes = VolumeApi(config.volume_url)
+        self.accel = launcher.accelerator(config.qemu)
+        self._properties: dict[str, Any] | None = None
+        self._guests: dict[str, Hypervisor] = {}
+        self._processes: dict[str, Any] = {}
+        self._instance_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._volume_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def connector_properties(self) -> dict[str, Any]:
+        """This host's connector (read once: the initiator name is persisted on first use)."""
+        if self._properties is None:
+            props = get_connector_properties(str(self.config.state_dir))
+            props["host"] = self.config.host
+            self._properties = props
+        return dict(self._properties)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(lambda: self.connector_properties)
+        await self.reconcile()
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for hv in self._guests.values():
+            await hv.close()
+        self._guests.clear()
+        await self.volumes.close()
+        self.store.close()
+
+    def _service_caller(self, project_id: str) -> Caller:
+        """Work the agent does on its own (recovery) runs as the service user."""
+        return Caller(token=f"admin:{project_id}", project_id=project_id)
+
+    # ------------------------------------------------------------------ guests
+    async def guest(self, instance: Instance) -> Hypervisor:
+        hv = self._guests.get(instance.id)
+        if hv is not None and hv.connected:
+            return hv
+        hv = await Hypervisor.connect(instance.qmp_socket, timeout=QMP_TIMEOUT)
+        self._guests[instance.id] = hv
+        return hv
+
+    async def _drop_guest(self, instance_id: str) -> None:
+        hv = self._guests.pop(instance_id, None)
+        if hv is not None:
+            await hv.close()
+
+    # ------------------------------------------------------------------ servers
+    def instance(self, caller: Caller | None, instance_id: str) -> Instance:
+        inst = self.store.instance(instance_id)
+        if caller is not None and not _sees(caller, inst.project_id):
+            raise NotFound("Instance", instance_id, f"Instance {instance_id} could not be found.")
+        return inst
+
+    def instances(self, caller: Caller, all_projects: bool) -> list[Instance]:
+        return [i for i in self.store.instances()
+                if (all_projects and _is_admin(caller)) or i.project_id == caller.project_id]
+
+    async def create_server(self, caller: Caller, user_id: str, name: str, image: str,
+                            flavor: str) -> Instance:
+        if image not in self.config.images:
+            raise Invalid(f"Image {image} could not be found.")
+        if flavor not in self.config.flavors:
+            raise Invalid(f"Flavor {flavor} could not be found.")
+        instance_id = str(uuid.uuid4())
+        directory = self._instance_dir(instance_id)
+        inst = self.store.add_instance(Instance(
+            id=instance_id, name=name, project_id=caller.project_id, user_id=user_id,
+            status=InstanceStatus.BUILD, image=image, flavor=flavor,
+            qmp_socket=str(directory / "qmp.sock"),
+            console_socket=str(directory / "console.sock")))
+        try:
+            launched = await asyncio.to_thread(
+                launcher.launch, self.config.qemu, self.config.images[image],
+                self.config.flavors[flavor], name=instance_id, directory=directory,
+                accel=self.accel)
+            self._processes[instance_id] = launched.process
+            self.store.set_instance(instance_id, pid=launched.pid)
+            await self.guest(self.store.instance(instance_id))
+        except Exception as exc:
+            log.error("instance %s did not start: %s", instance_id, exc)
+            self.store.set_instance(instance_id, status=InstanceStatus.ERROR,
+                                    fault=str(exc)[:1000])
+            return self.store.instance(instance_id)
+        self.store.set_instance(instance_id, status=InstanceStatus.ACTIVE)
+        return self.store.instance(inst.id)
+
+    async def adopt_server(self, caller: Caller, user_id: str, name: str,
+                           qmp_socket: str) -> Instance:
+        """Take over a running QEMU by its QMP socket (started by someone else)."""
+        if not Path(qmp_socket).is_absolute():
+            raise Invalid("The QMP socket must be an absolute path.")
+        for other in self.store.instances():
+            if other.qmp_socket == qmp_socket:
+                raise Conflict(f"The QMP socket {qmp_socket} belongs to instance {other.id}.")
+        try:
+            hv = await Hypervisor.connect(qmp_socket, timeout=QMP_TIMEOUT)
+        except HypervisorError as exc:
+            raise Invalid(f"No QEMU answers on {qmp_socket}: {exc}") from None
+        inst = self.store.add_instance(Instance(
+            id=str(uuid.uuid4()), name=name, project_id=caller.project_id, user_id=user_id,
+            status=InstanceStatus.ACTIVE, qmp_socket=qmp_socket, pid=hv.pid, adopted=True))
+        self._guests[inst.id] = hv
+        return inst
+
+    async def delete_server(self, caller: Caller, instance_id: str) -> None:
+        """Stop the guest, then let go of its volumes (they are no longer in use by
+        anything) and forget it."""
+        inst = self.instance(caller, instance_id)
+        async with self._instance_locks[instance_id]:
+            try:
+                hv = await self.guest(inst)
+                await hv.quit()
+            except (HypervisorError, OSError):
+                pass  # not running: nothing to stop
+            await self._drop_guest(instance_id)
+            if inst.pid is not None:
+                await asyncio.to_thread(launcher.stop_process, inst.pid,
+                                        self._processes.pop(instance_id, None))
+            for m in self.store.mappings(instance_id):
+                await self._release(m, self._service_caller(m.project_id), guest=None)
+            self.store.forget_instance(instance_id)
+
+    def _instance_dir(self, instance_id: str) -> Path:
+        return self.config.state_dir / "instances" / instance_id
+
+    # ------------------------------------------------------------------ attach
+    async def attach(self, caller: Caller, instance_id: str, volume_id: str, *,
+                     device: str | None = None, tag: str | None = None,
+                     delete_on_termination: bool = False) -> Mapping:
+        inst = self.instance(caller, instance_id)
+        if inst.status != InstanceStatus.ACTIVE:
+            raise Conflict(f"Cannot 'attach_volume' instance {instance_id} while it is in "
+                           f"status {inst.status}.")
+        async with self._instance_locks[instance_id]:
+            async with Undo() as undo:
+                # 1. the slot
+                m = self.store.reserve(inst, volume_id, device, tag=tag,
+                                       delete_on_termination=delete_on_termination)
+                undo.push(self.store.remove_mapping, m.id)
+                failpoints.hit("compute.attach.reserved")
+                # 2. the attachment
+                attachment_id = await self.volumes.create_attachment(caller, volume_id,
+                                                                     instance_id)
+                self.store.set_mapping(m.id, attachment_id=attachment_id)
+                undo.push(self.volumes.delete_attachment, caller, attachment_id)
+                failpoints.hit("compute.attach.attachment_created")
+                # 3 + 4. the connector, and the connection info for it
+                # the mountpoint Cinder records is where the guest really finds the disk
+                connector = dict(self.connector_properties, mountpoint=m.guest_path)
+                raw = await self.volumes.update_attachment(caller, attachment_id, connector)
+                info = parse(raw)
+                self.store.set_mapping(m.id, protocol=info.protocol)
+                failpoints.hit("compute.attach.connection_info")
+                # 5. the host connection
+                m = self.store.mapping(m.id)
+                await self._connect(m, info)
+                undo.push(self._disconnect, m.id, info)
+                failpoints.hit("compute.attach.connected")
+                # 6. the guest
+                hv = await self.guest(inst)
+                await self._plug(hv, m, info, undo)
+                failpoints.hit("compute.attach.plugged")
+                # 7. done: the volume is in-use
+                await self.volumes.complete_attachment(caller, attachment_id)
+                failpoints.hit("compute.attach.completed")
+                self.store.set_mapping(m.id, status=MappingStatus.ATTACHED)
+                undo.commit()
+        return self.store.mapping(m.id)
+
+    async def _connect(self, m: Mapping, info: VolumeInfo) -> None:
+        """connect_volume on this host, once per volume: a multiattach volume in several
+        guests here shares the first mapping's connection. iSCSI has none: QEMU logs in to
+        the target itself (libiscsi), with the CHAP secret handed over QMP."""
+        async with self._volume_locks[m.volume_id]:
+            shared = self.store.other_connections(m)
+            if shared:
+                self.store.set_mapping(m.id, connected=True, device=shared[0].device)
+                return
+            device: Device | None = None
+            if info.protocol != "iscsi":
+                connector = connector_for(info, self.connector_properties)
+                device = await asyncio.to_thread(connector.connect_volume, info)
+            self.store.set_mapping(m.id, connected=True,
+                                   device=asdict(device) if device else None)
+
+    async def _disconnect(self, mapping_id: str, info: VolumeInfo | None) -> None:
+        """Drop this mapping's share of the host connection; disconnect with the last."""
+        try:
+            m = self.store.mapping(mapping_id)
+        except NotFound:
+            return
+        if not m.connected:
+            return
+        async with self._volume_locks[m.volume_id]:
+            if not self.store.other_connections(m) and m.device and info is not None:
+                connector = connector_for(info, self.connector_properties)
+                await asyncio.to_thread(connector.disconnect_volume, info, Device(**m.device))
+            self.store.set_mapping(m.id, connected=False, device=None)
+
+    async def _plug(self, hv: Hypervisor, m: Mapping, info: VolumeInfo, undo: Undo) -> None:
+        """Hand the volume to QEMU: secrets, the block node, the virtio-blk device."""
+        source = qemu_source(info, prefix=m.node_name,
+                             initiator=str(self.connector_properties.get("initiator", "")))
+        for object_id, value in source.secrets.items():
+            await hv.add_secret(object_id, value)
+            undo.push(hv.remove_object, object_id)
+        if source.tls_psk is not None:
+            psk = source.tls_psk
+            await hv.add_tls_psk(psk.creds_id, psk.identity, psk.key)
+            undo.push(hv.remove_object, psk.creds_id)
+        await hv.blockdev_add(m.node_name, dict(source.options), read_only=source.read_only)
+        undo.push(hv.blockdev_del, m.node_name)
+        failpoints.hit("compute.attach.blockdev_added")
+        await hv.device_add(m.device_id, m.node_name, m.serial)
+        undo.push(hv.device_del, m.device_id, self.config.detach_timeout,
+                  self.config.detach_retries)
+
+    async def _unplug(self, hv: Hypervisor, m: Mapping) -> None:
+        """Take the volume out of the guest: device, node, then what the node needed."""
+        await hv.device_del(m.device_id, self.config.detach_timeout, self.config.detach_retries)
+        await self._unplug_leftovers(hv, m)
+
+    # ------------------------------------------------------------------ detach
+    async def begin_detach(self, caller: Caller, instance_id: str, volume_id: str) -> None:
+        """Accept a detach (Nova answers 202 here); the work goes on in the background."""
+        self.instance(caller, instance_id)
+        async with self._instance_locks[instance_id]:
+            m = self.store.mapping_of(instance_id, volume_id)
+            if m.status != MappingStatus.ATTACHED:
+                raise Conflict(f"Volume {volume_id} is {m.status} on instance {instance_id}; "
+                               f"it can be detached once it is attached.")
+            volume = await self.volumes.volume(caller, volume_id)
+            if not volume.multiattach:  # the volume's own status guards single attachments
+                await self.volumes.begin_detaching(caller, volume_id)
+            if not self.store.set_mapping(m.id, expect=MappingStatus.ATTACHED,
+                                          status=MappingStatus.DETACHING):
+                raise Conflict(f"Volume {volume_id} is already being detached.")
+        self._spawn(self._detach(caller, instance_id, m.id, not volume.multiattach))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def detach(self, caller: Caller, instance_id: str, volume_id: str) -> None:
+        """Detach and wait for the result (tests, the bench, and delete use this)."""
+        await self.begin_detach(caller, instance_id, volume_id)
+        while True:
+            try:
+                m = self.store.mapping_of(instance_id, volume_id)
+            except NotFound:
+                return
+            if m.status == MappingStatus.ATTACHED:
+                inst = self.store.instance(instance_id)
+                raise Invalid(inst.fault or f"Volume {volume_id} could not be detached.")
+            await asyncio.sleep(0.01)
+
+    async def _detach(self, caller: Caller, instance_id: str, mapping_id: str,
+                      roll_back_volume: bool) -> None:
+        async with self._instance_locks[instance_id]:
+            m = self.store.mapping(mapping_id)
+            inst = self.store.instance(instance_id)
+            try:
+                hv = await self.guest(inst)
+                await self._unplug(hv, m)
+            except (HypervisorError, OSError) as exc:
+                reason = ("the guest did not release the disk" if isinstance(exc, DetachTimeout)
+                          else str(exc))
+                log.error("detach of volume %s from %s failed: %s", m.volume_id,
+                          instance_id, reason)
+                self.store.set_instance(instance_id, fault=f"Detach of volume {m.volume_id} "
+                                        f"failed: {reason}"[:1000])
+                self.store.set_mapping(m.id, status=MappingStatus.ATTACHED)
+                if roll_back_volume:
+                    try:
+                        await self.volumes.roll_detaching(caller, m.volume_id)
+                    except VolumeApiError as err:
+                        log.error("roll_detaching of %s failed: %s", m.volume_id, err)
+                return
+            failpoints.hit("compute.detach.unplugged")
+            await self._release(m, caller, guest=None)
+
+    async def _release(self, m: Mapping, caller: Caller, guest: Hypervisor | None) -> None:
+        """After the guest let go: host connection, attachment, mapping (in that order, so a
+        crash in between leaves a row that says what is left)."""
+        info = await self._connection_info(caller, m)
+        await self._disconnect(m.id, info)
+        failpoints.hit("compute.detach.disconnected")
+        if m.attachment_id:
+            await self.volumes.delete_attachment(caller, m.attachment_id)
+        failpoints.hit("compute.detach.attachment_deleted")
+        self.store.remove_mapping(m.id)
+
+    async def _connection_info(self, caller: Caller, m: Mapping) -> VolumeInfo | None:
+        if not m.attachment_id or not m.connected:
+            return None
+        try:
+            raw = await self.volumes.attachment_connection_info(caller, m.attachment_id)
+        except VolumeApiError as exc:
+            log.warning("connection info of attachment %s: %s", m.attachment_id, exc)
+            return None
+        return parse(raw) if raw else None
+
+    # ------------------------------------------------------------------ extend
+    def handle_volume_extended(self, instance_id: str, volume_id: str) -> None:
+        """Nova's ``volume-extended`` event: resize in the background, report failures."""
+
+        async def resize() -> None:
+            try:
+                await self.volume_extended(instance_id, volume_id)
+            except Exception as exc:
+                log.error("volume %s in %s was extended but the guest was not told: %s",
+                          volume_id, instance_id, exc)
+                self.store.set_instance(instance_id, fault=f"Resize of volume {volume_id} "
+                                        f"failed: {exc}"[:1000])
+
+        self._spawn(resize())
+
+    async def volume_extended(self, instance_id: str, volume_id: str) -> None:
+        """The volume service grew an attached volume: tell QEMU, so the guest sees it."""
+        inst = self.store.instance(instance_id)
+        async with self._instance_locks[instance_id]:
+            m = self.store.mapping_of(instance_id, volume_id)
+            caller = self._service_caller(m.project_id)
+            info = await self._connection_info(caller, m)
+            volume = await self.volumes.volume(caller, volume_id)
+            size = volume.size * 1024 ** 3
+            if info is not None and info.protocol == "local":
+                connector = connector_for(info, self.connector_properties)
+                size = await asyncio.to_thread(connector.extend_volume, info)
+            hv = await self.guest(inst)
+            await hv.block_resize(m.node_name, size)
+
+    # ------------------------------------------------------------------ reconcile
+    async def reconcile(self) -> None:
+        """After a (re)start: find every guest again, finish or undo what a crash
+        interrupted, and repair or report where mappings and guests disagree."""
+        for inst in self.store.instances():
+            try:
+                await self._reconcile_instance(inst)
+            except Exception as exc:  # one broken instance must not stop the others
+                log.exception("reconcile of instance %s failed", inst.id)
+                self.store.set_instance(inst.id, fault=f"reconcile failed: {exc}"[:1000])
+
+    async def _reconcile_instance(self, inst: Instance) -> None:
+        try:
+            hv = await self.guest(inst)
+        except (HypervisorError, OSError):
+            hv = None
+        if hv is None:
+            if inst.status != InstanceStatus.ERROR:
+                self.store.set_instance(inst.id, status=InstanceStatus.SHUTOFF)
+            for m in self.store.mappings(inst.id):
+                if m.status != MappingStatus.ATTACHED:
+                    await self._release(m, self._service_caller(m.project_id), guest=None)
+            return
+        if inst.status != InstanceStatus.ACTIVE:
+            self.store.set_instance(inst.id, status=InstanceStatus.ACTIVE)
+        disks = {d.device_id: d for d in await hv.query_disks()}
+        mine = self.store.mappings(inst.id)
+        problems: list[str] = []
+        for m in mine:
+            caller = self._service_caller(m.project_id)
+            if m.status == MappingStatus.ATTACHING:
+                await self._undo_attach(hv, m, caller, m.device_id in disks)
+            elif m.status == MappingStatus.DETACHING:
+                if m.device_id in disks:
+                    self._spawn(self._detach(caller, inst.id, m.id, True))
+                else:
+                    await self._unplug_leftovers(hv, m)
+                    await self._release(m, caller, guest=None)
+            elif m.device_id not in disks:
+                problems.append(await self._replug(hv, m, caller))
+        known = {m.device_id for m in mine}
+        for device_id in disks:
+            if device_id.startswith("disk-") and device_id not in known:
+                log.warning("instance %s has disk %s that no mapping names: removing it",
+                            inst.id, device_id)
+                problems.append(f"removed unmapped disk {device_id}")
+                await hv.device_del(device_id, self.config.detach_timeout,
+                                    self.config.detach_retries)
+                await hv.blockdev_del(disks[device_id].node_name)
+        if problems:
+            self.store.set_instance(inst.id, fault="; ".join(problems)[:1000])
+
+    async def _undo_attach(self, hv: Hypervisor, m: Mapping, caller: Caller,
+                           plugged: bool) -> None:
+        """An attach the crash interrupted: roll it back as its own undo would have."""
+        log.warning("rolling back the interrupted attach of volume %s to %s", m.volume_id,
+                    m.instance_id)
+        if plugged:
+            await hv.device_del(m.device_id, self.config.detach_timeout,
+                                self.config.detach_retries)
+        await self._unplug_leftovers(hv, m)
+        await self._release(m, caller, guest=None)
+
+    async def _unplug_leftovers(self, hv: Hypervisor, m: Mapping) -> None:
+        await hv.blockdev_del(m.node_name)
+        for object_id in (secret_id(m.node_name), tls_creds_id(m.node_name)):
+            await hv.remove_object(object_id)
+
+    async def _replug(self, hv: Hypervisor, m: Mapping, caller: Caller) -> str:
+        """An attached mapping whose disk the guest lost (QEMU restarted under us):
+        plug it again from the attachment's connection info."""
+        info = await self._connection_info(caller, m)
+        if info is None:
+            return f"volume {m.volume_id} is attached but has no connection info"
+        try:
+            async with Undo() as undo:
+                await self._unplug_leftovers(hv, m)
+                await self._plug(hv, m, info, undo)
+                undo.commit()
+        except (BlockyardError, HypervisorError, OSError) as exc:
+            return f"volume {m.volume_id} could not be plugged again: {exc}"
+        log.warning("plugged volume %s into %s again", m.volume_id, m.instance_id)
+        return f"re-plugged volume {m.volume_id}"
+
+
+def _is_admin(caller: Caller) -> bool:
+    return caller.token.partition(":")[0] == "admin"
+
+
+def _sees(caller: Caller, project_id: str) -> bool:
+    return _is_admin(caller) or caller.project_id == project_id
+
+
+__all__ = ["Agent", "utcnow"]

@@ -1,0 +1,137 @@
+"""The volume service, as the agent sees it: its public Cinder v3 API, with the caller's token.
+
+Nova talks to Cinder only through that API, and so does the agent: attachments (3.27+,
+complete at 3.44, mode at 3.54), the volume itself, and the legacy begin/roll detaching
+actions Nova still uses around a detach. An error reply becomes a `VolumeApiError` carrying
+the status and Cinder's message, so the agent can report it to its own caller unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from blockyard.errors import BlockyardError
+
+#: the microversion every call is made at: attachments API with complete and mode
+MICROVERSION = "3.54"
+
+
+class VolumeApiError(BlockyardError):
+    """The volume service refused a call (or could not be reached: status 0)."""
+
+    def __init__(self, status: int, message: str, call: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.call = call
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Whose call this is: the token and project of the request the agent is serving."""
+
+    token: str
+    project_id: str
+
+
+@dataclass(frozen=True)
+class VolumeView:
+    id: str
+    status: str
+    size: int
+    multiattach: bool
+
+
+class VolumeApi:
+    """A small async client; one per agent, shared by every request (one connection pool)."""
+
+    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/v3",
+                                         timeout=timeout)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, caller: Caller, method: str, path: str, body: Any = None,
+                    *, ok: tuple[int, ...] = (200, 202, 204)) -> Any:
+        headers = {"X-Auth-Token": caller.token, "X-Project-Id": caller.project_id,
+                   "OpenStack-API-Version": f"volume {MICROVERSION}"}
+        what = f"{method} {path}"
+        try:
+            # the project travels in X-Project-Id, so any project name works (Cinder's URL
+            # form /v3/{project_id}/... takes only Keystone-style hex ids)
+            r = await self._client.request(method, path, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise VolumeApiError(0, f"The volume service could not be reached: {exc}",
+                                 what) from exc
+        if r.status_code not in ok:
+            raise VolumeApiError(r.status_code, _message(r), what)
+        return r.json() if r.content else None
+
+    async def volume(self, caller: Caller, volume_id: str) -> VolumeView:
+        v = (await self._call(caller, "GET", f"/volumes/{volume_id}"))["volume"]
+        return VolumeView(id=v["id"], status=v["status"], size=int(v["size"]),
+                          multiattach=bool(v.get("multiattach")))
+
+    async def create_attachment(self, caller: Caller, volume_id: str, instance_id: str,
+                                mode: str = "rw") -> str:
+        body = {"attachment": {"volume_uuid": volume_id, "instance_uuid": instance_id,
+                               "mode": mode}}
+        return str((await self._call(caller, "POST", "/attachments", body))["attachment"]["id"])
+
+    async def update_attachment(self, caller: Caller, attachment_id: str,
+                                connector: dict[str, Any]) -> dict[str, Any]:
+        """Send the host's connector; the reply carries the connection info."""
+        body = {"attachment": {"connector": connector}}
+        att = (await self._call(caller, "PUT", f"/attachments/{attachment_id}",
+                                body))["attachment"]
+        info = att.get("connection_info")
+        if not isinstance(info, dict) or not info:
+            raise VolumeApiError(502, f"attachment {attachment_id} came back without "
+                                      f"connection info", "PUT /attachments")
+        return _nested(info)
+
+    async def attachment_connection_info(self, caller: Caller,
+                                         attachment_id: str) -> dict[str, Any] | None:
+        att = (await self._call(caller, "GET", f"/attachments/{attachment_id}"))["attachment"]
+        info = att.get("connection_info")
+        return _nested(info) if isinstance(info, dict) and info else None
+
+    async def complete_attachment(self, caller: Caller, attachment_id: str) -> None:
+        await self._call(caller, "POST", f"/attachments/{attachment_id}/action",
+                         {"os-complete": None})
+
+    async def delete_attachment(self, caller: Caller, attachment_id: str) -> None:
+        """Delete; an attachment that is gone already counts as deleted."""
+        await self._call(caller, "DELETE", f"/attachments/{attachment_id}",
+                         ok=(200, 202, 204, 404))
+
+    async def begin_detaching(self, caller: Caller, volume_id: str) -> None:
+        await self._call(caller, "POST", f"/volumes/{volume_id}/action",
+                         {"os-begin_detaching": None})
+
+    async def roll_detaching(self, caller: Caller, volume_id: str) -> None:
+        await self._call(caller, "POST", f"/volumes/{volume_id}/action",
+                         {"os-roll_detaching": None})
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """The attachments API folds the protocol into the data ({"driver_volume_type": ..,
+    "target_iqn": .., "attachment_id": ..}); connectors take the nested form, as Nova
+    makes it (nova.volume.cinder._translate_attachment_ref)."""
+    if "data" in flat and isinstance(flat["data"], dict):
+        return flat
+    data = {k: v for k, v in flat.items() if k not in ("driver_volume_type", "attachment_id")}
+    return {"driver_volume_type": flat.get("driver_volume_type"), "data": data}
+
+
+def _message(r: httpx.Response) -> str:
+    """Cinder's fault body is {"badRequest": {"message": ..., "code": ...}}; take the message."""
+    try:
+        body = r.json()
+        fault = next(iter(body.values()))
+        return str(fault["message"])
+    except Exception:  # not Cinder's shape: say what came back
+        return f"volume service answered {r.status_code}: {r.text[:200]}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,22 +20,16 @@ import pytest
 
 from blockyard.backends.base import ConnectionInfo
 from blockyard.connectors import LoginRefused, connector_for, parse
-from tests.support.server import Api, Server, free_port
+from tests.support.server import Api, Server, free_port, free_tgt_control_port
 
 MiB = 1024**2
 PATTERN = [(0, os.urandom(4096)), (5 * MiB + 17, os.urandom(100_000)), (1023 * MiB, b"end" * 100)]
 
 
-def _control_port() -> int:
-    while True:
-        port = random.randint(10000, 32000)
-        if not Path(f"/var/run/tgtd/socket.{port}").exists():
-            return port
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    control = _control_port()
+    control = free_tgt_control_port()
     srv = Server(tmp_path_factory.mktemp("targets") / "state", config=f"""
 [backends.iscsi]
 driver = "file"
@@ -207,7 +200,7 @@ def test_legacy_flow_initialize_connection_is_idempotent(server: Server, tmp_pat
 
 
 def test_restart_re_creates_exports(make_server: Callable[..., Server], tmp_path: Path) -> None:
-    control = _control_port()
+    control = free_tgt_control_port()
     srv = make_server("state", config=f"""
 [backends.iscsi]
 driver = "file"

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +25,7 @@ from blockyard import config as configuration
 from blockyard.errors import ConfigError
 from blockyard.service import compute_events
 from tests.support.consistency import assert_consistent, read_db
-from tests.support.server import Api, Server, free_port
+from tests.support.server import Api, Server, free_port, free_tgt_control_port
 
 INSTANCE_A = "11111111-2222-3333-4444-555555555555"
 INSTANCE_B = "66666666-7777-8888-9999-000000000000"
@@ -309,12 +307,6 @@ def test_no_compute_configured_extend_attached_works(make_server: Callable[..., 
 # ---------------------------------------------------------------------------- refusals
 
 
-def _control_port() -> int:
-    while True:
-        port = random.randint(10000, 32000)
-        if not Path(f"/var/run/tgtd/socket.{port}").exists():
-            return port
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, compute: FakeCompute) -> Iterator[Server]:
@@ -328,7 +320,7 @@ driver = "file"
 target = "nbd"
 [targets.iscsi]
 portal = "127.0.0.1:{free_port()}"
-control_port = {_control_port()}
+control_port = {free_tgt_control_port()}
 [compute]
 url = "{compute.url}"
 """).start()

@@ -91,3 +91,94 @@ class Nova:
     def delete(self, server_id: str) -> None:
         r = self.request("DELETE", f"/servers/{server_id}")
         assert r.status_code in (204, 404), r.text
+
+
+GUEST_DIR = Path(__file__).resolve().parents[2] / "var" / "test-guest"
+
+
+def build_test_guest() -> dict[str, str]:
+    """The tiny guest of scripts/build-test-guest, as an image table for the agent's config."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build-test-guest"
+    subprocess.run([str(script), str(GUEST_DIR)], check=True, capture_output=True)
+    return {"kernel": str(GUEST_DIR / "vmlinuz"), "initrd": str(GUEST_DIR / "initrd.img"),
+            "append": "console=ttyS0 quiet panic=-1"}
+
+
+class GuestConsole:
+    """The test guest's serial console: a line protocol (see scripts/build-test-guest).
+
+    `run(cmd)` sends one command line and returns (exit status, output); the guest ends each
+    command's output with ``GUEST-DONE <status>``."""
+
+    def __init__(self, path: str, *, boot_timeout: float = 60.0) -> None:
+        import socket
+
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._sock.connect(path)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self._buf = b""
+        self._read_until(b"GUEST-READY\n", boot_timeout)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _read_until(self, marker: bytes, timeout: float) -> bytes:
+        self._sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while marker not in self._buf:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"guest console: no {marker!r} in {self._buf[-500:]!r}")
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("guest console closed")
+            self._buf += chunk
+        head, _, self._buf = self._buf.partition(marker)
+        return head
+
+    def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
+        self._sock.sendall(command.encode() + b"\n")
+        out = self._read_until(b"GUEST-DONE ", timeout)
+        status = self._read_until(b"\n", timeout)
+        return int(status), out.decode(errors="replace")
+
+    def check(self, command: str, timeout: float = 60.0) -> str:
+        status, out = self.run(command, timeout)
+        assert status == 0, f"{command!r} exited {status}: {out}"
+        return out
+
+    def disks(self) -> dict[str, tuple[str, int]]:
+        """serial → (name, size in bytes) of the guest's virtio disks."""
+        found = {}
+        for line in self.check("lsblk-serial").splitlines():
+            name, size, *serial = line.split()
+            found[serial[0] if serial else ""] = (name, int(size))
+        return found
+
+    def wait_disk(self, serial: str, *, size: int | None = None,
+                  timeout: float = 30.0) -> str:
+        """Poll until the guest has a disk with `serial` (and `size`); its /dev name."""
+        deadline = time.monotonic() + timeout
+        while True:
+            disk = self.disks().get(serial[:20])
+            if disk and (size is None or disk[1] == size):
+                return f"/dev/{disk[0]}"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"guest has no disk {serial} (size {size}): "
+                                     f"{self.disks()}")
+            time.sleep(0.05)
+
+    def wait_disk_gone(self, serial: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while serial[:20] in self.disks():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"guest still has disk {serial}")
+            time.sleep(0.05)

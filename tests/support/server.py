@@ -17,6 +17,16 @@ REPO = Path(__file__).resolve().parents[2]
 BLOCKYARD = [sys.executable, "-m", "blockyard.cli"]
 
 
+def free_tgt_control_port() -> int:
+    """A tgtd control port (tgtd takes at most 32767) whose unix socket no tgtd has."""
+    import random
+
+    while True:
+        port = random.randint(10000, 32000)
+        if not Path(f"/var/run/tgtd/socket.{port}").exists():
+            return port
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

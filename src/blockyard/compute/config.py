@@ -80,9 +80,10 @@ class ComputeConfig:
     images: dict[str, Image] = field(default_factory=dict)
     flavors: dict[str, Flavor] = field(
         default_factory=lambda: {"m1.tiny": Flavor("m1.tiny", 128, 1)})
-    #: how long one device_del waits for the guest, and how often it is sent (Nova: 8 x 5 s)
-    detach_timeout: float = 5.0
-    detach_retries: int = 8
+    #: how long one device_del waits for the guest, and how often it is sent again after the
+    #: first (Nova: 8 requests, 20 s each)
+    detach_timeout: float = 20.0
+    detach_retries: int = 7
 
     @property
     def database_path(self) -> Path:

@@ -199,6 +199,7 @@ class Agent:
         if inst.status != InstanceStatus.ACTIVE:
             raise Conflict(f"Cannot 'attach_volume' instance {instance_id} while it is in "
                            f"status {inst.status}.")
+        volume = await self.volumes.volume(caller, volume_id)  # 404 before anything starts
         async with self._instance_locks[instance_id]:
             async with Undo() as undo:
                 # 1. the slot
@@ -226,7 +227,7 @@ class Agent:
                 failpoints.hit("compute.attach.connected")
                 # 6. the guest
                 hv = await self.guest(inst)
-                await self._plug(hv, m, info, undo)
+                await self._plug(hv, m, info, undo, shared=volume.multiattach)
                 failpoints.hit("compute.attach.plugged")
                 # 7. done: the volume is in-use
                 await self.volumes.complete_attachment(caller, attachment_id)
@@ -265,27 +266,31 @@ class Agent:
                 await asyncio.to_thread(connector.disconnect_volume, info, Device(**m.device))
             self.store.set_mapping(m.id, connected=False, device=None)
 
-    async def _plug(self, hv: Hypervisor, m: Mapping, info: VolumeInfo, undo: Undo) -> None:
-        """Hand the volume to QEMU: secrets, the block node, the virtio-blk device."""
+    async def _plug(self, hv: Hypervisor, m: Mapping, info: VolumeInfo, undo: Undo, *,
+                    shared: bool) -> None:
+        """Hand the volume to QEMU: secrets, the block node, the virtio-blk device (shared
+        for writing with other guests when the volume is multiattach)."""
         source = qemu_source(info, prefix=m.node_name,
                              initiator=str(self.connector_properties.get("initiator", "")))
         for object_id, value in source.secrets.items():
             await hv.add_secret(object_id, value)
             undo.push(hv.remove_object, object_id)
         if source.tls_psk is not None:
-            psk = source.tls_psk
-            await hv.add_tls_psk(psk.creds_id, psk.identity, psk.key)
-            undo.push(hv.remove_object, psk.creds_id)
+            await hv.add_tls_psk_key(source.tls_psk)
+            undo.push(hv.remove_object, source.tls_psk.creds_id)
         await hv.blockdev_add(m.node_name, dict(source.options), read_only=source.read_only)
         undo.push(hv.blockdev_del, m.node_name)
         failpoints.hit("compute.attach.blockdev_added")
-        await hv.device_add(m.device_id, m.node_name, m.serial)
-        undo.push(hv.device_del, m.device_id, self.config.detach_timeout,
-                  self.config.detach_retries)
+        await hv.device_add(m.device_id, m.node_name, m.serial, share_rw=shared)
+        undo.push(self._device_del, hv, m.device_id)
+
+    async def _device_del(self, hv: Hypervisor, device_id: str) -> None:
+        await hv.device_del(device_id, timeout=self.config.detach_timeout,
+                            retries=self.config.detach_retries)
 
     async def _unplug(self, hv: Hypervisor, m: Mapping) -> None:
         """Take the volume out of the guest: device, node, then what the node needed."""
-        await hv.device_del(m.device_id, self.config.detach_timeout, self.config.detach_retries)
+        await self._device_del(hv, m.device_id)
         await self._unplug_leftovers(hv, m)
 
     # ------------------------------------------------------------------ detach
@@ -445,8 +450,7 @@ class Agent:
                 log.warning("instance %s has disk %s that no mapping names: removing it",
                             inst.id, device_id)
                 problems.append(f"removed unmapped disk {device_id}")
-                await hv.device_del(device_id, self.config.detach_timeout,
-                                    self.config.detach_retries)
+                await self._device_del(hv, device_id)
                 await hv.blockdev_del(disks[device_id].node_name)
         if problems:
             self.store.set_instance(inst.id, fault="; ".join(problems)[:1000])
@@ -457,8 +461,7 @@ class Agent:
         log.warning("rolling back the interrupted attach of volume %s to %s", m.volume_id,
                     m.instance_id)
         if plugged:
-            await hv.device_del(m.device_id, self.config.detach_timeout,
-                                self.config.detach_retries)
+            await self._device_del(hv, m.device_id)
         await self._unplug_leftovers(hv, m)
         await self._release(m, caller, guest=None)
 
@@ -476,7 +479,8 @@ class Agent:
         try:
             async with Undo() as undo:
                 await self._unplug_leftovers(hv, m)
-                await self._plug(hv, m, info, undo)
+                volume = await self.volumes.volume(caller, m.volume_id)
+                await self._plug(hv, m, info, undo, shared=volume.multiattach)
                 undo.commit()
         except (BlockyardError, HypervisorError, OSError) as exc:
             return f"volume {m.volume_id} could not be plugged again: {exc}"

@@ -1,0 +1,190 @@
+"""Hot-plug latency through the compute agent, next to bare QMP hot-plug, under TCG.
+
+One volume service (file backends exported locally, by qemu-nbd and by tgt) and one
+`blockyard compute` that boots the tiny test guest (scripts/build-test-guest). Per protocol,
+N rounds of:
+
+    attach  POST /servers/{id}/os-volume_attachments → until the guest lists the disk
+            (its serial, through the serial console, polled back to back)
+    detach  DELETE .../os-volume_attachments/{volume} → until the guest no longer lists it
+
+The peer, in the same run, on a second guest of the same image that this script starts
+itself: bare QMP (blockdev-add + device_add of a raw file; device_del, DEVICE_DELETED,
+blockdev-del) with the same guest-side polling: what any hot-plug costs before the agent
+adds the volume service's attachment calls and the host connection.
+
+    .venv/bin/python bench/compute_attach.py [--rounds 20] [--protocols local,nbd,iscsi]
+
+Target (issue 4): attach p50 < 0.4 s under TCG. Prints PASS/MISS; exits non-zero only on
+errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _harness import percentile  # noqa: E402
+from tests.support.compute import (  # noqa: E402
+    ComputeServer,
+    GuestConsole,
+    build_test_guest,
+)
+from tests.support.compute import (
+    compute_config as agent_config,
+)
+from tests.support.server import Server, free_port, free_tgt_control_port  # noqa: E402
+
+from blockyard.compute import config as compute_config  # noqa: E402
+from blockyard.compute import launcher  # noqa: E402
+from blockyard.compute.hypervisor import Hypervisor  # noqa: E402
+
+TARGET_P50 = 0.4
+
+
+def stats(values: list[float]) -> str:
+    return (f"p50 {percentile(values, 50) * 1000:6.0f} ms   "
+            f"p95 {percentile(values, 95) * 1000:6.0f} ms")
+
+
+def wait_seen(console: GuestConsole, serial: str, present: bool) -> None:
+    while (serial[:20] in console.disks()) != present:
+        pass
+
+
+def bench_agent(work: Path, image: dict[str, str], protocols: list[str],
+                rounds: int) -> dict[str, Rounds]:
+    agent_port = free_port()
+    volumes = Server(work / "volumes", config=f"""
+[quota]
+volumes = 1000
+gigabytes = 10000
+[backends.local]
+driver = "file"
+[backends.iscsi]
+driver = "file"
+target = "iscsi"
+[backends.nbd]
+driver = "file"
+target = "nbd"
+[targets.iscsi]
+portal = "127.0.0.1:{free_port()}"
+control_port = {free_tgt_control_port()}
+""").start()
+    agent = ComputeServer(work / "agent", port=agent_port, config=agent_config(
+        volumes.url, images={"tiny": image})).start()
+    results: dict[str, Rounds] = {}
+    api, nova = volumes.client(), agent.nova()
+    try:
+        for name in protocols:
+            r = api.post("/types", {"volume_type": {
+                "name": name, "extra_specs": {"volume_backend_name": name}}})
+            assert r.status_code == 200, r.text
+        server = nova.create("bench", "tiny")
+        console = GuestConsole(server["blockyard:console_socket"])
+        for protocol in protocols:
+            r = api.post("/volumes", {"volume": {"size": 1, "volume_type": protocol}})
+            vid = r.json()["volume"]["id"]
+            api.wait_volume(vid, "available")
+            attach: list[float] = []
+            detach: list[float] = []
+            released: list[float] = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                r = nova.attach(server["id"], vid)
+                assert r.status_code == 200, r.text
+                wait_seen(console, vid, True)
+                attach.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                r = nova.request("DELETE",
+                                 f"/servers/{server['id']}/os-volume_attachments/{vid}")
+                assert r.status_code == 202, r.text
+                wait_seen(console, vid, False)
+                detach.append(time.perf_counter() - t0)
+                api.wait_volume(vid, "available", timeout=60)  # the rest runs in background
+                released.append(time.perf_counter() - t0)
+            results[protocol] = (attach, detach, released)
+        console.close()
+        nova.delete(server["id"])
+    finally:
+        agent.stop()
+        volumes.stop()
+    return results
+
+
+Rounds = tuple[list[float], list[float], list[float]]
+
+
+async def _bare(work: Path, image: dict[str, str], rounds: int) -> Rounds:
+    cfg = compute_config.build({"images": {"tiny": image}, "qemu": {"accel": "tcg"}})
+    guest = launcher.launch(cfg.qemu, cfg.images["tiny"], cfg.flavors["m1.tiny"],
+                            name="bare", directory=work / "bare", accel="tcg")
+    disk = work / "bare.raw"
+    with open(disk, "wb") as f:
+        f.truncate(1 << 30)
+    try:
+        console = await asyncio.to_thread(GuestConsole, guest.console_socket)
+        hv = await Hypervisor.connect(guest.qmp_socket)
+        serial = "bare0000000000000000"
+        attach: list[float] = []
+        detach: list[float] = []
+        released: list[float] = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            await hv.blockdev_add("bare", {"driver": "file", "filename": str(disk)})
+            await hv.device_add("bare-disk", "bare", serial)
+            await asyncio.to_thread(wait_seen, console, serial, True)
+            attach.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            unplug = asyncio.create_task(hv.device_del("bare-disk", timeout=20.0, retries=7))
+            await asyncio.to_thread(wait_seen, console, serial, False)
+            detach.append(time.perf_counter() - t0)
+            await unplug
+            await hv.blockdev_del("bare")
+            released.append(time.perf_counter() - t0)
+        console.close()
+        await hv.quit()
+    finally:
+        launcher.stop_process(guest.pid, guest.process)
+    return attach, detach, released
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--protocols", default="local,nbd,iscsi")
+    parser.add_argument("--dir", default="/var/tmp")
+    args = parser.parse_args()
+    image = build_test_guest()
+    work = Path(tempfile.mkdtemp(prefix="blockyard-compute-", dir=args.dir))
+    try:
+        bare = asyncio.run(_bare(work, image, args.rounds))
+        agent = bench_agent(work, image, args.protocols.split(","), args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nhot-plug under TCG, {args.rounds} rounds each, until the guest lists the disk "
+          f"(attach) / no longer lists it (detach)")
+    print("  released: bare = DEVICE_DELETED + blockdev-del; agent = the volume is available")
+    print(f"  {'bare QMP, raw file':20} attach {stats(bare[0])} | detach {stats(bare[1])} | "
+          f"released {stats(bare[2])}")
+    met = 0
+    for protocol, (attach, detach, released) in agent.items():
+        p50 = percentile(attach, 50)
+        ok = p50 < TARGET_P50
+        met += ok
+        print(f"  {'agent, ' + protocol:20} attach {stats(attach)} | detach {stats(detach)} | "
+              f"released {stats(released)}\n      attach p50 {p50 / percentile(bare[0], 50):.2f}x "
+              f"bare QMP   {'PASS' if ok else 'MISS'} (target < {TARGET_P50} s)")
+    print(f"\n{met} of {len(agent)} targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.server import Api, Server, free_port
-from tests.test_attach_targets import _control_port, _qemu_nbd_of
+from tests.support.server import Api, Server, free_port, free_tgt_control_port
+from tests.test_attach_targets import _qemu_nbd_of
 
 CONNECTOR = {"initiator": "iqn.1993-08.org.debian:01:crash", "host": "h1", "ip": "127.0.0.1"}
 
@@ -39,7 +39,7 @@ def _server(make_server: Callable[..., Server], protocol: str) -> Server:
     """A server whose one backend exports through `protocol`."""
     if protocol == "local":
         return make_server("state")
-    control = _control_port()
+    control = free_tgt_control_port()
     extra = (f"[targets.iscsi]\nportal = '127.0.0.1:{free_port()}'\n"
              f"control_port = {control}\n" if protocol == "iscsi" else "")
     srv = make_server("state", config=f"[backends.b]\ndriver = 'file'\n"

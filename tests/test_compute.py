@@ -354,3 +354,23 @@ def test_bad_requests_are_clear_4xx(stack: Stack) -> None:
     assert stack.status(vid) == "in-use"
     stack.nova.detach(g1, vid)
     stack.api.wait_volume(vid, "available")
+
+
+@pytest.mark.parametrize("step", ["unplugged", "disconnected"])
+def test_a_crash_during_detach_is_finished_at_restart(stack: Stack, step: str) -> None:
+    g1, c1 = stack.guests["g1"], stack.consoles["g1"]
+    vid = stack.volume("nbd")
+    assert stack.nova.attach(g1, vid).status_code == 200
+    c1.wait_disk(vid)
+    stack.failpoints.write_text(f"compute.detach.{step}\n")  # kill -9 there
+    try:
+        r = stack.nova.request("DELETE", f"/servers/{g1}/os-volume_attachments/{vid}")
+        assert r.status_code == 202, r.text
+        stack.agent.wait_exit(30)
+    finally:
+        stack.failpoints.write_text("")
+    stack.agent.start()
+    stack.api.wait_volume(vid, "available")
+    assert stack.nova.attachments(g1) == []
+    assert stack.attachments_of(vid) == []
+    c1.wait_disk_gone(vid)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from blockyard.compute.store import Mapping
 from tests.support.compute import (
     ComputeServer,
     GuestConsole,
@@ -374,3 +375,59 @@ def test_a_crash_during_detach_is_finished_at_restart(stack: Stack, step: str) -
     assert stack.nova.attachments(g1) == []
     assert stack.attachments_of(vid) == []
     c1.wait_disk_gone(vid)
+
+
+def _behind_the_agents_back(stack: Stack, server_id: str, work: Any) -> None:
+    """With the agent down, change the guest through its QMP socket ourselves."""
+    import asyncio
+
+    from blockyard.compute.hypervisor import Hypervisor
+
+    qmp = Path(stack.nova.show(server_id)["blockyard:console_socket"]).with_name("qmp.sock")
+    stack.agent.kill()
+
+    async def run() -> None:
+        async with await Hypervisor.connect(str(qmp), timeout=10) as hv:
+            await work(hv)
+
+    asyncio.run(run())
+    stack.agent.start()
+
+
+def test_restart_plugs_a_lost_disk_in_again(stack: Stack) -> None:
+    """A mapping whose disk vanished from the guest (say QEMU lost it) is repaired and
+    reported in the server's fault."""
+    g1, c1 = stack.guests["g1"], stack.consoles["g1"]
+    vid = stack.volume("local")
+    assert stack.nova.attach(g1, vid).status_code == 200
+    device = c1.wait_disk(vid)
+    digest = _write_pattern(c1, device)
+    [disk_id] = [a["bdm_uuid"] for a in stack.nova.attachments(g1)]
+
+    mapping = Mapping(id=disk_id)  # only for its QEMU names
+
+    async def unplug(hv: Any) -> None:
+        await hv.device_del(mapping.device_id, timeout=10, retries=1)
+        await hv.blockdev_del(mapping.node_name)
+
+    _behind_the_agents_back(stack, g1, unplug)
+    device = c1.wait_disk(vid, timeout=30)
+    assert _read_pattern(c1, device) == digest
+    assert "re-plugged" in stack.nova.show(g1)["fault"]["message"]
+    stack.nova.detach(g1, vid)
+    stack.api.wait_volume(vid, "available")
+
+
+def test_restart_removes_a_disk_no_mapping_names(stack: Stack, tmp_path: Path) -> None:
+    g1, c1 = stack.guests["g1"], stack.consoles["g1"]
+    stray = tmp_path / "stray.raw"
+    stray.write_bytes(b"")
+    os.truncate(stray, 1 << 20)
+
+    async def plug(hv: Any) -> None:
+        await hv.blockdev_add("stray", {"driver": "file", "filename": str(stray)})
+        await hv.device_add("disk-stray", "stray", "stray-disk")
+
+    _behind_the_agents_back(stack, g1, plug)
+    c1.wait_disk_gone("stray-disk", timeout=30)
+    assert "disk-stray" in stack.nova.show(g1)["fault"]["message"]

@@ -431,3 +431,29 @@ def test_restart_removes_a_disk_no_mapping_names(stack: Stack, tmp_path: Path) -
     _behind_the_agents_back(stack, g1, plug)
     c1.wait_disk_gone("stray-disk", timeout=30)
     assert "disk-stray" in stack.nova.show(g1)["fault"]["message"]
+
+
+def test_an_adopted_guest_gets_volumes_and_is_not_stopped(stack: Stack, tmp_path: Path) -> None:
+    from blockyard.compute import config as compute_config
+    from blockyard.compute import launcher
+
+    cfg = compute_config.build({"images": {"tiny": build_test_guest()},
+                                "qemu": {"accel": "tcg"}})
+    guest = launcher.launch(cfg.qemu, cfg.images["tiny"], cfg.flavors["m1.tiny"],
+                            name="adoptee", directory=tmp_path / "adoptee", accel="tcg")
+    console = GuestConsole(guest.console_socket)
+    try:
+        server_id = stack.nova.adopt("adoptee", guest.qmp_socket)
+        server = stack.nova.show(server_id)
+        assert server["status"] == "ACTIVE" and server["blockyard:adopted"] is True
+        vid = stack.volume("local")
+        assert stack.nova.attach(server_id, vid).status_code == 200
+        console.wait_disk(vid)
+        stack.nova.delete(server_id)  # forget it: the volume comes out, the guest stays up
+        stack.api.wait_volume(vid, "available")
+        console.wait_disk_gone(vid)
+        assert launcher.alive(guest.pid)
+        assert console.check("echo still here").strip() == "still here"
+    finally:
+        console.close()
+        launcher.stop_process(guest.pid, guest.process)

@@ -171,21 +171,26 @@ class Agent:
         return inst
 
     async def delete_server(self, caller: Caller, instance_id: str) -> None:
-        """Stop the guest, then let go of its volumes (they are no longer in use by
-        anything) and forget it."""
+        """Stop a guest we started, then let go of its volumes (nothing uses them any
+        more) and forget it. An adopted guest is not ours to stop: its volumes are
+        unplugged (the guest must let go, as on detach) and then it is forgotten."""
         inst = self.instance(caller, instance_id)
         async with self._instance_locks[instance_id]:
             try:
-                hv = await self.guest(inst)
+                hv: Hypervisor | None = await self.guest(inst)
+            except HypervisorError:
+                hv = None  # not running: nothing to stop or unplug
+            if hv is not None and inst.adopted:
+                for m in self.store.mappings(instance_id):
+                    await self._unplug(hv, m)
+            elif hv is not None:
                 await hv.quit()
-            except (HypervisorError, OSError):
-                pass  # not running: nothing to stop
             await self._drop_guest(instance_id)
-            if inst.pid is not None:
+            if inst.pid is not None and not inst.adopted:
                 await asyncio.to_thread(launcher.stop_process, inst.pid,
                                         self._processes.pop(instance_id, None))
             for m in self.store.mappings(instance_id):
-                await self._release(m, self._service_caller(m.project_id), guest=None)
+                await self._release(m, self._service_caller(m.project_id))
             self.store.forget_instance(instance_id)
 
     def _instance_dir(self, instance_id: str) -> Path:
@@ -351,9 +356,9 @@ class Agent:
                         log.error("roll_detaching of %s failed: %s", m.volume_id, err)
                 return
             failpoints.hit("compute.detach.unplugged")
-            await self._release(m, caller, guest=None)
+            await self._release(m, caller)
 
-    async def _release(self, m: Mapping, caller: Caller, guest: Hypervisor | None) -> None:
+    async def _release(self, m: Mapping, caller: Caller) -> None:
         """After the guest let go: host connection, attachment, mapping (in that order, so a
         crash in between leaves a row that says what is left)."""
         info = await self._connection_info(caller, m)
@@ -425,7 +430,7 @@ class Agent:
                 self.store.set_instance(inst.id, status=InstanceStatus.SHUTOFF)
             for m in self.store.mappings(inst.id):
                 if m.status != MappingStatus.ATTACHED:
-                    await self._release(m, self._service_caller(m.project_id), guest=None)
+                    await self._release(m, self._service_caller(m.project_id))
             return
         if inst.status != InstanceStatus.ACTIVE:
             self.store.set_instance(inst.id, status=InstanceStatus.ACTIVE)
@@ -441,7 +446,7 @@ class Agent:
                     self._spawn(self._detach(caller, inst.id, m.id, True))
                 else:
                     await self._unplug_leftovers(hv, m)
-                    await self._release(m, caller, guest=None)
+                    await self._release(m, caller)
             elif m.device_id not in disks:
                 problems.append(await self._replug(hv, m, caller))
         known = {m.device_id for m in mine}
@@ -463,7 +468,7 @@ class Agent:
         if plugged:
             await self._device_del(hv, m.device_id)
         await self._unplug_leftovers(hv, m)
-        await self._release(m, caller, guest=None)
+        await self._release(m, caller)
 
     async def _unplug_leftovers(self, hv: Hypervisor, m: Mapping) -> None:
         await hv.blockdev_del(m.node_name)

@@ -22,6 +22,12 @@ APT_PACKAGES=(
     qemu-block-extra    # qemu's iscsi block driver (userspace iSCSI initiator)
     python3-libnbd      # NBD client bindings for /usr/bin/python3
     qemu-system-x86     # guests the compute agent runs (KVM where it can, TCG otherwise)
+    ceph-mon            # the rbd backend's test cluster (tests/support/ceph.py): monitor,
+    ceph-osd            #   one BlueStore OSD on a sparse file,
+    ceph-mgr            #   and the manager (pool capacity stats need it)
+    ceph-common         # ceph-authtool/monmaptool to bootstrap that cluster; the ceph CLI
+    python3-rados       # librados bindings: the rbd driver's cluster connection
+    python3-rbd         # librbd bindings: images, snapshots, clones, I/O
 )
 
 say() { echo "setup: $*" >&2; }

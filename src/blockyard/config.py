@@ -16,7 +16,7 @@ Example::
     path = "/srv/volumes"
     availability_zone = "nova"
     volume_backend_name = "fast"
-    target = "iscsi"          # local (default), iscsi (tgt) or nbd (qemu-nbd)
+    target = "iscsi"          # local (default), iscsi (tgt), nbd (qemu-nbd); rbd for driver "rbd"
 
     [targets.iscsi]           # options of the export target, see blockyard.targets
     portal = "127.0.0.1:3260"
@@ -58,7 +58,7 @@ _COMPUTE_KEYS = {"url", "timeout"}
 DEFAULT_COMPUTE_TIMEOUT = 10.0
 _BACKEND_KEYS = {"driver", "availability_zone", "volume_backend_name", "workers", "target"}
 #: export protocols a backend may name in `target`
-TARGET_PROTOCOLS = ("local", "iscsi", "nbd")
+TARGET_PROTOCOLS = ("local", "iscsi", "nbd", "rbd")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ class BackendConfig:
     volume_backend_name: str = ""
     #: worker threads running this backend's durable tasks
     workers: int = 4
-    #: how volumes are exported: "local", "iscsi" (tgt) or "nbd" (qemu-nbd)
+    #: how volumes are exported: "local", "iscsi" (tgt), "nbd" (qemu-nbd), or "rbd" (the rbd
+    #: driver's native connections: no export work)
     target: str = "local"
     #: everything else in the table goes to the driver
     options: dict[str, Any] = field(default_factory=dict)

@@ -6,11 +6,13 @@ from typing import Any
 
 from blockyard.backends.base import DriverBase, VolumeDriver
 from blockyard.backends.file import FileDriver
+from blockyard.backends.rbd import RbdDriver
 from blockyard.errors import ConfigError
 from blockyard.targets.base import Target
 
 DRIVERS: dict[str, type[DriverBase]] = {
     "file": FileDriver,
+    "rbd": RbdDriver,
 }
 
 

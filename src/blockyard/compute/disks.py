@@ -1,18 +1,23 @@
 """From a volume's typed connection info to what QEMU needs to open it: pure, no I/O.
 
 `qemu_source(info, prefix=..., initiator=...)` returns a `QemuSource`: the options of the
-*protocol* block node (``file``, ``host_device``, ``nbd`` or ``iscsi`` plus its arguments;
-`blockyard.compute.hypervisor.Hypervisor.blockdev_add` puts the ``raw`` node on top), the
-QEMU ``secret`` objects to create first (the iSCSI CHAP password) and the TLS-PSK credentials
-an NBD-over-TLS export needs. The ids of those objects are derived from `prefix` (the disk's
-node name), so the objects of two disks never collide and a restarted agent can name, and
-remove, the objects of a disk it only knows by its node name (`secret_id`, `tls_creds_id`).
+*protocol* block node (``file``, ``host_device``, ``nbd``, ``iscsi`` or ``rbd`` plus its
+arguments; `blockyard.compute.hypervisor.Hypervisor.blockdev_add` puts the ``raw`` node on
+top), the QEMU ``secret`` objects to create first (the iSCSI CHAP password, the cephx key)
+and the TLS-PSK credentials an NBD-over-TLS export needs. The ids of those objects are derived
+from `prefix` (the disk's node name), so the objects of two disks never collide and a
+restarted agent can name, and remove, the objects of a disk it only knows by its node name
+(`secret_id`, `tls_creds_id`).
 
 Secrets live only in `QemuSource.secrets` and `TlsPsk.key`; neither appears in a ``repr``.
+An iSCSI volume without this host's initiator name raises `blockyard.errors.Invalid`; info
+missing what its protocol needs (a PSK, CHAP credentials) raises `ConnectionInfoError`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,6 +27,7 @@ from blockyard.connectors.info import (
     IscsiInfo,
     LocalInfo,
     NbdInfo,
+    RbdInfo,
     VolumeInfo,
 )
 from blockyard.errors import Invalid
@@ -30,7 +36,8 @@ LocalDriver = Literal["file", "host_device"]
 
 
 def secret_id(prefix: str) -> str:
-    """The id of the QEMU ``secret`` object holding the CHAP password of disk `prefix`."""
+    """The id of the QEMU ``secret`` object holding the CHAP password (iSCSI) or the cephx
+    key (RBD) of disk `prefix`."""
     return f"{prefix}-secret"
 
 
@@ -65,8 +72,9 @@ class QemuSource:
     #: the protocol node's blockdev options (``driver`` and its arguments; no node-name)
     options: Mapping[str, object]
     read_only: bool
-    #: secret object id -> value (the value never shows in repr)
-    secrets: Mapping[str, str] = field(default_factory=dict)
+    #: secret object id -> value (the value never shows in repr); bytes where QEMU wants the
+    #: raw secret (the cephx key: QEMU's rbd driver hands librados the base64 of the object)
+    secrets: Mapping[str, str | bytes] = field(default_factory=dict)
     tls_psk: TlsPsk | None = None
 
     def __repr__(self) -> str:
@@ -90,6 +98,8 @@ def qemu_source(info: VolumeInfo, *, prefix: str, initiator: str | None = None,
         return _nbd(info, prefix, read_only)
     if isinstance(info, IscsiInfo):
         return _iscsi(info, prefix, initiator, read_only)
+    if isinstance(info, RbdInfo):
+        return _rbd(info, prefix, read_only)
     raise TypeError(f"no QEMU source for {type(info).__name__}")
 
 
@@ -127,3 +137,32 @@ def _iscsi(info: IscsiInfo, prefix: str, initiator: str | None,
         options["password-secret"] = secret_id(prefix)
         secrets[secret_id(prefix)] = info.auth_password
     return QemuSource(options, read_only, secrets)
+
+
+def _rbd(info: RbdInfo, prefix: str, read_only: bool) -> QemuSource:
+    """QEMU's own librbd client (BlockdevOptionsRbd): the monitors as ``server``, the cephx
+    key as a ``secret`` object (``key-secret``), so no ceph.conf or keyring is needed on this
+    host when the key came with the connection info."""
+    options: dict[str, object] = {
+        "driver": "rbd", "pool": info.pool, "image": info.image,
+        # QAPI's InetSocketAddressBase takes the port as a string
+        "server": [{"host": host, "port": str(port)} for host, port in info.monitors],
+    }
+    if info.snapshot:
+        options["snapshot"] = info.snapshot
+    secrets: dict[str, str | bytes] = {}
+    if info.auth_enabled:
+        if info.auth_username:
+            options["user"] = info.auth_username
+        options["auth-client-required"] = ["cephx"]
+        if info.key:
+            options["key-secret"] = secret_id(prefix)
+            # QEMU base64-encodes the secret object's bytes into librados' "key": it must
+            # hold the decoded key
+            try:
+                secrets[secret_id(prefix)] = base64.b64decode(info.key, validate=True)
+            except binascii.Error:
+                raise ConnectionInfoError("rbd connection_info: 'key' is not base64") from None
+    else:
+        options["auth-client-required"] = ["none"]
+    return QemuSource(options, read_only or info.snapshot is not None, secrets)

@@ -5,14 +5,14 @@ Shared by the volume service (data copies) and the compute agent. The pieces:
 - `properties.get_connector_properties()`: this host's initiator properties (the connector
   dict sent on attach); `properties.to_connector()` makes the typed `Connector` of it.
 - `info.parse(connection_info)`: Cinder's connection info, checked once, into `IscsiInfo`,
-  `NbdInfo` or `LocalInfo`.
+  `NbdInfo`, `LocalInfo` or `RbdInfo`.
 - `connector_for(info, properties)`: the connector of that protocol, with four verbs
   (`get_connector_properties`, `connect_volume -> Device`, `disconnect_volume`,
   `extend_volume -> int`) and `open(info, mode) -> VolumeHandle`, a raw seekable file with
   `size` and `extents()`.
 
 No kernel module is used: local paths are opened directly, NBD goes through libnbd, iSCSI
-through a qemu-nbd bridge running QEMU's libiscsi driver.
+through a qemu-nbd bridge running QEMU's libiscsi driver, Ceph RBD through librbd.
 """
 
 from __future__ import annotations
@@ -30,16 +30,27 @@ from .base import (
     VolumeConnector,
     VolumeHandle,
 )
-from .info import ConnectionInfoError, IscsiInfo, LocalInfo, NbdInfo, VolumeInfo, parse
+from .info import (
+    ConnectionInfoError,
+    IscsiInfo,
+    LocalInfo,
+    NbdInfo,
+    RbdInfo,
+    VolumeInfo,
+    parse,
+)
 from .iscsi import IscsiConnector
 from .local import LocalConnector
 from .nbd import NbdConnector
 from .properties import get_connector_properties, to_connector
+from .rbd import RbdConnector, RbdHandle
 
-CONNECTORS: dict[str, type[IscsiConnector] | type[NbdConnector] | type[LocalConnector]] = {
+CONNECTORS: dict[str, type[IscsiConnector] | type[NbdConnector] | type[LocalConnector]
+                 | type[RbdConnector]] = {
     "iscsi": IscsiConnector,
     "nbd": NbdConnector,
     "local": LocalConnector,
+    "rbd": RbdConnector,
 }
 
 
@@ -51,7 +62,7 @@ def connector_for(
     """The connector for `info`'s protocol (parsing `info` first when it is not typed yet).
     `properties` are this host's (`get_connector_properties`); `options` go to the
     connector's constructor (e.g. ``run_dir`` for iSCSI bridges)."""
-    if not isinstance(info, IscsiInfo | NbdInfo | LocalInfo):
+    if not isinstance(info, IscsiInfo | NbdInfo | LocalInfo | RbdInfo):
         info = parse(info)
     return CONNECTORS[info.protocol](properties, **options)
 
@@ -69,6 +80,9 @@ __all__ = [
     "LoginRefused",
     "NbdConnector",
     "NbdInfo",
+    "RbdConnector",
+    "RbdHandle",
+    "RbdInfo",
     "VolumeConnector",
     "VolumeHandle",
     "VolumeInfo",

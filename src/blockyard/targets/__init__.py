@@ -1,6 +1,7 @@
 """Export targets: how a backend's volume is offered to an initiator (iSCSI via tgt, NBD via
-qemu-nbd, local paths). Drivers compose one target with their storage; the runtime builds one
-target per protocol in use and starts and stops its daemons."""
+qemu-nbd, local paths; "rbd" for Ceph, which needs no export). Drivers compose one target with
+their storage; the runtime builds one target per protocol in use and starts and stops its
+daemons."""
 
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ from blockyard.errors import ConfigError
 from blockyard.targets.base import Export, Target
 from blockyard.targets.local import LocalTarget
 from blockyard.targets.qemu_nbd import QemuNbdTarget
+from blockyard.targets.rbd import RbdTarget
 from blockyard.targets.tgt import TgtTarget
 
 TARGETS: dict[str, type[Any]] = {
     "local": LocalTarget,
     "iscsi": TgtTarget,
     "nbd": QemuNbdTarget,
+    "rbd": RbdTarget,
 }
+#: targets without daemons or options, built without a directory
+_PLAIN: tuple[type[Any], ...] = (LocalTarget, RbdTarget)
 
 __all__ = ["TARGETS", "Export", "Target", "build", "check_options"]
 
@@ -36,9 +41,9 @@ def _run_dir(state_dir: Path, protocol: str) -> Path:
 def check_options(protocol: str, options: dict[str, Any]) -> None:
     """Raise ConfigError naming the first [targets.<protocol>] option the target lacks."""
     cls = TARGETS[protocol]
-    if cls is LocalTarget:
+    if cls in _PLAIN:
         if options:
-            raise ConfigError(f"targets.{protocol}", "the local target takes no options")
+            raise ConfigError(f"targets.{protocol}", f"the {protocol} target takes no options")
         return
     params = inspect.signature(cls).parameters
     unknown = sorted(set(options) - set(params) - {"state_dir"})
@@ -53,9 +58,10 @@ def check_options(protocol: str, options: dict[str, Any]) -> None:
 def build(protocol: str, state_dir: Path, options: dict[str, Any]) -> Target:
     """The target for `protocol` with its [targets.<protocol>] `options`."""
     check_options(protocol, options)
-    if TARGETS[protocol] is LocalTarget:
-        return LocalTarget()
     cls = TARGETS[protocol]
+    if cls in _PLAIN:
+        plain: Target = cls()
+        return plain
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     where = _run_dir(state_dir, protocol) if protocol == "nbd" else state_dir / "targets" / protocol
     where.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from blockyard.compute.store import Mapping
+from tests.support.ceph import CephCluster, ceph  # noqa: F401  (fixture)
 from tests.support.compute import (
     ComputeServer,
     GuestConsole,
@@ -29,7 +30,7 @@ from tests.support.compute import (
 from tests.support.server import Api, Server, free_port, free_tgt_control_port
 
 GiB = 1024**3
-PROTOCOLS = ("local", "nbd", "iscsi")
+PROTOCOLS = ("local", "nbd", "iscsi", "rbd")
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tgtd needs root")
@@ -69,8 +70,10 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory,
+          ceph: CephCluster) -> Iterator[Stack]:  # noqa: F811
     image = build_test_guest()
+    rbd = ceph.driver_options()
     base = tmp_path_factory.mktemp("compute")
     agent_port = free_port()
     volumes = Server(base / "volumes", config=f"""
@@ -85,6 +88,13 @@ target = "iscsi"
 [backends.nbd]
 driver = "file"
 target = "nbd"
+[backends.rbd]
+driver = "rbd"
+target = "rbd"
+pool = "{rbd['pool']}"
+user = "{rbd['user']}"
+conf = "{rbd['conf']}"
+keyring = "{rbd['keyring']}"
 [targets.iscsi]
 portal = "127.0.0.1:{free_port()}"
 control_port = {free_tgt_control_port()}
@@ -201,10 +211,11 @@ def test_data_moves_between_guests(stack: Stack, protocol: str) -> None:
     assert stack.api.delete(f"/volumes/{vid}").status_code == 202
 
 
-def test_extend_while_attached(stack: Stack) -> None:
+@pytest.mark.parametrize("protocol", ["local", "rbd"])
+def test_extend_while_attached(stack: Stack, protocol: str) -> None:
     """os-extend at 3.42 → volume-extended event → block_resize → the guest sees 2 GiB."""
     g1, c1 = stack.guests["g1"], stack.consoles["g1"]
-    vid = stack.volume("local")
+    vid = stack.volume(protocol)
     assert stack.nova.attach(g1, vid).status_code == 200
     c1.wait_disk(vid, size=GiB)
     r = stack.api.post(f"/volumes/{vid}/action", {"os-extend": {"new_size": 2}})

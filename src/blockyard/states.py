@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, case, exists, select, update
+from sqlalchemy import ColumnElement, CursorResult, case, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from blockyard.db.models import Attachment, Snapshot, Volume
@@ -61,6 +61,19 @@ class AttachStatus(StrEnum):
     ERROR_ATTACHING = "error_attaching"
     ERROR_DETACHING = "error_detaching"
     DELETED = "deleted"
+
+
+class MigrationStatus(StrEnum):
+    """A volume's ``migration_status`` (Cinder's values); NULL when it never migrated.
+
+    A migration's temporary destination row carries ``target:<source id>`` instead.
+    """
+
+    STARTING = "starting"
+    MIGRATING = "migrating"
+    COMPLETING = "completing"
+    SUCCESS = "success"
+    ERROR = "error"
 
 
 class SnapshotStatus(StrEnum):
@@ -119,7 +132,31 @@ VOLUME_TRANSITIONS: dict[str, Transition] = {
     "attach": Transition((V.ATTACHING, V.RESERVED, V.IN_USE), V.IN_USE, None, None),
     "begin_detaching": Transition((V.IN_USE,), V.DETACHING, None, None),
     "roll_detaching": Transition((V.DETACHING,), V.IN_USE, None, None),
+    # a migration between backends (os-migrate_volume): like Cinder, the status stays what it
+    # was (the task's ownership of the row refuses every other action meanwhile), or becomes
+    # `maintenance` with lock_volume; either way it returns to the previous status at the end,
+    # and migration_status (MIGRATION_STEPS) tells how the migration went
+    "migrate": Transition((V.AVAILABLE,), V.AVAILABLE, PREVIOUS, PREVIOUS),
+    "migrate_locked": Transition((V.AVAILABLE,), V.MAINTENANCE, PREVIOUS, PREVIOUS),
+    # os-retype that needs a migration: `retyping` until the data moved and the type changed
+    "retype_migrate": Transition((V.AVAILABLE,), V.RETYPING, PREVIOUS, PREVIOUS),
 }
+
+M = MigrationStatus
+
+#: migration_status → the values it may be reached from (None: never migrated). `migrating`
+#: is re-entered from every active value because an interrupted migration task starts over.
+MIGRATION_STEPS: dict[str, tuple[str | None, ...]] = {
+    M.STARTING: (None, M.SUCCESS, M.ERROR),
+    M.MIGRATING: (M.STARTING, M.MIGRATING, M.COMPLETING),
+    M.COMPLETING: (M.MIGRATING,),
+    M.SUCCESS: (M.COMPLETING,),
+    M.ERROR: (M.STARTING, M.MIGRATING, M.COMPLETING),
+}
+#: a volume with one of these is part of a migration in progress
+MIGRATION_ACTIVE = (M.STARTING, M.MIGRATING, M.COMPLETING)
+#: prefix of the migration_status of a migration's temporary destination row
+MIGRATION_TARGET = "target:"
 
 #: statuses a volume may leave through `derive_attach_status`
 ATTACH_STATES = (V.ATTACHING, V.RESERVED, V.IN_USE, V.DETACHING)
@@ -310,6 +347,8 @@ def pin(
     A pinned row cannot begin `delete` or `extend` (their conditions require ``pins = 0``), so
     the source of a copy never disappears or grows under it.
     """
+    if model is Volume:  # a migrating volume moves to another backend: nothing may copy it
+        where = (*where, not_migrating())
     stmt = (
         update(model)
         .where(model.id == ident, model.status.in_(allowed), *where)
@@ -356,3 +395,39 @@ def derive_attach_status(session: Session, volume_id: str,
     if status is None:
         _lost(session, Volume, volume_id, allowed, "update attachments of")
     return str(status)
+
+
+# ---------------------------------------------------------------------------- migration
+
+
+def migration_may_become(to: str) -> ColumnElement[bool]:
+    """The condition that a volume's migration_status may move to `to` (MIGRATION_STEPS)."""
+    allowed = MIGRATION_STEPS[to]
+    values = [a for a in allowed if a is not None]
+    cond = Volume.migration_status.in_(values)
+    return or_(Volume.migration_status.is_(None), cond) if None in allowed else cond
+
+
+def not_migrating() -> ColumnElement[bool]:
+    """The volume is not part of a migration in progress (as source or as destination)."""
+    return or_(Volume.migration_status.is_(None),
+               ~Volume.migration_status.in_(MIGRATION_ACTIVE)
+               & ~Volume.migration_status.startswith(MIGRATION_TARGET))
+
+
+def not_migration_target() -> ColumnElement[bool]:
+    """The row is a real volume, not a migration's temporary destination (lists, quota)."""
+    return or_(Volume.migration_status.is_(None),
+               ~Volume.migration_status.startswith(MIGRATION_TARGET))
+
+
+def advance_migration(session: Session, volume_id: str, to: str, *, task_id: int) -> bool:
+    """Move the migration_status of a volume owned by task `task_id` to `to`, if the step is
+    allowed (MIGRATION_STEPS); False when it is not (or the row is not the task's)."""
+    stmt = (
+        update(Volume)
+        .where(Volume.id == volume_id, Volume.task_id == task_id, migration_may_become(to))
+        .values(migration_status=to, updated_at=_now())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(_exec(session, stmt).rowcount == 1)

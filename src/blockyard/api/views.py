@@ -11,8 +11,10 @@ from typing import Any
 from starlette.requests import Request
 
 from blockyard.api import wire
+from blockyard.service import migration
 from blockyard.service.records import AttachmentRecord, VolumeRecord
 from blockyard.service.runtime import Runtime
+from blockyard.states import MIGRATION_ACTIVE
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -49,6 +51,12 @@ def volume_detail(
         metadata.setdefault("readonly", str(v.readonly))
     if attached:
         metadata.setdefault("attached_mode", attached[0].attach_mode)
+    if v.migration_status in MIGRATION_ACTIVE:
+        # Cinder has no progress field and Tempest's schemas allow no new key: like admin
+        # metadata, the running copy's progress shows in `metadata` (service.migration)
+        progress = migration.progress_of(v.id)
+        if progress is not None:
+            metadata.setdefault(migration.PROGRESS_KEY, progress)
     backend = rt.backends.get(v.backend)
     body: dict[str, Any] = {
         "id": v.id,

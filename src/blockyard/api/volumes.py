@@ -13,7 +13,8 @@ from blockyard import states
 from blockyard.api import attachments as attachment_api
 from blockyard.api import listing, metadata, validate, views, wire
 from blockyard.api.errors import ApiError
-from blockyard.service import volumes
+from blockyard.api.types import admin_only
+from blockyard.service import migration, volumes
 
 CREATE_KEYS = {
     "name", "description", "display_name", "display_description", "size", "availability_zone",
@@ -214,6 +215,60 @@ async def _force_delete(request: Request, volume_id: str, value: Any) -> Respons
     return wire.accepted()
 
 
+async def _migrate(request: Request, volume_id: str, value: Any) -> Response:
+    """os-migrate_volume (admin): a generic, host-assisted copy to another backend.
+
+    ``force_host_copy`` is accepted and changes nothing (every migration is a host copy);
+    ``cluster`` (3.16) is refused unless null, since a deployment has no clusters.
+    """
+    admin_only(wire.identity(request),
+               "volume_extension:volume_admin_actions:migrate_volume")
+    args = validate.action_args(value, "os-migrate_volume")
+    allowed = {"host", "force_host_copy", "lock_volume"}
+    if wire.mv(request) >= 16:
+        allowed.add("cluster")
+    validate.no_extra_keys(args, allowed, "os-migrate_volume")
+    if args.get("cluster") is not None:
+        raise ApiError(400, "Invalid input received: cluster is not supported: this "
+                            "deployment has no clusters; give a host.")
+    host = args.get("host")
+    if not isinstance(host, str) or not host:
+        raise validate.invalid("os-migrate_volume", args, "'host' is a required property")
+    validate.boolean(args.get("force_host_copy", False), "force_host_copy")
+    lock = validate.boolean(args.get("lock_volume", False), "lock_volume")
+    await wire.call(request, migration.migrate, volume_id, host, lock_volume=lock)
+    return wire.accepted()
+
+
+async def _retype(request: Request, volume_id: str, value: Any) -> Response:
+    args = validate.action_args(value, "os-retype")
+    validate.no_extra_keys(args, {"new_type", "migration_policy"}, "os-retype")
+    new_type = args.get("new_type")
+    if not isinstance(new_type, str) or not new_type:
+        raise validate.invalid("os-retype", args, "'new_type' is a required property")
+    policy = args.get("migration_policy") or "never"
+    if policy not in ("on-demand", "never"):
+        raise ApiError(400, f"Invalid input received: migration_policy must be 'on-demand' "
+                            f"or 'never', passed: {policy}")
+    await wire.call(request, migration.retype, volume_id, new_type, policy)
+    return wire.accepted()
+
+
+async def _migrate_completion(request: Request, volume_id: str, value: Any) -> Response:
+    """os-migrate_volume_completion (admin): Cinder's checks and answer (see the service)."""
+    admin_only(wire.identity(request),
+               "volume_extension:volume_admin_actions:migrate_volume_completion")
+    args = validate.action_args(value, "os-migrate_volume_completion")
+    validate.no_extra_keys(args, {"new_volume", "error"}, "os-migrate_volume_completion")
+    new_volume = validate.uuid_string(args.get("new_volume"), "new_volume")
+    if new_volume is None:
+        raise validate.invalid("os-migrate_volume_completion", args,
+                               "'new_volume' is a required property")
+    error = validate.boolean(args.get("error", False), "error")
+    save = await wire.call(request, migration.complete, volume_id, new_volume, error)
+    return wire.ok({"save_volume_id": save})
+
+
 #: action name → handler (the attach/detach ones live with the attachments API)
 ACTIONS: dict[str, Action] = {
     "os-extend": _extend,
@@ -221,6 +276,9 @@ ACTIONS: dict[str, Action] = {
     "os-set_bootable": _set_bootable,
     "os-update_readonly_flag": _update_readonly,
     "os-force_delete": _force_delete,
+    "os-migrate_volume": _migrate,
+    "os-retype": _retype,
+    "os-migrate_volume_completion": _migrate_completion,
     **attachment_api.LEGACY_ACTIONS,
 }
 

@@ -408,7 +408,8 @@ def _settle_delete(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
     s.connection().execute(delete(Attachment).where(Attachment.volume_id.in_(owned)))
     removed = s.connection().execute(delete(Volume).where(Volume.id == task.resource_id,
                                              Volume.task_id == task.id))
-    if removed.rowcount == 1:
+    # a migration's temporary destination never counted against quota (`no_quota`)
+    if removed.rowcount == 1 and not p.get("no_quota"):
         quotas.consume(s, rt.config.quotas, str(p["project_id"]),
                        quotas.volume_deltas(type_name, -1, -int(p["size"])))
 
@@ -587,7 +588,8 @@ def _filtered_query(who: Identity, filters: dict[str, str], all_projects: bool,
                     like_allowed: bool) -> Any:
     from blockyard.service.listing import like
 
-    q = select(Volume.id)
+    # a migration's temporary destination is no volume of anyone's (Cinder hides it too)
+    q = select(Volume.id).where(states.not_migration_target())
     project = filters.get("project_id") if all_projects else None
     if not all_projects:
         q = q.where(Volume.project_id == who.project_id)
@@ -643,6 +645,8 @@ def summary(
         q = select(func.count(Volume.id), func.coalesce(func.sum(Volume.size), 0))
         mq = select(VolumeMetadata.key, VolumeMetadata.value).join(
             Volume, Volume.id == VolumeMetadata.volume_id)
+        q = q.where(states.not_migration_target())
+        mq = mq.where(states.not_migration_target())
         if not (all_projects and who.is_admin):
             q = q.where(Volume.project_id == who.project_id)
             mq = mq.where(Volume.project_id == who.project_id)

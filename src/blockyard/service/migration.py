@@ -1,0 +1,441 @@
+"""Generic migration of a volume to another backend, and retype (which may need one).
+
+This is Cinder's host-assisted ("generic") migration, done by one durable task:
+
+1. Accepting (`migrate`, `retype`): one transaction moves the volume into its busy status
+   (`available` stays, owned by the task; `maintenance` with lock_volume; `retyping` for a
+   retype), sets migration_status ``starting``, and inserts the temporary destination row on the
+   destination backend: status ``creating``, migration_status ``target:<source id>``, owned by
+   the same task. That row is hidden from lists and summaries and never counts against quota.
+2. The task (`_run_migrate`): migration_status ``migrating``; create the destination's backend
+   object; open both sides with `open_volume` and copy sparse-aware
+   (`blockyard.backends.transfer.copy_volume`); migration_status ``completing``; checksum both
+   sides over their full size and compare. Any failure deletes the destination object again.
+3. Settling, in one transaction: on success the identities are swapped, as Cinder's
+   `migrate_volume_completion` does — the user's row (same id) now names the destination
+   backend and, through ``name_id``, the destination's object; the temporary row takes over the
+   source's backend, object and location. migration_status becomes ``success`` and the status
+   returns to what it was. On failure the source row keeps everything, migration_status becomes
+   ``error``, the status returns. Either way the temporary row is then deleted by an ordinary
+   durable `delete_volume` task (without quota), which removes the backend object it names: the
+   old source object after a success, the partial destination after a failure.
+
+A crash at any point before step 3 commits leaves the task row, and the restarted service runs
+the migration again from the start (creating the destination object recreates it from
+scratch). After step 3 the delete task is durable too. So no volume stays ``migrating`` and no
+destination is orphaned.
+
+Progress is kept in memory while the copy runs (it needs no durability, and the copy must not
+contend for the database's single writer) and shown by the API as the synthesized metadata key
+``blockyard:migration_progress`` (`progress_of`).
+
+Volumes with snapshots are refused, as Cinder's generic migration refuses them: the snapshots
+live on the source backend and would be stranded. Attached volumes are refused for now (live
+migration through the compute agent's block mirror is a later step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import uuid
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from blockyard import states
+from blockyard.backends import transfer
+from blockyard.backends.base import ModelUpdate, VolumeRef
+from blockyard.db.models import Base, Snapshot, Volume, utcnow
+from blockyard.errors import BlockyardError, InUse, Invalid, InvalidState, NotFound
+from blockyard.service import quotas, records, scheduler, tasks
+from blockyard.service import types as vtypes
+from blockyard.service.identity import Identity, authorize
+from blockyard.service.records import VolumeRecord
+from blockyard.service.runtime import Backend, Runtime
+from blockyard.service.volumes import (
+    FRESH_TRIES,
+    _no_snapshots,
+    _ref_from_payload,
+    _ref_payload,
+    _Stale,
+    _stale,
+    _visible,
+    _with_fresh,
+    model_values,
+)
+from blockyard.states import MigrationStatus as M
+from blockyard.states import VolumeStatus as V
+
+log = logging.getLogger(__name__)
+
+#: prebuilt, as in blockyard.service.volumes: the values come as parameters
+_INSERT_VOLUME = insert(Base.metadata.tables["volumes"])
+
+#: fault injection for the tests (with the fail points): corrupt the copy before verifying it
+_CORRUPT = "migrate_volume.corrupt_destination" in os.environ.get(
+    "BLOCKYARD_FAILPOINTS", "").split(",")
+
+#: the metadata key the API shows a running migration's progress under
+PROGRESS_KEY = "blockyard:migration_progress"
+
+
+class MigrationFailed(BlockyardError):
+    """The copy did not verify: the destination differs from the source."""
+
+
+# ---------------------------------------------------------------------------- progress
+
+_progress: dict[str, tuple[int, int]] = {}
+_progress_lock = threading.Lock()
+
+
+def _set_progress(volume_id: str, done: int, total: int) -> None:
+    with _progress_lock:
+        _progress[volume_id] = (done, total)
+
+
+def _clear_progress(volume_id: str) -> None:
+    with _progress_lock:
+        _progress.pop(volume_id, None)
+
+
+def progress_of(volume_id: str) -> str | None:
+    """"<percent>% (<done> of <total> bytes)" of the running copy of `volume_id`, else None.
+
+    Bytes count the source's data (holes cost nothing, so they are not counted); the percent is
+    of those. Cinder has no progress field and Tempest's schemas allow no new key in a volume,
+    so the API shows this in `metadata`, as Cinder shows its admin metadata there.
+    """
+    with _progress_lock:
+        got = _progress.get(volume_id)
+    if got is None:
+        return None
+    done, total = got
+    percent = 100 if total == 0 else done * 100 // total
+    return f"{percent}% ({done} of {total} bytes)"
+
+
+# ---------------------------------------------------------------------------- accepting
+
+
+def find_backend(rt: Runtime, host: str) -> Backend:
+    """The backend `host` names: "host@backend#pool" or "host@backend" (one pool each)."""
+    service, _, pool = host.partition("#")
+    for backend in rt.backends.values():
+        if backend.service_host == service and pool in ("", backend.name):
+            return backend
+    raise Invalid(f"Invalid host: No available service named '{host}'")
+
+
+def _refuse_unless_migratable(v: VolumeRecord, *, snapshots: bool) -> None:
+    """Cinder's checks and wording, in Cinder's order."""
+    if v.status == V.IN_USE or v.attach_status != "detached":
+        raise Invalid(f"Invalid volume: Volume {v.id} is attached; migrating an attached "
+                      f"volume is not supported yet: detach it first.")
+    if v.migration_status in states.MIGRATION_ACTIVE or (
+            v.migration_status or "").startswith(states.MIGRATION_TARGET):
+        raise Invalid(f"Invalid volume: Volume {v.id} is already part of an active migration.")
+    if v.status != V.AVAILABLE:
+        raise Invalid(f"Invalid volume: Volume {v.id} status must be available or in-use, but "
+                      f"current status is: {v.status}.")
+    if snapshots:
+        raise Invalid(f"Invalid volume: Volume {v.id} must not have snapshots.")
+
+
+def _has_snapshots(rt: Runtime, volume_id: str) -> bool:
+    with rt.db.reading() as conn:
+        return conn.execute(select(Snapshot.id).where(Snapshot.volume_id == volume_id)
+                            .limit(1)).first() is not None
+
+
+def _accept(rt: Runtime, v: VolumeRecord, dest: Backend, action: str,
+            new_type: vtypes.TypeInfo | None = None) -> tasks.TaskView:
+    """The transaction of step 1 (module docstring); returns the task to start."""
+    dest_id = str(uuid.uuid4())
+    type_id = new_type.id if new_type is not None else v.volume_type_id
+    with rt.db.write() as s:
+        task = tasks.enqueue(s, "migrate_volume", v.backend, v.id, {
+            **_ref_payload(v), "dest_id": dest_id, "dest_backend": dest.name,
+            "action": action, "new_type_id": new_type.id if new_type else None,
+            "new_type_name": new_type.name if new_type else None})
+        try:
+            states.begin(s, Volume, v.id, action, task_id=task.id, values={
+                "migration_status": M.STARTING}, where=(
+                    Volume.size == v.size, Volume.pins == 0, _no_snapshots(v.id),
+                    Volume.attach_status == states.AttachStatus.DETACHED,
+                    states.migration_may_become(M.STARTING)))
+        except InvalidState as exc:
+            if _stale(s, v):
+                raise _Stale() from exc
+            if exc.current in states.VOLUME_TRANSITIONS[action].allowed:
+                raise Invalid(f"Invalid volume: Volume {v.id} is busy (being copied, "
+                              f"snapshotted or changed); migrate it afterwards.") from exc
+            raise
+        if new_type is not None:  # the new type's share of quota, reserved up front
+            quotas.consume(s, rt.config.quotas, v.project_id,
+                           _type_deltas(new_type.name, 1, v.size))
+        s.connection().execute(_INSERT_VOLUME, {
+            "id": dest_id, "project_id": v.project_id, "user_id": v.user_id, "name": v.name,
+            "description": f"migration target of volume {v.id}", "size": v.size,
+            "status": V.CREATING, "previous_status": None, "attach_status": "detached",
+            "availability_zone": dest.config.availability_zone, "volume_type_id": type_id,
+            "backend": dest.name, "snapshot_id": None, "source_volid": None,
+            "bootable": v.bootable, "readonly": v.readonly, "multiattach": v.multiattach,
+            "task_id": task.id, "pins": 0, "created_at": utcnow(), "updated_at": None,
+            "provider_location": None, "provider_auth": None, "name_id": None,
+            "migration_status": f"{states.MIGRATION_TARGET}{v.id}",
+        })
+    return task
+
+
+def migrate(rt: Runtime, who: Identity, volume_id: str, host: str, *,
+            lock_volume: bool = False) -> None:
+    """os-migrate_volume: copy the volume to the backend `host` names, keeping its id."""
+
+    def act(v: VolumeRecord, _per_volume: int) -> tasks.TaskView:
+        _refuse_unless_migratable(v, snapshots=_has_snapshots(rt, v.id))
+        dest = find_backend(rt, host)
+        if dest.name == v.backend:
+            raise Invalid("Invalid host: Destination host must be different than the current "
+                          "host.")
+        return _accept(rt, v, dest, "migrate_locked" if lock_volume else "migrate")
+
+    _with_fresh(rt, who, volume_id, act)
+
+
+def retype(rt: Runtime, who: Identity, volume_id: str, new_type: str, policy: str) -> None:
+    """os-retype: change the volume's type; migrate it when its backend cannot serve the type
+    (only with ``migration_policy=on-demand``)."""
+
+    def act(v: VolumeRecord, _per_volume: int) -> tasks.TaskView | None:
+        if v.status not in (V.AVAILABLE, V.IN_USE):
+            raise Invalid(f"Invalid volume: Unable to update type due to incorrect status: "
+                          f"{v.status} on volume: {v.id}. Volume status must be available or "
+                          f"in-use.")
+        if v.migration_status in states.MIGRATION_ACTIVE:
+            raise Invalid(f"Invalid volume: Volume {v.id} is already part of an active "
+                          f"migration.")
+        with rt.db.reading() as conn:
+            try:
+                vt = vtypes.resolve(conn, new_type, who)
+            except NotFound:
+                raise Invalid(f"Invalid input received: Invalid volume_type passed: "
+                              f"{new_type}.") from None
+        if vt.id == v.volume_type_id:
+            raise Invalid(f"Invalid input received: New volume_type same as original: "
+                          f"{new_type}.")
+        wanted = vt.specs.get("volume_backend_name")
+        current = rt.backend(v.backend)
+        if not wanted or current.config.volume_backend_name == wanted:
+            _retype_in_place(rt, v, vt)
+            return None
+        if policy != "on-demand":
+            raise Invalid(f"Invalid input received: Retype of volume {v.id} to type "
+                          f"{vt.name} needs a migration to another backend, but "
+                          f"migration_policy is 'never'.")
+        _refuse_unless_migratable(v, snapshots=_has_snapshots(rt, v.id))
+        dest = scheduler.pick(rt, vt, v.size, None)
+        return _accept(rt, v, dest, "retype_migrate", vt)
+
+    for _ in range(FRESH_TRIES):
+        try:
+            task = act(*_visible(rt, who, volume_id))
+        except _Stale:
+            continue
+        if task is not None:
+            tasks.start(rt, task)
+        return
+    raise InUse(f"Invalid volume: Volume {volume_id} kept changing; try again.")
+
+
+def _type_deltas(type_name: str, count: int, gigabytes: int) -> dict[str, int]:
+    """The per-type part of a volume's quota usage: a retype moves only that part."""
+    return {f"volumes_{type_name}": count, f"gigabytes_{type_name}": gigabytes}
+
+
+def _retype_in_place(rt: Runtime, v: VolumeRecord, vt: vtypes.TypeInfo) -> None:
+    """The backend can serve the new type: only the row changes (and per-type quota)."""
+    with rt.db.write() as s:
+        changed = s.connection().execute(
+            update(Volume)
+            .where(Volume.id == v.id, Volume.volume_type_id == v.volume_type_id,
+                   Volume.task_id.is_(None), Volume.status.in_((V.AVAILABLE, V.IN_USE)),
+                   states.not_migrating())
+            .values(volume_type_id=vt.id, updated_at=utcnow())
+            .execution_options(synchronize_session=False))
+        if changed.rowcount != 1:
+            raise _Stale()
+        quotas.consume(s, rt.config.quotas, v.project_id, _type_deltas(vt.name, 1, v.size))
+        quotas.consume(s, rt.config.quotas, v.project_id,
+                       _type_deltas(v.type_name, -1, -v.size))
+
+
+def complete(rt: Runtime, who: Identity, volume_id: str, new_volume_id: str,
+             error: bool) -> str:
+    """os-migrate_volume_completion: Cinder's checks; returns the id the caller keeps.
+
+    In Cinder this is how a migration driven from outside the volume manager (Nova's
+    swap_volume for attached volumes) ends. Here every migration is driven and completed by
+    blockyard's own durable task, so a valid pair is always owned by that task and is refused;
+    two volumes not migrating at all get Cinder's answer (the new volume's id), as long as the
+    old one is not attached (re-attaching is the compute agent's later step).
+    """
+    with rt.db.reading() as conn:
+        pair = records.fetch_volumes(conn, [volume_id, new_volume_id])
+    found = {r.id: r for r in pair}
+    for ident in (volume_id, new_volume_id):
+        if ident not in found:
+            raise NotFound("Volume", ident)
+        authorize(who, "volume:get", found[ident].project_id)
+    old, new = found[volume_id], found[new_volume_id]
+    if not (old.migration_status or new.migration_status):
+        if not error and old.attach_status != "detached":
+            raise Invalid(f"Invalid volume: Volume {volume_id} is attached; moving its "
+                          f"attachments to another volume is not supported yet.")
+        return new_volume_id
+    if not old.migration_status:
+        raise Invalid("Invalid volume: Source volume not mid-migration.")
+    if not new.migration_status:
+        raise Invalid("Invalid volume: Destination volume not mid-migration.")
+    expected = f"{states.MIGRATION_TARGET}{volume_id}"
+    if new.migration_status != expected:
+        raise Invalid(f"Invalid volume: Destination has migration_status "
+                      f"{new.migration_status}, expected {expected}.")
+    raise Invalid(f"Invalid volume: The migration of volume {volume_id} is carried out by "
+                  f"blockyard's own task, which completes (or fails) it by itself.")
+
+
+# ---------------------------------------------------------------------------- the task
+
+
+def _dest_ref(task: tasks.TaskView) -> VolumeRef:
+    return VolumeRef(id=str(task.payload["dest_id"]), size_gb=int(task.payload["size"]))
+
+
+def _advance(rt: Runtime, task: tasks.TaskView, to: str) -> None:
+    with rt.db.write() as s:
+        if not states.advance_migration(s, task.resource_id, to, task_id=task.id):
+            log.warning("migration of %s: could not set migration_status %s", task.resource_id,
+                        to)
+
+
+def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
+    src_ref = _ref_from_payload(task)
+    src_drv = rt.backend(task.backend).driver
+    dst_drv = rt.backend(str(task.payload["dest_backend"])).driver
+    dst_ref = _dest_ref(task)
+    length = src_ref.size_bytes
+    _advance(rt, task, M.MIGRATING)
+
+    def progress(done: int, total: int) -> None:
+        _set_progress(task.resource_id, done, total)
+        tasks.failpoint("migrate_volume.mid_copy")
+
+    try:
+        created = dst_drv.create_volume(dst_ref)
+        dst_ref = dataclasses.replace(dst_ref, **model_values(created))
+        tasks.failpoint("migrate_volume.before_copy")
+        src = src_drv.open_volume(src_ref, "rb")
+        try:
+            dst = dst_drv.open_volume(dst_ref, "r+b")
+            try:
+                stats = transfer.copy_volume(src, dst, length, progress)
+                if _CORRUPT:
+                    dst.seek(length // 2)
+                    dst.write(b"\xff")
+            finally:
+                dst_drv.close_volume(dst_ref, dst)
+        finally:
+            src_drv.close_volume(src_ref, src)
+        _advance(rt, task, M.COMPLETING)
+        digests = []
+        for drv, ref in ((src_drv, src_ref), (dst_drv, dst_ref)):
+            handle = drv.open_volume(ref, "rb")
+            try:
+                digests.append(transfer.checksum(handle, length))
+            finally:
+                drv.close_volume(ref, handle)
+        if digests[0] != digests[1]:
+            raise MigrationFailed(f"the copy of volume {task.resource_id} does not verify: "
+                                  f"source sha256 {digests[0]}, destination {digests[1]}")
+        log.info("migrated volume %s to %s: %d data bytes, %d written (%s), sha256 %s",
+                 task.resource_id, task.payload["dest_backend"], stats.data_bytes,
+                 stats.written_bytes, stats.method, digests[0])
+        tasks.failpoint("migrate_volume.after_verify")
+        return created
+    except BaseException:
+        try:
+            dst_drv.delete_volume(dst_ref)
+        except Exception:  # the delete task queued when settling removes it, durably
+            log.warning("migration of %s: could not remove the destination yet",
+                        task.resource_id, exc_info=True)
+        raise
+    finally:
+        _clear_progress(task.resource_id)
+
+
+def _row(s: Session, volume_id: str) -> Any:
+    return s.connection().execute(
+        select(Volume.backend, Volume.name_id, Volume.provider_location, Volume.provider_auth,
+               Volume.availability_zone, Volume.status)
+        .where(Volume.id == volume_id)).first()
+
+
+def _settle_migrate(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
+                    error: BaseException | None) -> tasks.FollowUp | None:
+    p = task.payload
+    vid, dest_id, action = task.resource_id, str(p["dest_id"]), str(p["action"])
+    src, dst = _row(s, vid), _row(s, dest_id)
+    ok = error is None and states.advance_migration(s, vid, M.SUCCESS, task_id=task.id)
+    type_name = str(p["type_name"])
+    new_type = p.get("new_type_name")
+    if ok:
+        values: dict[str, Any] = {
+            "backend": p["dest_backend"], "name_id": dst.name_id or dest_id,
+            "provider_location": dst.provider_location, "provider_auth": dst.provider_auth,
+            "availability_zone": dst.availability_zone, **model_values(result)}
+        if p.get("new_type_id"):
+            values["volume_type_id"] = p["new_type_id"]
+        states.finish(s, Volume, vid, action, task_id=task.id, values=values)
+        # the temporary row now names what the source was: deleting it removes the old object
+        states.finish(s, Volume, dest_id, "create", task_id=task.id, values={
+            "backend": src.backend, "name_id": src.name_id or vid,
+            "provider_location": src.provider_location, "provider_auth": src.provider_auth})
+        doomed = VolumeRef(id=dest_id, size_gb=int(p["size"]), name_id=src.name_id or vid,
+                           provider_location=src.provider_location,
+                           provider_auth=src.provider_auth)
+        doomed_backend = str(src.backend)
+        if new_type:  # the old type's share of quota goes (the new one was reserved)
+            quotas.consume(s, rt.config.quotas, str(p["project_id"]),
+                           _type_deltas(type_name, -1, -int(p["size"])))
+    else:
+        log.warning("migration of volume %s failed: %s", vid, error)
+        states.advance_migration(s, vid, M.ERROR, task_id=task.id)
+        states.fail(s, Volume, vid, action, task_id=task.id)
+        states.fail(s, Volume, dest_id, "create", task_id=task.id)
+        doomed = VolumeRef(id=dest_id, size_gb=int(p["size"]),
+                           provider_location=dst.provider_location if dst else None)
+        doomed_backend = str(p["dest_backend"])
+        if new_type:
+            quotas.consume(s, rt.config.quotas, str(p["project_id"]),
+                           _type_deltas(str(new_type), -1, -int(p["size"])))
+    if dst is None:
+        return None
+    delete = tasks.enqueue(s, "delete_volume", doomed_backend, dest_id, {
+        "cascade": False, "size": doomed.size_gb, "name_id": doomed.name_id,
+        "provider_location": doomed.provider_location, "provider_auth": doomed.provider_auth,
+        "project_id": p["project_id"], "type_name": type_name, "no_quota": True})
+    states.begin(s, Volume, dest_id, "delete", task_id=delete.id)
+
+    def start_delete() -> None:
+        tasks.start(rt, delete)
+
+    return start_delete
+
+
+tasks.register("migrate_volume", tasks.Handler(_run_migrate, _settle_migrate))
+

@@ -501,3 +501,23 @@ def test_crash(make_server: type[Server], point: str) -> None:
     db = read_db(s.state_dir)
     assert file_sha(volume_file(s.state_dir, db.volumes[vid], src)) == sha
     c.close()
+
+
+def test_the_cli_migrates_with_a_progress_bar(srv: Server, c: Api) -> None:
+    """`blockyard migrate VOLUME HOST` starts the migration and draws its progress."""
+    import subprocess
+    import sys
+
+    vid = create(c, 1)
+    fill(volume_file(srv.state_dir, vid, "a"), seed=7)
+    cli = [sys.executable, "-m", "blockyard.cli", "migrate", "--url", srv.endpoint]
+    done = subprocess.run([*cli, vid, "nohost@b#b"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "No available service named" in done.stderr, done.stderr
+    host = c.get(f"/volumes/{vid}").json()["volume"]["os-vol-host-attr:host"]
+    destination = host.split("@")[0] + "@b#b"
+    done = subprocess.run([*cli, vid, destination], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "[" + "#" * 30 + "] 100%" in done.stderr
+    assert f"migrated {vid} to {destination}" in done.stderr
+    assert c.get(f"/volumes/{vid}").json()["volume"]["migration_status"] == "success"

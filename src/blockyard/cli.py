@@ -122,17 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     compute.add_argument("--config", help="TOML configuration file (default: built-in)")
     compute.add_argument("--state-dir", help="where the agent keeps its state (./var/compute)")
     compute.add_argument("--listen", help="HOST:PORT to listen on (127.0.0.1:8774)")
+    from blockyard import migrate_cli
+
+    migrate_cli.add_parser(sub)
     for p in (serve, compute):
         p.add_argument("--log-level", default="warning",
                        choices=["critical", "error", "warning", "info", "debug"])
         p.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _serve(args)
     if args.command == "compute":
         return _compute(args)
+    if args.command == "migrate":
+        return migrate_cli.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

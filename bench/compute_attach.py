@@ -40,7 +40,7 @@ from tests.support.compute import (  # noqa: E402
 from tests.support.compute import (
     compute_config as agent_config,
 )
-from tests.support.server import Server, free_port, free_tgt_control_port  # noqa: E402
+from tests.support.server import Server, exported_backends_config, free_port  # noqa: E402
 
 from blockyard.compute import config as compute_config  # noqa: E402
 from blockyard.compute import launcher  # noqa: E402
@@ -62,22 +62,8 @@ def wait_seen(console: GuestConsole, serial: str, present: bool) -> None:
 def bench_agent(work: Path, image: dict[str, str], protocols: list[str],
                 rounds: int) -> dict[str, Rounds]:
     agent_port = free_port()
-    volumes = Server(work / "volumes", config=f"""
-[quota]
-volumes = 1000
-gigabytes = 10000
-[backends.local]
-driver = "file"
-[backends.iscsi]
-driver = "file"
-target = "iscsi"
-[backends.nbd]
-driver = "file"
-target = "nbd"
-[targets.iscsi]
-portal = "127.0.0.1:{free_port()}"
-control_port = {free_tgt_control_port()}
-""").start()
+    volumes = Server(work / "volumes", config=exported_backends_config(
+        local=True, extra="[quota]\nvolumes = 1000\ngigabytes = 10000\n")).start()
     agent = ComputeServer(work / "agent", port=agent_port, config=agent_config(
         volumes.url, images={"tiny": image})).start()
     results: dict[str, Rounds] = {}

@@ -20,7 +20,13 @@ import pytest
 
 from blockyard.backends.base import ConnectionInfo
 from blockyard.connectors import LoginRefused, connector_for, parse
-from tests.support.server import Api, Server, free_port, free_tgt_control_port
+from tests.support.server import (
+    Api,
+    Server,
+    exported_backends_config,
+    free_port,
+    free_tgt_control_port,
+)
 
 MiB = 1024**2
 PATTERN = [(0, os.urandom(4096)), (5 * MiB + 17, os.urandom(100_000)), (1023 * MiB, b"end" * 100)]
@@ -30,17 +36,8 @@ PATTERN = [(0, os.urandom(4096)), (5 * MiB + 17, os.urandom(100_000)), (1023 * M
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     control = free_tgt_control_port()
-    srv = Server(tmp_path_factory.mktemp("targets") / "state", config=f"""
-[backends.iscsi]
-driver = "file"
-target = "iscsi"
-[backends.nbd]
-driver = "file"
-target = "nbd"
-[targets.iscsi]
-portal = "127.0.0.1:{free_port()}"
-control_port = {control}
-""")
+    srv = Server(tmp_path_factory.mktemp("targets") / "state",
+                 config=exported_backends_config(control_port=control))
     srv.control_port = control  # type: ignore[attr-defined]
     srv.start()
     api = srv.client()

@@ -27,7 +27,7 @@ from tests.support.compute import (
     build_test_guest,
     compute_config,
 )
-from tests.support.server import Api, Server, free_port, free_tgt_control_port
+from tests.support.server import Api, Server, exported_backends_config, free_port
 
 GiB = 1024**3
 PROTOCOLS = ("local", "nbd", "iscsi", "rbd")
@@ -76,18 +76,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
     rbd = ceph.driver_options()
     base = tmp_path_factory.mktemp("compute")
     agent_port = free_port()
-    volumes = Server(base / "volumes", config=f"""
+    volumes = Server(base / "volumes", config=exported_backends_config(local=True, extra=f"""
 [quota]
 volumes = 1000
 gigabytes = 10000
-[backends.local]
-driver = "file"
-[backends.iscsi]
-driver = "file"
-target = "iscsi"
-[backends.nbd]
-driver = "file"
-target = "nbd"
 [backends.rbd]
 driver = "rbd"
 target = "rbd"
@@ -95,12 +87,9 @@ pool = "{rbd['pool']}"
 user = "{rbd['user']}"
 conf = "{rbd['conf']}"
 keyring = "{rbd['keyring']}"
-[targets.iscsi]
-portal = "127.0.0.1:{free_port()}"
-control_port = {free_tgt_control_port()}
 [compute]
 url = "http://127.0.0.1:{agent_port}/v2.1"
-""").start()
+""")).start()
     api = volumes.client()
     for name in PROTOCOLS:
         specs = {"volume_backend_name": name}

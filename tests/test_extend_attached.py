@@ -25,7 +25,7 @@ from blockyard import config as configuration
 from blockyard.errors import ConfigError
 from blockyard.service import compute_events
 from tests.support.consistency import assert_consistent, read_db
-from tests.support.server import Api, Server, free_port, free_tgt_control_port
+from tests.support.server import Api, Server, exported_backends_config, free_port
 
 INSTANCE_A = "11111111-2222-3333-4444-555555555555"
 INSTANCE_B = "66666666-7777-8888-9999-000000000000"
@@ -311,19 +311,9 @@ def test_no_compute_configured_extend_attached_works(make_server: Callable[..., 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, compute: FakeCompute) -> Iterator[Server]:
     """File backends exported over tgt (iscsi) and qemu-nbd (nbd), with a compute url."""
-    srv = Server(tmp_path_factory.mktemp("exported") / "state", config=f"""
-[backends.iscsi]
-driver = "file"
-target = "iscsi"
-[backends.nbd]
-driver = "file"
-target = "nbd"
-[targets.iscsi]
-portal = "127.0.0.1:{free_port()}"
-control_port = {free_tgt_control_port()}
-[compute]
-url = "{compute.url}"
-""").start()
+    srv = Server(tmp_path_factory.mktemp("exported") / "state",
+                 config=exported_backends_config(extra=f'[compute]\nurl = "{compute.url}"\n')
+                 ).start()
     api = srv.client()
     for name in ("iscsi", "nbd"):
         r = api.post("/types", {"volume_type": {

@@ -27,6 +27,24 @@ def free_tgt_control_port() -> int:
             return port
 
 
+def exported_backends_config(*, local: bool = False, control_port: int | None = None,
+                             extra: str = "") -> str:
+    """A volume service config with file backends named after their export: `iscsi` (tgt on
+    a free portal and control port), `nbd` (qemu-nbd), and `local` when asked; `extra` is
+    appended (quota, compute, more backends)."""
+    local_backend = '[backends.local]\ndriver = "file"\n' if local else ""
+    return f"""{local_backend}[backends.iscsi]
+driver = "file"
+target = "iscsi"
+[backends.nbd]
+driver = "file"
+target = "nbd"
+[targets.iscsi]
+portal = "127.0.0.1:{free_port()}"
+control_port = {control_port or free_tgt_control_port()}
+{extra}"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +20,7 @@ from blockyard.backends.rbd import RbdDriver
 from blockyard.compute.disks import QemuSource, qemu_source, secret_id
 from blockyard.compute.hypervisor import Hypervisor
 from blockyard.connectors import RbdConnector, RbdHandle, RbdInfo, connector_for, parse
+from blockyard.connectors import rbd as rbd_connector
 from blockyard.connectors.base import ConnectorError
 from blockyard.connectors.info import ConnectionInfoError
 from blockyard.connectors.util import process_cmdline
@@ -77,6 +81,95 @@ def test_qemu_source_for_rbd() -> None:
     assert ro.read_only and ro.secrets == {} and "key-secret" not in ro.options
 
 
+# ------------------------------------------------------------------ the write pipeline, on a fake
+
+
+class SlowImage:
+    """An ``rbd.Image`` stand-in whose aio writes land after `delay` on their own threads, in
+    reverse order of submission, with an optional failure at one offset."""
+
+    def __init__(self, size: int, delay: float = 0.02, fail_at: int | None = None) -> None:
+        self.data = bytearray(size)
+        self.delay = delay
+        self.fail_at = fail_at
+        self.in_flight = self.most_in_flight = 0
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        assert self.in_flight == 0, "closed with writes in flight"
+        self.closed = True
+
+    def read(self, offset: int, count: int) -> bytes:
+        return bytes(self.data[offset:offset + count])
+
+    def aio_write(self, data: bytes, offset: int, oncomplete: Any) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            delay = self.delay * (1 + 1 / self.in_flight)  # later submissions land sooner
+
+        def land() -> None:
+            time.sleep(delay)
+            rc = -errno.EIO if offset == self.fail_at else 0
+            if rc == 0:
+                self.data[offset:offset + len(data)] = data
+            with self.lock:
+                self.in_flight -= 1
+            oncomplete(type("Completion", (), {"get_return_value": lambda _: rc})())
+
+        threading.Thread(target=land, daemon=True).start()
+
+
+def test_writes_are_pipelined_up_to_the_depth() -> None:
+    piece = rbd_connector.AIO_PIECE
+    image = SlowImage(80 * piece)
+    handle = RbdHandle(image, True, "fake")
+    data = os.urandom(80 * piece)
+    t0 = time.monotonic()
+    handle.write(data)  # 80 pieces; one at a time would take 80 × 20 ms
+    handle.flush()
+    assert time.monotonic() - t0 < 40 * image.delay
+    assert 1 < image.most_in_flight <= rbd_connector.AIO_DEPTH
+    assert bytes(image.data) == data
+    handle.close()
+    assert image.closed
+
+
+def test_overlapping_writes_land_in_order_and_reads_see_them() -> None:
+    image = SlowImage(4 * MiB)
+    handle = RbdHandle(image, True, "fake")
+    handle.write(b"a" * MiB)
+    handle.seek(MiB // 2)
+    handle.write(b"b" * MiB)  # overlaps the first, still in flight: must wait for it
+    handle.seek(0)
+    assert handle.read(2 * MiB) == b"a" * (MiB // 2) + b"b" * MiB + bytes(MiB // 2)
+    handle.close()
+
+
+def test_a_failed_write_is_reported_by_the_next_call_and_by_close() -> None:
+    piece = rbd_connector.AIO_PIECE
+    image = SlowImage(8 * piece, fail_at=2 * piece)
+    handle = RbdHandle(image, True, "fake")
+    handle.write(bytes(4 * piece))  # returns before the pieces land
+    with pytest.raises(OSError, match="at 4194304") as failed:
+        handle.flush()
+    assert failed.value.errno == errno.EIO
+    handle.flush()  # reported once
+    image.fail_at = 6 * piece
+    handle.seek(6 * piece)
+    handle.write(bytes(piece))
+    with pytest.raises(OSError, match="failed"):
+        handle.close()
+    assert handle.closed and image.closed
+
+
 # ------------------------------------------------------------------ against Ceph
 
 
@@ -119,6 +212,27 @@ def test_connect_open_write_read(volume: tuple[RbdDriver, VolumeRef, dict[str, A
     driver.extend_volume(v, 2)
     assert conn.extend_volume(info) == 2 * GiB
     conn.disconnect_volume(info, device)
+
+
+def test_pipelined_writes_on_a_real_image(
+        volume: tuple[RbdDriver, VolumeRef, dict[str, Any]]) -> None:
+    """Many pieces in flight, an overwrite of data still in flight, a read before any flush:
+    the image holds exactly the last bytes written."""
+    driver, v, info_wire = volume
+    info = parse(info_wire)
+    assert isinstance(info, RbdInfo)
+    first, second = os.urandom(96 * MiB), os.urandom(3 * MiB)
+    with connector_for(info).open(info, "r+b") as handle:
+        handle.write(first)
+        handle.seek(10 * MiB + 12345)
+        handle.write(second)
+        handle.seek(10 * MiB)
+        assert handle.read(MiB) == first[10 * MiB:10 * MiB + 12345] + second[:MiB - 12345]
+    want = bytearray(first)
+    want[10 * MiB + 12345:10 * MiB + 12345 + len(second)] = second
+    with driver.open_volume(v) as mine:
+        assert hashlib.sha256(mine.read(96 * MiB) or b"").digest() == \
+            hashlib.sha256(want).digest()
 
 
 def test_read_only_access_refuses_write_mode(

@@ -48,7 +48,7 @@ from blockyard.backends.base import (
     SnapshotRef,
     VolumeRef,
 )
-from blockyard.connectors.rbd import RbdHandle
+from blockyard.connectors.rbd import CONNECTION_CONF, RbdHandle
 from blockyard.errors import BackendError, ConfigError, Invalid
 from blockyard.targets.base import Target
 
@@ -147,7 +147,8 @@ class RbdDriver(DriverBase):
                 raise BackendError("the rbd driver needs python3-rados and python3-rbd")
             # Rados.connect ignores its timeout argument: client_mount_timeout bounds it
             seconds = str(max(1, round(self.connect_timeout)))
-            conf = {"rados_mon_op_timeout": seconds, "client_mount_timeout": seconds}
+            conf = {"rados_mon_op_timeout": seconds, "client_mount_timeout": seconds,
+                    **CONNECTION_CONF}  # its handles do the copies of migrations
             if self.keyring:
                 conf["keyring"] = self.keyring
             try:

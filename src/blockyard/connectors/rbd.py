@@ -6,13 +6,25 @@ copy behave alike (its one dependency on the connector library, as the iSCSI tar
 `blockyard.connectors.util`). Extents come from ``diff_iterate``, so a copy skips what the
 image never allocated (its parent's data included, for clones).
 
-librbd's cache writes through until the first flush (``rbd_cache_writethrough_until_flush``,
-which guards guests that never flush); a writable handle flushes once on open, so bulk writes
-go through the write-back cache (about twice as fast).
+Writes are pipelined: each is cut into `AIO_PIECE` pieces handed to ``aio_write``, with up to
+`AIO_DEPTH` in flight, so a copy keeps the OSDs busy the way ``qemu-img convert -W -m 16`` does
+(one synchronous write at a time leaves them idle between round trips). A write returns once
+its pieces are queued; a failed piece is reported by the next call on the handle, and flush()
+and close() wait for every piece, so a copy is complete and its errors known once
+`close_volume` returns. Reads wait for the writes in flight first: they see what was written.
+
+The cluster connections that handles use turn librbd's cache off (`CONNECTION_CONF`): the
+handle's pipeline already keeps the OSDs busy, and the cache would only copy every byte once
+more on a machine whose cores the OSDs may share. With the cache on (an image opened on some
+other connection) it writes through until the first flush (guarding guests that never flush),
+so a writable handle flushes once on open.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,6 +43,15 @@ from .info import RbdInfo
 #: memory stays bounded on huge images
 _EXTENT_WINDOW = 1 << 30
 
+#: client options of the connections handles are opened on
+CONNECTION_CONF = {"rbd_cache": "false"}
+
+#: bytes of one asynchronous write and how many may be in flight (64 MiB of copies at most):
+#: on a loopback single-OSD cluster 2 MiB × 32 was the fastest pair, on a par with
+#: ``qemu-img convert -W -m 16`` (4 MiB pieces, whole objects, were ~20% slower)
+AIO_PIECE = 2 * 1024 * 1024
+AIO_DEPTH = 32
+
 
 class RbdHandle(VolumeHandle):
     """Positioned I/O on an open ``rbd.Image``; closing it closes what `owned` lists too
@@ -40,6 +61,12 @@ class RbdHandle(VolumeHandle):
                  owned: tuple[Callable[[], object], ...] = ()) -> None:
         self._image = image
         self._owned = owned
+        #: the writes in flight: token → (start, end); guarded by _idle
+        self._inflight: dict[int, tuple[int, int]] = {}
+        self._tokens = itertools.count()
+        self._idle = threading.Condition()
+        #: the first asynchronous write that failed, raised by the next call
+        self._failed: OSError | None = None
         try:
             size = int(image.size())
             if writable:
@@ -50,25 +77,77 @@ class RbdHandle(VolumeHandle):
         super().__init__(size, writable, name)
 
     def _close_all(self) -> None:
+        try:
+            self._wait(lambda: not self._inflight)
+        except BaseException:  # interrupted: librbd's close still waits for its writes
+            pass
         for close in (self._image.close, *self._owned):
             try:
                 close()
             except (rbd.Error, rados.Error):
                 pass
 
+    # the write pipeline
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        with self._idle:
+            self._idle.wait_for(ready)
+
+    def _drain(self) -> None:
+        """Wait for every write in flight; raise the first failure (once)."""
+        self._wait(lambda: not self._inflight)
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            raise failed
+
+    def _submit(self, piece: bytes, offset: int) -> None:
+        end = offset + len(piece)
+
+        def has_room() -> bool:  # a free slot, and no overlap with a write in flight
+            return len(self._inflight) < AIO_DEPTH and not any(
+                start < end and offset < stop for start, stop in self._inflight.values())
+
+        with self._idle:
+            self._idle.wait_for(has_room)
+            token = next(self._tokens)
+            self._inflight[token] = (offset, end)
+
+        def done(completion: Any) -> None:  # on a librbd thread
+            rc = int(completion.get_return_value())
+            with self._idle:
+                del self._inflight[token]
+                if rc < 0 and self._failed is None:
+                    self._failed = OSError(-rc, f"write of {len(piece)} bytes at {offset} to "
+                                                f"{self.name} failed: {os.strerror(-rc)}")
+                self._idle.notify_all()
+
+        try:
+            self._image.aio_write(piece, offset, done)
+        except BaseException:
+            with self._idle:
+                self._inflight.pop(token, None)
+                self._idle.notify_all()
+            raise
+
+    # VolumeHandle
+
     def _pread(self, count: int, offset: int) -> bytes:
+        self._drain()
         data: bytes = self._image.read(offset, count)
         if len(data) < count:  # shrunk under us: the rest reads as zeros
             data += bytes(count - len(data))
         return data
 
     def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        view = bytes(data)
-        done = 0
-        while done < len(view):
-            done += int(self._image.write(view[done:], offset + done))
+        if self._failed is not None:
+            self._drain()
+        view = memoryview(data)
+        for start in range(0, len(view), AIO_PIECE):
+            # a copy: the caller may reuse its buffer as soon as write() returns
+            self._submit(bytes(view[start:start + AIO_PIECE]), offset + start)
 
     def _flush(self) -> None:
+        self._drain()
         self._image.flush()
 
     def _release(self) -> None:
@@ -81,6 +160,7 @@ class RbdHandle(VolumeHandle):
         object (4 MiB by default), so a data extent may include zeros, never the reverse.
         """
         self._checkClosed()
+        self._drain()  # the object map knows a write once it has landed
         end = self._size if length is None else min(self._size, offset + length)
         pos = offset  # everything before pos has been yielded or is in `run`
         run: list[int] = []  # a data extent still growing: [start, end]
@@ -127,7 +207,8 @@ def connect_cluster(info: RbdInfo, timeout: float = 10.0) -> Any:
     # Rados.connect ignores its timeout argument: client_mount_timeout is what bounds it
     # (a wrong key would otherwise hang for the default 300 s)
     conf: dict[str, str] = {"mon_host": info.mon_host,
-                            "client_mount_timeout": str(max(1, round(timeout)))}
+                            "client_mount_timeout": str(max(1, round(timeout))),
+                            **CONNECTION_CONF}
     if info.key:
         conf["key"] = info.key
     if not info.auth_enabled:

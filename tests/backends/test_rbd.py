@@ -17,7 +17,7 @@ from blockyard.backends.base import GiB, SnapshotRef, VolumeRef
 from blockyard.backends.rbd import RbdDriver
 from blockyard.connectors.base import VolumeHandle
 from blockyard.errors import BackendError, ConfigError
-from tests.support.ceph import CephCluster, ceph  # noqa: F401  (the fixture)
+from tests.support.ceph import CephCluster, ceph, missing_packages  # noqa: F401  (the fixture)
 
 MiB = 1024**2
 
@@ -317,3 +317,32 @@ def test_connection_info_is_native_rbd(driver: RbdDriver, ceph: CephCluster) -> 
     assert data["secret_type"] == "ceph" and data["discard"] is True
     assert data["key"] == ceph.client_key()
     assert data["volume_id"] == v.id
+
+
+def test_data_survives_a_cluster_restart_and_the_driver_reconnects(tmp_path: Any) -> None:
+    """A cluster of its own, stopped and started again on the same data (a Ceph host reboot
+    while blockyard keeps running): the same driver, whose connection saw the cluster go,
+    reads what it wrote, and clones from a snapshot taken before."""
+    reason = missing_packages()
+    if reason is not None:
+        pytest.skip(reason)
+    with CephCluster(tmp_path / "ceph", osd_size_gb=8) as cluster:
+        drv = load("ceph", "rbd", cluster.driver_options())
+        assert isinstance(drv, RbdDriver)
+        drv.do_setup()
+        try:
+            v = vol(1)
+            drv.create_volume(v)
+            data = os.urandom(9 * MiB)
+            write_at(drv, v, 100 * MiB + 4096, data)
+            s = snap(v)
+            drv.create_snapshot(s)
+            cluster.stop()
+            cluster.start()
+            assert read_at(drv, v, 100 * MiB + 4096, len(data)) == data
+            clone = vol(1)
+            drv.create_volume_from_snapshot(clone, s)
+            assert read_at(drv, clone, 100 * MiB + 4096, len(data)) == data
+            assert drv.get_stats().pools[0].provisioned_capacity_gb == 2
+        finally:
+            drv.close()

@@ -79,6 +79,9 @@ class CephCluster:
         self.start_seconds = 0.0
         self.stop_seconds = 0.0
         self._admin: Any = None
+        self._bootstrapped = False
+        #: how each daemon is started: name → argv (without -f and -c)
+        self._daemons: dict[str, tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -103,9 +106,16 @@ class CephCluster:
         return [p.pid for p in self.procs.values()]
 
     def start(self, timeout: float = 60.0) -> CephCluster:
+        """Create the cluster on first start; later starts run the same daemons on the same
+        data and ports (what a host reboot does)."""
         t0 = time.monotonic()
         try:
-            self._bootstrap()
+            if self._bootstrapped:
+                for name, argv in self._daemons.items():
+                    self._spawn(name, *argv)
+            else:
+                self._bootstrap()
+                self._bootstrapped = True
             self._wait_ready(t0 + timeout)
         except BaseException:
             self.stop()
@@ -183,6 +193,7 @@ class CephCluster:
                             f"{done.stderr.decode(errors='replace')}\n{self.logs()}")
 
     def _spawn(self, name: str, *argv: str) -> None:
+        self._daemons[name] = argv
         out = open(self.dir / "log" / f"{name}.stdout", "ab")
         try:
             self.procs[name] = subprocess.Popen(
@@ -219,6 +230,13 @@ mon_data_avail_warn = 2
 mon_data_avail_crit = 1
 mon_warn_on_pool_no_redundancy = false
 rbd_default_features = 61
+
+[client]
+# a client whose OSD restarted keeps knocking at the old address until its op is "laggy"
+# (objecter_timeout, 10 s, checked every objecter_tick_interval, 5 s) and it asks the mon for
+# the new map: the first call after a cluster restart would wait ~12 s
+objecter_timeout = 1
+objecter_tick_interval = 0.5
 
 [client.admin]
 keyring = {self.admin_keyring}

@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -128,17 +129,23 @@ def backing_files(state_dir: Path) -> dict[str, set[str]]:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("mig") / "state", config=CONFIG).start()
-    c = server.client()
-    for name in ("a", "b"):
-        r = c.post("/types", {"volume_type": {
-            "name": f"on-{name}", "extra_specs": {"volume_backend_name": name}}})
+    server = start_with_types(tmp_path_factory.mktemp("mig") / "state", CONFIG, ("a", "b"))
+    with closing(server.client()) as c:
+        r = c.post("/types", {"volume_type": {"name": "anywhere"}})
         assert r.status_code == 200, r.text
-    r = c.post("/types", {"volume_type": {"name": "anywhere"}})
-    assert r.status_code == 200, r.text
-    c.close()
     yield server
     server.stop()
+
+
+def start_with_types(state: Path, config: str, backends: tuple[str, ...]) -> Server:
+    """A started server with a volume type `on-<name>` per backend name."""
+    server = Server(state, config=config).start()
+    with closing(server.client()) as c:
+        for name in backends:
+            r = c.post("/types", {"volume_type": {
+                "name": f"on-{name}", "extra_specs": {"volume_backend_name": name}}})
+            assert r.status_code == 200, r.text
+    return server
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from tests.test_migration import (
     host_of,
     migrate,
     scatter,
+    start_with_types,
     wait_migrated,
 )
 
@@ -44,13 +45,8 @@ def _config(cluster: CephCluster) -> str:
 @pytest.fixture(scope="module")
 def srv(ceph: CephCluster,  # noqa: F811
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("migrbd") / "state", config=_config(ceph)).start()
-    c = server.client()
-    for name in ("a", "ceph"):
-        r = c.post("/types", {"volume_type": {
-            "name": f"on-{name}", "extra_specs": {"volume_backend_name": name}}})
-        assert r.status_code == 200, r.text
-    c.close()
+    server = start_with_types(tmp_path_factory.mktemp("migrbd") / "state", _config(ceph),
+                              ("a", "ceph"))
     yield server
     server.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import errno
 import logging
@@ -10,21 +11,24 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from blockyard import backends as drivers
 from blockyard import config as configuration
-from blockyard.errors import ConfigError
-from blockyard.targets import check_options as check_target_options
+from blockyard.errors import BlockyardError, ConfigError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 
-def _server_class() -> type:
+def _server_class(banner: str) -> type:
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn's server, minus re-raising SIGTERM/SIGINT after a graceful shutdown: a
-        requested stop that completed is a success (exit 0), not death by signal."""
+        """uvicorn's server, minus re-raising SIGTERM/SIGINT after a graceful shutdown (a
+        requested stop that completed is a success, exit 0, not death by signal), and saying
+        `banner` once it listens."""
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -39,26 +43,32 @@ def _server_class() -> type:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                print(f"blockyard: {banner}", file=sys.stderr, flush=True)
+
     return Server
+
+
+def _bad_config(exc: ConfigError) -> int:
+    print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
+    return 2
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
         cfg = configuration.load(args.config, state_dir=args.state_dir, listen=args.listen)
-        for bc in cfg.backends:  # driver names and options, before anything starts
+        for bc in cfg.backends:  # what the driver itself checks, before anything starts
             drivers.load(bc.name, bc.driver, bc.options)
-        for protocol in {bc.target for bc in cfg.backends} | set(cfg.targets):
-            check_target_options(protocol, cfg.targets.get(protocol, {}))
     except ConfigError as exc:
-        print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
-        return 2
+        return _bad_config(exc)
     from blockyard.api.app import create_app
 
     sock = _bind(cfg.listen_host, cfg.listen_port)
     if sock is None:
         return 1
-    return _run(create_app(cfg), sock, args,
-                f"serving the Cinder v3 API on http://{cfg.listen_host}:%d/v3")
+    return _run(create_app(cfg), sock, args, "serving the Cinder v3 API on http://{}:{}/v3")
 
 
 def _compute(args: argparse.Namespace) -> int:
@@ -67,15 +77,13 @@ def _compute(args: argparse.Namespace) -> int:
     try:
         cfg = compute_config.load(args.config, state_dir=args.state_dir, listen=args.listen)
     except ConfigError as exc:
-        print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
-        return 2
+        return _bad_config(exc)
     from blockyard.compute.api import create_app
 
     sock = _bind(cfg.listen_host, cfg.listen_port)
     if sock is None:
         return 1
-    return _run(create_app(cfg), sock, args,
-                f"serving the compute API on http://{cfg.listen_host}:%d/v2.1")
+    return _run(create_app(cfg), sock, args, "serving the compute API on http://{}:{}/v2.1")
 
 
 def _bind(host: str, port: int) -> socket.socket | None:
@@ -93,22 +101,60 @@ def _bind(host: str, port: int) -> socket.socket | None:
             print(f"blockyard: cannot listen on {host}:{port}: {exc.strerror}",
                   file=sys.stderr)
         return None
+    sock.listen(2048)  # taken now, so a target daemon started later cannot take it too
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
-def _run(app: Any, sock: socket.socket, args: argparse.Namespace, banner: str) -> int:
+def _run(app: Starlette, sock: socket.socket, args: argparse.Namespace, banner: str) -> int:
+    """Start the app (its lifespan: database, targets, backends), then serve on `sock`; stop
+    the app after serving. A failure to start is one line on stderr, never a traceback: exit 2
+    for a ConfigError only start-up could see, 1 for anything else."""
     import uvicorn
 
-    server = _server_class()(uvicorn.Config(
-        app, log_level=args.log_level, access_log=args.access_log, lifespan="on",
+    host, port = sock.getsockname()[:2]
+    server = _server_class(banner.format(host, port))(uvicorn.Config(
+        app, log_level=args.log_level, access_log=args.access_log, lifespan="off",
         timeout_graceful_shutdown=10,
     ))
-    host, port = sock.getsockname()[:2]
-    logging.getLogger("blockyard").info("serving on %s:%s", host, port)
-    print(f"blockyard: {banner % port}", file=sys.stderr, flush=True)
-    server.run(sockets=[sock])
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner, \
+            _signals_held() as stop_requested:
+        return runner.run(_lifetime(app, server, sock, stop_requested))
+
+
+async def _lifetime(app: Starlette, server: Any, sock: socket.socket,
+                    stop_requested: Callable[[], bool]) -> int:
+    starting = app.router.lifespan_context(app)
+    try:
+        await starting.__aenter__()
+    except ConfigError as exc:
+        return _bad_config(exc)
+    except Exception as exc:  # noqa: BLE001 - one line, whatever failed; details at debug level
+        logging.getLogger("blockyard").debug("start-up failed", exc_info=exc)
+        reason = str(exc) if isinstance(exc, BlockyardError) else f"{type(exc).__name__}: {exc}"
+        print(f"blockyard: cannot start: {reason}", file=sys.stderr)
+        return 1
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_exit(starting)
+        if stop_requested():  # SIGTERM/SIGINT while starting: stop without serving
+            return 0
+        await server.serve(sockets=[sock])
     return 0 if server.started else 1
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[Callable[[], bool]]:
+    """SIGTERM/SIGINT while the app starts or stops are remembered, not fatal: a start-up
+    is finished (or rolled back) before the process exits. uvicorn handles them while
+    serving."""
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(received)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

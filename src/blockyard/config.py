@@ -26,15 +26,23 @@ Example::
     url = "http://127.0.0.1:8774/v2.1"    # the compute API base; without it none are sent
     timeout = 10                          # seconds per request
 
-Every error names the key it is about (`ConfigError.key`).
+Every key the file may hold is declared below, in one place: each table is a `Schema`, a dict
+from key to `Option` (its TOML type, whether it is required, and a check of its value).
+`read_table` applies a schema; an unknown key (usually a typo), a missing one, a value of the
+wrong type (``control_port = "23457"``) or out of range is a `ConfigError` whose `key` is the
+full dotted path, e.g. ``targets.iscsi.control_port``. The compute agent's configuration
+(`blockyard.compute.config`) is declared with the same vocabulary.
 """
 
 from __future__ import annotations
 
-import math
+import difflib
+import ipaddress
+import re
 import socket
 import tomllib
 import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,14 +59,12 @@ DEFAULT_QUOTAS: dict[str, int] = {
     "groups": 10,
     "per_volume_gigabytes": -1,
 }
-_TOP_KEYS = {"listen", "state_dir", "database_url", "host", "quota", "backends", "targets",
-             "default_volume_type", "max_volume_size_gb", "compute"}
-_COMPUTE_KEYS = {"url", "timeout"}
 #: seconds a request to the compute API may take, by default
 DEFAULT_COMPUTE_TIMEOUT = 10.0
-_BACKEND_KEYS = {"driver", "availability_zone", "volume_backend_name", "workers", "target"}
 #: export protocols a backend may name in `target`
 TARGET_PROTOCOLS = ("local", "iscsi", "nbd", "rbd")
+#: the largest control port tgtd takes (it keeps the number in a short)
+TGT_MAX_CONTROL_PORT = 32767
 
 
 @dataclass(frozen=True)
@@ -98,86 +104,427 @@ class Config:
     quotas: dict[str, int]
     default_volume_type: str = "__DEFAULT__"
     max_volume_size_gb: int = 16384
-    #: options of each export target, by protocol ([targets.iscsi], [targets.nbd])
+    #: options of each export target, by protocol ([targets.iscsi], [targets.nbd]), checked
+    #: against TARGET_OPTIONS (lists made tuples)
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [compute]: where volume-extended events go
     compute: ComputeEndpoint = field(default_factory=ComputeEndpoint)
 
 
-def parse_listen(value: Any, key: str = "listen") -> tuple[str, int]:
-    """'HOST:PORT' (or '[v6]:PORT') → (host, port)."""
-    if not isinstance(value, str) or ":" not in value:
-        raise ConfigError(key, f"must be HOST:PORT, got {value!r}")
-    host, _, port_text = value.rpartition(":")
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(key, f"port must be a number, got {port_text!r}") from None
-    if not 0 <= port <= 65535 or not host:
-        raise ConfigError(key, f"must be HOST:PORT with a port 0-65535, got {value!r}")
-    return host, port
+# -- the vocabulary: options and the checks of their values ------------------------------------
+
+#: a check gets a value of the option's TOML type and returns it (perhaps normalised), or
+#: raises ValueError saying what the value must be
+Check = Callable[[Any], Any]
+_ABSENT: Any = object()
 
 
-def _expect(value: Any, kind: type | tuple[type, ...], key: str) -> Any:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ConfigError(key, f"must be a {name}, got {value!r}")
+@dataclass(frozen=True)
+class Option:
+    """One key of a table."""
+
+    #: its TOML type: str, int, float (an integer is taken too), bool, list or dict
+    kind: type
+    check: Check | None = None
+    required: bool = False
+    #: the value when the key is absent (_ABSENT: leave it out, the consumer has a default)
+    default: Any = _ABSENT
+
+
+Schema = Mapping[str, Option]
+
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "a table"}
+
+
+def _kind_of(value: Any) -> str:
+    for kind in (bool, int, float, str, list, dict):  # bool first: True is an int too
+        if isinstance(value, kind):
+            return _KIND_NAMES[kind]
+    return type(value).__name__
+
+
+def typed(value: Any, kind: type, key: str) -> Any:
+    """`value` if it is of TOML type `kind` (an int where a float is wanted becomes a float)."""
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(key, f"must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r} "
+                               f"({_kind_of(value)})")
     return value
 
 
-def _backend(name: str, table: Any, state_dir: Path) -> BackendConfig:
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _unknown_key(name: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if close:
+        return f"unknown key (did you mean {close[0]!r}?)"
+    return f"unknown key (known: {', '.join(sorted(known)) or 'none'})"
+
+
+def read_table(raw: Any, schema: Schema, key: str) -> dict[str, Any]:
+    """Check the TOML table `raw` (at dotted path `key`) against `schema`: unknown keys,
+    missing required ones, types and values. Returns the values given (as the checks
+    normalised them) plus the declared defaults of the absent ones."""
+    table = typed(raw, dict, key or "the file")
+    for name in table:
+        if name not in schema:
+            raise ConfigError(_join(key, name), _unknown_key(name, schema))
+    values: dict[str, Any] = {}
+    for name, option in schema.items():
+        full = _join(key, name)
+        if name not in table:
+            if option.required:
+                raise ConfigError(full, "is required")
+            if option.default is not _ABSENT:
+                values[name] = option.default
+            continue
+        values[name] = checked(table[name], option, full)
+    return values
+
+
+def checked(value: Any, option: Option, key: str) -> Any:
+    """One value, of the option's type and passing its check."""
+    value = typed(value, option.kind, key)
+    if option.check is None:
+        return value
+    try:
+        return option.check(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def named_tables(raw: Any, key: str) -> dict[str, dict[str, Any]]:
+    """A table of named sub-tables ([backends.<name>], [images.<name>]): each name must be
+    usable in host strings and URLs."""
+    tables: dict[str, dict[str, Any]] = typed(raw, dict, key)
+    for name, table in tables.items():
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"{key}.{name}", "a name may hold only letters, digits, '_', "
+                                               "'.' and '-' (at most 64)")
+        typed(table, dict, f"{key}.{name}")
+    return tables
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: a host name (RFC 1123 labels) or an IP address
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def between(low: float, high: float | None = None, why: str = "") -> Check:
+    """A number from `low` to `high` (None: no upper bound), both included."""
+    def check(value: Any) -> Any:
+        if value < low or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"{low}..{high}"
+            raise ValueError(f"must be {span}{why}, got {value!r}")
+        return value
+    return check
+
+
+def above(low: float) -> Check:
+    """A number strictly greater than `low` (and finite)."""
+    def check(value: Any) -> Any:
+        if not low < value < float("inf"):
+            raise ValueError(f"must be a number above {low}, got {value!r}")
+        return value
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    return check
+
+
+def text(max_length: int = 255) -> Check:
+    """A non-empty string without control characters."""
+    def check(value: str) -> str:
+        if not value.strip() or len(value) > max_length \
+                or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError(f"must be non-empty printable text of at most {max_length} "
+                             f"characters, got {value!r}")
+        return value
+    return check
+
+
+def matching(pattern: str, what: str) -> Check:
+    regex = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(f"must be {what}, got {value!r}")
+        return value
+    return check
+
+
+def a_path(value: str) -> str:
+    """A file system path (not checked to exist: it may be created at start)."""
+    if not value or "\0" in value:
+        raise ValueError(f"must be a file system path, got {value!r}")
+    return value
+
+
+def a_host(value: str) -> str:
+    """A host name or an IP address (IPv6 without brackets)."""
+    if _is_ip(value) or _HOSTNAME.fullmatch(value):
+        return value
+    raise ValueError(f"must be a host name or an IP address, got {value!r}")
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _split_host_port(value: str) -> tuple[str, str]:
+    """'HOST:PORT' or '[v6]:PORT' → (host, port text); ValueError without a port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or (":" in host and not (host.startswith("[")
+                                                     and host.endswith("]"))):
+        raise ValueError("no port")
+    return host.removeprefix("[").removesuffix("]"), port
+
+
+def _port(text: str, low: int = 1) -> int:
+    if not text.isascii() or not text.isdigit() or not low <= int(text) <= 65535:
+        raise ValueError("bad port")
+    return int(text)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """HOST:PORT (host name or address, [v6] in brackets; port 0 picks a free one)."""
+    try:
+        host, port_text = _split_host_port(value)
+        port = _port(port_text, low=0)
+        a_host(host)
+    except ValueError:
+        raise ValueError(f"must be HOST:PORT (a host name or address, [IPv6] in brackets, "
+                         f"and a port 0..65535), got {value!r}") from None
+    return host, port
+
+
+def portal(value: str) -> str:
+    """IP:PORT an initiator can reach: an address, not a name, and not 0.0.0.0 or ::."""
+    try:
+        host, port_text = _split_host_port(value)
+        _port(port_text)
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"must be ADDRESS:PORT (an IPv4 address, or [IPv6] in brackets, and "
+                         f"a port 1..65535), got {value!r}") from None
+    if address.is_unspecified:
+        raise ValueError(f"must be an address initiators can reach (it is handed to them as "
+                         f"target_portal), not {host}")
+    return value
+
+
+def port_range(value: list[Any]) -> tuple[int, int]:
+    """[LOW, HIGH]: two TCP port numbers, LOW <= HIGH."""
+    shape = f"must be [LOW, HIGH], two TCP ports with 1 <= LOW <= HIGH <= 65535, got {value!r}"
+    if len(value) != 2 or not all(isinstance(p, int) and not isinstance(p, bool)
+                                  for p in value):
+        raise ValueError(shape)
+    low, high = value
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(shape)
+    return low, high
+
+
+def http_url(value: str) -> str:
+    """An http:// or https:// base URL (no query or fragment)."""
+    parts = urllib.parse.urlsplit(value)
+    try:
+        _ = parts.port  # raises on a port that is not a number or out of range
+    except ValueError:
+        raise ValueError(f"has a bad port: {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+            or parts.fragment:
+        raise ValueError(f"must be an http:// or https:// base URL, got {value!r}")
+    return value
+
+
+def database_url(value: str) -> str:
+    """A SQLAlchemy URL, e.g. sqlite:////var/lib/blockyard/blockyard.db."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(value)
+    except (ArgumentError, ValueError):
+        raise ValueError(f"must be a SQLAlchemy database URL (dialect+driver://...), "
+                         f"got {value!r}") from None
+    return value
+
+
+# -- the schema ---------------------------------------------------------------------------------
+
+_SECONDS = Option(float, above(0))
+#: Cinder's host strings are host@backend#pool: neither part may hold '@' or '#'
+_HOST = Option(str, matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}",
+                             "a host name (letters, digits, '_', '.', '-'; it starts the host "
+                             "strings host@backend#pool)"))
+
+TOP: Schema = {
+    "listen": Option(str, listen_address),
+    "state_dir": Option(str, a_path),
+    "database_url": Option(str, database_url),
+    "host": _HOST,
+    "default_volume_type": Option(str, text()),
+    "max_volume_size_gb": Option(int, between(1)),
+    "quota": Option(dict),
+    "backends": Option(dict),
+    "targets": Option(dict),
+    "compute": Option(dict),
+}
+
+QUOTA: Schema = {name: Option(int, between(-1, why=" (-1: unlimited)")) for name in DEFAULT_QUOTAS}
+
+COMPUTE: Schema = {
+    "url": Option(str, http_url),
+    "timeout": Option(float, above(0), default=DEFAULT_COMPUTE_TIMEOUT),
+}
+
+#: the keys of every [backends.<name>] table; the driver's own options are in DRIVER_OPTIONS
+BACKEND: Schema = {
+    "driver": Option(str, required=True),
+    "availability_zone": Option(str, text(), default="nova"),
+    "volume_backend_name": Option(str, text()),
+    "workers": Option(int, between(1, 256), default=4),
+    "target": Option(str, one_of(*TARGET_PROTOCOLS), default="local"),
+}
+
+_PERCENT = Option(int, between(0, 100))
+_RATIO = Option(float, between(1.0))
+_RBD_NAME = Option(str, matching(r"[A-Za-z0-9_.-]+", "a name of letters, digits, '_', '.', "
+                                                     "'-'"))
+
+#: each driver's own options (blockyard.backends.DRIVERS), and the targets it can export with
+DRIVER_OPTIONS: dict[str, Schema] = {
+    "file": {
+        "path": Option(str, a_path),
+        "total_capacity_gb": Option(float, between(0)),
+        "reserved_percentage": _PERCENT,
+        "max_over_subscription_ratio": _RATIO,
+    },
+    "rbd": {
+        "pool": Option(_RBD_NAME.kind, _RBD_NAME.check, required=True),
+        "user": _RBD_NAME,
+        "conf": Option(str, a_path),
+        "keyring": Option(str, a_path),
+        "rados_connect_timeout": Option(float, between(0.1)),
+        "reserved_percentage": _PERCENT,
+        "max_over_subscription_ratio": _RATIO,
+    },
+}
+DRIVER_TARGETS: dict[str, tuple[str, ...]] = {
+    "file": ("local", "iscsi", "nbd"),
+    "rbd": ("local", "rbd"),  # native connections: "local" means the same as "rbd"
+}
+
+#: [targets.<protocol>]: the keyword arguments of each target class (blockyard.targets.TARGETS);
+#: what is absent takes the class's default
+TARGET_OPTIONS: dict[str, Schema] = {
+    "local": {},
+    "rbd": {},
+    "iscsi": {
+        "portal": Option(str, portal),
+        "control_port": Option(int, between(1, TGT_MAX_CONTROL_PORT,
+                                            " (the tgtd control socket number, not a TCP port)"),
+                               required=True),
+        "iqn_prefix": Option(str, matching(r"iqn\.\d{4}-(0[1-9]|1[0-2])\.[A-Za-z0-9][A-Za-z0-9.-]*"
+                                           r"([:.][^\s,]{0,150})?",
+                                           "an IQN prefix like 'iqn.2010-10.org.openstack:'")),
+        "chap": Option(bool),
+        "timeout": _SECONDS,
+    },
+    "nbd": {
+        "mode": Option(str, one_of("unix", "tcp")),
+        "bind": Option(str, a_host),
+        "advertise_host": Option(str, a_host),
+        "port_range": Option(list, port_range),
+        "tls": Option(bool),
+        "cache": Option(str, one_of("auto", "none", "writeback")),
+        "max_clients": Option(int, between(1, 1024)),
+        "qemu_nbd": Option(str, a_path),
+        "start_timeout": _SECONDS,
+        "stop_timeout": _SECONDS,
+    },
+}
+
+
+# -- building the Config ------------------------------------------------------------------------
+
+
+def parse_listen(value: Any, key: str = "listen") -> tuple[str, int]:
+    """'HOST:PORT' (or '[v6]:PORT') → (host, port)."""
+    result: tuple[str, int] = checked(value, Option(str, listen_address), key)
+    return result
+
+
+def _backend(name: str, table: dict[str, Any], state_dir: Path) -> BackendConfig:
     key = f"backends.{name}"
-    _expect(table, dict, key)
     if "driver" not in table:
-        raise ConfigError(f"{key}.driver", "is required")
-    driver = _expect(table["driver"], str, f"{key}.driver")
-    workers = _expect(table.get("workers", 4), int, f"{key}.workers")
-    if workers < 1:
-        raise ConfigError(f"{key}.workers", "must be at least 1")
-    target = _expect(table.get("target", "local"), str, f"{key}.target")
-    if target not in TARGET_PROTOCOLS:
-        raise ConfigError(f"{key}.target", f"must be one of {', '.join(TARGET_PROTOCOLS)}, "
-                                           f"got {target!r}")
-    options = {k: v for k, v in table.items() if k not in _BACKEND_KEYS}
+        raise ConfigError(f"{key}.driver", f"is required (one of {', '.join(DRIVER_OPTIONS)})")
+    driver = checked(table["driver"], BACKEND["driver"], f"{key}.driver")
+    if driver not in DRIVER_OPTIONS:
+        raise ConfigError(f"{key}.driver", f"unknown driver {driver!r} "
+                                           f"(known: {', '.join(sorted(DRIVER_OPTIONS))})")
+    values = read_table(table, {**BACKEND, **DRIVER_OPTIONS[driver]}, key)
+    if values["target"] not in DRIVER_TARGETS[driver]:
+        raise ConfigError(f"{key}.target", f"the {driver} driver exports through "
+                                           f"{', '.join(DRIVER_TARGETS[driver])}, not "
+                                           f"{values['target']!r}")
+    options = {k: v for k, v in values.items() if k not in BACKEND}
     if driver == "file":
         options.setdefault("path", str(state_dir / "volumes" / name))
     return BackendConfig(
         name=name,
         driver=driver,
-        availability_zone=_expect(table.get("availability_zone", "nova"), str,
-                                  f"{key}.availability_zone"),
-        volume_backend_name=_expect(table.get("volume_backend_name", name), str,
-                                    f"{key}.volume_backend_name"),
-        workers=workers,
-        target=target,
+        availability_zone=values["availability_zone"],
+        volume_backend_name=values.get("volume_backend_name", name),
+        workers=values["workers"],
+        target=values["target"],
         options=options,
     )
 
 
-def _compute(table: Any) -> ComputeEndpoint:
-    _expect(table, dict, "compute")
-    unknown = sorted(set(table) - _COMPUTE_KEYS)
-    if unknown:
-        raise ConfigError(f"compute.{unknown[0]}", "unknown key")
-    url = table.get("url")
-    if url is not None:
-        _expect(url, str, "compute.url")
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
-                or parts.fragment:
-            raise ConfigError("compute.url", f"must be an http:// or https:// base URL, got "
-                                             f"{url!r}")
+def _targets(raw: Any, backends: tuple[BackendConfig, ...]) -> dict[str, dict[str, Any]]:
+    """[targets.<protocol>] of every protocol declared or used by a backend (so a required
+    option of a target in use is reported even without its table)."""
+    tables = typed(raw, dict, "targets")
+    for protocol in tables:
+        if protocol not in TARGET_OPTIONS:
+            raise ConfigError(f"targets.{protocol}", f"unknown target (known: "
+                                                     f"{', '.join(TARGET_OPTIONS)})")
+    used = {bc.target: bc.name for bc in backends}
+    result = {}
+    for protocol in sorted(set(tables) | set(used)):
         try:
-            _ = parts.port  # raises on a port that is not a number or out of range
-        except ValueError:
-            raise ConfigError("compute.url", f"has a bad port: {url!r}") from None
-    timeout = table.get("timeout", DEFAULT_COMPUTE_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
-            or not 0 < timeout < math.inf:
-        raise ConfigError("compute.timeout", f"must be a number of seconds above 0, "
-                                             f"got {timeout!r}")
-    return ComputeEndpoint(url=url, timeout=float(timeout))
+            result[protocol] = read_table(tables.get(protocol, {}), TARGET_OPTIONS[protocol],
+                                          f"targets.{protocol}")
+        except ConfigError as exc:
+            if protocol in tables or protocol not in used:
+                raise
+            raise ConfigError(exc.key, f"{exc.message.removeprefix(exc.key + ': ')} "
+                                       f"(backends.{used[protocol]} exports through "
+                                       f"{protocol})") from None
+    nbd = result.get("nbd", {})
+    if _is_ip(nbd.get("bind", "")) and ipaddress.ip_address(nbd["bind"]).is_unspecified \
+            and "advertise_host" not in nbd:
+        raise ConfigError("targets.nbd.advertise_host", f"is required when bind is "
+                                                        f"{nbd['bind']} (clients are told "
+                                                        f"where to connect)")
+    return result
 
 
 def build(
@@ -187,53 +534,47 @@ def build(
     listen: str | None = None,
 ) -> Config:
     """Validate a parsed TOML document (command-line values win over the file's)."""
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown key")
-    sdir = Path(state_dir or _expect(data.get("state_dir", "./var"), str, "state_dir")).absolute()
-    host, port = parse_listen(listen or data.get("listen", DEFAULT_LISTEN))
-    db_url = _expect(data.get("database_url", f"sqlite:///{sdir / 'blockyard.db'}"), str,
-                     "database_url")
-    backends_table = _expect(data.get("backends", {}), dict, "backends")
+    top = read_table(data, TOP, "")
+    sdir = Path(state_dir or top.get("state_dir", "./var")).absolute()
+    if listen is not None:
+        host, port = parse_listen(listen, "--listen")
+    else:
+        host, port = top.get("listen") or parse_listen(DEFAULT_LISTEN)
+    backends_table = named_tables(top.get("backends", {}), "backends")
     if not backends_table:
         backends_table = {"default": {"driver": "file"}}
     backends = tuple(_backend(n, t, sdir) for n, t in backends_table.items())
-    quotas = dict(DEFAULT_QUOTAS)
-    for k, v in _expect(data.get("quota", {}), dict, "quota").items():
-        if k not in DEFAULT_QUOTAS:
-            raise ConfigError(f"quota.{k}", "unknown quota")
-        quotas[k] = _expect(v, int, f"quota.{k}")
-    targets = _expect(data.get("targets", {}), dict, "targets")
-    for protocol, table in targets.items():
-        if protocol not in TARGET_PROTOCOLS:
-            raise ConfigError(f"targets.{protocol}", "unknown target protocol")
-        _expect(table, dict, f"targets.{protocol}")
+    quotas = {**DEFAULT_QUOTAS, **read_table(top.get("quota", {}), QUOTA, "quota")}
+    compute = read_table(top.get("compute", {}), COMPUTE, "compute")
     return Config(
-        targets={p: dict(t) for p, t in targets.items()},
+        targets=_targets(top.get("targets", {}), backends),
         listen_host=host,
         listen_port=port,
         state_dir=sdir,
-        database_url=db_url,
-        host=_expect(data.get("host", socket.gethostname()), str, "host"),
+        database_url=top.get("database_url", f"sqlite:///{sdir / 'blockyard.db'}"),
+        host=top.get("host") or socket.gethostname(),
         backends=backends,
         quotas=quotas,
-        default_volume_type=_expect(data.get("default_volume_type", "__DEFAULT__"), str,
-                                    "default_volume_type"),
-        max_volume_size_gb=_expect(data.get("max_volume_size_gb", 16384), int,
-                                   "max_volume_size_gb"),
-        compute=_compute(data.get("compute", {})),
+        default_volume_type=top.get("default_volume_type", "__DEFAULT__"),
+        max_volume_size_gb=top.get("max_volume_size_gb", 16384),
+        compute=ComputeEndpoint(**compute),
     )
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The parsed file; a missing or unreadable file or bad TOML is a ConfigError on --config."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("--config", f"no such file: {path}") from None
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("--config", f"not valid TOML: {exc}") from None
 
 
 def load(path: str | None, *, state_dir: str | None = None, listen: str | None = None) -> Config:
     """Read and validate the config file at `path` (None: the embedded default)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError("--config", f"no such file: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("--config", f"not valid TOML: {exc}") from None
+    data = read_toml(path) if path is not None else {}
     return build(data, state_dir=state_dir, listen=listen)

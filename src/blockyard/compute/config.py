@@ -28,21 +28,56 @@ Every error names the key it is about (`ConfigError.key`), as in `blockyard.conf
 from __future__ import annotations
 
 import socket
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blockyard.config import _expect, parse_listen
+from blockyard.config import (
+    Option,
+    Schema,
+    a_path,
+    above,
+    between,
+    http_url,
+    listen_address,
+    named_tables,
+    one_of,
+    parse_listen,
+    read_table,
+    read_toml,
+    text,
+)
 from blockyard.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8774"
 DEFAULT_VOLUME_URL = "http://127.0.0.1:8776"
-_TOP_KEYS = {"listen", "state_dir", "host", "volume_url", "qemu", "images", "flavors",
-             "detach_timeout", "detach_retries"}
-_QEMU_KEYS = {"binary", "machine", "accel"}
-_IMAGE_KEYS = {"kernel", "initrd", "append", "disk"}
-_FLAVOR_KEYS = {"ram_mb", "vcpus"}
+
+TOP: Schema = {
+    "listen": Option(str, listen_address),
+    "state_dir": Option(str, a_path),
+    "host": Option(str, text()),
+    "volume_url": Option(str, http_url),
+    "qemu": Option(dict, default={}),
+    "images": Option(dict, default={}),
+    "flavors": Option(dict, default={}),
+    "detach_timeout": Option(float, above(0)),
+    "detach_retries": Option(int, between(0, 100)),
+}
+QEMU: Schema = {
+    "binary": Option(str, a_path),
+    "machine": Option(str, text()),
+    "accel": Option(str, one_of("auto", "kvm", "tcg")),
+}
+IMAGE: Schema = {
+    "kernel": Option(str, a_path),
+    "initrd": Option(str, a_path),
+    "append": Option(str),
+    "disk": Option(str, a_path),
+}
+FLAVOR: Schema = {
+    "ram_mb": Option(int, between(16, 1 << 20)),
+    "vcpus": Option(int, between(1, 255)),
+}
 
 
 @dataclass(frozen=True)
@@ -90,17 +125,9 @@ class ComputeConfig:
         return self.state_dir / "compute.sqlite"
 
 
-def _unknown(table: dict[str, Any], allowed: set[str], prefix: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}", "is not a known key")
-
-
-def _image(name: str, table: Any) -> Image:
+def _image(name: str, table: dict[str, Any]) -> Image:
     key = f"images.{name}"
-    _expect(table, dict, key)
-    _unknown(table, _IMAGE_KEYS, key + ".")
-    values = {k: _expect(v, str, f"{key}.{k}") for k, v in table.items()}
+    values = read_table(table, IMAGE, key)
     if not values.get("kernel") and not values.get("disk"):
         raise ConfigError(key, "needs a kernel or a disk")
     if values.get("initrd") and not values.get("kernel"):
@@ -108,59 +135,28 @@ def _image(name: str, table: Any) -> Image:
     return Image(name=name, **values)
 
 
-def _flavor(name: str, table: Any) -> Flavor:
-    key = f"flavors.{name}"
-    _expect(table, dict, key)
-    _unknown(table, _FLAVOR_KEYS, key + ".")
-    values = {k: _expect(v, int, f"{key}.{k}") for k, v in table.items()}
-    for k, v in values.items():
-        if v < 1:
-            raise ConfigError(f"{key}.{k}", "must be at least 1")
-    return Flavor(name=name, **values)
-
-
 def build(raw: dict[str, Any], *, state_dir: str | None = None,
           listen: str | None = None) -> ComputeConfig:
     """A `ComputeConfig` from a parsed TOML table; command-line values win over the file."""
-    _unknown(raw, _TOP_KEYS, "")
-    host, port = parse_listen(listen or raw.get("listen", DEFAULT_LISTEN))
-    qemu_raw = _expect(raw.get("qemu", {}), dict, "qemu")
-    _unknown(qemu_raw, _QEMU_KEYS, "qemu.")
-    qemu = QemuConfig(**{k: _expect(v, str, f"qemu.{k}") for k, v in qemu_raw.items()})
-    if qemu.accel not in ("auto", "kvm", "tcg"):
-        raise ConfigError("qemu.accel", "must be auto, kvm or tcg")
-    images = {name: _image(name, t)
-              for name, t in _expect(raw.get("images", {}), dict, "images").items()}
+    top = read_table(raw, TOP, "")
+    if listen is not None:
+        host, port = parse_listen(listen, "--listen")
+    else:
+        host, port = top.get("listen") or parse_listen(DEFAULT_LISTEN)
+    qemu = QemuConfig(**read_table(top["qemu"], QEMU, "qemu"))
+    images = {name: _image(name, t) for name, t in named_tables(top["images"], "images").items()}
     flavors = ComputeConfig().flavors
-    flavors.update({name: _flavor(name, t)
-                    for name, t in _expect(raw.get("flavors", {}), dict, "flavors").items()})
-    optional: dict[str, Any] = {}
-    if "host" in raw:
-        optional["host"] = _expect(raw["host"], str, "host")
-    if "detach_timeout" in raw:
-        optional["detach_timeout"] = float(_expect(raw["detach_timeout"], (int, float),
-                                                   "detach_timeout"))
-    if "detach_retries" in raw:
-        optional["detach_retries"] = _expect(raw["detach_retries"], int, "detach_retries")
-    volume_url = _expect(raw.get("volume_url", DEFAULT_VOLUME_URL), str, "volume_url")
-    if not volume_url.startswith(("http://", "https://")):
-        raise ConfigError("volume_url", "must be an http:// or https:// URL")
+    flavors.update({name: Flavor(name=name, **read_table(t, FLAVOR, f"flavors.{name}"))
+                    for name, t in named_tables(top["flavors"], "flavors").items()})
+    optional = {k: top[k] for k in ("host", "detach_timeout", "detach_retries") if k in top}
     return ComputeConfig(
         listen_host=host, listen_port=port,
-        state_dir=Path(state_dir or _expect(raw.get("state_dir", "var/compute"), str,
-                                            "state_dir")),
-        volume_url=volume_url.rstrip("/"), qemu=qemu, images=images, flavors=flavors,
-        **optional)
+        state_dir=Path(state_dir or top.get("state_dir", "var/compute")),
+        volume_url=top.get("volume_url", DEFAULT_VOLUME_URL).rstrip("/"), qemu=qemu,
+        images=images, flavors=flavors, **optional)
 
 
 def load(path: str | None, *, state_dir: str | None = None,
          listen: str | None = None) -> ComputeConfig:
-    raw: dict[str, Any] = {}
-    if path:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(path, f"cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(path, f"is not valid TOML: {exc}") from None
+    raw = read_toml(path) if path else {}
     return build(raw, state_dir=state_dir, listen=listen)

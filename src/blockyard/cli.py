@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import errno
 import logging
@@ -14,7 +13,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from blockyard import backends as drivers
 from blockyard import config as configuration
 from blockyard.errors import BlockyardError, ConfigError
 
@@ -59,6 +57,8 @@ def _bad_config(exc: ConfigError) -> int:
 def _serve(args: argparse.Namespace) -> int:
     try:
         cfg = configuration.load(args.config, state_dir=args.state_dir, listen=args.listen)
+        from blockyard import backends as drivers  # only now: a refused file is said fast
+
         for bc in cfg.backends:  # what the driver itself checks, before anything starts
             drivers.load(bc.name, bc.driver, bc.options)
     except ConfigError as exc:
@@ -110,6 +110,8 @@ def _run(app: Starlette, sock: socket.socket, args: argparse.Namespace, banner: 
     """Start the app (its lifespan: database, targets, backends), then serve on `sock`; stop
     the app after serving. A failure to start is one line on stderr, never a traceback: exit 2
     for a ConfigError only start-up could see, 1 for anything else."""
+    import asyncio
+
     import uvicorn
 
     host, port = sock.getsockname()[:2]

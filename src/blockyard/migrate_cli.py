@@ -15,9 +15,10 @@ import argparse
 import re
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import httpx
+if TYPE_CHECKING:  # imported where used: `blockyard serve` should not pay for it
+    import httpx
 
 PROGRESS_KEY = "blockyard:migration_progress"
 _PERCENT = re.compile(r"^(\d+)%")
@@ -43,6 +44,8 @@ def bar(percent: int) -> str:
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stderr) -> int:
+    import httpx
+
     headers = {"X-Auth-Token": args.token, "OpenStack-API-Version": "volume 3.71"}
     with httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=30.0) as http:
         try:

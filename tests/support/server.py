@@ -78,12 +78,8 @@ class Server:
         return f"{self.url}/v3"
 
     def start(self, *, env: dict[str, str] | None = None, timeout: float = 30.0) -> Server:
-        argv = [*BLOCKYARD, self.command, "--state-dir", str(self.state_dir), "--listen",
-                f"127.0.0.1:{self.port}"]
-        if self.config_path is not None:
-            argv += ["--config", str(self.config_path)]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO,
+        self.proc = subprocess.Popen(self._argv(), stdout=log, stderr=log, cwd=REPO,
                                      env=dict(self.env, **(env or {})))
         log.close()
         deadline = time.monotonic() + timeout
@@ -97,6 +93,19 @@ class Server:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"server did not answer within {timeout}s:\n{self.log()}")
+
+    def run_to_exit(self, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run the process in the foreground until it exits by itself (a refused
+        configuration, a failed start); stdout and stderr are kept apart."""
+        return subprocess.run(self._argv(), cwd=REPO, env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def _argv(self) -> list[str]:
+        argv = [*BLOCKYARD, self.command, "--state-dir", str(self.state_dir), "--listen",
+                f"127.0.0.1:{self.port}"]
+        if self.config_path is not None:
+            argv += ["--config", str(self.config_path)]
+        return argv
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

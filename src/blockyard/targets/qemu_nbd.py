@@ -111,14 +111,16 @@ class QemuNbdTarget:
         stop_timeout: float = 5.0,
     ) -> None:
         if mode not in ("unix", "tcp"):
-            raise ConfigError("mode", f"must be 'unix' or 'tcp', not {mode!r}")
+            raise ConfigError("targets.nbd.mode", f"must be 'unix' or 'tcp', not {mode!r}")
         if cache not in ("auto", "none", "writeback"):
-            raise ConfigError("cache", f"must be 'auto', 'none' or 'writeback', not {cache!r}")
+            raise ConfigError("targets.nbd.cache",
+                              f"must be 'auto', 'none' or 'writeback', not {cache!r}")
         low, high = port_range
         if not 0 < low <= high < 65536:
-            raise ConfigError("port_range", f"{port_range!r} is not a range of TCP ports")
+            raise ConfigError("targets.nbd.port_range",
+                              f"{port_range!r} is not a range of TCP ports")
         if max_clients < 1:
-            raise ConfigError("max_clients", "must be at least 1")
+            raise ConfigError("targets.nbd.max_clients", "must be at least 1")
         self.dir = Path(state_dir) / "nbd"
         self.mode: Mode = mode
         self.bind = bind

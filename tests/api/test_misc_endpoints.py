@@ -98,8 +98,11 @@ def test_services_filters(api: Api) -> None:
     host = socket.gethostname()
     by_binary = api.get("/os-services", params={"binary": "cinder-volume"}).json()["services"]
     assert [s["host"] for s in by_binary] == [f"{host}@default"]
+    # a host finds its backends too (Cinder's host-level match); a backend only itself
     by_host = api.get("/os-services", params={"host": host}).json()["services"]
-    assert [s["binary"] for s in by_host] == ["cinder-scheduler"]
+    assert [s["binary"] for s in by_host] == ["cinder-scheduler", "cinder-volume"]
+    by_backend = api.get("/os-services", params={"host": f"{host}@default"}).json()
+    assert [s["binary"] for s in by_backend["services"]] == ["cinder-volume"]
     legacy = api.get("/os-services", params={"service": "cinder-scheduler"}).json()
     assert [s["binary"] for s in legacy["services"]] == ["cinder-scheduler"]
     assert api.get("/os-services", params={"host": "nowhere"}).json() == {"services": []}

@@ -22,6 +22,7 @@ from blockyard.api import (
     misc,
     qos,
     quotas,
+    services,
     snapshots,
     types,
     versions,
@@ -47,6 +48,7 @@ ROUTES = [
     *quotas.routes,
     *limits.routes,
     *misc.routes,
+    *services.routes,
 ]
 
 

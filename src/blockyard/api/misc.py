@@ -1,10 +1,8 @@
-"""Deployment description: availability zones, services, extensions and scheduler pools.
+"""Deployment description: availability zones, extensions and scheduler pools.
 
-Blockyard is one process, so Cinder's services are derived, not stored: one ``cinder-scheduler``
-for ``Config.host`` and one ``cinder-volume`` per backend (``host@backend``). They are "up"
-whenever this process answers; a backend whose driver cannot report its stats shows
-``backend_state`` "down". Pools come live from each driver's ``get_stats`` (cached briefly by
-`Backend.stats`).
+Pools come live from each driver's ``get_stats`` (cached briefly by `Backend.stats`); their
+capabilities are the ones the scheduler matches volume types against. Services, hosts and
+backend capabilities are in `blockyard.api.services`.
 """
 
 from __future__ import annotations
@@ -23,12 +21,11 @@ from blockyard.api.types import admin_only
 from blockyard.api.views import iso
 from blockyard.backends.base import BackendStats, PoolStats
 from blockyard.db.models import utcnow
+from blockyard.service import capabilities as caps
+from blockyard.service import services
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity
 from blockyard.service.runtime import Backend, Runtime
-
-SCHEDULER = "cinder-scheduler"
-VOLUME = "cinder-volume"
 
 #: Cinder 29's extension list: (name, alias, description, updated)
 EXTENSIONS = (
@@ -118,52 +115,6 @@ async def availability_zones(request: Request) -> Response:
         {"zoneName": zone, "zoneState": {"available": True}} for zone in zones]})
 
 
-# ---------------------------------------------------------------------------- services
-
-
-def _service(binary: str, host: str, zone: str, mv: int, now: str,
-             backend_state: str | None = None) -> dict[str, Any]:
-    """One service in Cinder's field order; the microversion-gated and volume-only fields as
-    Cinder adds them (cluster 3.7, backend_state 3.49, replication fields for volumes)."""
-    body: dict[str, Any] = {"binary": binary, "host": host, "zone": zone, "status": "enabled",
-                            "state": "up", "updated_at": now}
-    if binary == VOLUME and mv >= 49:
-        body["backend_state"] = backend_state
-    if mv >= 7:
-        body["cluster"] = None
-    body["disabled_reason"] = None
-    if binary == VOLUME:
-        body.update({"replication_status": "disabled", "active_backend_id": None,
-                     "frozen": False})
-    return body
-
-
-def _services(rt: Runtime, mv: int) -> list[dict[str, Any]]:
-    now = iso(utcnow())
-    assert now is not None
-    backends = _backends(rt)
-    zone = backends[0].config.availability_zone if backends else "nova"
-    result = [_service(SCHEDULER, rt.config.host, zone, mv, now)]
-    for b in backends:
-        state = "up" if _stats(b) is not None else "down"
-        result.append(_service(VOLUME, b.service_host, b.config.availability_zone, mv, now,
-                               state))
-    return result
-
-
-async def services(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:services:index")
-    q = request.query_params
-    host = q.get("host")
-    binary = q.get("binary") or q.get("service")  # `service` is Cinder's deprecated alias
-    found = await _in_thread(_services, wire.runtime(request), wire.mv(request))
-    if host:
-        found = [s for s in found if s["host"] == host]
-    if binary:
-        found = [s for s in found if s["binary"] == binary]
-    return wire.ok({"services": found})
-
-
 # ---------------------------------------------------------------------------- extensions
 
 
@@ -179,52 +130,33 @@ async def extensions(request: Request) -> Response:
 
 def _capabilities(backend: Backend, stats: BackendStats, pool: PoolStats,
                   now: str) -> dict[str, Any]:
-    return {
-        "pool_name": pool.name,
-        "total_capacity_gb": pool.total_capacity_gb,
-        "free_capacity_gb": pool.free_capacity_gb,
-        "allocated_capacity_gb": pool.allocated_capacity_gb,
-        "provisioned_capacity_gb": pool.provisioned_capacity_gb,
-        "max_over_subscription_ratio": pool.max_over_subscription_ratio,
-        "thin_provisioning_support": pool.thin_provisioning_support,
-        "thick_provisioning_support": pool.thick_provisioning_support,
-        "reserved_percentage": int(pool.reserved_percentage),
-        "multiattach": pool.multiattach,
-        "QoS_support": False,
-        "filter_function": None,
-        "goodness_function": None,
-        "consistencygroup_support": False,
-        "replication_enabled": False,
-        "group_replication_enabled": False,
-        # the name the scheduler matches a type's volume_backend_name against
-        "volume_backend_name": backend.config.volume_backend_name or stats.volume_backend_name,
-        "storage_protocol": stats.storage_protocol,
-        "vendor_name": stats.vendor_name,
-        "driver_version": stats.driver_version,
-        "timestamp": now,
-    }
+    return {**caps.pool_capabilities(backend, stats, pool), "timestamp": now}
 
 
 def _pools(rt: Runtime, who: Identity, volume_type: str | None) -> list[dict[str, Any]]:
-    wanted_backend_name: str | None = None
+    """The pools the scheduler may place volumes in (of backends that report, and whose
+    service is enabled and not frozen), only those fit for `volume_type` when given."""
+    specs: dict[str, str] | None = None
     if volume_type is not None:
         with rt.db.read() as s:
-            vt = vtypes.get_type(s, volume_type, who)
-            wanted_backend_name = vt.specs.get("volume_backend_name")
+            specs = vtypes.get_type(s, volume_type, who).specs
+    excluded = services.unschedulable(rt)
     now = iso(utcnow())
     assert now is not None
     result = []
     for backend in _backends(rt):
-        if wanted_backend_name and backend.config.volume_backend_name != wanted_backend_name:
+        if backend.name in excluded:
             continue
         stats = _stats(backend)
         if stats is None:  # Cinder's scheduler drops backends that stopped reporting
             continue
         for pool in stats.pools:
+            capabilities = _capabilities(backend, stats, pool, now)
+            if specs is not None and not caps.satisfies(capabilities, specs):
+                continue
             name = backend.pool_host if len(stats.pools) == 1 else \
                 f"{backend.service_host}#{pool.name}"
-            result.append({"name": name,
-                           "capabilities": _capabilities(backend, stats, pool, now)})
+            result.append({"name": name, "capabilities": capabilities})
     return result
 
 
@@ -250,7 +182,6 @@ async def get_pools(request: Request) -> Response:
 
 routes = [
     Route("/v3/os-availability-zone", availability_zones, methods=["GET"]),
-    Route("/v3/os-services", services, methods=["GET"]),
     Route("/v3/extensions", extensions, methods=["GET"]),
     Route("/v3/scheduler-stats/get_pools", get_pools, methods=["GET"]),
 ]

@@ -188,6 +188,10 @@ class VolumeDriver(Protocol):
     def close_volume(self, volume: VolumeRef, handle: io.RawIOBase) -> None: ...
 
 
+#: what get_pools reports as `storage_protocol` for each export target (Cinder's names)
+STORAGE_PROTOCOLS = {"iscsi": "iSCSI", "nbd": "nbd", "local": "local", "rbd": "ceph"}
+
+
 class DriverBase:
     """Defaults for the optional parts of the contract: each raises `NotSupported`.
 
@@ -207,6 +211,12 @@ class DriverBase:
 
     def info(self) -> DriverInfo:
         return DriverInfo()
+
+    @property
+    def storage_protocol(self) -> str:
+        """The protocol initiators reach this backend's volumes by: its target's."""
+        protocol = self.target.protocol
+        return STORAGE_PROTOCOLS.get(protocol, protocol)
 
     def do_setup(self) -> None:
         """Prepare the backend (create directories, connect to clusters). Idempotent."""

@@ -41,7 +41,8 @@ TMP_PREFIX = ".tmp-"
 
 
 class FileDriver(TargetExports, DriverBase):
-    """Sparse raw files in a local directory, exported as plain paths ("local" protocol)."""
+    """Sparse raw files in a local directory, exported by the backend's target (plain paths,
+    iSCSI through tgt or NBD through qemu-nbd)."""
 
     def __init__(self, backend_name: str, options: dict[str, Any],
                  target: Target | None = None) -> None:
@@ -210,7 +211,7 @@ class FileDriver(TargetExports, DriverBase):
             volume_backend_name=self.backend_name,
             vendor_name="blockyard",
             driver_version="1.0",
-            storage_protocol="local",
+            storage_protocol=self.storage_protocol,
             pools=(pool,),
         )
 

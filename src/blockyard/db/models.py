@@ -10,7 +10,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -229,6 +240,30 @@ class QuotaUsage(Base):
     project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     resource: Mapped[str] = mapped_column(String(255), primary_key=True)
     in_use: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Service(Base):
+    """One of Cinder's services this process runs: ``cinder-scheduler`` at the host and one
+    ``cinder-volume`` per backend at ``host@backend``. `updated_at` is the heartbeat (written
+    every few seconds while the process runs; a stale one shows the service "down");
+    `disabled` keeps the scheduler away from a backend, `frozen` refuses management ops."""
+
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("host", "binary", name="uq_services_host_binary"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(255))
+    binary: Mapped[str] = mapped_column(String(255))
+    #: the backend's config name for a cinder-volume service, None for the scheduler
+    backend: Mapped[str | None] = mapped_column(String(255))
+    availability_zone: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled_reason: Mapped[str | None] = mapped_column(String(255))
+    frozen: Mapped[bool] = mapped_column(Boolean, default=False)
+    replication_status: Mapped[str] = mapped_column(String(36), default="disabled")
+    active_backend_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Task(Base):

@@ -17,7 +17,7 @@ from blockyard.config import Config
 from blockyard.db.engine import Database
 from blockyard.db.models import Snapshot, Volume
 from blockyard.errors import BlockyardError, NotSupported
-from blockyard.service import attachments, compute_events
+from blockyard.service import attachments, compute_events, services
 from blockyard.service import migration as _migration  # noqa: F401  (registers task handlers)
 from blockyard.service import snapshots as _snapshots  # noqa: F401  (registers task handlers)
 from blockyard.service import types as vtypes
@@ -73,6 +73,8 @@ def build_runtime(config: Config) -> Runtime:
             backend.stats()
         except BlockyardError as exc:
             log.warning("backend %s: %s", backend.name, exc)
+    services.register(rt)
+    rt.heartbeat = services.Heartbeat(rt).start()
     runner = TaskRunner(rt)
     sweep_orphans(rt)
     attachments.reconcile(rt)
@@ -83,6 +85,8 @@ def build_runtime(config: Config) -> Runtime:
 
 
 def close_runtime(rt: Runtime) -> None:
+    if rt.heartbeat is not None:
+        rt.heartbeat.stop()
     runner = rt.tasks
     if isinstance(runner, TaskRunner):
         runner.shutdown()

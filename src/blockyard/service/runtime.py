@@ -102,6 +102,8 @@ class Runtime:
     tasks: TaskSubmitter | None = None
     #: the export targets in use, by protocol (their daemons run while the service does)
     targets: dict[str, Target] = field(default_factory=dict)
+    #: the services' heartbeat (blockyard.service.services.Heartbeat), stopped at shutdown
+    heartbeat: Stoppable | None = None
 
     def backend(self, name: str) -> Backend:
         try:
@@ -117,6 +119,12 @@ class Runtime:
         except KeyError:
             raise BackendError(f"Backend {backend}: its {protocol} target is not running.") \
                 from None
+
+
+class Stoppable(Protocol):
+    """A background activity the runtime stops when it closes."""
+
+    def stop(self) -> None: ...
 
 
 class TaskSubmitter(Protocol):

@@ -1,8 +1,11 @@
 """Choosing a backend for a new volume: filter, then weigh by free capacity.
 
-Filters, as Cinder's default filter scheduler applies them: the volume type's
-`volume_backend_name` extra spec, the availability zone, and capacity (thin backends may
-over-subscribe up to `max_over_subscription_ratio`, minus `reserved_percentage`).
+Filters, as Cinder's default filter scheduler applies them: the backend's service is enabled
+and not frozen, the availability zone, the volume type's extra specs against each pool's
+capabilities (CapabilitiesFilter: ``volume_backend_name``, ``storage_protocol``,
+``vendor_name``, ``capabilities:...``, with Cinder's operators; see
+`blockyard.service.capabilities`), and capacity (thin backends may over-subscribe up to
+`max_over_subscription_ratio`, minus `reserved_percentage`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from blockyard.backends.base import PoolStats
 from blockyard.db.models import VolumeType
 from blockyard.errors import BackendError, Invalid
+from blockyard.service import capabilities, services
 from blockyard.service.runtime import Backend, Runtime
 from blockyard.service.types import TypeInfo
 
@@ -38,19 +42,23 @@ def pick(rt: Runtime, vt: VolumeType | TypeInfo, size_gb: int, zone: str | None)
     """The best backend for a volume of `size_gb` GiB of type `vt` in `zone` (None: any)."""
     if zone is not None and zone not in availability_zones(rt):
         raise Invalid(f"Invalid input received: Availability zone '{zone}' is invalid.")
-    wanted_name = vt.specs.get("volume_backend_name")
+    specs = vt.specs
+    excluded = services.unschedulable(rt)
     best: tuple[float, Backend] | None = None
     for backend in rt.backends.values():
-        if wanted_name and backend.config.volume_backend_name != wanted_name:
+        if backend.name in excluded:
             continue
         if zone is not None and backend.config.availability_zone != zone:
             continue
         try:
-            pools = backend.stats().pools
+            stats = backend.stats()
         except Exception:  # a backend that cannot report is not a candidate
             continue
-        free = max((_virtual_free_gb(p) for p in pools), default=0.0)
-        if free < size_gb:
+        free = max((_virtual_free_gb(p) for p in stats.pools
+                    if capabilities.satisfies(
+                        capabilities.pool_capabilities(backend, stats, p), specs)),
+                   default=None)
+        if free is None or free < size_gb:
             continue
         if best is None or free > best[0]:
             best = (free, backend)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from blockyard import states
 from blockyard.db.models import Snapshot, SnapshotMetadata, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
-from blockyard.service import metadata, quotas, records, tasks
+from blockyard.service import metadata, quotas, records, services, tasks
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, like, paginate
 from blockyard.service.runtime import Runtime
@@ -53,6 +53,7 @@ def create(rt: Runtime, who: Identity, volume_id: str, *, name: str | None,
         if v is None:
             raise NotFound("Volume", volume_id)
         authorize(who, "volume:get", v.project_id)
+        services.assert_not_frozen(s, v.backend)
         allowed = (V.AVAILABLE, V.IN_USE) if force else (V.AVAILABLE,)
         if v.status not in allowed:
             raise Invalid(f"Invalid volume: Volume {volume_id} status must be available, but "
@@ -124,6 +125,7 @@ def delete_snapshot(rt: Runtime, who: Identity, snapshot_id: str, *, force: bool
         snap = get(s, who, snapshot_id)
         v = s.get(Volume, snap.volume_id)
         assert v is not None
+        services.assert_not_frozen(s, v.backend)
         task = tasks.enqueue(s, "delete_snapshot", v.backend, snapshot_id)
         try:
             states.begin(s, Snapshot, snapshot_id, "force_delete" if force else "delete",

@@ -26,7 +26,15 @@ from blockyard.db.models import (
     utcnow,
 )
 from blockyard.errors import InUse, Invalid, InvalidState, NotFound
-from blockyard.service import compute_events, metadata, quotas, records, scheduler, tasks
+from blockyard.service import (
+    compute_events,
+    metadata,
+    quotas,
+    records,
+    scheduler,
+    services,
+    tasks,
+)
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.records import VolumeRecord
@@ -344,6 +352,7 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
         if not force:
             conditions.append(Volume.attach_status == states.AttachStatus.DETACHED)
         with rt.db.write() as s:
+            services.assert_not_frozen(s, v.backend)
             task = tasks.enqueue(s, "delete_volume", v.backend, volume_id,
                                  {"cascade": cascade, **_ref_payload(v)})
             try:

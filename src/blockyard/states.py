@@ -114,10 +114,10 @@ VOLUME_TRANSITIONS: dict[str, Transition] = {
         None,
         V.ERROR_DELETING,
     ),
-    # force-delete also takes rows that are stuck half-way
-    "force_delete": Transition(
-        tuple(s for s in V if s not in (V.DELETING,)), V.DELETING, None, V.ERROR_DELETING
-    ),
+    # force-delete also takes rows that are stuck half-way, `deleting` included (as Cinder,
+    # which drops every status condition when forced); a delete whose task still runs is not
+    # taken over, since `begin` only moves rows that no task owns
+    "force_delete": Transition(tuple(V), V.DELETING, None, V.ERROR_DELETING),
     "extend": Transition((V.AVAILABLE,), V.EXTENDING, PREVIOUS, V.ERROR_EXTENDING),
     "extend_attached": Transition((V.IN_USE,), V.EXTENDING, PREVIOUS, V.ERROR_EXTENDING),
     # legacy attach flow (os-reserve ... os-detach) and the attachments API; these are single
@@ -165,8 +165,15 @@ SNAPSHOT_TRANSITIONS: dict[str, Transition] = {
     "create": Transition((S.CREATING,), S.CREATING, S.AVAILABLE, S.ERROR),
     "delete": Transition((S.AVAILABLE, S.ERROR), S.DELETING, None, S.ERROR_DELETING),
     "force_delete": Transition(
-        tuple(s for s in S if s not in (S.DELETING, S.DELETED)), S.DELETING, None, S.ERROR_DELETING
+        tuple(s for s in S if s != S.DELETED), S.DELETING, None, S.ERROR_DELETING
     ),
+}
+
+#: os-update_snapshot_status (what a driver or Nova reports about a snapshot it is making or
+#: removing): current status → the statuses it may be set to, as Cinder's status_map
+SNAPSHOT_STATUS_UPDATES: dict[str, tuple[str, ...]] = {
+    S.CREATING: (S.CREATING, S.AVAILABLE, S.ERROR),
+    S.DELETING: (S.DELETING, S.ERROR_DELETING),
 }
 
 #: statuses an admin may set with os-reset_status
@@ -312,6 +319,23 @@ def reset(
         if current is None:
             raise NotFound(kind, ident)
         raise InvalidState(kind, ident, f"{current} (a task is in progress)", ("any",), "reset")
+
+
+def update_snapshot_status(session: Session, ident: str, status: str,
+                           values: dict[str, Any] | None = None) -> None:
+    """os-update_snapshot_status: `status` from a current status that SNAPSHOT_STATUS_UPDATES
+    allows it from. One conditional update; the status only changes on a row no task owns
+    (a report that keeps the status, e.g. progress, is taken either way)."""
+    sources = [cur for cur, targets in SNAPSHOT_STATUS_UPDATES.items() if status in targets]
+    stmt = (
+        update(Snapshot)
+        .where(Snapshot.id == ident, Snapshot.status.in_(sources),
+               or_(Snapshot.task_id.is_(None), Snapshot.status == status))
+        .values(status=status, updated_at=_now(), **(values or {}))
+        .execution_options(synchronize_session=False)
+    )
+    if _exec(session, stmt).rowcount != 1:
+        _lost(session, Snapshot, ident, tuple(sources), f"be set to {status}")
 
 
 def set_attach_status(

@@ -17,10 +17,12 @@ from starlette.middleware import Middleware
 
 from blockyard.api import (
     attachments,
+    encryption,
     errors,
     limits,
     misc,
     qos,
+    quota_classes,
     quotas,
     services,
     snapshots,
@@ -44,8 +46,10 @@ ROUTES = [
     *snapshots.routes,
     *attachments.routes,
     *types.routes,
+    *encryption.routes,
     *qos.routes,
     *quotas.routes,
+    *quota_classes.routes,
     *limits.routes,
     *misc.routes,
     *services.routes,

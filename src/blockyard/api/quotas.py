@@ -1,4 +1,4 @@
-"""/v3/os-quota-sets and /v3/os-quota-class-sets: project limits, their defaults and usage.
+"""/v3/os-quota-sets: project limits, their defaults and usage (quota classes: quota_classes.py).
 
 A quota set lists the base resources, then ``volumes_/gigabytes_/snapshots_<type>`` for every
 volume type (newest type first), then ``groups``, as Cinder 29 does. Limits and usage come from
@@ -26,7 +26,7 @@ from blockyard.api import validate, wire
 from blockyard.api.errors import ApiError
 from blockyard.api.types import admin_only
 from blockyard.db.models import Quota
-from blockyard.service import quotas, type_admin
+from blockyard.service import quota_classes, quotas, type_admin
 from blockyard.service.identity import Identity
 from blockyard.service.runtime import Runtime
 
@@ -46,11 +46,6 @@ def resources(session: Session) -> list[str]:
     per_type = [f"{base}_{name}" for name in type_admin.type_names(session)
                 for base in ("volumes", "gigabytes", "snapshots")]
     return [*BASE_RESOURCES, *per_type, *GROUP_RESOURCES]
-
-
-def _default(rt: Runtime, resource: str) -> int:
-    """A default limit: configured ones, and -1 (unlimited) for the per-type resources."""
-    return rt.config.quotas.get(resource, -1)
 
 
 def limits(session: Session, rt: Runtime, project_id: str,
@@ -88,8 +83,10 @@ def _show(rt: Runtime, project_id: str, with_usage: bool) -> dict[str, Any]:
 
 
 def _defaults(rt: Runtime) -> dict[str, Any]:
+    """A project's defaults: the default quota class, else the configured values."""
     with rt.db.read() as s:
-        return {r: _default(rt, r) for r in resources(s)}
+        return dict(quota_classes.class_limits(s, rt.config.quotas, quotas.DEFAULT_CLASS,
+                                               resources(s)))
 
 
 async def show(request: Request) -> Response:
@@ -107,15 +104,6 @@ async def defaults(request: Request) -> Response:
     quota_set = await _in_thread(_defaults, wire.runtime(request))
     quota_set["id"] = project_id
     return wire.ok({"quota_set": quota_set})
-
-
-async def class_show(request: Request) -> Response:
-    """Blockyard has one quota class, the configured defaults; every class name shows it."""
-    admin_only(wire.identity(request), "volume_extension:quota_classes")
-    quota_class = request.path_params["name"]
-    quota_set = await _in_thread(_defaults, wire.runtime(request))
-    quota_set["id"] = quota_class
-    return wire.ok({"quota_class_set": quota_set})
 
 
 # ---------------------------------------------------------------------------- writes
@@ -220,5 +208,4 @@ routes = [
     Route("/v3/os-quota-sets/{project}", show, methods=["GET"]),
     Route("/v3/os-quota-sets/{project}", update, methods=["PUT"]),
     Route("/v3/os-quota-sets/{project}", delete, methods=["DELETE"]),
-    Route("/v3/os-quota-class-sets/{name}", class_show, methods=["GET"]),
 ]

@@ -9,15 +9,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard import states
-from blockyard.api import listing, metadata, validate, wire
+from blockyard.api import listing, metadata, schema, validate, wire
 from blockyard.api.errors import ApiError
 from blockyard.api.views import iso
 from blockyard.db.models import Snapshot
+from blockyard.errors import NotFound
 from blockyard.service import snapshots
 
 CREATE_KEYS = {"volume_id", "force", "name", "description", "display_name",
                "display_description", "metadata"}
 UPDATE_KEYS = {"name", "description", "display_name", "display_description"}
+
+#: Cinder's snapshot_actions.update_snapshot_status; `progress` is its 'progress' format (an
+#: integer percentage 0-100, or empty)
+UPDATE_STATUS_SCHEMA = schema.body("os-update_snapshot_status", {
+    "status": {"type": "string"},
+    "progress": {"type": "string", "pattern": "^$|^([0-9]|[1-9][0-9]|100)%$"},
+}, required=("status",))
 
 
 def snapshot_view(request: Request, snap: Snapshot, *, extended: bool = True) -> dict[str, Any]:
@@ -52,7 +60,9 @@ async def create(request: Request) -> Response:
         validate.no_extra_keys(spec, CREATE_KEYS, "snapshot")
     if "volume_id" not in spec:
         raise validate.invalid("snapshot", spec, "'volume_id' is a required property")
-    volume_id = str(validate.uuid_string(spec["volume_id"], "volume_id", nullable=False))
+    volume_id = validate.uuid_string(spec["volume_id"], "volume_id")
+    if volume_id is None:  # Cinder's schema allows null, then its lookup finds no volume
+        raise NotFound("Volume", "None")
     force = validate.boolean(spec.get("force", False), "force")
     name = validate.string(spec.get("name", spec.get("display_name")), "name")
     description = validate.string(spec.get("description", spec.get("display_description")),
@@ -123,6 +133,11 @@ async def action(request: Request) -> Response:
             raise ApiError(400, f"Invalid input received: Must specify a valid status: "
                                 f"{status}")
         await wire.call(request, snapshots.reset_status, snapshot_id, status)
+        return wire.accepted()
+    if name == "os-update_snapshot_status":
+        schema.check(body, UPDATE_STATUS_SCHEMA)
+        await wire.call(request, snapshots.update_status, snapshot_id, value["status"],
+                        value.get("progress"))
         return wire.accepted()
     if name == "os-force_delete":
         await wire.call(request, snapshots.delete_snapshot, snapshot_id, force=True)

@@ -232,6 +232,36 @@ class Quota(Base):
     hard_limit: Mapped[int] = mapped_column(Integer)
 
 
+class QuotaClass(Base):
+    """A quota class's hard limit for one resource. The class named ``default`` holds the
+    defaults every project without a limit of its own gets (before the configured ones), as
+    Cinder's ``quota_classes`` table."""
+
+    __tablename__ = "quota_classes"
+
+    class_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(300), primary_key=True)
+    hard_limit: Mapped[int] = mapped_column(Integer)
+
+
+class VolumeTypeEncryption(Base):
+    """The encryption specs of a volume type (Cinder's ``encryption`` table): how volumes of
+    the type are to be encrypted. One row per type at most."""
+
+    __tablename__ = "volume_type_encryption"
+
+    volume_type_id: Mapped[str] = mapped_column(
+        ForeignKey("volume_types.id", ondelete="CASCADE"), primary_key=True
+    )
+    encryption_id: Mapped[str] = mapped_column(String(36), unique=True)
+    provider: Mapped[str] = mapped_column(String(255))
+    control_location: Mapped[str] = mapped_column(String(255))
+    cipher: Mapped[str | None] = mapped_column(String(255))
+    key_size: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
 class QuotaUsage(Base):
     """What a project uses of one resource; changed only by conditional increments."""
 

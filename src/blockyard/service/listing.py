@@ -12,9 +12,13 @@ from typing import Any
 from sqlalchemy import Select, and_, func, literal_column, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from blockyard.errors import Invalid
+from blockyard.errors import Invalid, NotFound
 
 MAX_LIMIT = 1000
+
+#: how Cinder names a missing marker of each listed model (its ``<Kind>NotFound``, a 404)
+_MARKER_KIND = {"Volume": "Volume", "Snapshot": "Snapshot", "VolumeType": "Volume type",
+                "QosSpecs": "QoS Specs", "Attachment": "Volume attachment"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,10 @@ def paginate(
     The page holds what the query selects: ORM objects, or plain ids when it selects only the
     id column (the caller then fetches read models for them).
 
+    As Cinder's ``_get_collection_links``, a page as long as the limit asked for carries the
+    marker of the next page (which may turn out empty); a shorter page is the last one. A
+    marker that names no row is a 404, as Cinder's lookup of the marker row answers.
+
     `sortable` maps the API's sort key names to column names (e.g. display_name → name);
     `nullable` maps nullable sort columns to the expression standing in for NULL.
     """
@@ -93,7 +101,8 @@ def paginate(
             select(*[e for e, _ in exprs]).where(model.id == params.marker)
         ).first()
         if marker_row is None:
-            raise Invalid(f"Invalid input received: marker [{params.marker}] not found")
+            kind = _MARKER_KIND.get(model.__name__, "Marker")
+            raise NotFound(kind, params.marker)
         after: list[Any] = []
         for i, (expr, direction) in enumerate(exprs):
             ties = [exprs[j][0] == marker_row[j] for j in range(i)]
@@ -107,13 +116,14 @@ def paginate(
     query = query.order_by(*[e.asc() if d == "asc" else e.desc() for e, d in exprs])
     if params.offset:
         query = query.offset(params.offset)
-    limit = params.limit
+    limit = None if params.limit is None else min(params.limit, MAX_LIMIT)
+    if limit == 0:
+        return Page(rows=[], next_marker=None, count=count)
     if limit is not None:
-        query = query.limit(min(limit, MAX_LIMIT) + 1)
+        query = query.limit(limit)
     rows = list(session.execute(query).scalars().unique())
     next_marker = None
-    if limit is not None and len(rows) > limit:
-        rows = rows[:limit]
+    if limit is not None and rows and len(rows) >= limit:
         last = rows[-1]
         next_marker = last if isinstance(last, str) else last.id
     return Page(rows=rows, next_marker=next_marker, count=count)

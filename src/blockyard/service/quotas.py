@@ -17,7 +17,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dml
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from blockyard.db.models import Base, Quota, QuotaUsage
+from blockyard.db.models import Base, Quota, QuotaClass, QuotaUsage
 from blockyard.errors import QuotaExceeded
 
 #: resources that also exist per volume type, as "<resource>_<type name>"
@@ -28,14 +28,33 @@ def _conn(db: Session | Connection) -> Connection:
     return db.connection() if isinstance(db, Session) else db
 
 
+#: the quota class whose limits are every project's defaults (Cinder's _DEFAULT_QUOTA_NAME)
+DEFAULT_CLASS = "default"
+
+
 def limit_of(db: Session | Connection, defaults: dict[str, int], project_id: str,
              resource: str) -> int:
-    """The project's hard limit for `resource` (-1: unlimited)."""
+    """The project's hard limit for `resource` (-1: unlimited): its own, else the default
+    quota class's, else the configured default (Cinder's order)."""
     stored = _conn(db).execute(
         select(Quota.hard_limit).where(Quota.project_id == project_id, Quota.resource == resource)
     ).scalar()
     if stored is not None:
         return int(stored)
+    return class_limit_of(db, defaults, DEFAULT_CLASS, resource)
+
+
+def class_limit_of(db: Session | Connection, defaults: dict[str, int], class_name: str,
+                   resource: str) -> int:
+    """A quota class's limit for `resource`: its own, else the default class's, else the
+    configured default."""
+    names = [class_name] if class_name == DEFAULT_CLASS else [class_name, DEFAULT_CLASS]
+    rows = dict(_conn(db).execute(
+        select(QuotaClass.class_name, QuotaClass.hard_limit)
+        .where(QuotaClass.class_name.in_(names), QuotaClass.resource == resource)).all())
+    for name in names:
+        if name in rows:
+            return int(rows[name])
     return default_of(defaults, resource)
 
 
@@ -113,7 +132,8 @@ def consume(
 def _change_statement(slots: int, grow: bool) -> Any:
     """The UPDATE changing `slots` usage rows of one project by their own deltas (all bound
     parameters, so it is built and compiled once per shape). Growing checks each row against
-    its limit, the stored one else the default (``-1``: unlimited); shrinking stops at zero."""
+    its limit, the stored one else the default class's else the configured default (``-1``:
+    unlimited); shrinking stops at zero."""
     table = Base.metadata.tables["quota_usages"]
     resource, in_use = table.c.resource, table.c.in_use
     names: list[Any] = [bindparam(f"r{i}") for i in range(slots)]
@@ -127,9 +147,14 @@ def _change_statement(slots: int, grow: bool) -> Any:
         .where(Quota.project_id == table.c.project_id, Quota.resource == resource)
         .scalar_subquery()
     )
+    class_default = (
+        select(QuotaClass.hard_limit)
+        .where(QuotaClass.class_name == DEFAULT_CLASS, QuotaClass.resource == resource)
+        .scalar_subquery()
+    )
     default = case(*[(resource == names[i], bindparam(f"l{i}")) for i in range(slots)],
                    else_=-1)
-    limit = func.coalesce(stored, default)
+    limit = func.coalesce(stored, class_default, default)
     return (stmt.where(or_(limit < 0, in_use + delta <= limit))
             .values(in_use=in_use + delta).returning(resource))
 

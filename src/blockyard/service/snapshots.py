@@ -195,6 +195,26 @@ def reset_status(rt: Runtime, who: Identity, snapshot_id: str, status: str) -> N
         states.reset(s, Snapshot, snapshot_id, status)
 
 
+def update_status(rt: Runtime, who: Identity, snapshot_id: str, status: str,
+                  progress: str | None) -> None:
+    """os-update_snapshot_status: a status (and progress) reported by whoever makes the
+    snapshot, within Cinder's allowed steps (`states.SNAPSHOT_STATUS_UPDATES`)."""
+    with rt.db.write() as s:
+        get(s, who, snapshot_id)
+        try:
+            states.update_snapshot_status(s, snapshot_id, status,
+                                          {"progress": progress} if progress else None)
+        except InvalidState as exc:
+            allowed = states.SNAPSHOT_STATUS_UPDATES.get(str(exc.current))
+            if allowed is None:
+                raise Invalid(f"Snapshot status {exc.current} not allowed for "
+                              f"update_snapshot_status") from exc
+            if status not in allowed:
+                raise Invalid(f"Provided snapshot status {status} not allowed for snapshot "
+                              f"with status {exc.current}.") from exc
+            raise
+
+
 def list_snapshots(rt: Runtime, who: Identity, params: ListParams, *, all_projects: bool,
                    like_allowed: bool) -> Page:
     with rt.db.read() as s:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from blockyard.db.models import (
     Quota,
+    QuotaClass,
     QuotaUsage,
     Snapshot,
     Volume,
@@ -131,7 +132,7 @@ def create(rt: Runtime, name: str, description: str | None, is_public: bool,
 
 def _rename_quota_resources(session: Session, old: str, new: str) -> None:
     for base in PER_TYPE:
-        for model in (Quota, QuotaUsage):
+        for model in (Quota, QuotaClass, QuotaUsage):
             session.execute(
                 update(model).where(model.resource == f"{base}_{old}")
                 .values(resource=f"{base}_{new}")
@@ -180,8 +181,10 @@ def delete_type(rt: Runtime, who: Identity, type_id: str) -> None:
         if in_use:
             raise Invalid("Target volume type is still in use.")
         # per-type limits must not outlive the type and surprise a later type of that name
-        s.execute(delete(Quota).where(Quota.resource.in_([f"{b}_{vt.name}" for b in PER_TYPE]))
-                  .execution_options(synchronize_session=False))
+        per_type = [f"{b}_{vt.name}" for b in PER_TYPE]
+        for model in (Quota, QuotaClass):
+            s.execute(delete(model).where(model.resource.in_(per_type))
+                      .execution_options(synchronize_session=False))
         s.delete(vt)
 
 

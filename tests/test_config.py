@@ -78,6 +78,10 @@ SERVE_CASES: list[tuple[str, str]] = [
 ]
 #: more values of the same keys, checked in-process only (a process each is slow)
 SERVE_MORE_CASES: list[tuple[str, str]] = [
+    ("[quota]\ngigabytes = 99999999999999", "quota.gigabytes"),
+    ("[targets.iscsi]\ncontrol_port = 1\ntimeout = nan", "targets.iscsi.timeout"),
+    ("[backends.fast]\ndriver = 'file'\ntotal_capacity_gb = inf",
+     "backends.fast.total_capacity_gb"),
     ("lisen = '127.0.0.1:1'", "lisen"),
     ("listen = 8776", "listen"),
     ("max_volume_size_gb = '10'", "max_volume_size_gb"),

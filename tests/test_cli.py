@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
 
 from tests.support.server import REPO, Server
 
@@ -85,3 +88,68 @@ def test_config_file_declares_backends_and_listen(tmp_path: Path) -> None:
         assert (tmp_path / "beta" / f"volume-{vol['id']}").stat().st_size == 1024**3
     finally:
         srv.stop()
+
+
+# -- start-up, in-process: what happens before anything is served ------------------------------
+
+
+class _NeverServes:
+    """Stands in for uvicorn's server where serving must not happen."""
+
+    started = False
+
+    async def serve(self, sockets: list[socket.socket]) -> None:
+        raise AssertionError("served")
+
+
+def _app_starting_with(action: Callable[[], None]) -> tuple[Starlette, list[str]]:
+    """An app whose start-up runs `action`; `events` records its start and its stop."""
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        events.append("start")
+        action()
+        try:
+            yield
+        finally:
+            events.append("stop")
+
+    return Starlette(lifespan=lifespan), events
+
+
+def test_a_signal_while_starting_stops_after_the_start_without_serving() -> None:
+    import asyncio
+    import os
+
+    from blockyard import cli
+
+    app, events = _app_starting_with(lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with cli._signals_held() as stop_requested, socket.socket() as sock:
+        code = asyncio.run(cli._lifetime(app, _NeverServes(), sock, stop_requested))
+    assert code == 0
+    assert events == ["start", "stop"]  # the start finished, then was undone
+
+
+def test_a_failed_start_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from blockyard import cli
+    from blockyard.errors import BackendError, ConfigError
+
+    def fail(exc: Exception) -> None:
+        raise exc
+
+    for exc, code, line in [
+        (BackendError("tgtd exited while starting"), 1,
+         "blockyard: cannot start: tgtd exited while starting"),
+        (PermissionError(13, "Permission denied"), 1,
+         "blockyard: cannot start: PermissionError: [Errno 13] Permission denied"),
+        (ConfigError("targets.nbd.port_range", "no port is free"), 2,
+         "blockyard: bad configuration: targets.nbd.port_range: no port is free"),
+    ]:
+        app, events = _app_starting_with(lambda exc=exc: fail(exc))
+        with socket.socket() as sock:
+            assert asyncio.run(cli._lifetime(app, _NeverServes(), sock, lambda: False)) == code
+        assert capsys.readouterr().err.splitlines() == [line]
+        assert events == ["start"]

@@ -18,7 +18,7 @@ from blockyard.compute import config as compute_config
 from blockyard.errors import ConfigError
 from blockyard.targets import TARGETS
 from tests.support.compute import ComputeServer
-from tests.support.server import Server, free_tgt_control_port
+from tests.support.server import Server, free_port, free_tgt_control_port
 
 # (TOML text, the full key the one line must name)
 SERVE_CASES: list[tuple[str, str]] = [
@@ -78,6 +78,10 @@ SERVE_CASES: list[tuple[str, str]] = [
 ]
 #: more values of the same keys, checked in-process only (a process each is slow)
 SERVE_MORE_CASES: list[tuple[str, str]] = [
+    ("[quota]\ngigabytes = 99999999999999", "quota.gigabytes"),
+    ("[targets.iscsi]\ncontrol_port = 1\ntimeout = nan", "targets.iscsi.timeout"),
+    ("[backends.fast]\ndriver = 'file'\ntotal_capacity_gb = inf",
+     "backends.fast.total_capacity_gb"),
     ("lisen = '127.0.0.1:1'", "lisen"),
     ("listen = 8776", "listen"),
     ("max_volume_size_gb = '10'", "max_volume_size_gb"),
@@ -196,7 +200,7 @@ def test_serving_is_said_once_when_the_targets_are_up(tmp_path: Path) -> None:
     control_port = free_tgt_control_port()
     srv = Server(tmp_path / "state", config=(
         "[backends.b]\ndriver = 'file'\ntarget = 'iscsi'\n[targets.iscsi]\n"
-        f"portal = '127.0.0.1:{Server(tmp_path).port}'\ncontrol_port = {control_port}\n"))
+        f"portal = '127.0.0.1:{free_port()}'\ncontrol_port = {control_port}\n"))
     srv.start()
     try:
         said = [ln for ln in srv.log().splitlines() if "serving" in ln]

@@ -115,7 +115,8 @@ def _run(app: Starlette, sock: socket.socket, args: argparse.Namespace, banner: 
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    server = _server_class(banner.format(host, port))(uvicorn.Config(
+    where = f"[{host}]" if ":" in host else host
+    server = _server_class(banner.format(where, port))(uvicorn.Config(
         app, log_level=args.log_level, access_log=args.access_log, lifespan="off",
         timeout_graceful_shutdown=10,
     ))

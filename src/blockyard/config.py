@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 import socket
 import tomllib
@@ -65,6 +66,8 @@ DEFAULT_COMPUTE_TIMEOUT = 10.0
 TARGET_PROTOCOLS = ("local", "iscsi", "nbd", "rbd")
 #: the largest control port tgtd takes (it keeps the number in a short)
 TGT_MAX_CONTROL_PORT = 32767
+#: the largest count or size the database keeps (a signed 32-bit column)
+INT_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,9 @@ def typed(value: Any, kind: type, key: str) -> Any:
     """`value` if it is of TOML type `kind` (an int where a float is wanted becomes a float)."""
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value, ok = float(value), True
+    if kind is float and ok and not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
     if not ok:
         raise ConfigError(key, f"must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r} "
                                f"({_kind_of(value)})")
@@ -370,7 +375,7 @@ def database_url(value: str) -> str:
 
 _SECONDS = Option(float, above(0))
 #: Cinder's host strings are host@backend#pool: neither part may hold '@' or '#'
-_HOST = Option(str, matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}",
+HOST_NAME = Option(str, matching(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}",
                              "a host name (letters, digits, '_', '.', '-'; it starts the host "
                              "strings host@backend#pool)"))
 
@@ -378,16 +383,17 @@ TOP: Schema = {
     "listen": Option(str, listen_address),
     "state_dir": Option(str, a_path),
     "database_url": Option(str, database_url),
-    "host": _HOST,
+    "host": HOST_NAME,
     "default_volume_type": Option(str, text()),
-    "max_volume_size_gb": Option(int, between(1)),
+    "max_volume_size_gb": Option(int, between(1, INT_MAX)),
     "quota": Option(dict),
     "backends": Option(dict),
     "targets": Option(dict),
     "compute": Option(dict),
 }
 
-QUOTA: Schema = {name: Option(int, between(-1, why=" (-1: unlimited)")) for name in DEFAULT_QUOTAS}
+QUOTA: Schema = {name: Option(int, between(-1, INT_MAX, " (-1: unlimited)"))
+                 for name in DEFAULT_QUOTAS}
 
 COMPUTE: Schema = {
     "url": Option(str, http_url),
@@ -507,17 +513,14 @@ def _targets(raw: Any, backends: tuple[BackendConfig, ...]) -> dict[str, dict[st
             raise ConfigError(f"targets.{protocol}", f"unknown target (known: "
                                                      f"{', '.join(TARGET_OPTIONS)})")
     used = {bc.target: bc.name for bc in backends}
-    result = {}
-    for protocol in sorted(set(tables) | set(used)):
-        try:
-            result[protocol] = read_table(tables.get(protocol, {}), TARGET_OPTIONS[protocol],
-                                          f"targets.{protocol}")
-        except ConfigError as exc:
-            if protocol in tables or protocol not in used:
-                raise
-            raise ConfigError(exc.key, f"{exc.message.removeprefix(exc.key + ': ')} "
-                                       f"(backends.{used[protocol]} exports through "
-                                       f"{protocol})") from None
+    for protocol, backend in used.items():
+        required = [n for n, option in TARGET_OPTIONS[protocol].items() if option.required]
+        if protocol not in tables and required:
+            raise ConfigError(f"targets.{protocol}.{required[0]}",
+                              f"is required (backends.{backend} exports through {protocol})")
+    result = {protocol: read_table(tables.get(protocol, {}), TARGET_OPTIONS[protocol],
+                                   f"targets.{protocol}")
+              for protocol in sorted(set(tables) | set(used))}
     nbd = result.get("nbd", {})
     if _is_ip(nbd.get("bind", "")) and ipaddress.ip_address(nbd["bind"]).is_unspecified \
             and "advertise_host" not in nbd:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from blockyard.config import (
+    HOST_NAME,
     Option,
     Schema,
     a_path,
@@ -55,7 +56,7 @@ DEFAULT_VOLUME_URL = "http://127.0.0.1:8776"
 TOP: Schema = {
     "listen": Option(str, listen_address),
     "state_dir": Option(str, a_path),
-    "host": Option(str, text()),
+    "host": HOST_NAME,  # the connector's host: an NBD export's allowed client
     "volume_url": Option(str, http_url),
     "qemu": Option(dict, default={}),
     "images": Option(dict, default={}),

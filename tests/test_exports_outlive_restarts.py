@@ -122,7 +122,9 @@ class Writers:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[Server, ComputeServer, Nova]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, ComputeServer,
+                                                                       Nova]]:
+    tmp_path = tmp_path_factory.mktemp("xr")  # short: QEMU's sockets live below
     image = build_test_guest()
     agent_port = free_port()
     volumes = Server(tmp_path / "volumes", config=exported_backends_config(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,14 @@ from tests.support.compute import (
     build_test_guest,
     compute_config,
 )
-from tests.support.server import Api, Server, exported_backends_config, free_port
+from tests.support.server import (
+    BLOCKYARD,
+    REPO,
+    Api,
+    Server,
+    exported_backends_config,
+    free_port,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tgtd needs root")
 
@@ -296,5 +304,36 @@ def test_restart_adopts_exports_and_removes_stale_ones(tmp_path: Path) -> None:
         assert _records(srv) == {}
         assert not any(r.alive() for r in daemons.values())
         assert not run_dir.exists()
+    finally:
+        srv.close()
+
+
+def test_stop_exports_is_the_full_stop(tmp_path: Path) -> None:
+    """`blockyard stop-exports` ends what a stopped service left running; the next start
+    exports the attached volumes again."""
+    srv = Server(tmp_path / "state", config=exported_backends_config())
+    try:
+        srv.start()
+        api = srv.client()
+        _types(api)
+        atts = {p: _attach(api, _volume(api, p)) for p in PROTOCOLS}
+        daemons = _records(srv)
+        run_dir = _run_dir(srv)
+        srv.stop()
+        assert all(r.alive() for r in daemons.values())
+        done = subprocess.run([*BLOCKYARD, "stop-exports", "--config", str(srv.config_path),
+                               "--state-dir", str(srv.state_dir)], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert not any(r.alive() for r in daemons.values())
+        assert _records(srv) == {} and not run_dir.exists()
+
+        srv.start()
+        assert sorted(_records(srv)) == ["tgtd.json", f"volume-{atts['nbd']['volume_id']}.json"]
+        for att in atts.values():
+            shown = srv.client().get(f"/attachments/{att['id']}").json()["attachment"]
+            typed = parse(_info(shown))
+            with connector_for(typed, CONNECTOR, run_dir=str(tmp_path)).open(typed, "rb") as h:
+                assert h.size == GiB
     finally:
         srv.close()

@@ -403,3 +403,15 @@ def test_real_login_writes_the_backing_file(target: TgtTarget, tmp_path: Path) -
     left = target.unexport(volume, export, HOST_A)
     refused = _qemu_io(target, left, HOST_A.initiator, password, "read 0 512", tmp_path)
     assert refused.returncode != 0
+
+
+def test_an_adopted_tgtd_on_another_portal_is_refused_not_stopped(target: TgtTarget,
+                                                                 tmp_path: Path) -> None:
+    volume, path = make_volume(tmp_path)
+    target.export(volume, path, HOST_A, None)
+    target.stop()
+    moved = TgtTarget(target.state_dir, portal=f"127.0.0.1:{free_port()}",
+                      control_port=target.control_port)
+    with pytest.raises(BackendError, match="stop-exports"):
+        moved.start()
+    assert len(target.exports()) == 1  # still serving

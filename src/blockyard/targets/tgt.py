@@ -317,10 +317,18 @@ class TgtTarget:
                 raise BackendError(f"another tgtd already uses control port "
                                    f"{self.control_port}; blockyard will not share it")
             pid = self._spawn()
-        else:
-            log.info("adopted tgtd (pid %d) on control port %d", pid, self.control_port)
+            self._wait_ready(pid)
+            self._check_portal()
+            return
+        wanted = tgtd_argv(self.control_port, self.portal)
+        if self._recorded_argv() != tuple(wanted):
+            # never stopped here: it may serve attached volumes
+            raise BackendError(
+                f"the tgtd of this state dir (pid {pid}) runs as "
+                f"{' '.join(self._recorded_argv())!r}, not as configured "
+                f"({' '.join(wanted)!r}); stop it first (blockyard stop-exports)")
+        log.info("adopted tgtd (pid %d) on control port %d", pid, self.control_port)
         self._wait_ready(pid)
-        self._check_portal()
 
     def stop(self) -> None:
         """Let go of our tgtd at service shutdown. While it serves targets (attached volumes)
@@ -375,6 +383,10 @@ class TgtTarget:
         if record is None or not record.alive():
             return None
         return record.pid
+
+    def _recorded_argv(self) -> tuple[str, ...]:
+        record = DaemonRecord.load(Path(self.record_path))
+        return record.argv if record is not None else ()
 
     def _spawn(self) -> int:
         argv = tgtd_argv(self.control_port, self.portal)

@@ -6,9 +6,14 @@ volume is one target ``<iqn_prefix>volume-<id>`` with LUN 1 backed by the volume
 puts its controller on LUN 0), one CHAP account of its own, and one ACL per allowed initiator
 name; never ``ALL``.
 
-tgtd keeps nothing across a restart, so the persisted `Export` is the source of truth and
-`ensure` rebuilds a target from it: the same IQN, CHAP credentials and ACLs, and the same tid
-when it is free.
+tgtd outlives the service: it runs in a session of its own and is recorded (pid, argv, start
+time: `blockyard.targets.daemon`) in the state dir, `stop` leaves it running while it serves
+targets, and the next `start` adopts it with its targets and the initiators' sessions, so a
+restart of `blockyard serve` never interrupts a guest's I/O. `teardown` is the full stop.
+tgtd itself keeps nothing across its own restart (a reboot), so the persisted `Export` is the
+source of truth and `ensure` rebuilds a target from it: the same IQN, CHAP credentials and
+ACLs, and the same tid when it is free; `prune` deletes the targets no persisted export
+describes.
 
 Facts about tgt 1.0.85 this module relies on (each was checked against the real daemon):
 

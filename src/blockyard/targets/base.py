@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
+if TYPE_CHECKING:  # only annotations: importing blockyard.backends here would be a cycle
+    from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 
 
 @dataclass(frozen=True)

@@ -440,3 +440,18 @@ def _time_wait_on(port: int) -> bool:
         if int(local.split(":")[1], 16) == port and state == "06":
             return True
     return False
+
+
+def test_a_recorded_qemu_nbd_that_does_not_answer_is_replaced(
+        make_target: Callable[..., QemuNbdTarget], volume: tuple[VolumeRef, str],
+        base: Path) -> None:
+    ref, path = volume
+    target = make_target()
+    export = target.export(ref, path, HOST_A, None)
+    old = pid_of(base)
+    Path(export.data["socket"]).unlink()  # alive, but nobody can reach it any more
+    assert make_target().ensure(ref, path, export) == export
+    assert pid_of(base) != old
+    h = connect(target.connection_info(ref, export, HOST_A), base)
+    assert h.get_size() == SIZE
+    h.shutdown()

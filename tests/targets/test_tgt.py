@@ -306,16 +306,23 @@ def test_stop_leaves_a_serving_tgtd_running_for_the_next_start(target: TgtTarget
         run(show_system_argv(target.control_port))
 
 
-def test_a_record_of_another_process_is_not_adopted(target: TgtTarget) -> None:
+def test_a_record_of_a_reused_pid_is_not_trusted(target: TgtTarget, tmp_path: Path) -> None:
     record = DaemonRecord.load(Path(target.record_path))
     assert record is not None
-    # the same pid with another start time: the pid was reused by someone else
+    # the recorded pid with another start time: the pid now names some other process
     DaemonRecord(record.pid, record.argv, record.started + 1, record.data).save(
         Path(target.record_path))
-    again = TgtTarget(target.state_dir, portal=target.portal, control_port=target.control_port)
+    assert TgtTarget(target.state_dir, portal=target.portal,
+                     control_port=target.control_port)._running_pid() is None
+
+
+def test_someone_elses_tgtd_on_the_control_port_is_refused(target: TgtTarget,
+                                                            tmp_path: Path) -> None:
+    other = TgtTarget(str(tmp_path / "other"), portal=f"127.0.0.1:{free_port()}",
+                      control_port=target.control_port)
     with pytest.raises(BackendError, match="another tgtd"):
-        again.start()
-    record.save(Path(target.record_path))  # for the fixture's teardown
+        other.start()
+    assert target.exports() == []  # untouched, still answering
 
 
 def test_prune_removes_targets_no_export_accounts_for(target: TgtTarget,
@@ -415,3 +422,18 @@ def test_an_adopted_tgtd_on_another_portal_is_refused_not_stopped(target: TgtTar
     with pytest.raises(BackendError, match="stop-exports"):
         moved.start()
     assert len(target.exports()) == 1  # still serving
+
+
+def test_a_tgtd_spawned_but_never_recorded_is_adopted(target: TgtTarget,
+                                                      tmp_path: Path) -> None:
+    """The service died between spawning tgtd and recording it (or an older blockyard, which
+    kept no record, started it): the tgtd running exactly as configured is ours."""
+    volume, path = make_volume(tmp_path)
+    export = target.export(volume, path, HOST_A, None)
+    record = DaemonRecord.load(Path(target.record_path))
+    assert record is not None
+    os.unlink(target.record_path)
+    again = TgtTarget(target.state_dir, portal=target.portal, control_port=target.control_port)
+    again.start()
+    assert DaemonRecord.load(Path(target.record_path)) == record
+    assert again.exports() == [export.data["target_iqn"]]

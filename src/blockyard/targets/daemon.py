@@ -83,6 +83,18 @@ class DaemonRecord:
             _reap(self.pid)
 
 
+def find_process(argv: list[str], data: dict[str, Any] | None = None) -> DaemonRecord | None:
+    """A live process running exactly `argv`, as a record (for one started but not recorded:
+    a crash right after the spawn, or a daemon of a version that kept no record)."""
+    wanted = list(argv)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and cmdline(int(entry.name)) == wanted:
+            record = DaemonRecord.of(int(entry.name), wanted, data)
+            if record.started:
+                return record
+    return None
+
+
 def cmdline(pid: int) -> list[str]:
     """The argv of a live process; [] when it is gone or a zombie."""
     try:

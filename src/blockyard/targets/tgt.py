@@ -57,7 +57,7 @@ from blockyard.connectors.util import (
 from blockyard.errors import BackendError, Invalid
 from blockyard.exec import CommandFailed, run, spawn
 from blockyard.targets.base import Export
-from blockyard.targets.daemon import DaemonRecord
+from blockyard.targets.daemon import DaemonRecord, find_process
 
 if TYPE_CHECKING:  # the handle exec.spawn returns; commands run only through blockyard.exec
     import subprocess
@@ -317,10 +317,9 @@ class TgtTarget:
         port and listens on exactly the configured portal."""
         os.makedirs(self.state_dir, exist_ok=True)
         pid = self._running_pid()
+        if pid is None and self._answers():
+            pid = self._adopt_unrecorded()
         if pid is None:
-            if self._answers():
-                raise BackendError(f"another tgtd already uses control port "
-                                   f"{self.control_port}; blockyard will not share it")
             pid = self._spawn()
             self._wait_ready(pid)
             self._check_portal()
@@ -388,6 +387,18 @@ class TgtTarget:
         if record is None or not record.alive():
             return None
         return record.pid
+
+    def _adopt_unrecorded(self) -> int:
+        """A tgtd answers on our control port, but no record names it: ours when it runs
+        exactly as we would start it (the service died between spawning and recording it),
+        and then recorded; anyone else's is refused."""
+        argv = tgtd_argv(self.control_port, self.portal)
+        found = find_process(argv, {"control_port": self.control_port, "portal": self.portal})
+        if found is None:
+            raise BackendError(f"another tgtd already uses control port "
+                               f"{self.control_port}; blockyard will not share it")
+        found.save(Path(self.record_path))
+        return found.pid
 
     def _recorded_argv(self) -> tuple[str, ...]:
         record = DaemonRecord.load(Path(self.record_path))

@@ -15,7 +15,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server on the embedded default, shared by the tests of one module."""
     srv = Server(tmp_path_factory.mktemp("srv") / "state").start()
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture
@@ -37,4 +37,4 @@ def make_server(tmp_path: Path) -> Iterator[type[Server]]:
 
     yield _Server
     for srv in made:
-        srv.stop()
+        srv.close()

@@ -46,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "name": name, "extra_specs": {"volume_backend_name": name}}})
         assert r.status_code == 200, r.text
     yield srv
-    srv.stop()
+    srv.close()
     assert _qemu_nbd_of(srv) == []
 
 

@@ -115,7 +115,7 @@ url = "http://127.0.0.1:{agent_port}/v2.1"
         for server_id in st.guests.values():
             st.nova.delete(server_id)
         agent.stop()
-        volumes.stop()
+        volumes.close()
     assert not _qemu_of(base), "a guest outlived the tests"
 
 

@@ -130,7 +130,7 @@ timeout = 1
         "name": "multi", "extra_specs": {"multiattach": "<is> True"}}})
     assert r.status_code == 200, r.text
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.fixture
@@ -320,7 +320,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, compute: FakeCompute) -> 
             "name": name, "extra_specs": {"volume_backend_name": name}}})
         assert r.status_code == 200, r.text
     yield srv
-    srv.stop()
+    srv.close()
 
 
 @pytest.mark.parametrize(("protocol", "why"), [

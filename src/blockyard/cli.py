@@ -86,6 +86,22 @@ def _compute(args: argparse.Namespace) -> int:
     return _run(create_app(cfg), sock, args, "serving the compute API on http://{}:{}/v2.1")
 
 
+def _stop_exports(args: argparse.Namespace) -> int:
+    """Stop the tgtd and qemu-nbd processes a state dir's service left running for its
+    attached volumes (they outlive `blockyard serve` on purpose); their consumers lose them."""
+    from pathlib import Path
+
+    from blockyard.targets import teardown
+
+    try:
+        state_dir = configuration.load(args.config, state_dir=args.state_dir).state_dir
+    except ConfigError as exc:
+        print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    teardown(Path(state_dir))
+    return 0
+
+
 def _bind(host: str, port: int) -> socket.socket | None:
     """Bind first, so a taken port is one clear line and not a traceback from the server."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -171,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     compute.add_argument("--config", help="TOML configuration file (default: built-in)")
     compute.add_argument("--state-dir", help="where the agent keeps its state (./var/compute)")
     compute.add_argument("--listen", help="HOST:PORT to listen on (127.0.0.1:8774)")
+    stop_exports = sub.add_parser(
+        "stop-exports", help="stop the export daemons (tgtd, qemu-nbd) a stopped service left "
+                             "running for its attached volumes")
+    stop_exports.add_argument("--config", help="TOML configuration file (for state_dir)")
+    stop_exports.add_argument("--state-dir", help="the service's state dir (./var)")
     from blockyard import migrate_cli
 
     migrate_cli.add_parser(sub)
@@ -185,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "compute":
         return _compute(args)
+    if args.command == "stop-exports":
+        return _stop_exports(args)
     if args.command == "migrate":
         return migrate_cli.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from blockyard.compute.disks import QemuSource, TlsPsk, qemu_source, secret_id, tls_creds_id
+from blockyard.compute.disks import (
+    NBD_RECONNECT_DELAY,
+    QemuSource,
+    TlsPsk,
+    qemu_source,
+    secret_id,
+    tls_creds_id,
+)
 from blockyard.connectors.info import IscsiInfo, LocalInfo, NbdInfo, parse
 from blockyard.errors import Invalid
 
@@ -24,8 +31,11 @@ def test_local_file_and_block_device() -> None:
 
 def test_nbd_unix_and_inet() -> None:
     unix = qemu_source(NbdInfo(export_name="vol", socket="/run/nbd.sock"), prefix="d")
+    # reconnect-delay: a qemu-nbd replaced under the export is survived
     assert unix.options == {"driver": "nbd", "export": "vol",
-                            "server": {"type": "unix", "path": "/run/nbd.sock"}}
+                            "server": {"type": "unix", "path": "/run/nbd.sock"},
+                            "reconnect-delay": NBD_RECONNECT_DELAY}
+    assert NBD_RECONNECT_DELAY >= 30
     inet = qemu_source(NbdInfo(export_name="", host="10.0.0.5", port=10809), prefix="d")
     # QAPI's InetSocketAddress wants the port as a string
     assert inet.options["server"] == {"type": "inet", "host": "10.0.0.5", "port": "10809"}

@@ -128,6 +128,16 @@ class Server:
                 self.proc.wait(5)
         return self.proc.returncode
 
+    def close(self) -> int | None:
+        """The end of a test: stop the process and then every export daemon it left running
+        for its attached volumes (tgtd, qemu-nbd outlive a stop, as they must for guests)."""
+        code = self.stop()
+        if self.command == "serve":
+            from blockyard.targets import teardown
+
+            teardown(self.state_dir)
+        return code
+
     def wait_exit(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import tempfile
@@ -63,14 +64,15 @@ def make_target(base: Path) -> Iterator[Callable[..., QemuNbdTarget]]:
     made: list[QemuNbdTarget] = []
 
     def make(**options: Any) -> QemuNbdTarget:
-        target = QemuNbdTarget(base / "state", **options)
+        target = QemuNbdTarget(base / "state", run_dir=base / "run" / "nbd", **options)
         target.start()
         made.append(target)
         return target
 
     yield make
     for target in made:
-        target.stop()
+        target.teardown()
+    assert not (base / "run").exists(), "the run dir outlived its exports"
 
 
 @pytest.fixture
@@ -137,7 +139,7 @@ def test_written_blocks_reach_the_backing_file(make_target: Callable[..., QemuNb
     export = target.export(ref, path, HOST_A, None)
     assert export.protocol == "nbd"
     assert export.data == {"export_name": f"volume-{ref.id}", "tls": False,
-                           "socket": str(base / "state" / "nbd" / f"volume-{ref.id}.sock")}
+                           "socket": str(base / "run" / "nbd" / f"volume-{ref.id}.sock")}
     assert export.connectors == ("compute-a",) and export.secrets == {}
     assert Export.from_json(export.to_json()) == export
     info = target.connection_info(ref, export, HOST_A)
@@ -221,7 +223,8 @@ def test_remove_ends_the_process_and_its_files(make_target: Callable[..., QemuNb
     h = connect(target.connection_info(ref, export, HOST_A), base)  # a client stays connected
     target.remove(ref, export)
     assert not Path(f"/proc/{pid}").exists()
-    assert sorted(p.name for p in (base / "state" / "nbd").iterdir()) == []
+    assert sorted(p.name for p in (base / "state").iterdir()) == []
+    assert sorted(p.name for p in (base / "run" / "nbd").iterdir()) == []
     assert target.exports() == []
     target.remove(ref, export)  # idempotent
     with pytest.raises(nbd.Error):
@@ -261,7 +264,7 @@ def test_ensure_after_a_service_restart_keeps_port_and_keys(
     first = make_target(mode="tcp", tls=True, port_range=(20809, 20899))
     export = first.export(ref, path, HOST_A, None)
     assert export.data["host"] == "127.0.0.1" and 20809 <= export.data["port"] <= 20899
-    first.stop()
+    first.teardown()  # its qemu-nbd is gone (a reboot, a crash)
     assert qemu_nbd_pids(base) == [] and first.exports() == []
 
     second = make_target(mode="tcp", tls=True, port_range=(20809, 20899))
@@ -323,7 +326,7 @@ def test_tcp_ports_are_distinct_per_volume(make_target: Callable[..., QemuNbdTar
         h.shutdown()
     assert len(ports) == 3
     assert target.exports() == ["volume-vol0", "volume-vol1", "volume-vol2"]
-    target.stop()
+    target.teardown()
     assert target.exports() == [] and qemu_nbd_pids(base) == []
 
 
@@ -333,3 +336,122 @@ def test_connectors_need_a_plain_host_name(make_target: Callable[..., QemuNbdTar
     for bad in (Connector(), Connector(host="a:b"), Connector(host="a\nb")):
         with pytest.raises(Invalid):
             target.validate_connector(bad)
+
+
+def test_stop_leaves_exports_running_and_the_next_target_adopts_them(
+        make_target: Callable[..., QemuNbdTarget], volume: tuple[VolumeRef, str],
+        base: Path) -> None:
+    """A service restart: the client's connection (a guest's disk) is never interrupted."""
+    ref, path = volume
+    first = make_target(tls=True)
+    export = first.export(ref, path, HOST_A, None)
+    pid = pid_of(base)
+    h = connect(first.connection_info(ref, export, HOST_A), base)
+    h.pwrite(b"before" * 100, 0)
+    first.stop()
+    assert pid_of(base) == pid
+    record = json.loads((base / "state" / f"volume-{ref.id}.json").read_text())
+    assert record["pid"] == pid
+    assert record["argv"] == Path(f"/proc/{pid}/cmdline").read_text().split("\0")[:-1]
+
+    second = make_target(tls=True)
+    assert second.ensure(ref, path, export) == export
+    assert pid_of(base) == pid and second.exports() == [f"volume-{ref.id}"]
+    h.pwrite(b"after" * 100, 4096)  # the same connection, all along
+    h.flush()
+    assert h.pread(600, 0) == b"before" * 100
+    h.shutdown()
+    assert second.export(ref, path, HOST_B, export).connectors == ("compute-a", "compute-b")
+    assert pid_of(base) == pid
+
+
+def test_stop_removes_the_run_dir_once_nothing_is_exported(
+        make_target: Callable[..., QemuNbdTarget], volume: tuple[VolumeRef, str],
+        base: Path) -> None:
+    ref, path = volume
+    target = make_target()
+    target.stop()
+    assert not (base / "run").exists()
+    target.start()
+    export = target.export(ref, path, HOST_A, None)
+    target.stop()
+    assert (base / "run" / "nbd" / f"volume-{ref.id}.sock").exists()  # still served
+    target.remove(ref, export)
+    target.stop()
+    assert not (base / "run").exists()
+
+
+def test_a_record_of_a_reused_pid_is_not_adopted(make_target: Callable[..., QemuNbdTarget],
+                                                 volume: tuple[VolumeRef, str],
+                                                 base: Path) -> None:
+    ref, path = volume
+    target = make_target()
+    export = target.export(ref, path, HOST_A, None)
+    old = pid_of(base)
+    record_path = base / "state" / f"volume-{ref.id}.json"
+    record = json.loads(record_path.read_text())
+    record["started"] += 1  # as if the pid now named a process started later
+    record_path.write_text(json.dumps(record))
+
+    ensured = make_target().ensure(ref, path, export)
+    assert ensured == export
+    new = [pid for pid in qemu_nbd_pids(base) if pid != old]
+    assert len(new) == 1
+    os.kill(old, signal.SIGKILL)  # the stranger, not ours to stop
+    h = connect(target.connection_info(ref, ensured, HOST_A), base)
+    assert h.get_size() == SIZE
+    h.shutdown()
+
+
+def test_prune_removes_exports_no_persisted_export_describes(
+        make_target: Callable[..., QemuNbdTarget], base: Path) -> None:
+    target = make_target()
+    exports = []
+    for n in range(2):
+        ref = VolumeRef(id=f"vol{n}", size_gb=1)
+        path = base / ref.name
+        path.write_bytes(b"")
+        os.truncate(path, MiB)
+        exports.append(target.export(ref, str(path), HOST_A, None))
+    assert target.prune([exports[0], Export("iscsi", {"target_iqn": "x"})]) == ["volume-vol1"]
+    assert target.exports() == ["volume-vol0"] and len(qemu_nbd_pids(base)) == 1
+    assert sorted(p.name for p in (base / "state").glob("volume-vol1*")) == []
+
+
+def test_a_port_in_time_wait_is_free(make_target: Callable[..., QemuNbdTarget],
+                                     volume: tuple[VolumeRef, str], base: Path) -> None:
+    """qemu-nbd binds with SO_REUSEADDR: a port whose last connection is in TIME_WAIT is
+    free to it, and so to the probe (else a range of N ports allows N attaches a minute)."""
+    ref, path = volume
+    target = make_target(mode="tcp", port_range=(20950, 20950))
+    for _ in range(3):
+        export = target.export(ref, path, HOST_A, None)
+        assert export.data["port"] == 20950
+        h = connect(target.connection_info(ref, export, HOST_A), base)
+        target.remove(ref, export)  # the server closes first: its side lingers in TIME_WAIT
+        del h
+        assert _time_wait_on(20950)
+
+
+def _time_wait_on(port: int) -> bool:
+    """Is a TCP connection of local port `port` in TIME_WAIT (/proc/net/tcp state 06)?"""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if int(local.split(":")[1], 16) == port and state == "06":
+            return True
+    return False
+
+
+def test_a_recorded_qemu_nbd_that_does_not_answer_is_replaced(
+        make_target: Callable[..., QemuNbdTarget], volume: tuple[VolumeRef, str],
+        base: Path) -> None:
+    ref, path = volume
+    target = make_target()
+    export = target.export(ref, path, HOST_A, None)
+    old = pid_of(base)
+    Path(export.data["socket"]).unlink()  # alive, but nobody can reach it any more
+    assert make_target().ensure(ref, path, export) == export
+    assert pid_of(base) != old
+    h = connect(target.connection_info(ref, export, HOST_A), base)
+    assert h.get_size() == SIZE
+    h.shutdown()

@@ -23,6 +23,7 @@ from blockyard.errors import BackendError, Invalid
 from blockyard.exec import CommandFailed, run
 from blockyard.targets import tgt as tgt_module
 from blockyard.targets.base import Export
+from blockyard.targets.daemon import DaemonRecord
 from blockyard.targets.tgt import LiveTarget, TgtTarget, parse_targets, show_system_argv
 from tests.support.server import free_port
 
@@ -52,7 +53,7 @@ def target(tmp_path: Path) -> Iterator[TgtTarget]:
                   control_port=free_control_port())
     t.start()
     yield t
-    t.stop()
+    t.teardown()
 
 
 def make_volume(tmp_path: Path, name: str = "v1", size: int = 64 * 1024**2) -> tuple[VolumeRef,
@@ -238,10 +239,10 @@ def test_ensure_after_restart_recreates_the_same_export(target: TgtTarget,
     export = target.export(volume, path, HOST_B, target.export(volume, path, HOST_A, None))
     before = live(target)[export.data["target_iqn"]]
 
-    target.stop()
-    assert not os.path.exists(target.pid_path)
+    target.teardown()  # tgtd gone (a reboot): it keeps nothing
+    assert not os.path.exists(target.record_path)
     target.start()
-    assert target.exports() == []  # tgtd keeps nothing
+    assert target.exports() == []
 
     ensured = target.ensure(volume, path, export)
     assert ensured == export  # same IQN, tid, credentials, connectors
@@ -257,7 +258,7 @@ def test_ensure_takes_another_tid_when_its_own_is_taken(target: TgtTarget,
     v1, p1 = make_volume(tmp_path, "v1")
     v2, p2 = make_volume(tmp_path, "v2")
     e1 = target.export(v1, p1, HOST_A, None)
-    target.stop()
+    target.teardown()
     target.start()
     e2 = target.export(v2, p2, HOST_A, None)  # takes tid 1 now
     assert e2.data["tid"] == e1.data["tid"]
@@ -271,12 +272,69 @@ def test_ensure_takes_another_tid_when_its_own_is_taken(target: TgtTarget,
 def test_start_adopts_a_running_tgtd(target: TgtTarget, tmp_path: Path) -> None:
     volume, path = make_volume(tmp_path)
     export = target.export(volume, path, HOST_A, None)
-    pid = Path(target.pid_path).read_text()
+    record = DaemonRecord.load(Path(target.record_path))
+    assert record is not None and record.alive()
+    assert record.argv == tuple(tgt_module.tgtd_argv(target.control_port, target.portal))
 
     again = TgtTarget(target.state_dir, portal=target.portal, control_port=target.control_port)
     again.start()
-    assert Path(target.pid_path).read_text() == pid
+    assert DaemonRecord.load(Path(target.record_path)) == record
     assert again.exports() == [export.data["target_iqn"]]
+
+
+def test_stop_leaves_a_serving_tgtd_running_for_the_next_start(target: TgtTarget,
+                                                               tmp_path: Path) -> None:
+    volume, path = make_volume(tmp_path)
+    export = target.export(volume, path, HOST_A, None)
+    before = snapshot_of(target)
+    record = DaemonRecord.load(Path(target.record_path))
+    assert record is not None
+
+    target.stop()  # the service shuts down: its attached volumes stay exported
+    assert record.alive() and snapshot_of(target) == before
+    again = TgtTarget(target.state_dir, portal=target.portal, control_port=target.control_port)
+    again.start()
+    assert again.ensure(volume, path, export) == export
+    assert snapshot_of(again) == before
+    assert TgtTarget.recorded(target.state_dir) is not None
+
+    again.remove(volume, export)
+    again.stop()  # nothing served: tgtd goes, and its record
+    assert not record.alive() and not os.path.exists(target.record_path)
+    assert TgtTarget.recorded(target.state_dir) is None
+    with pytest.raises(CommandFailed):
+        run(show_system_argv(target.control_port))
+
+
+def test_a_record_of_a_reused_pid_is_not_trusted(target: TgtTarget, tmp_path: Path) -> None:
+    record = DaemonRecord.load(Path(target.record_path))
+    assert record is not None
+    # the recorded pid with another start time: the pid now names some other process
+    DaemonRecord(record.pid, record.argv, record.started + 1, record.data).save(
+        Path(target.record_path))
+    assert TgtTarget(target.state_dir, portal=target.portal,
+                     control_port=target.control_port)._running_pid() is None
+
+
+def test_someone_elses_tgtd_on_the_control_port_is_refused(target: TgtTarget,
+                                                            tmp_path: Path) -> None:
+    other = TgtTarget(str(tmp_path / "other"), portal=f"127.0.0.1:{free_port()}",
+                      control_port=target.control_port)
+    with pytest.raises(BackendError, match="another tgtd"):
+        other.start()
+    assert target.exports() == []  # untouched, still answering
+
+
+def test_prune_removes_targets_no_export_accounts_for(target: TgtTarget,
+                                                      tmp_path: Path) -> None:
+    v1, p1 = make_volume(tmp_path, "v1")
+    v2, p2 = make_volume(tmp_path, "v2")
+    e1 = target.export(v1, p1, HOST_A, None)
+    e2 = target.export(v2, p2, HOST_A, None)
+    assert target.prune([e1]) == [e2.data["target_iqn"]]
+    assert target.exports() == [e1.data["target_iqn"]]
+    assert target.live_accounts() == [e1.secrets["auth_username"]]
+    assert target.prune([e1]) == []
 
 
 def test_start_refuses_a_portal_it_cannot_bind(tmp_path: Path) -> None:
@@ -289,7 +347,7 @@ def test_start_refuses_a_portal_it_cannot_bind(tmp_path: Path) -> None:
                       control_port=free_control_port())
         with pytest.raises(BackendError, match="could not listen"):
             t.start()
-    assert not os.path.exists(t.pid_path)
+    assert not os.path.exists(t.record_path)
     with pytest.raises(CommandFailed):
         run(show_system_argv(t.control_port))
 
@@ -352,3 +410,30 @@ def test_real_login_writes_the_backing_file(target: TgtTarget, tmp_path: Path) -
     left = target.unexport(volume, export, HOST_A)
     refused = _qemu_io(target, left, HOST_A.initiator, password, "read 0 512", tmp_path)
     assert refused.returncode != 0
+
+
+def test_an_adopted_tgtd_on_another_portal_is_refused_not_stopped(target: TgtTarget,
+                                                                 tmp_path: Path) -> None:
+    volume, path = make_volume(tmp_path)
+    target.export(volume, path, HOST_A, None)
+    target.stop()
+    moved = TgtTarget(target.state_dir, portal=f"127.0.0.1:{free_port()}",
+                      control_port=target.control_port)
+    with pytest.raises(BackendError, match="stop-exports"):
+        moved.start()
+    assert len(target.exports()) == 1  # still serving
+
+
+def test_a_tgtd_spawned_but_never_recorded_is_adopted(target: TgtTarget,
+                                                      tmp_path: Path) -> None:
+    """The service died between spawning tgtd and recording it (or an older blockyard, which
+    kept no record, started it): the tgtd running exactly as configured is ours."""
+    volume, path = make_volume(tmp_path)
+    export = target.export(volume, path, HOST_A, None)
+    record = DaemonRecord.load(Path(target.record_path))
+    assert record is not None
+    os.unlink(target.record_path)
+    again = TgtTarget(target.state_dir, portal=target.portal, control_port=target.control_port)
+    again.start()
+    assert DaemonRecord.load(Path(target.record_path)) == record
+    assert again.exports() == [export.data["target_iqn"]]

@@ -1,9 +1,10 @@
 """From a volume's typed connection info to what QEMU needs to open it: pure, no I/O.
 
 `qemu_source(info, prefix=..., initiator=...)` returns a `QemuSource`: the options of the
-*protocol* block node (``file``, ``host_device``, ``nbd``, ``iscsi`` or ``rbd`` plus its
-arguments; `blockyard.compute.hypervisor.Hypervisor.blockdev_add` puts the ``raw`` node on
-top), the QEMU ``secret`` objects to create first (the iSCSI CHAP password, the cephx key)
+*protocol* block node (``file``, ``host_device``, ``nbd`` (which reconnects to a replaced
+server: `NBD_RECONNECT_DELAY`), ``iscsi`` or ``rbd`` plus its arguments;
+`blockyard.compute.hypervisor.Hypervisor.blockdev_add` puts the ``raw`` node on top), the
+QEMU ``secret`` objects to create first (the iSCSI CHAP password, the cephx key)
 and the TLS-PSK credentials an NBD-over-TLS export needs. The ids of those objects are derived
 from `prefix` (the disk's node name), so the objects of two disks never collide and a
 restarted agent can name, and remove, the objects of a disk it only knows by its node name
@@ -33,6 +34,12 @@ from blockyard.connectors.info import (
 from blockyard.errors import Invalid
 
 LocalDriver = Literal["file", "host_device"]
+
+#: seconds QEMU's NBD client holds a guest's requests while it reconnects to a server that
+#: went away (QEMU's ``reconnect-delay``): a qemu-nbd replaced under a live export (the volume
+#: service restarted it, or it crashed and was started again) is survived without an I/O
+#: error. Past this, requests fail until the client is connected again.
+NBD_RECONNECT_DELAY = 60
 
 
 def secret_id(prefix: str) -> str:
@@ -111,7 +118,8 @@ def _nbd(info: NbdInfo, prefix: str, read_only: bool) -> QemuSource:
         # QAPI's InetSocketAddress takes the port as a string (it may be a service name)
         server = {"type": "inet", "host": info.host, "port": str(info.port)}
     options: dict[str, object] = {"driver": "nbd", "server": server,
-                                  "export": info.export_name}
+                                  "export": info.export_name,
+                                  "reconnect-delay": NBD_RECONNECT_DELAY}
     psk = None
     if info.tls:
         if not info.tls_psk_identity or not info.tls_psk_key:

@@ -1,8 +1,13 @@
 """Start-up and shut-down of the volume service's runtime.
 
 Start-up order matters for crash recovery: migrate the schema, make sure the default type
-exists, set up every backend, sweep backend objects no row accounts for, then re-run every task
-a previous process left unfinished.
+exists, set up every backend (adopting the target daemons a previous process left running),
+sweep backend objects no row accounts for, settle attachments and their exports, remove the
+exports no volume accounts for, then re-run every task a previous process left unfinished.
+
+Shutting down leaves the target daemons that serve attached volumes running: a guest's I/O
+goes through them, and the next start adopts them (`blockyard.targets.teardown` is the
+deliberate full stop).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import re
 from sqlalchemy import select
 
 from blockyard.backends.base import SnapshotRef, VolumeRef
+from blockyard.backends.exports import load_export
 from blockyard.config import Config
 from blockyard.db.engine import Database
 from blockyard.db.models import Snapshot, Volume
@@ -24,6 +30,8 @@ from blockyard.service import types as vtypes
 from blockyard.service import volumes as _volumes  # noqa: F401  (registers task handlers)
 from blockyard.service.runtime import Runtime, build_backends, build_targets
 from blockyard.service.tasks import TaskRunner
+from blockyard.service.volumes import volume_ref
+from blockyard.targets.base import Export
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,34 @@ def sweep_orphans(rt: Runtime) -> int:
     return removed
 
 
+def prune_exports(rt: Runtime) -> int:
+    """Remove the exports the (adopted) target daemons hold that no volume's persisted export
+    accounts for any more; returns how many. An export of a volume whose backend is not
+    configured is kept by every target: which one serves it cannot be told."""
+    kept: dict[str, list[Export]] = {protocol: [] for protocol in rt.targets}
+    with rt.db.read() as s:
+        for v in s.execute(select(Volume).where(Volume.provider_location.is_not(None))
+                           ).scalars():
+            export = load_export(volume_ref(v))
+            if export is None:
+                continue
+            backend = rt.backends.get(v.backend)
+            for protocol in [backend.config.target] if backend else list(kept):
+                kept.setdefault(protocol, []).append(export)
+    removed = 0
+    for protocol, target in rt.targets.items():
+        try:
+            gone = target.prune(kept[protocol])
+        except BlockyardError as exc:
+            log.warning("could not prune the %s target's exports: %s", protocol, exc)
+            continue
+        for name in gone:
+            log.warning("%s target: removed export %s, which no volume accounts for",
+                        protocol, name)
+        removed += len(gone)
+    return removed
+
+
 def build_runtime(config: Config) -> Runtime:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     db = Database(config.database_url)
@@ -78,6 +114,7 @@ def build_runtime(config: Config) -> Runtime:
     runner = TaskRunner(rt)
     sweep_orphans(rt)
     attachments.reconcile(rt)
+    prune_exports(rt)
     resumed = runner.recover()
     if resumed:
         log.info("resumed %d unfinished task(s)", resumed)
@@ -90,9 +127,9 @@ def close_runtime(rt: Runtime) -> None:
     runner = rt.tasks
     if isinstance(runner, TaskRunner):
         runner.shutdown()
-    for target in rt.targets.values():
+    for target in rt.targets.values():  # exports of attached volumes keep running
         try:
             target.stop()
-        except Exception:  # noqa: BLE001 - stop the others all the same
-            log.exception("stopping the %s target failed", target.protocol)
+        except Exception:  # noqa: BLE001 - let go of the others all the same
+            log.exception("letting go of the %s target failed", target.protocol)
     rt.db.dispose()

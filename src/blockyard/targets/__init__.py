@@ -27,7 +27,7 @@ TARGETS: dict[str, type[Any]] = {
 #: targets without daemons or options, built without a directory
 _PLAIN: tuple[type[Any], ...] = (LocalTarget, RbdTarget)
 
-__all__ = ["TARGETS", "Export", "Target", "build", "check_options"]
+__all__ = ["TARGETS", "Export", "Target", "build", "check_options", "teardown"]
 
 
 def _run_dir(state_dir: Path, protocol: str) -> Path:
@@ -38,6 +38,23 @@ def _run_dir(state_dir: Path, protocol: str) -> Path:
     return base / "blockyard" / digest / protocol
 
 
+def _state_dir(state_dir: Path, protocol: str) -> Path:
+    """Where a target keeps the records of its daemons (they outlive the service)."""
+    return state_dir / "targets" / protocol
+
+
+def teardown(state_dir: Path) -> None:
+    """Stop every target daemon and export the services of `state_dir` left running, from
+    their records alone (no configuration needed): a deliberate full stop, for tests and for
+    decommissioning a state dir. Attached consumers lose their disks."""
+    nbd = _state_dir(state_dir, "nbd")
+    if nbd.is_dir():
+        QemuNbdTarget(nbd, run_dir=_run_dir(state_dir, "nbd")).teardown()
+    tgt = TgtTarget.recorded(str(_state_dir(state_dir, "iscsi")))
+    if tgt is not None:
+        tgt.teardown()
+
+
 def check_options(protocol: str, options: dict[str, Any]) -> None:
     """Raise ConfigError naming the first [targets.<protocol>] option the target lacks."""
     cls = TARGETS[protocol]
@@ -46,7 +63,7 @@ def check_options(protocol: str, options: dict[str, Any]) -> None:
             raise ConfigError(f"targets.{protocol}", f"the {protocol} target takes no options")
         return
     params = inspect.signature(cls).parameters
-    unknown = sorted(set(options) - set(params) - {"state_dir"})
+    unknown = sorted(set(options) - set(params) - {"state_dir", "run_dir"})
     if unknown:
         raise ConfigError(f"targets.{protocol}.{unknown[0]}", "unknown option")
     missing = sorted(n for n, p in params.items() if p.default is inspect.Parameter.empty
@@ -63,8 +80,10 @@ def build(protocol: str, state_dir: Path, options: dict[str, Any]) -> Target:
         plain: Target = cls()
         return plain
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    where = _run_dir(state_dir, protocol) if protocol == "nbd" else state_dir / "targets" / protocol
+    where = _state_dir(state_dir, protocol)
     where.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if protocol == "nbd":  # its sockets need a short path
+        kwargs["run_dir"] = _run_dir(state_dir, protocol)
     try:
         target: Target = cls(str(where), **kwargs)
     except TypeError as exc:

@@ -9,10 +9,12 @@ state; qemu-nbd processes are gone).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
+if TYPE_CHECKING:  # only annotations: importing blockyard.backends here would be a cycle
+    from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,15 @@ class Target(Protocol):
         """Start (or adopt) the target's daemons; idempotent."""
 
     def stop(self) -> None:
-        """Stop the daemons this target started; exports are gone afterwards."""
+        """Let go of the daemons at service shutdown: those serving exports keep running (the
+        next `start` adopts them); only daemons with nothing to serve are stopped."""
+
+    def teardown(self) -> None:
+        """Stop every daemon and export of this target (a deliberate full stop)."""
+
+    def prune(self, keep: Iterable[Export]) -> list[str]:
+        """Remove the exports the daemons hold that none of `keep` (the exports persisted with
+        volumes) describes; returns their names."""
 
     def validate_connector(self, connector: Connector) -> None:
         """Raise `blockyard.errors.Invalid` when the connector lacks what the protocol needs."""

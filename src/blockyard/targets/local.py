@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.targets.base import Export
 
@@ -21,6 +23,13 @@ class LocalTarget:
 
     def stop(self) -> None:
         """Nothing to stop."""
+
+    def teardown(self) -> None:
+        """Nothing to stop."""
+
+    def prune(self, keep: Iterable[Export]) -> list[str]:
+        """Nothing runs, so nothing is stale."""
+        return []
 
     def validate_connector(self, connector: Connector) -> None:
         """Any connector will do: a local path needs no initiator identity."""

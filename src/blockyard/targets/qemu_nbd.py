@@ -4,22 +4,31 @@ Each exported volume gets its own ``qemu-nbd`` serving the volume's backing file
 as the export ``volume-<id>``, with ``--persistent --shared=N`` so that several clients
 (multiattach, reconnects) may connect, ``--discard=unmap``, and ``--cache=none --aio=native``
 where the path takes O_DIRECT (``--cache=writeback --aio=threads`` elsewhere, e.g. tmpfs).
-The process is started with `blockyard.exec.spawn` and found again through its pid file;
-qemu-nbd writes that file only once its socket listens, so the file holding the child's pid
-is the readiness signal. Everything lives under ``<state_dir>/nbd``:
 
-    volume-<id>.sock         the Unix socket (mode "unix")
-    volume-<id>.pid          the pid file (qemu-nbd keeps it locked while it runs)
-    volume-<id>.log          qemu-nbd's output
-    volume-<id>.tls/keys.psk the TLS-PSK identities allowed in (tls only)
+A qemu-nbd outlives the service: guests do their I/O through it, so a restart of `blockyard
+serve` (SIGTERM or kill -9) must not end it. It is started with `blockyard.exec.spawn` (a
+session of its own) and recorded at once (`blockyard.targets.daemon`: pid, argv, start
+time, address); the next service adopts it when the record still describes the live process
+and its socket answers, and starts a new one only when it is gone. `stop` therefore leaves
+running exports alone; `teardown` is the deliberate full stop, `prune` ends the exports no
+persisted export accounts for. qemu-nbd writes its pid file only once its socket listens, so
+the pid file holding the child's pid is the readiness signal. Files live in two places:
+
+    <state_dir>/volume-<id>.json      the record (durable: the state directory)
+    <state_dir>/volume-<id>.pid       the pid file (qemu-nbd keeps it locked while it runs)
+    <state_dir>/volume-<id>.log       qemu-nbd's output
+    <state_dir>/volume-<id>.tls/keys.psk  the TLS-PSK identities allowed in (tls only)
+    <run_dir>/volume-<id>.sock        the Unix socket (mode "unix"; a short path, as
+                                      sun_path holds 107 bytes; removed when empty)
 
 What protects an export (NBD itself has no initiator ACL):
 
-* mode "unix": the socket sits in ``<state_dir>/nbd``, a directory of mode 0700, so only the
+* mode "unix": the socket sits in `run_dir`, a directory of mode 0700, so only the
   service's user (root) on this host can connect. `connectors` is bookkeeping here: any
   process of that user can reach every export, whichever connector it was exported to.
 * mode "tcp": qemu-nbd listens on `bind` (loopback by default) on a port picked from
   `port_range`. Without tls anyone who can reach that address can read and write the volume.
+  A port is free when it can be bound the way QEMU binds (SO_REUSEADDR): one in TIME_WAIT is.
 * tls: TLS-PSK is required before the export is visible. Every connector (host name) gets its
   own identity (the host name) and its own 256-bit key, one ``identity:hexkey`` line in the
   volume's ``keys.psk``; `connection_info` gives a connector only its own key. GnuTLS reads
@@ -33,17 +42,15 @@ What protects an export (NBD itself has no initiator ACL):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -52,6 +59,7 @@ from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.errors import BackendError, ConfigError, Invalid
 from blockyard.exec import spawn
 from blockyard.targets.base import Export
+from blockyard.targets.daemon import DaemonRecord
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +107,7 @@ class QemuNbdTarget:
         self,
         state_dir: str | os.PathLike[str],
         *,
+        run_dir: str | os.PathLike[str] | None = None,
         mode: Mode = "unix",
         bind: str = "127.0.0.1",
         advertise_host: str | None = None,
@@ -121,7 +130,10 @@ class QemuNbdTarget:
                               f"{port_range!r} is not a range of TCP ports")
         if max_clients < 1:
             raise ConfigError("targets.nbd.max_clients", "must be at least 1")
-        self.dir = Path(state_dir) / "nbd"
+        #: records, pid files, logs and TLS keys (durable)
+        self.dir = Path(state_dir)
+        #: the Unix sockets (a short path; the state dir itself when not given)
+        self.run_dir = Path(run_dir) if run_dir is not None else self.dir
         self.mode: Mode = mode
         self.bind = bind
         self.advertise_host = advertise_host or bind
@@ -146,18 +158,46 @@ class QemuNbdTarget:
     # the Target protocol
 
     def start(self) -> None:
-        """Create the state directory; running qemu-nbd processes are adopted as found."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        """Create the directories; running qemu-nbd processes are adopted as found."""
+        for where in (self.dir, self.run_dir):
+            where.mkdir(parents=True, exist_ok=True)
+            os.chmod(where, 0o700)
 
     def stop(self) -> None:
-        """Stop every qemu-nbd with a pid file here (those we started or adopted)."""
+        """Let go of the qemu-nbd processes: they serve attached volumes and keep running (the
+        next start adopts them). Only what no live process uses is cleaned up, down to the
+        socket directory itself when nothing is exported any more."""
         with self._lock:
-            names = set(self._children) | {p.stem for p in self._pid_files()}
-            for name in sorted(names):
-                self._stop(name)
-                _unlink(self._sock(name))
-                _unlink(self._pid(name))
+            for name in self._names():
+                with self._export_lock(name):
+                    if self._running(name) is None:
+                        self._forget(name)
+            self._children.clear()
+            self._remove_run_dir()
+
+    def teardown(self) -> None:
+        """Stop every qemu-nbd recorded here and remove their files: a deliberate full stop
+        (attached consumers lose their disks)."""
+        with self._lock:
+            for name in self._names():
+                with self._export_lock(name):
+                    self._stop(name)
+                    self._forget(name)
+                    _unlink(self._log(name))
+                    shutil.rmtree(self._tls_dir(name), ignore_errors=True)
+            self._remove_run_dir()
+
+    def prune(self, keep: Iterable[Export]) -> list[str]:
+        """Remove the exports running here that none of `keep` (the persisted exports)
+        describes; returns their names."""
+        wanted = {e.data.get("export_name") for e in keep if e.protocol == PROTOCOL}
+        gone = []
+        for name in self._names():
+            if name not in wanted:
+                with self._export_lock(name):
+                    self._discard(name)
+                gone.append(name)
+        return gone
 
     def validate_connector(self, connector: Connector) -> None:
         if not connector.host:
@@ -173,7 +213,7 @@ class QemuNbdTarget:
         name = _export_name(volume)
         with self._export_lock(name):
             self.start()
-            running = self._running(name)
+            running = self._adoptable(name)
             if running is not None:
                 tls = running.tls
             elif existing is not None:
@@ -186,7 +226,7 @@ class QemuNbdTarget:
                     keys = {**self._read_psk(name), **keys}
                 keys.setdefault(SECRET_PREFIX + host, secrets.token_hex(32))
                 self._write_psk(name, keys)
-            address = running.address if running else self._serve(
+            address = self._advertise(running) if running else self._serve(
                 name, path, tls, existing.data if existing else None)
             connectors = list(existing.connectors) if existing else []
             if host not in connectors:
@@ -195,14 +235,19 @@ class QemuNbdTarget:
                           keys if tls else {}, tuple(connectors))
 
     def ensure(self, volume: VolumeRef, path: str, export: Export) -> Export:
+        """Adopt the qemu-nbd still serving the export (a restart of the service leaves it
+        running); start one at the persisted address only when it is gone."""
         name = _export_name(volume)
         tls = bool(export.data.get("tls"))
         with self._export_lock(name):
             self.start()
             if tls:
                 self._write_psk(name, export.secrets)
-            running = self._running(name)
-            address = running.address if running else self._serve(name, path, tls, export.data)
+            running = self._adoptable(name)
+            if running is not None:
+                log.info("adopted qemu-nbd %s (pid %d)", name, running.pid)
+            address = self._advertise(running) if running else self._serve(
+                name, path, tls, export.data)
             return Export(PROTOCOL, {**export.data, **address, "export_name": name},
                           dict(export.secrets), export.connectors)
 
@@ -220,10 +265,7 @@ class QemuNbdTarget:
     def remove(self, volume: VolumeRef, export: Export) -> None:
         name = _export_name(volume)
         with self._export_lock(name):
-            self._stop(name)
-            for path in (self._sock(name), self._pid(name), self._log(name)):
-                _unlink(path)
-            shutil.rmtree(self._tls_dir(name), ignore_errors=True)
+            self._discard(name)
 
     def connection_info(self, volume: VolumeRef, export: Export,
                         connector: Connector) -> ConnectionInfo:
@@ -243,12 +285,15 @@ class QemuNbdTarget:
         return ConnectionInfo(PROTOCOL, data)
 
     def exports(self) -> list[str]:
-        return sorted(p.stem for p in self._pid_files() if self._running(p.stem))
+        return [name for name in self._names() if self._running(name)]
 
     # paths
 
     def _sock(self, name: str) -> Path:
-        return self.dir / f"{name}.sock"
+        return self.run_dir / f"{name}.sock"
+
+    def _record(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
 
     def _pid(self, name: str) -> Path:
         return self.dir / f"{name}.pid"
@@ -259,58 +304,94 @@ class QemuNbdTarget:
     def _tls_dir(self, name: str) -> Path:
         return self.dir / f"{name}.tls"
 
-    def _pid_files(self) -> list[Path]:
-        return sorted(self.dir.glob("volume-*.pid")) if self.dir.is_dir() else []
+    def _names(self) -> list[str]:
+        """The exports with a record here (their qemu-nbd running or not)."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.dir.glob("volume-*.json"))
+
+    def _forget(self, name: str) -> None:
+        """Drop the record, pid file and socket of an export whose qemu-nbd is gone."""
+        for path in (self._record(name), self._pid(name), self._sock(name)):
+            _unlink(path)
+
+    def _discard(self, name: str) -> None:
+        """End the export entirely: its qemu-nbd (and every client), and all its files."""
+        self._stop(name)
+        self._forget(name)
+        _unlink(self._log(name))
+        shutil.rmtree(self._tls_dir(name), ignore_errors=True)
+
+    def _remove_run_dir(self) -> None:
+        """Remove the socket directory (and its per-state-dir parent) once empty."""
+        if self.run_dir == self.dir:
+            return
+        for where in (self.run_dir, self.run_dir.parent):
+            try:
+                where.rmdir()
+            except OSError:  # not empty (a live export, another target), or gone already
+                return
 
     # processes
 
     def _running(self, name: str) -> _Running | None:
-        """The live qemu-nbd serving `name`: the pid in its pid file, if that process is a
-        qemu-nbd started with this very pid file (a reused pid is not ours)."""
-        pid = _read_pid(self._pid(name))
-        argv = _cmdline(pid) if pid else []
-        if not argv or os.path.basename(argv[0]) != "qemu-nbd":
+        """The live qemu-nbd serving `name`, as its record describes it: the recorded pid,
+        still with the recorded command line and start time (a reused pid is not ours)."""
+        record = DaemonRecord.load(self._record(name))
+        if record is None or not record.alive():
             return None
-        if f"--pid-file={self._pid(name)}" not in argv:
-            return None
-        opts = {k: v for k, _, v in (a[2:].partition("=") for a in argv if a.startswith("--"))}
-        if "socket" in opts:
-            address: dict[str, Any] = {"socket": opts["socket"]}
-        else:
-            address = {"host": self._advertised(opts.get("bind", "")),
-                       "port": int(opts.get("port", "0"))}
-        assert pid is not None
-        return _Running(pid, address, "tls-creds" in opts)
+        return _Running(record.pid, dict(record.data.get("address", {})),
+                        bool(record.data.get("tls")))
 
-    def _advertised(self, bind: str) -> str:
-        return self.advertise_host if bind == self.bind else bind
+    def _adoptable(self, name: str) -> _Running | None:
+        """`_running`, and answering on its socket; a recorded qemu-nbd that is alive but
+        does not answer is stopped (a new one takes its place)."""
+        running = self._running(name)
+        if running is None:
+            return None
+        if _answers(running.address):
+            return running
+        log.warning("qemu-nbd %s (pid %d) does not answer on %s; replacing it", name,
+                    running.pid, running.address)
+        self._stop(name)
+        return None
+
+    def _advertise(self, running: _Running) -> dict[str, Any]:
+        """The address clients are given for a running qemu-nbd."""
+        if "socket" in running.address:
+            return {"socket": running.address["socket"]}
+        bind = running.address["bind"]
+        host = self.advertise_host if bind == self.bind else bind
+        return {"host": host, "port": int(running.address["port"])}
 
     def _serve(self, name: str, path: str, tls: bool,
                wanted: dict[str, Any] | None) -> dict[str, Any]:
         """Start qemu-nbd for `name` at the `wanted` address (the persisted one), else at a
         new one; return the address it listens on."""
-        self._reap(name)
-        _unlink(self._pid(name))
+        self._stop(name)
+        self._forget(name)
         if wanted and "socket" in wanted or not wanted and self.mode == "unix":
             sock = self._sock(name)
             if len(os.fsencode(sock)) > 107:  # sun_path holds 108 bytes with the NUL
                 raise BackendError(f"Unix socket path {sock} is too long; use a shorter "
                                    "state_dir.")
-            _unlink(sock)
-            if not self._spawn(name, path, tls, [f"--socket={sock}"]):
+            if not self._spawn(name, path, tls, [f"--socket={sock}"], {"socket": str(sock)}):
                 raise BackendError(f"qemu-nbd for {name}: {sock} is in use.")
             return {"socket": str(sock)}
         ports = list(self._free_ports())
         if wanted and "port" in wanted:
             ports.insert(0, int(wanted["port"]))
         for port in ports:
-            if self._spawn(name, path, tls, [f"--bind={self.bind}", f"--port={port}"]):
+            if self._spawn(name, path, tls, [f"--bind={self.bind}", f"--port={port}"],
+                           {"bind": self.bind, "port": port}):
                 return {"host": self.advertise_host, "port": port}
         low, high = self.port_range
         raise BackendError(f"No free port for {name} in {low}-{high} on {self.bind}.")
 
-    def _spawn(self, name: str, path: str, tls: bool, listen: list[str]) -> bool:
-        """Run qemu-nbd and wait until it listens. False when its port was taken."""
+    def _spawn(self, name: str, path: str, tls: bool, listen: list[str],
+               address: dict[str, Any]) -> bool:
+        """Run qemu-nbd in a session of its own (it outlives the service), record it, and
+        wait until it listens. False when its port was taken."""
         pid_file = self._pid(name)
         argv = [self.qemu_nbd, "--format=raw", *self._cache_args(path), "--discard=unmap",
                 "--persistent", f"--shared={self.max_clients}", f"--export-name={name}",
@@ -323,16 +404,22 @@ class QemuNbdTarget:
         _unlink(log_path)
         proc: _Process = spawn(argv, log_path=str(log_path))
         self._children[name] = proc
+        # recorded before it is even ready: a crash from here on leaves a process the next
+        # start can find (and adopt, or stop)
+        DaemonRecord.of(proc.pid, argv, {"address": address, "tls": tls}).save(
+            self._record(name))
         deadline = time.monotonic() + self.start_timeout
         while _read_pid(pid_file) != proc.pid:
             if proc.poll() is not None:
                 self._children.pop(name, None)
+                self._forget(name)
                 output = _tail(log_path)
                 if "Address already in use" in output:
                     return False
                 raise BackendError(f"qemu-nbd for {name} exited with {proc.poll()}: {output}")
             if time.monotonic() > deadline:
                 self._stop(name)
+                self._forget(name)
                 raise BackendError(f"qemu-nbd for {name} did not listen within "
                                    f"{self.start_timeout} s: {_tail(log_path)}")
             time.sleep(POLL)
@@ -352,15 +439,10 @@ class QemuNbdTarget:
             if port not in used and _port_free(self.bind, port):
                 yield port
 
-    def _names(self) -> list[str]:
-        return [p.stem for p in self._pid_files()]
-
     def _stop(self, name: str) -> None:
         """SIGTERM the qemu-nbd of `name`, SIGKILL it after `stop_timeout`; reap our child."""
-        running = self._running(name)
-        child = self._children.get(name)
-        if running is not None and (child is None or child.pid != running.pid):
-            _terminate(running.pid, self.stop_timeout)
+        record = DaemonRecord.load(self._record(name))
+        child = self._children.pop(name, None)
         if child is not None and child.poll() is None:
             child.terminate()
             deadline = time.monotonic() + self.stop_timeout
@@ -370,13 +452,8 @@ class QemuNbdTarget:
                 child.kill()
                 while child.poll() is None:
                     time.sleep(POLL)
-        self._children.pop(name, None)
-
-    def _reap(self, name: str) -> None:
-        child = self._children.pop(name, None)
-        if child is not None and child.poll() is None:
-            self._children[name] = child
-            self._stop(name)
+        if record is not None and (child is None or child.pid != record.pid):
+            record.terminate(self.stop_timeout)  # adopted: not our child
 
     # TLS-PSK
 
@@ -414,26 +491,32 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _cmdline(pid: int) -> list[str]:
-    """The argv of a live process; [] when it is gone or a zombie."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    return raw.decode(errors="replace").split("\0")[:-1]
+def _answers(address: dict[str, Any], timeout: float = 2.0) -> bool:
+    """Does an NBD server answer at `address` (a socket path, or the bind address and port)?
 
-
-def _terminate(pid: int, timeout: float) -> None:
-    """Stop a qemu-nbd that is not our child (adopted after a restart)."""
-    argv = _cmdline(pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while _cmdline(pid) == argv and argv and time.monotonic() < deadline:
-            time.sleep(POLL)
-        if _cmdline(pid) != argv:
-            return
+    Connecting is the test; the server's greeting ("NBDMAGIC") is read when it comes, and
+    anything else answering there is not our qemu-nbd. A server that has all its clients
+    (``--shared``) accepts the connection but greets no one: that is still an answer.
+    """
+    if "socket" in address:
+        family, where = socket.AF_UNIX, address["socket"]
+    else:
+        host = str(address["bind"])
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        where = (host, int(address["port"]))
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(where)
+        except OSError:
+            return False
+        try:
+            greeting = probe.recv(8)
+        except TimeoutError:
+            return True
+        except OSError:
+            return False
+    return greeting == b"NBDMAGIC"
 
 
 def _takes_o_direct(path: str) -> bool:
@@ -446,7 +529,10 @@ def _takes_o_direct(path: str) -> bool:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Could qemu-nbd listen on `port`? Probed as QEMU binds (SO_REUSEADDR), so a port whose
+    last connection is in TIME_WAIT counts as free, as it is for qemu-nbd."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

@@ -9,6 +9,8 @@ being exported as something it is not.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.errors import Invalid
 from blockyard.targets.base import Export
@@ -29,6 +31,13 @@ class RbdTarget:
 
     def stop(self) -> None:
         """Nothing to stop."""
+
+    def teardown(self) -> None:
+        """Nothing to stop."""
+
+    def prune(self, keep: Iterable[Export]) -> list[str]:
+        """Nothing runs, so nothing is stale."""
+        return []
 
     def validate_connector(self, connector: Connector) -> None:
         """Any connector will do: access is the cephx key's."""

@@ -6,9 +6,14 @@ volume is one target ``<iqn_prefix>volume-<id>`` with LUN 1 backed by the volume
 puts its controller on LUN 0), one CHAP account of its own, and one ACL per allowed initiator
 name; never ``ALL``.
 
-tgtd keeps nothing across a restart, so the persisted `Export` is the source of truth and
-`ensure` rebuilds a target from it: the same IQN, CHAP credentials and ACLs, and the same tid
-when it is free.
+tgtd outlives the service: it runs in a session of its own and is recorded (pid, argv, start
+time: `blockyard.targets.daemon`) in the state dir, `stop` leaves it running while it serves
+targets, and the next `start` adopts it with its targets and the initiators' sessions, so a
+restart of `blockyard serve` never interrupts a guest's I/O. `teardown` is the full stop.
+tgtd itself keeps nothing across its own restart (a reboot), so the persisted `Export` is the
+source of truth and `ensure` rebuilds a target from it: the same IQN, CHAP credentials and
+ACLs, and the same tid when it is free; `prune` deletes the targets no persisted export
+describes.
 
 Facts about tgt 1.0.85 this module relies on (each was checked against the real daemon):
 
@@ -36,15 +41,15 @@ import secrets
 import signal
 import string
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.connectors.util import (
     WaitTimeout,
-    process_cmdline,
     process_gone,
     remove_quietly,
     wait_until,
@@ -52,6 +57,7 @@ from blockyard.connectors.util import (
 from blockyard.errors import BackendError, Invalid
 from blockyard.exec import CommandFailed, run, spawn
 from blockyard.targets.base import Export
+from blockyard.targets.daemon import DaemonRecord, find_process
 
 if TYPE_CHECKING:  # the handle exec.spawn returns; commands run only through blockyard.exec
     import subprocess
@@ -89,6 +95,9 @@ _INITIATOR_NAME = re.compile(
 #: where tgtd puts its control socket and lock (``socket.N``, ``socket.N.lock``); it never
 #: removes them itself
 _IPC_DIR = "/var/run/tgtd"
+
+#: the record of our tgtd (blockyard.targets.daemon), in the target's state dir
+_RECORD = "tgtd.json"
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
@@ -284,7 +293,7 @@ class TgtTarget:
         self.iqn_prefix = iqn_prefix
         self.chap = chap
         self.timeout = timeout
-        self.pid_path = os.path.join(state_dir, "tgtd.pid")
+        self.record_path = os.path.join(state_dir, _RECORD)
         self.log_path = os.path.join(state_dir, "tgtd.log")
         self._proc: subprocess.Popen[bytes] | None = None
         # tid allocation reads then writes tgtd's state: one change at a time per daemon
@@ -292,47 +301,115 @@ class TgtTarget:
 
     # -- the daemon ---------------------------------------------------------------------------
 
+    @classmethod
+    def recorded(cls, state_dir: str) -> TgtTarget | None:
+        """The target whose tgtd the record in `state_dir` describes (control port and
+        portal as it was started), whatever the configuration says now; None without one."""
+        record = DaemonRecord.load(Path(state_dir) / _RECORD)
+        if record is None or "control_port" not in record.data:
+            return None
+        return cls(state_dir, control_port=int(record.data["control_port"]),
+                   portal=str(record.data.get("portal", "")))
+
     def start(self) -> None:
-        """Start our tgtd, or adopt the one our pid file names, and wait until it answers on
-        the control port and listens on exactly the configured portal."""
+        """Start our tgtd, or adopt the one our record names (a restart of the service leaves
+        it running, with its targets and sessions), and wait until it answers on the control
+        port and listens on exactly the configured portal."""
         os.makedirs(self.state_dir, exist_ok=True)
         pid = self._running_pid()
+        if pid is None and self._answers():
+            pid = self._adopt_unrecorded()
         if pid is None:
-            if self._answers():
-                raise BackendError(f"another tgtd already uses control port "
-                                   f"{self.control_port}; blockyard will not share it")
             pid = self._spawn()
+            self._wait_ready(pid)
+            self._check_portal()
+            return
+        wanted = tgtd_argv(self.control_port, self.portal)
+        if self._recorded_argv() != tuple(wanted):
+            # never stopped here: it may serve attached volumes
+            raise BackendError(
+                f"the tgtd of this state dir (pid {pid}) runs as "
+                f"{' '.join(self._recorded_argv())!r}, not as configured "
+                f"({' '.join(wanted)!r}); stop it first (blockyard stop-exports)")
+        log.info("adopted tgtd (pid %d) on control port %d", pid, self.control_port)
         self._wait_ready(pid)
-        self._check_portal()
 
     def stop(self) -> None:
-        """Stop our tgtd. It exits only once it has no targets, so delete them first; it
-        ignores SIGTERM, so SIGKILL is what remains when it does not exit in time."""
+        """Let go of our tgtd at service shutdown. While it serves targets (attached volumes)
+        it keeps running, and the next `start` adopts it; with none it is stopped."""
+        pid = self._running_pid()
+        if pid is None:
+            self._forget()
+            return
+        try:
+            serving = self._live_targets()
+        except BackendError as exc:
+            log.warning("tgtd (pid %d) did not list its targets; leaving it running: %s",
+                        pid, exc.message)
+            return
+        if serving:
+            log.info("leaving tgtd (pid %d) running: it serves %d target(s)", pid,
+                     len(serving))
+            self._proc = None
+            return
+        self.teardown()
+
+    def teardown(self) -> None:
+        """Stop our tgtd, whatever it serves. It exits only once it has no targets, so delete
+        them first; it ignores SIGTERM, so SIGKILL is what remains when it does not exit in
+        time."""
         pid = self._running_pid()
         if pid is not None:
             self._shut_down(pid)
-            for leftover in (f"socket.{self.control_port}", f"socket.{self.control_port}.lock"):
-                remove_quietly(os.path.join(_IPC_DIR, leftover))
+        self._forget()
+
+    def prune(self, keep: Iterable[Export]) -> list[str]:
+        """Delete the targets (and their CHAP accounts) that none of `keep` describes."""
+        wanted = {e.data.get("target_iqn") for e in keep if e.protocol == PROTOCOL}
+        with self._lock:
+            stale = {iqn: t for iqn, t in self._live_targets().items() if iqn not in wanted}
+            for target in stale.values():
+                self._delete_target(target.tid)
+                for user in target.accounts:
+                    self._delete_account(user)
+        return sorted(stale)
+
+    def _forget(self) -> None:
+        for leftover in (f"socket.{self.control_port}", f"socket.{self.control_port}.lock"):
+            remove_quietly(os.path.join(_IPC_DIR, leftover))
         self._proc = None
-        remove_quietly(self.pid_path)
+        remove_quietly(self.record_path)
 
     def _running_pid(self) -> int | None:
-        """The pid in our pid file when that process is a live tgtd on our control port."""
-        try:
-            with open(self.pid_path) as f:
-                pid = int(f.read().strip())
-        except (FileNotFoundError, ValueError):
+        """The pid in our record when that process is still the tgtd recorded (same command
+        line and start time: a reused pid is not ours)."""
+        record = DaemonRecord.load(Path(self.record_path))
+        if record is None or not record.alive():
             return None
-        argv = process_cmdline(pid)
-        is_ours = (not process_gone(pid) and bool(argv)
-                   and os.path.basename(argv[0]) == "tgtd"
-                   and str(self.control_port) in argv)
-        return pid if is_ours else None
+        return record.pid
+
+    def _adopt_unrecorded(self) -> int:
+        """A tgtd answers on our control port, but no record names it: ours when it runs
+        exactly as we would start it (the service died between spawning and recording it),
+        and then recorded; anyone else's is refused."""
+        argv = tgtd_argv(self.control_port, self.portal)
+        found = find_process(argv, {"control_port": self.control_port, "portal": self.portal})
+        if found is None:
+            raise BackendError(f"another tgtd already uses control port "
+                               f"{self.control_port}; blockyard will not share it")
+        found.save(Path(self.record_path))
+        return found.pid
+
+    def _recorded_argv(self) -> tuple[str, ...]:
+        record = DaemonRecord.load(Path(self.record_path))
+        return record.argv if record is not None else ()
 
     def _spawn(self) -> int:
-        self._proc = spawn(tgtd_argv(self.control_port, self.portal), log_path=self.log_path)
-        with open(self.pid_path, "w") as f:
-            f.write(f"{self._proc.pid}\n")
+        argv = tgtd_argv(self.control_port, self.portal)
+        self._proc = spawn(argv, log_path=self.log_path)
+        DaemonRecord.of(self._proc.pid, argv, {"control_port": self.control_port,
+                                               "portal": self.portal}).save(
+            Path(self.record_path))
         return self._proc.pid
 
     def _answers(self) -> bool:
@@ -358,7 +435,7 @@ class TgtTarget:
     def _check_portal(self) -> None:
         portals = parse_portals(self._tgtadm(show_portals_argv(self.control_port)))
         if portals != [self.portal]:
-            self.stop()
+            self.teardown()
             raise BackendError(
                 f"tgtd could not listen on {self.portal} (listened on {', '.join(portals)} "
                 f"instead; is the port taken?); stopped it: {self._log_tail()}")

@@ -1,0 +1,122 @@
+"""Durable records of the target daemons (tgtd, qemu-nbd) that outlive the service.
+
+A daemon serving an export must keep running while `blockyard serve` restarts (SIGTERM or
+kill -9): a guest's I/O goes through it. The service therefore starts each daemon in a
+session of its own (`blockyard.exec.spawn`) and writes, as soon as it is spawned, a record
+in the state directory: its pid, its argv and its start time. A later service adopts the
+daemon only when the record still describes a live process: same pid, the very same
+``/proc/PID/cmdline`` and the same start time (a pid the kernel reused for something else
+fails one of them). Whether the daemon also answers is the caller's check (tgtadm on the
+control port, an NBD greeting on the socket).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: seconds between checks while waiting for a process to exit
+POLL = 0.005
+
+
+@dataclass(frozen=True)
+class DaemonRecord:
+    """One daemon as spawned: enough to find it again, and to tell it from a stranger."""
+
+    pid: int
+    argv: tuple[str, ...]
+    #: when the process started, in clock ticks since boot (/proc/PID/stat field 22)
+    started: int
+    #: what the owner wants to remember with it (an NBD address, tgtd's control port)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, pid: int, argv: list[str], data: dict[str, Any] | None = None) -> DaemonRecord:
+        """The record of a process just spawned (its start time read now)."""
+        return cls(pid, tuple(argv), start_time(pid) or 0, dict(data or {}))
+
+    def alive(self) -> bool:
+        """Is the recorded process still running, and still the one recorded?"""
+        return (start_time(self.pid) == self.started
+                and tuple(cmdline(self.pid)) == self.argv)
+
+    def save(self, path: Path) -> None:
+        """Write the record atomically and durably (it must survive a crash right after)."""
+        body = json.dumps({"pid": self.pid, "argv": list(self.argv), "started": self.started,
+                           "data": self.data}, sort_keys=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(body)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> DaemonRecord | None:
+        """The record at `path`; None when there is none or it is unreadable."""
+        try:
+            raw = json.loads(path.read_text())
+            return cls(int(raw["pid"]), tuple(str(a) for a in raw["argv"]),
+                       int(raw["started"]), dict(raw.get("data", {})))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def terminate(self, timeout: float) -> None:
+        """SIGTERM the recorded process, SIGKILL it after `timeout`; only while it is still
+        the recorded one. Our own child is reaped; someone else's is left to its parent."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not self.alive():
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            deadline = time.monotonic() + timeout
+            while self.alive() and time.monotonic() < deadline:
+                _reap(self.pid)
+                time.sleep(POLL)
+            _reap(self.pid)
+
+
+def find_process(argv: list[str], data: dict[str, Any] | None = None) -> DaemonRecord | None:
+    """A live process running exactly `argv`, as a record (for one started but not recorded:
+    a crash right after the spawn, or a daemon of a version that kept no record)."""
+    wanted = list(argv)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and cmdline(int(entry.name)) == wanted:
+            record = DaemonRecord.of(int(entry.name), wanted, data)
+            if record.started:
+                return record
+    return None
+
+
+def cmdline(pid: int) -> list[str]:
+    """The argv of a live process; [] when it is gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot; None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])  # field 22 of stat; fields[0] is field 3
+
+
+def _reap(pid: int) -> None:
+    """Collect our exited child `pid` (a zombie would otherwise look alive to ps)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

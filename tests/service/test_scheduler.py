@@ -136,6 +136,13 @@ def test_storage_protocol_spec_picks_the_backend_with_that_target() -> None:
         _pick(backends, _type(storage_protocol="ceph"), 1)
 
 
+def test_fits_is_the_same_match_for_one_backend() -> None:
+    iscsi = _backend("i", free=10, protocol="iSCSI")
+    assert scheduler.fits(iscsi, _type(storage_protocol="<in> SCSI", volume_backend_name="i"))
+    assert not scheduler.fits(iscsi, _type(storage_protocol="nbd"))
+    assert not scheduler.fits(_backend("b", free=10, broken=True), _type())
+
+
 def test_other_scopes_are_ignored_and_unknown_capabilities_refused() -> None:
     backends = [_backend("a", free=10)]
     assert _pick(backends, _type(**{"vendor:compression": "on", "RESKEY:x": "y"}), 1) == "a"

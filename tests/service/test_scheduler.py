@@ -220,3 +220,14 @@ def test_host_matching_levels() -> None:
     assert services.host_matches("h@b", "h@b") and services.host_matches("h@b#p", "h@b")
     assert not services.host_matches("h@b", "h@b#p")
     assert not services.host_matches("hx@b", "h") and not services.host_matches("h@bx", "h@b")
+
+
+def test_a_service_left_behind_by_a_host_rename_does_not_stand_for_the_backend() -> None:
+    rt = _register([_backend("a", free=10)])
+    services.set_disabled(rt, "host@a", services.VOLUME, True)
+    rt.config.host = "renamed"
+    rt.backends["a"].service_host = "renamed@a"
+    services.register(rt)
+    assert scheduler.pick(rt, _type(), 1, None).name == "a"
+    shown = {(v.host, v.backend, v.disabled) for v in services.listing(rt, binary=services.VOLUME)}
+    assert shown == {("host@a", None, True), ("renamed@a", "a", False)}

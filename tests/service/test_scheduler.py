@@ -3,12 +3,14 @@ and the services table (disabled and frozen backends) in a real database."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from blockyard.backends.base import BackendStats, PoolStats
 from blockyard.config import BackendConfig
@@ -231,3 +233,20 @@ def test_a_service_left_behind_by_a_host_rename_does_not_stand_for_the_backend()
     assert scheduler.pick(rt, _type(), 1, None).name == "a"
     shown = {(v.host, v.backend, v.disabled) for v in services.listing(rt, binary=services.VOLUME)}
     assert shown == {("host@a", None, True), ("renamed@a", "a", False)}
+
+
+def test_state_follows_the_heartbeat() -> None:
+    rt = _register([_backend("a", free=10)])
+    assert all(v.is_up for v in services.listing(rt))
+    long_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=5)
+    with rt.db.write() as s:
+        s.execute(update(Service).values(updated_at=long_ago))
+    assert not any(v.is_up for v in services.listing(rt))
+    beat = services.Heartbeat(rt, interval=0.05).start()
+    try:
+        deadline = time.monotonic() + 10
+        while not all(v.is_up for v in services.listing(rt)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        beat.stop()

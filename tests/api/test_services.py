@@ -8,6 +8,7 @@ The default server has one file backend "default" at ``<hostname>@default``.
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -262,6 +263,24 @@ def test_storage_protocol_is_the_target_and_steers_the_scheduler(
             volume = api.wait_volume(r.json()["volume"]["id"], "available")
             assert volume["os-vol-host-attr:host"] == f"{HOST}@{backend}#{backend}"
             api.delete(f"/volumes/{volume['id']}")
+    # a retype to a type the backend cannot serve moves the volume; one it can stays put
+    r = api.post("/volumes", {"volume": {"size": 1, "volume_type": "t-iscsi"}})
+    volume = api.wait_volume(r.json()["volume"]["id"], "available")
+    r = api.post(f"/volumes/{volume['id']}/action", {"os-retype": {
+        "new_type": "t-scoped", "migration_policy": "never"}})
+    assert r.status_code == 202, r.text
+    assert api.wait_volume(volume["id"], "available")["volume_type"] == "t-scoped"
+    r = api.post(f"/volumes/{volume['id']}/action", {"os-retype": {
+        "new_type": "t-nbd", "migration_policy": "on-demand"}})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 60
+    while (moved := api.get(f"/volumes/{volume['id']}").json()["volume"])[
+            "os-vol-mig-status-attr:migstat"] not in ("success", "error"):
+        assert time.monotonic() < deadline, moved
+        time.sleep(0.1)
+    assert (moved["os-vol-host-attr:host"], moved["volume_type"]) == (f"{HOST}@nbd#nbd",
+                                                                      "t-nbd")
+    api.delete(f"/volumes/{volume['id']}")
     api.post("/types", {"volume_type": {"name": "t-ceph",
                                         "extra_specs": {"storage_protocol": "ceph"}}})
     r = api.post("/volumes", {"volume": {"size": 1, "volume_type": "t-ceph"}})

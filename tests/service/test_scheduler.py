@@ -3,12 +3,14 @@ and the services table (disabled and frozen backends) in a real database."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from blockyard.backends.base import BackendStats, PoolStats
 from blockyard.config import BackendConfig
@@ -136,6 +138,13 @@ def test_storage_protocol_spec_picks_the_backend_with_that_target() -> None:
         _pick(backends, _type(storage_protocol="ceph"), 1)
 
 
+def test_fits_is_the_same_match_for_one_backend() -> None:
+    iscsi = _backend("i", free=10, protocol="iSCSI")
+    assert scheduler.fits(iscsi, _type(storage_protocol="<in> SCSI", volume_backend_name="i"))
+    assert not scheduler.fits(iscsi, _type(storage_protocol="nbd"))
+    assert not scheduler.fits(_backend("b", free=10, broken=True), _type())
+
+
 def test_other_scopes_are_ignored_and_unknown_capabilities_refused() -> None:
     backends = [_backend("a", free=10)]
     assert _pick(backends, _type(**{"vendor:compression": "on", "RESKEY:x": "y"}), 1) == "a"
@@ -213,3 +222,31 @@ def test_host_matching_levels() -> None:
     assert services.host_matches("h@b", "h@b") and services.host_matches("h@b#p", "h@b")
     assert not services.host_matches("h@b", "h@b#p")
     assert not services.host_matches("hx@b", "h") and not services.host_matches("h@bx", "h@b")
+
+
+def test_a_service_left_behind_by_a_host_rename_does_not_stand_for_the_backend() -> None:
+    rt = _register([_backend("a", free=10)])
+    services.set_disabled(rt, "host@a", services.VOLUME, True)
+    rt.config.host = "renamed"
+    rt.backends["a"].service_host = "renamed@a"
+    services.register(rt)
+    assert scheduler.pick(rt, _type(), 1, None).name == "a"
+    shown = {(v.host, v.backend, v.disabled) for v in services.listing(rt, binary=services.VOLUME)}
+    assert shown == {("host@a", None, True), ("renamed@a", "a", False)}
+
+
+def test_state_follows_the_heartbeat() -> None:
+    rt = _register([_backend("a", free=10)])
+    assert all(v.is_up for v in services.listing(rt))
+    long_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=5)
+    with rt.db.write() as s:
+        s.execute(update(Service).values(updated_at=long_ago))
+    assert not any(v.is_up for v in services.listing(rt))
+    beat = services.Heartbeat(rt, interval=0.05).start()
+    try:
+        deadline = time.monotonic() + 10
+        while not all(v.is_up for v in services.listing(rt)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        beat.stop()

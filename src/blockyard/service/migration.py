@@ -228,9 +228,9 @@ def retype(rt: Runtime, who: Identity, volume_id: str, new_type: str, policy: st
         if vt.id == v.volume_type_id:
             raise Invalid(f"Invalid input received: New volume_type same as original: "
                           f"{new_type}.")
-        wanted = vt.specs.get("volume_backend_name")
-        current = rt.backend(v.backend)
-        if not wanted or current.config.volume_backend_name == wanted:
+        # in place when the volume's backend can serve the new type (its extra specs match
+        # the backend's capabilities, as the scheduler matches them), else a migration
+        if scheduler.fits(rt.backend(v.backend), vt):
             _retype_in_place(rt, v, vt)
             return None
         if policy != "on-demand":

@@ -38,6 +38,22 @@ def availability_zones(rt: Runtime) -> set[str]:
     return {b.config.availability_zone for b in rt.backends.values()}
 
 
+def _fitting_pools(backend: Backend, specs: dict[str, str]) -> list[PoolStats]:
+    """The pools of `backend` whose capabilities a type with `specs` accepts (none when the
+    backend cannot report)."""
+    try:
+        stats = backend.stats()
+    except Exception:  # a backend that cannot report is not a candidate
+        return []
+    return [p for p in stats.pools
+            if capabilities.satisfies(capabilities.pool_capabilities(backend, stats, p), specs)]
+
+
+def fits(backend: Backend, vt: VolumeType | TypeInfo) -> bool:
+    """Whether `backend` can serve volumes of type `vt` (a retype then stays in place)."""
+    return bool(_fitting_pools(backend, vt.specs))
+
+
 def pick(rt: Runtime, vt: VolumeType | TypeInfo, size_gb: int, zone: str | None) -> Backend:
     """The best backend for a volume of `size_gb` GiB of type `vt` in `zone` (None: any)."""
     if zone is not None and zone not in availability_zones(rt):
@@ -50,14 +66,7 @@ def pick(rt: Runtime, vt: VolumeType | TypeInfo, size_gb: int, zone: str | None)
             continue
         if zone is not None and backend.config.availability_zone != zone:
             continue
-        try:
-            stats = backend.stats()
-        except Exception:  # a backend that cannot report is not a candidate
-            continue
-        free = max((_virtual_free_gb(p) for p in stats.pools
-                    if capabilities.satisfies(
-                        capabilities.pool_capabilities(backend, stats, p), specs)),
-                   default=None)
+        free = max((_virtual_free_gb(p) for p in _fitting_pools(backend, specs)), default=None)
         if free is None or free < size_gb:
             continue
         if best is None or free > best[0]:

@@ -96,11 +96,17 @@ def _ours(rt: Runtime) -> list[tuple[str, str, str | None, str]]:
 
 def register(rt: Runtime) -> None:
     """Create (or take over) the rows of this process's services and beat once. Rows of
-    services no longer configured stay, and show "down", as Cinder's do."""
+    services no longer configured stay, and show "down", as Cinder's do; they no longer
+    stand for a backend (its volumes belong to whichever service now runs it)."""
     now = utcnow()
+    ours = _ours(rt)
     with rt.db.write() as s:
         rows = {(r.host, r.binary): r for r in s.execute(select(Service)).scalars()}
-        for host, binary, backend, zone in _ours(rt):
+        current = {(host, binary) for host, binary, _, _ in ours}
+        for key, stale in rows.items():
+            if key not in current:
+                stale.backend = None
+        for host, binary, backend, zone in ours:
             row = rows.get((host, binary))
             if row is None:
                 s.add(Service(host=host, binary=binary, backend=backend,

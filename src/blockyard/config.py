@@ -6,6 +6,7 @@ Example::
     state_dir = "/var/lib/blockyard"
     database_url = "postgresql+psycopg://blockyard@/blockyard"   # default: SQLite in state_dir
     host = "storage1"                                           # default: this machine's name
+    message_ttl = 2592000     # seconds a user message is kept (default: 30 days)
 
     [quota]               # defaults for every project
     volumes = 10
@@ -52,8 +53,10 @@ DEFAULT_QUOTAS: dict[str, int] = {
     "per_volume_gigabytes": -1,
 }
 _TOP_KEYS = {"listen", "state_dir", "database_url", "host", "quota", "backends", "targets",
-             "default_volume_type", "max_volume_size_gb", "compute"}
+             "default_volume_type", "max_volume_size_gb", "compute", "message_ttl"}
 _COMPUTE_KEYS = {"url", "timeout"}
+#: seconds a user message is listed before it expires (Cinder's message_ttl default: 30 days)
+DEFAULT_MESSAGE_TTL = 2592000
 #: seconds a request to the compute API may take, by default
 DEFAULT_COMPUTE_TIMEOUT = 10.0
 _BACKEND_KEYS = {"driver", "availability_zone", "volume_backend_name", "workers", "target"}
@@ -102,6 +105,8 @@ class Config:
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [compute]: where volume-extended events go
     compute: ComputeEndpoint = field(default_factory=ComputeEndpoint)
+    #: seconds a user message is kept (Cinder's message_ttl)
+    message_ttl: int = DEFAULT_MESSAGE_TTL
 
 
 def parse_listen(value: Any, key: str = "listen") -> tuple[str, int]:
@@ -180,6 +185,13 @@ def _compute(table: Any) -> ComputeEndpoint:
     return ComputeEndpoint(url=url, timeout=float(timeout))
 
 
+def _message_ttl(value: Any) -> int:
+    ttl = _expect(value, int, "message_ttl")
+    if not 1 <= ttl <= 10 * 365 * 86400:
+        raise ConfigError("message_ttl", f"must be 1..{10 * 365 * 86400} seconds, got {ttl}")
+    return int(ttl)
+
+
 def build(
     data: dict[str, Any],
     *,
@@ -222,6 +234,7 @@ def build(
         max_volume_size_gb=_expect(data.get("max_volume_size_gb", 16384), int,
                                    "max_volume_size_gb"),
         compute=_compute(data.get("compute", {})),
+        message_ttl=_message_ttl(data.get("message_ttl", DEFAULT_MESSAGE_TTL)),
     )
 
 

@@ -19,10 +19,12 @@ from blockyard.api import (
     attachments,
     errors,
     limits,
+    messages,
     misc,
     qos,
     quotas,
     snapshots,
+    transfers,
     types,
     versions,
     volumes,
@@ -47,6 +49,8 @@ ROUTES = [
     *quotas.routes,
     *limits.routes,
     *misc.routes,
+    *transfers.routes,
+    *messages.routes,
 ]
 
 

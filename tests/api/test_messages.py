@@ -177,3 +177,19 @@ def test_messages_expire(make_server: type[Server]) -> None:
     finally:
         db.close()
     assert m["id"] not in ids and len(ids) == 1
+
+
+def test_attach_failure_is_recorded(project: Api, api: Api) -> None:
+    # a volume on no backend, forced to `available` by an admin: connecting it must fail
+    vid, _ = unschedulable_volume(project, api)
+    r = api.post(f"/volumes/{vid}/action", {"os-reset_status": {"status": "available"}})
+    assert r.status_code == 202, r.text
+    connector = {"initiator": "iqn.1993-08.org.debian:01:abc", "host": "h1", "ip": "127.0.0.1"}
+    r = project.post(f"/volumes/{vid}/action", {"os-initialize_connection": {
+        "connector": connector}})
+    assert 400 <= r.status_code < 500, r.text
+    events = [m["event_id"] for m in messages_of(project, resource_uuid=vid)]
+    assert sorted(events) == [SCHEDULE_NO_BACKEND, "VOLUME_VOLUME_002_021"]
+    [m] = messages_of(project, event_id="VOLUME_VOLUME_002_021")
+    assert m["user_message"] == "attach volume:Failed to attach volume."
+    assert m["request_id"] == r.headers["x-openstack-request-id"]

@@ -192,11 +192,9 @@ def test_volume_transfer_and_messages(server: Server) -> None:
     message a failed request leaves, as `openstack volume message list` shows it."""
     giver, taker = as_project("osc-giver"), as_project("osc-taker")
     created = osc(server, giver, "volume", "create", "--size", "1", "gift", "-f", "json")
-    api = Api(server.endpoint, project="osc-taker", user="admin", version=MV)
+    api = Api(server.endpoint, project="osc-giver", user="admin", version=MV)
     try:
-        giver_api = Api(server.endpoint, project="osc-giver", user="admin", version=MV)
-        giver_api.wait_volume(created["id"], "available")
-        giver_api.close()
+        api.wait_volume(created["id"], "available")
         offer = osc(server, giver, "volume", "transfer", "request", "create", created["id"],
                     "-f", "json")
         assert len(offer["auth_key"]) == 16

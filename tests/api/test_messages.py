@@ -193,3 +193,18 @@ def test_attach_failure_is_recorded(project: Api, api: Api) -> None:
     [m] = messages_of(project, event_id="VOLUME_VOLUME_002_021")
     assert m["user_message"] == "attach volume:Failed to attach volume."
     assert m["request_id"] == r.headers["x-openstack-request-id"]
+
+
+def test_snapshot_failure_is_recorded_for_the_snapshot(server: Server, project: Api) -> None:
+    r = project.post("/volumes", {"volume": {"size": 1}})
+    vid = r.json()["volume"]["id"]
+    project.wait_volume(vid, "available")
+    backend_file(server, f"volume-{vid}").unlink()
+    r = project.post("/snapshots", {"snapshot": {"volume_id": vid}})
+    assert r.status_code == 202, r.text
+    sid = r.json()["snapshot"]["id"]
+    project.wait_snapshot(sid, "error")
+    [m] = messages_of(project, resource_uuid=sid)
+    assert (m["resource_type"], m["event_id"]) == ("VOLUME_SNAPSHOT",
+                                                   "VOLUME_VOLUME_SNAPSHOT_009_013")
+    assert m["user_message"] == "create snapshot:Snapshot failed to create."

@@ -27,7 +27,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from blockyard.db.models import Base, Message, Snapshot, Volume, utcnow
-from blockyard.errors import NotFound
+from blockyard.errors import Invalid, NotFound
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, paginate
 from blockyard.service.request_context import current_request_id
@@ -200,8 +200,6 @@ def _visible(who: Identity, all_projects: bool) -> Any:
 def list_messages(rt: Runtime, who: Identity, params: ListParams, *,
                   all_projects: bool = False) -> Page:
     """One page of the caller's messages that have not expired, newest first by default."""
-    from blockyard.errors import Invalid
-
     q = _visible(who, all_projects)
     for key, value in params.filters.items():
         if key not in FILTERS:

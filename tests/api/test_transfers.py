@@ -260,3 +260,34 @@ def test_snapshot_in_flux_blocks_the_offer(giver: Project, api: Api) -> None:
     # without its snapshots the volume may go
     r = giver.api.post(NEW, {"transfer": {"volume_id": vid, "no_snapshots": True}})
     assert r.status_code == 202, r.text
+
+
+def test_concurrent_accepts_have_one_winner(server: Server, giver: Project) -> None:
+    import threading
+
+    vid = giver.volume()
+    t = offer(giver, vid)
+    takers = [Project(server) for _ in range(4)]
+    answers: list[int] = []
+    go = threading.Barrier(len(takers))
+
+    def take(p: Project) -> None:
+        go.wait()
+        r = p.api.post(f"{NEW}/{t['id']}/accept", {"accept": {"auth_key": t["auth_key"]}})
+        answers.append(r.status_code)
+
+    threads = [threading.Thread(target=take, args=(p,)) for p in takers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    try:
+        assert sorted(answers) == [202, 404, 404, 404], answers
+        owners = [p for p in takers if vid in p.volume_ids()]
+        assert len(owners) == 1
+        assert [p.usage()["volumes"] for p in takers].count(1) == 1
+        assert sum(p.usage()["gigabytes"] for p in takers) == 1
+        assert giver.usage()["volumes"] == 0
+    finally:
+        for p in takers:
+            p.close()

@@ -155,6 +155,10 @@ def test_wrong_key_is_refused_and_moves_nothing(giver: Project, taker: Project) 
     for key in ("0" * 16, t["auth_key"].upper() + "0", 1234):
         r = taker.api.post(f"{NEW}/{t['id']}/accept", {"accept": {"auth_key": key}})
         assert "invalid auth key" in fault(r, 400)
+    # a key that is not even valid UTF-8 is just as wrong (and no 500)
+    r = taker.api.post(f"{NEW}/{t['id']}/accept", content=b'{"accept": {"auth_key": "\\ud800"}}',
+                       headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
     assert giver.api.get(f"/volumes/{vid}").json()["volume"]["status"] == "awaiting-transfer"
     assert vid in giver.volume_ids() and taker.usage()["volumes"] == 0
     fault(taker.api.post(f"{NEW}/{uuid.uuid4()}/accept", {"accept": {"auth_key": "x"}}), 404)

@@ -78,8 +78,9 @@ def key_matches(salt: str, stored: str, auth_key: str) -> bool:
     algorithm, n, r, p, expected = stored.split("$")
     if algorithm != "scrypt":
         return False
-    digest = hashlib.scrypt(auth_key.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r),
-                            p=int(p), dklen=len(expected) // 2)
+    # any text is a candidate key, even one that is not valid UTF-8: it simply does not match
+    digest = hashlib.scrypt(auth_key.encode("utf-8", "surrogatepass"), salt=bytes.fromhex(salt),
+                            n=int(n), r=int(r), p=int(p), dklen=len(expected) // 2)
     return hmac.compare_digest(digest.hex(), expected)
 
 

@@ -223,23 +223,28 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
                 raise
         task = tasks.enqueue(s, "create_volume", backend.name, record.id, {
             "size": size, "snapshot_id": req.snapshot_id, "source_volid": req.source_volid})
-        s.connection().execute(_INSERT_VOLUME, {
-            "id": record.id, "project_id": record.project_id, "user_id": record.user_id,
-            "name": record.name, "description": record.description, "size": size,
-            "status": record.status, "previous_status": None,
-            "attach_status": record.attach_status,
-            "availability_zone": record.availability_zone, "volume_type_id": type_id,
-            "backend": record.backend, "snapshot_id": record.snapshot_id,
-            "source_volid": record.source_volid, "bootable": record.bootable,
-            "readonly": False, "multiattach": multiattach, "task_id": task.id, "pins": 0,
-            "created_at": record.created_at, "updated_at": None, "provider_location": None,
-            "provider_auth": None, "name_id": None, "migration_status": None,
-        })
-        if req.metadata:
-            s.connection().execute(_INSERT_METADATA, [
-                {"volume_id": record.id, "key": k, "value": v} for k, v in req.metadata.items()])
+        _insert(s, record, task.id)
     tasks.start(rt, task)
     return record
+
+
+def _insert(s: Session, record: VolumeRecord, task_id: int | None) -> None:
+    """Insert a new volume's row and its metadata, as `record` describes them."""
+    s.connection().execute(_INSERT_VOLUME, {
+        "id": record.id, "project_id": record.project_id, "user_id": record.user_id,
+        "name": record.name, "description": record.description, "size": record.size,
+        "status": record.status, "previous_status": None,
+        "attach_status": record.attach_status,
+        "availability_zone": record.availability_zone, "volume_type_id": record.volume_type_id,
+        "backend": record.backend, "snapshot_id": record.snapshot_id,
+        "source_volid": record.source_volid, "bootable": record.bootable,
+        "readonly": False, "multiattach": record.multiattach, "task_id": task_id, "pins": 0,
+        "created_at": record.created_at, "updated_at": None, "provider_location": None,
+        "provider_auth": None, "name_id": None, "migration_status": None,
+    })
+    if record.meta:
+        s.connection().execute(_INSERT_METADATA, [
+            {"volume_id": record.id, "key": k, "value": v} for k, v in record.meta.items()])
 
 
 def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int,
@@ -262,20 +267,7 @@ def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int
     with rt.db.write() as s:
         quotas.consume(s, rt.config.quotas, who.project_id,
                        quotas.volume_deltas(vt.name, 1, size))
-        s.connection().execute(_INSERT_VOLUME, {
-            "id": record.id, "project_id": record.project_id, "user_id": record.user_id,
-            "name": record.name, "description": record.description, "size": size,
-            "status": record.status, "previous_status": None,
-            "attach_status": record.attach_status, "availability_zone": zone,
-            "volume_type_id": vt.id, "backend": UNSCHEDULED, "snapshot_id": None,
-            "source_volid": None, "bootable": record.bootable, "readonly": False,
-            "multiattach": record.multiattach, "task_id": None, "pins": 0,
-            "created_at": record.created_at, "updated_at": None, "provider_location": None,
-            "provider_auth": None, "name_id": None, "migration_status": None,
-        })
-        if req.metadata:
-            s.connection().execute(_INSERT_METADATA, [
-                {"volume_id": record.id, "key": k, "value": v} for k, v in req.metadata.items()])
+        _insert(s, record, None)
         messages.record(s, rt.config.message_ttl, project_id=who.project_id,
                         resource_type=messages.Resource.VOLUME, resource_uuid=record.id,
                         action=messages.Action.SCHEDULE_ALLOCATE_VOLUME,

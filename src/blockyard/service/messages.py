@@ -230,10 +230,3 @@ def delete_message(rt: Runtime, who: Identity, message_id: str) -> None:
             raise NotFound("Message", message_id, f"Message {message_id} could not be found.")
         authorize(who, "message:delete", msg.project_id)
         s.execute(delete(Message).where(Message.id == message_id))
-
-
-def purge_expired(rt: Runtime) -> int:
-    """Remove every expired message; returns how many (Cinder's periodic reaper)."""
-    with rt.db.write() as s:
-        result = s.connection().execute(delete(Message).where(Message.expires_at <= utcnow()))
-        return int(result.rowcount)

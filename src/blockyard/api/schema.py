@@ -50,7 +50,6 @@ def _is_name(value: object) -> bool:
     return True
 
 
-@_formats.checks("name_skip_leading_trailing_spaces", raises=_BlankName)
 def _is_trimmed_name(value: object) -> bool:
     """Cinder's check of names it strips before storing (transfers): judged once stripped."""
     if not isinstance(value, str):
@@ -62,6 +61,9 @@ def _is_trimmed_name(value: object) -> bool:
     if len(value.strip()) > 255:
         raise _BlankName("The 'name' can not be greater than 255 characters.")
     return True
+
+
+_formats.checks("name_skip_leading_trailing_spaces", raises=_BlankName)(_is_trimmed_name)
 
 
 # Cinder's printable-description pattern: no control, format, surrogate, private-use or

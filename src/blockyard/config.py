@@ -6,6 +6,7 @@ Example::
     state_dir = "/var/lib/blockyard"
     database_url = "postgresql+psycopg://blockyard@/blockyard"   # default: SQLite in state_dir
     host = "storage1"                                           # default: this machine's name
+    message_ttl = 2592000     # seconds a user message is kept (default: 30 days)
 
     [quota]               # defaults for every project
     volumes = 10
@@ -60,6 +61,8 @@ DEFAULT_QUOTAS: dict[str, int] = {
     "groups": 10,
     "per_volume_gigabytes": -1,
 }
+#: seconds a user message is listed before it expires (Cinder's message_ttl default: 30 days)
+DEFAULT_MESSAGE_TTL = 2592000
 #: seconds a request to the compute API may take, by default
 DEFAULT_COMPUTE_TIMEOUT = 10.0
 #: export protocols a backend may name in `target`
@@ -112,6 +115,8 @@ class Config:
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: [compute]: where volume-extended events go
     compute: ComputeEndpoint = field(default_factory=ComputeEndpoint)
+    #: seconds a user message is kept (Cinder's message_ttl)
+    message_ttl: int = DEFAULT_MESSAGE_TTL
 
 
 # -- the vocabulary: options and the checks of their values ------------------------------------
@@ -390,6 +395,7 @@ TOP: Schema = {
     "backends": Option(dict),
     "targets": Option(dict),
     "compute": Option(dict),
+    "message_ttl": Option(int, between(1, 10 * 365 * 86400, " seconds")),
 }
 
 QUOTA: Schema = {name: Option(int, between(-1, INT_MAX, " (-1: unlimited)"))
@@ -561,6 +567,7 @@ def build(
         default_volume_type=top.get("default_volume_type", "__DEFAULT__"),
         max_volume_size_gb=top.get("max_volume_size_gb", 16384),
         compute=ComputeEndpoint(**compute),
+        message_ttl=top.get("message_ttl", DEFAULT_MESSAGE_TTL),
     )
 
 

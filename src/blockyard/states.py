@@ -140,6 +140,12 @@ VOLUME_TRANSITIONS: dict[str, Transition] = {
     "migrate_locked": Transition((V.AVAILABLE,), V.MAINTENANCE, PREVIOUS, PREVIOUS),
     # os-retype that needs a migration: `retyping` until the data moved and the type changed
     "retype_migrate": Transition((V.AVAILABLE,), V.RETYPING, PREVIOUS, PREVIOUS),
+    # volume transfers are single steps: offering parks the volume in `awaiting-transfer`
+    # (nothing else may start on it); accepting hands it, in the same statement, to the new
+    # project (`values`), cancelling gives it back to its owner as it was
+    "offer_transfer": Transition((V.AVAILABLE,), V.AWAITING_TRANSFER, None, None),
+    "accept_transfer": Transition((V.AWAITING_TRANSFER,), V.AVAILABLE, None, None),
+    "cancel_transfer": Transition((V.AWAITING_TRANSFER,), V.AVAILABLE, None, None),
 }
 
 M = MigrationStatus

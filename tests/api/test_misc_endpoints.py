@@ -204,10 +204,16 @@ def test_everything_follows_the_configuration(make_server: type[Server]) -> None
     r = api.post("/volumes", {"volume": {"size": 1, "availability_zone": "az-b"}})
     volume = api.wait_volume(r.json()["volume"]["id"], "available")
     assert volume["os-vol-host-attr:host"] == "storage1@slow#slow"
-    # the type pins the backend, the zone rules it out: no valid backend
+    # the type pins the backend, the zone rules it out: no valid backend, so (as in Cinder)
+    # the volume is in error on no host, and a user message says why
     r = api.post("/volumes", {"volume": {"size": 1, "volume_type": "fast",
                                          "availability_zone": "az-b"}})
-    assert r.status_code == 400 and "No valid backend" in r.json()["badRequest"]["message"]
+    assert r.status_code == 202, r.text
+    volume = api.wait_volume(r.json()["volume"]["id"], "error")
+    assert volume["os-vol-host-attr:host"] is None and volume["availability_zone"] == "az-b"
+    [message] = [m for m in api.get("/messages").json()["messages"]
+                 if m["resource_uuid"] == volume["id"]]
+    assert message["event_id"] == "VOLUME_VOLUME_001_003"
     api.close()
 
 

@@ -275,18 +275,23 @@ def test_default_type_cannot_be_deleted_or_renamed(api: Api) -> None:
     assert api.get("/types/default").json()["volume_type"]["name"] == "__DEFAULT__"
 
 
-def test_unknown_backend_name_fails_the_create_and_takes_no_quota(api: Api) -> None:
-    """The scheduler finds no backend: 400 (Cinder would make an `error` volume)."""
+def test_unknown_backend_name_makes_an_error_volume_until_deleted(api: Api) -> None:
+    """The scheduler finds no backend: as in Cinder, the volume exists in `error` (counted
+    against quota like any volume until it is deleted) and a user message says why."""
     vt = make_type(api, extra_specs={"volume_backend_name": "nonexistent"})
     before = api.get("/os-quota-sets/admin", params={"usage": "true"}).json()["quota_set"]
-    count = len(api.get("/volumes").json()["volumes"])
-    message = fault(api.post("/volumes", {"volume": {"size": 1, "volume_type": vt["name"]}}),
-                    400)
-    assert "No valid backend" in message
+    r = api.post("/volumes", {"volume": {"size": 1, "volume_type": vt["name"]}})
+    assert r.status_code == 202, r.text
+    vid = r.json()["volume"]["id"]
+    assert api.wait_volume(vid, "error")["os-vol-host-attr:host"] is None
+    during = api.get("/os-quota-sets/admin", params={"usage": "true"}).json()["quota_set"]
+    assert during["volumes"]["in_use"] == before["volumes"]["in_use"] + 1
+    assert during[f"volumes_{vt['name']}"]["in_use"] == 1
+    assert api.delete(f"/volumes/{vid}").status_code == 202
+    api.wait_volume(vid, "deleted")
     after = api.get("/os-quota-sets/admin", params={"usage": "true"}).json()["quota_set"]
     assert after["volumes"]["in_use"] == before["volumes"]["in_use"]
     assert after[f"volumes_{vt['name']}"]["in_use"] == 0
-    assert len(api.get("/volumes").json()["volumes"]) == count
 
 
 def test_rename_moves_per_type_quota(api: Api) -> None:

@@ -185,3 +185,36 @@ def test_lifecycle_in_two_projects(server: Server) -> None:
     finally:
         for p in (a, b):
             p.api.close()
+
+
+def test_volume_transfer_and_messages(server: Server) -> None:
+    """The README's transfer commands: offer in one project, accept in another; then the
+    message a failed request leaves, as `openstack volume message list` shows it."""
+    giver, taker = as_project("osc-giver"), as_project("osc-taker")
+    created = osc(server, giver, "volume", "create", "--size", "1", "gift", "-f", "json")
+    api = Api(server.endpoint, project="osc-giver", user="admin", version=MV)
+    try:
+        api.wait_volume(created["id"], "available")
+        offer = osc(server, giver, "volume", "transfer", "request", "create", created["id"],
+                    "-f", "json")
+        assert len(offer["auth_key"]) == 16
+        listed = osc(server, giver, "volume", "transfer", "request", "list", "-f", "json")
+        assert [t["ID"] for t in listed] == [offer["id"]]
+        wrong = osc(server, taker, "volume", "transfer", "request", "accept", "--auth-key",
+                    "0" * 16, offer["id"], check=False)
+        assert wrong.returncode != 0 and "invalid auth key" in wrong.stderr
+        osc(server, taker, "volume", "transfer", "request", "accept", "--auth-key",
+            offer["auth_key"], offer["id"], "-f", "json")
+        assert [v["ID"] for v in osc(server, taker, "volume", "list", "-f", "json")] == \
+            [created["id"]]
+        assert osc(server, giver, "volume", "list", "-f", "json") == []
+
+        osc(server, as_project("admin"), "volume", "type", "create", "--property",
+            "volume_backend_name=nowhere", "osc-nowhere", "-f", "json")
+        failed = osc(server, taker, "volume", "create", "--size", "1", "--type", "osc-nowhere",
+                     "doomed", "-f", "json")
+        messages = osc(server, taker, "volume", "message", "list", "-f", "json")
+        assert [(m["Resource UUID"], m["Event ID"]) for m in messages] == \
+            [(failed["id"], "VOLUME_VOLUME_001_003")]
+    finally:
+        api.close()

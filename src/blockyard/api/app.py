@@ -20,12 +20,14 @@ from blockyard.api import (
     encryption,
     errors,
     limits,
+    messages,
     misc,
     qos,
     quota_classes,
     quotas,
     services,
     snapshots,
+    transfers,
     types,
     versions,
     volumes,
@@ -53,6 +55,8 @@ ROUTES = [
     *limits.routes,
     *misc.routes,
     *services.routes,
+    *transfers.routes,
+    *messages.routes,
 ]
 
 

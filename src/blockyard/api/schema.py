@@ -50,6 +50,22 @@ def _is_name(value: object) -> bool:
     return True
 
 
+def _is_trimmed_name(value: object) -> bool:
+    """Cinder's check of names it strips before storing (transfers): judged once stripped."""
+    if not isinstance(value, str):
+        return True
+    if not value:
+        raise _BlankName("The 'name' can not be None.")
+    if not value.strip():
+        raise _BlankName("The 'name' can not be empty.")
+    if len(value.strip()) > 255:
+        raise _BlankName("The 'name' can not be greater than 255 characters.")
+    return True
+
+
+_formats.checks("name_skip_leading_trailing_spaces", raises=_BlankName)(_is_trimmed_name)
+
+
 # Cinder's printable-description pattern: no control, format, surrogate, private-use or
 # unassigned code points, and no separators other than plain spaces.
 _NON_PRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")

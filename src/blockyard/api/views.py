@@ -98,5 +98,5 @@ def volume_detail(
         body["os-vol-tenant-attr:tenant_id"] = v.project_id
         body["os-vol-mig-status-attr:migstat"] = v.migration_status
         body["os-vol-mig-status-attr:name_id"] = v.name_id
-        body["os-vol-host-attr:host"] = backend.pool_host if backend else v.backend
+        body["os-vol-host-attr:host"] = backend.pool_host if backend else (v.backend or None)
     return body

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from blockyard.api.errors import ApiError, fault
 from blockyard.service.identity import Identity, from_noauth
+from blockyard.service.request_context import REQUEST_ID
 from blockyard.service.runtime import Runtime
 
 MIN_MINOR = 0
@@ -75,6 +76,7 @@ class CinderMiddleware:
         request_id = f"req-{uuid.UUID(int=_random.getrandbits(128), version=4)}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        REQUEST_ID.set(request_id)  # for what the request queues (see request_context)
         path: str = scope["path"]
         echo = MIN_VERSION
         error: Response | None = None

@@ -311,3 +311,55 @@ class Task(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Transfer(Base):
+    """An offer to give a volume (and, unless `no_snapshots`, its snapshots) to whichever
+    project presents the auth key. Only a salted hash of the key is kept.
+
+    An accepted transfer stays as history (`accepted`, `destination_project_id`) and is no
+    longer listed; a cancelled one is removed. `volume_id` has no foreign key: history
+    outlives the volume.
+    """
+
+    __tablename__ = "transfers"
+    __table_args__ = (
+        Index("ix_transfers_project_created", "source_project_id", "created_at", "id"),
+        Index("ix_transfers_volume", "volume_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    volume_id: Mapped[str] = mapped_column(String(36))
+    name: Mapped[str | None] = mapped_column(String(255))
+    #: random per transfer; the key derivation's parameters travel in `crypt_hash`
+    salt: Mapped[str] = mapped_column(String(64))
+    crypt_hash: Mapped[str] = mapped_column(String(255))
+    no_snapshots: Mapped[bool] = mapped_column(Boolean, default=False)
+    source_project_id: Mapped[str] = mapped_column(String(255))
+    destination_project_id: Mapped[str | None] = mapped_column(String(255))
+    accepted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Message(Base):
+    """A user message: what went wrong with an asynchronous request, in Cinder's terms
+    (event id built from resource type, action id and detail id); gone after `expires_at`."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_project_created", "project_id", "created_at", "id"),
+        Index("ix_messages_expires", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(255))
+    resource_type: Mapped[str | None] = mapped_column(String(255))
+    resource_uuid: Mapped[str | None] = mapped_column(String(36))
+    event_id: Mapped[str] = mapped_column(String(255))
+    action_id: Mapped[str | None] = mapped_column(String(10))
+    detail_id: Mapped[str | None] = mapped_column(String(10))
+    message_level: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)

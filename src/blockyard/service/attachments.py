@@ -28,7 +28,7 @@ from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.backends.exports import load_export
 from blockyard.db.models import Attachment, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
-from blockyard.service import volumes
+from blockyard.service import messages, volumes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.runtime import Runtime
 from blockyard.service.tasks import failpoint
@@ -100,12 +100,31 @@ def list_attachments(rt: Runtime, who: Identity, *, all_projects: bool,
 # ---------------------------------------------------------------------------- export steps
 
 
-def _connect(rt: Runtime, volume_id: str, connector: Connector) -> ConnectionInfo:
-    """Export the volume to `connector` (once) and format its connection info."""
+def _connect(rt: Runtime, volume_id: str, connector: Connector,
+             action: messages.Field = messages.Action.ATTACH_VOLUME) -> ConnectionInfo:
+    """Export the volume to `connector` (once) and format its connection info.
+
+    When the backend fails (not when the connector is refused), the volume's project is also
+    told with a user message, as Cinder does for a failed attach.
+    """
     with rt.db.read() as s:
         v = s.get(Volume, volume_id)
         assert v is not None
-        ref, backend = volumes.volume_ref(v), v.backend
+        ref, backend, project = volumes.volume_ref(v), v.backend, v.project_id
+    try:
+        return _export_and_connect(rt, volume_id, ref, backend, connector)
+    except Invalid:
+        raise
+    except Exception:
+        with rt.db.write() as s:
+            messages.record(s, rt.config.message_ttl, project_id=project,
+                            resource_type=messages.Resource.VOLUME, resource_uuid=volume_id,
+                            action=action, detail=messages.Detail.ATTACH_ERROR)
+        raise
+
+
+def _export_and_connect(rt: Runtime, volume_id: str, ref: VolumeRef, backend: str,
+                        connector: Connector) -> ConnectionInfo:
     driver = rt.backend(backend).driver
     driver.validate_connector(connector)
     model = driver.create_export(ref, connector)
@@ -211,7 +230,7 @@ def update_connector(rt: Runtime, who: Identity, attachment_id: str,
                           f"{att.attach_status}, it must be reserved to be updated.")
     failpoint("attach.connector_recorded")
     try:
-        info = _connect(rt, att.volume_id, connector)
+        info = _connect(rt, att.volume_id, connector, messages.Action.UPDATE_ATTACHMENT)
         failpoint("attach.exported")
     except Exception:
         with rt.db.write() as s:

@@ -5,7 +5,8 @@ A task row is inserted in the same transaction that moves its resource into a bu
 
 1. runs the handler's `run` — the driver work, which is idempotent by contract;
 2. in one transaction, calls the handler's `settle` (success or failure status, quota, rows to
-   remove) and deletes the task row;
+   remove), records a user message when the task failed (`blockyard.service.messages`) and
+   deletes the task row;
 3. runs the follow-up `settle` may return (telling another service, e.g. compute, what
    happened) once that transaction has committed. Follow-ups are best effort: they run at
    most once, a failure is logged and changes nothing, and a crash before one runs loses it.
@@ -37,6 +38,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from blockyard.db.models import Base, Task, utcnow
+from blockyard.service import messages
+from blockyard.service.request_context import current_request_id
 from blockyard.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -104,7 +107,10 @@ def enqueue(session: Session, kind: str, backend: str, resource_id: str,
     The row counts as started once (attempts = 1): `recover` adds one for every restart that
     finds it, so a task that keeps killing the process is failed instead of re-run forever.
     """
-    payload = payload or {}
+    payload = dict(payload or {})
+    request_id = current_request_id()
+    if request_id is not None:  # for a user message, should the task fail
+        payload.setdefault("request_id", request_id)
     result = session.connection().execute(_INSERT_TASK, {
         "kind": kind, "backend": backend, "resource_id": resource_id, "payload": payload,
         "attempts": 1, "created_at": utcnow()})
@@ -205,6 +211,9 @@ class TaskRunner:
                     gone = s.connection().execute(delete(Task).where(Task.id == task.id))
                     if gone.rowcount == 1:
                         follow_up = handler.settle(s, self.rt, task, result, error)
+                        if error is not None:  # tell the project, in the same transaction
+                            messages.record_task_failure(s, self.rt, task.kind,
+                                                         task.resource_id, task.payload, error)
                 break
             except OperationalError:
                 if attempt == SETTLE_TRIES - 1:

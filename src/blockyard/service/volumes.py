@@ -28,6 +28,7 @@ from blockyard.db.models import (
 from blockyard.errors import InUse, Invalid, InvalidState, NotFound
 from blockyard.service import (
     compute_events,
+    messages,
     metadata,
     quotas,
     records,
@@ -45,6 +46,9 @@ from blockyard.states import VolumeStatus as V
 #: prebuilt inserts of the create path: the values come as parameters, nothing is coerced
 _INSERT_VOLUME = insert(Base.metadata.tables["volumes"])
 _INSERT_METADATA = insert(Base.metadata.tables["volume_metadata"])
+
+#: the `backend` of a volume no backend would take (created in `error`; nothing to remove)
+UNSCHEDULED = ""
 
 #: statuses a volume may be copied from (clone source, snapshot source)
 COPYABLE = (V.AVAILABLE, V.IN_USE)
@@ -186,7 +190,10 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
             raise Invalid("Invalid input received: Availability zone of the source must "
                           "match the requested one.")
     else:
-        backend = scheduler.pick(rt, vt, size, req.availability_zone)
+        try:
+            backend = scheduler.pick(rt, vt, size, req.availability_zone)
+        except scheduler.NoValidBackend as exc:
+            return _create_unscheduled(rt, who, req, size, vt, exc)
     type_id, type_name, multiattach = vt.id, vt.name, vtypes.is_multiattach(vt)
 
     record = VolumeRecord(
@@ -217,22 +224,55 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
                 raise
         task = tasks.enqueue(s, "create_volume", backend.name, record.id, {
             "size": size, "snapshot_id": req.snapshot_id, "source_volid": req.source_volid})
-        s.connection().execute(_INSERT_VOLUME, {
-            "id": record.id, "project_id": record.project_id, "user_id": record.user_id,
-            "name": record.name, "description": record.description, "size": size,
-            "status": record.status, "previous_status": None,
-            "attach_status": record.attach_status,
-            "availability_zone": record.availability_zone, "volume_type_id": type_id,
-            "backend": record.backend, "snapshot_id": record.snapshot_id,
-            "source_volid": record.source_volid, "bootable": record.bootable,
-            "readonly": False, "multiattach": multiattach, "task_id": task.id, "pins": 0,
-            "created_at": record.created_at, "updated_at": None, "provider_location": None,
-            "provider_auth": None, "name_id": None, "migration_status": None,
-        })
-        if req.metadata:
-            s.connection().execute(_INSERT_METADATA, [
-                {"volume_id": record.id, "key": k, "value": v} for k, v in req.metadata.items()])
+        _insert(s, record, task.id)
     tasks.start(rt, task)
+    return record
+
+
+def _insert(s: Session, record: VolumeRecord, task_id: int | None) -> None:
+    """Insert a new volume's row and its metadata, as `record` describes them."""
+    s.connection().execute(_INSERT_VOLUME, {
+        "id": record.id, "project_id": record.project_id, "user_id": record.user_id,
+        "name": record.name, "description": record.description, "size": record.size,
+        "status": record.status, "previous_status": None,
+        "attach_status": record.attach_status,
+        "availability_zone": record.availability_zone, "volume_type_id": record.volume_type_id,
+        "backend": record.backend, "snapshot_id": record.snapshot_id,
+        "source_volid": record.source_volid, "bootable": record.bootable,
+        "readonly": False, "multiattach": record.multiattach, "task_id": task_id, "pins": 0,
+        "created_at": record.created_at, "updated_at": None, "provider_location": None,
+        "provider_auth": None, "name_id": None, "migration_status": None,
+    })
+    if record.meta:
+        s.connection().execute(_INSERT_METADATA, [
+            {"volume_id": record.id, "key": k, "value": v} for k, v in record.meta.items()])
+
+
+def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int,
+                        vt: vtypes.TypeInfo | VolumeType,
+                        why: scheduler.NoValidBackend) -> VolumeRecord:
+    """No backend fits: as Cinder's scheduler does, the volume exists in `error`, on no
+    backend (``host`` is null), counted against quota until it is deleted, and a user message
+    says why. The request itself succeeds: the failure is the volume's, not the request's."""
+    zone = req.availability_zone or min(scheduler.availability_zones(rt))
+    record = VolumeRecord(
+        id=str(uuid.uuid4()), project_id=who.project_id, user_id=who.user_id, name=req.name,
+        description=req.description, size=size, status=V.ERROR,
+        attach_status=states.AttachStatus.DETACHED, availability_zone=zone,
+        volume_type_id=vt.id, type_name=vt.name, backend=UNSCHEDULED, snapshot_id=None,
+        source_volid=None, bootable=req.bootable, readonly=False,
+        multiattach=vtypes.is_multiattach(vt), name_id=None, migration_status=None,
+        created_at=utcnow(), updated_at=None, provider_location=None, provider_auth=None,
+        meta=dict(req.metadata),
+    )
+    with rt.db.write() as s:
+        quotas.consume(s, rt.config.quotas, who.project_id,
+                       quotas.volume_deltas(vt.name, 1, size))
+        _insert(s, record, None)
+        messages.record(s, rt.config.message_ttl, project_id=who.project_id,
+                        resource_type=messages.Resource.VOLUME, resource_uuid=record.id,
+                        action=messages.Action.SCHEDULE_ALLOCATE_VOLUME,
+                        detail=messages.detail_for(why, messages.Detail.UNKNOWN_ERROR))
     return record
 
 
@@ -353,8 +393,10 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
             conditions.append(Volume.attach_status == states.AttachStatus.DETACHED)
         with rt.db.write() as s:
             services.assert_not_frozen(s, v.backend)
-            task = tasks.enqueue(s, "delete_volume", v.backend, volume_id,
-                                 {"cascade": cascade, **_ref_payload(v)})
+            # a volume on no backend has nothing to remove: any backend's workers settle it
+            task = tasks.enqueue(s, "delete_volume", v.backend or min(rt.backends), volume_id,
+                                 {"cascade": cascade, "unscheduled": not v.backend,
+                                  **_ref_payload(v)})
             try:
                 states.begin(s, Volume, volume_id, "force_delete" if force else "delete",
                              task_id=task.id, where=tuple(conditions))
@@ -386,6 +428,8 @@ def _cascaded_snapshots(conn: Connection, task_id: int) -> list[tuple[str, str, 
 
 
 def _run_delete(rt: Runtime, task: tasks.TaskView) -> None:
+    if task.payload.get("unscheduled"):
+        return
     ref = _ref_from_payload(task)
     driver = rt.backend(task.backend).driver
     if task.payload.get("cascade"):

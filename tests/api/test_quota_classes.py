@@ -152,6 +152,15 @@ def test_per_type_class_limit_is_enforced_and_goes_with_the_type(
 
     assert client.delete(f"/volumes/{vid}").status_code == 202
     client.wait_volume(vid, "deleted")
+    # a rename carries the class's per-type limit along, as the project limits
+    renamed = f"{type_name}-r"
+    assert api.put(f"/types/{type_id}",
+                   {"volume_type": {"name": renamed}}).status_code == 200
+    shown = _class(api)
+    assert shown[f"volumes_{renamed}"] == 1 and key not in shown
+    assert api.put(f"/types/{type_id}",
+                   {"volume_type": {"name": type_name}}).status_code == 200
+    assert _class(api)[key] == 1
     assert api.delete(f"/types/{type_id}").status_code == 202
     # a later type of the same name starts from the configured default, not the old class row
     again = api.post("/types", {"volume_type": {"name": type_name}})

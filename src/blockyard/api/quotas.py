@@ -3,8 +3,9 @@
 A quota set lists the base resources, then ``volumes_/gigabytes_/snapshots_<type>`` for every
 volume type (newest type first), then ``groups``, as Cinder 29 does. Limits and usage come from
 `blockyard.service.quotas` (the same functions enforcement uses), so what is shown is what is
-enforced. An update is checked completely (unknown keys, integers, not below what is in use, as
-Cinder's ``_validate_existing_resource``) before the first row is written, in one transaction.
+enforced. An update is checked completely (unknown keys, integers, not below what is in use for a
+resource that already has a limit of the project's own, as Cinder's
+``_validate_existing_resource``) before the first row is written, in one transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -147,8 +148,13 @@ def _update(rt: Runtime, project_id: str, requested: dict[str, Any]) -> dict[str
         if bad:
             raise ApiError(400, f"Invalid input received: Bad key(s) in quota set: "
                                 f"{', '.join(bad)}")
+        # Cinder compares with usage only the resources that already have a limit of the
+        # project's own (it reads the project's quotas with defaults=False): the first limit
+        # set on a resource is taken even below what is in use, and only blocks new growth
+        own = set(s.execute(select(Quota.resource).where(Quota.project_id == project_id))
+                  .scalars())
         for key, value in wanted.items():
-            if key == "per_volume_gigabytes" or value == -1:
+            if key == "per_volume_gigabytes" or value == -1 or key not in own:
                 continue
             in_use = quotas.usage_of(s, project_id, key)
             if value < in_use:

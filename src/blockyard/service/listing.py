@@ -68,8 +68,9 @@ def paginate(
     The page holds what the query selects: ORM objects, or plain ids when it selects only the
     id column (the caller then fetches read models for them).
 
-    As Cinder's ``_get_collection_links``, a page as long as the limit asked for carries the
-    marker of the next page (which may turn out empty); a shorter page is the last one. A
+    As Cinder's ``_get_collection_links``, a page as long as the limit (asked for, else
+    MAX_LIMIT) carries the marker of the next page (which may turn out empty); a shorter page
+    is the last one. A
     marker that names no row is a 404, as Cinder's lookup of the marker row answers.
 
     `sortable` maps the API's sort key names to column names (e.g. display_name → name);
@@ -116,14 +117,13 @@ def paginate(
     query = query.order_by(*[e.asc() if d == "asc" else e.desc() for e, d in exprs])
     if params.offset:
         query = query.offset(params.offset)
-    limit = None if params.limit is None else min(params.limit, MAX_LIMIT)
+    # no limit asked for is Cinder's osapi_max_limit, as is any larger one
+    limit = MAX_LIMIT if params.limit is None else min(params.limit, MAX_LIMIT)
     if limit == 0:
         return Page(rows=[], next_marker=None, count=count)
-    if limit is not None:
-        query = query.limit(limit)
-    rows = list(session.execute(query).scalars().unique())
+    rows = list(session.execute(query.limit(limit)).scalars().unique())
     next_marker = None
-    if limit is not None and rows and len(rows) >= limit:
+    if rows and len(rows) >= limit:
         last = rows[-1]
         next_marker = last if isinstance(last, str) else last.id
     return Page(rows=rows, next_marker=next_marker, count=count)

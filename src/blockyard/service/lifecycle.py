@@ -18,6 +18,8 @@ from blockyard.db.engine import Database
 from blockyard.db.models import Snapshot, Volume
 from blockyard.errors import BlockyardError, NotSupported
 from blockyard.service import attachments, compute_events
+from blockyard.service import group_snapshots as _group_snapshots  # noqa: F401  (task handlers)
+from blockyard.service import groups as _groups  # noqa: F401  (registers task handlers)
 from blockyard.service import migration as _migration  # noqa: F401  (registers task handlers)
 from blockyard.service import snapshots as _snapshots  # noqa: F401  (registers task handlers)
 from blockyard.service import types as vtypes

@@ -19,6 +19,8 @@ from blockyard.backends.base import ModelUpdate, SnapshotRef, VolumeRef
 from blockyard.db.models import (
     Attachment,
     Base,
+    Group,
+    GroupVolumeType,
     Snapshot,
     Volume,
     VolumeMetadata,
@@ -53,6 +55,8 @@ class VolumeCreate:
     snapshot_id: str | None = None
     source_volid: str | None = None
     bootable: bool = False
+    #: the generic volume group to join (3.13)
+    group_id: str | None = None
 
 
 # ---------------------------------------------------------------------------- references
@@ -161,6 +165,7 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
                               f">= original volume size.")
             source_backend = src.backend
             type_ident = type_ident or src.volume_type_id
+        group = _membership(conn, who, req.group_id) if req.group_id is not None else None
         if size is None:
             raise Invalid("Invalid input received: Size is required for a new volume.")
         if size > rt.config.max_volume_size_gb:
@@ -172,6 +177,15 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
     if 0 <= per_volume < size:
         raise Invalid(f"Volume size {size}G exceeds the allowed per volume quota of "
                       f"{per_volume}G.")
+    if group is not None:
+        if vt.id not in group.volume_type_ids:
+            raise Invalid(f"Invalid input received: Invalid volume_type provided: {vt.name} "
+                          f"(requested type must be supported by this group).")
+        if source_backend is not None and source_backend != group.backend:
+            raise Invalid(f"Invalid input received: the source lives on backend "
+                          f"{source_backend}, but the volumes of group {group.group_id} live "
+                          f"on {group.backend}.")
+        source_backend = group.backend
     if source_backend is not None:
         backend = rt.backend(source_backend)
         if req.availability_zone and req.availability_zone != backend.config.availability_zone:
@@ -189,9 +203,12 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
         type_name=type_name, backend=backend.name, snapshot_id=req.snapshot_id,
         source_volid=req.source_volid, bootable=req.bootable, readonly=False,
         multiattach=multiattach, name_id=None, migration_status=None, created_at=utcnow(),
-        updated_at=None, provider_location=None, provider_auth=None, meta=dict(req.metadata),
+        updated_at=None, provider_location=None, provider_auth=None, group_id=req.group_id,
+        meta=dict(req.metadata),
     )
     with rt.db.write() as s:
+        if req.group_id is not None:
+            _hold_group_for_new_member(s, req.group_id)
         quotas.consume(s, rt.config.quotas, who.project_id,
                        quotas.volume_deltas(type_name, 1, size))
         if req.snapshot_id is not None:
@@ -220,12 +237,43 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
             "readonly": False, "multiattach": multiattach, "task_id": task.id, "pins": 0,
             "created_at": record.created_at, "updated_at": None, "provider_location": None,
             "provider_auth": None, "name_id": None, "migration_status": None,
+            "group_id": req.group_id,
         })
         if req.metadata:
             s.connection().execute(_INSERT_METADATA, [
                 {"volume_id": record.id, "key": k, "value": v} for k, v in req.metadata.items()])
     tasks.start(rt, task)
     return record
+
+
+@dataclass(frozen=True)
+class _Membership:
+    """What a volume joining group `group_id` at create must agree with."""
+
+    group_id: str
+    backend: str
+    volume_type_ids: tuple[str, ...]
+
+
+def _membership(conn: Connection, who: Identity, group_id: str) -> _Membership:
+    """Read the group a new volume asks to join (its status is held at insert time)."""
+    row = conn.execute(select(Group.project_id, Group.backend)
+                       .where(Group.id == group_id)).first()
+    if row is None:
+        raise NotFound("Group", group_id, f"Group {group_id} could not be found.")
+    authorize(who, "group:get", row.project_id)
+    type_ids = tuple(conn.execute(select(GroupVolumeType.volume_type_id)
+                                  .where(GroupVolumeType.group_id == group_id)).scalars())
+    return _Membership(group_id, row.backend, type_ids)
+
+
+def _hold_group_for_new_member(s: Session, group_id: str) -> None:
+    """In the transaction inserting a member: the group must (still) be available."""
+    try:
+        states.begin(s, Group, group_id, "add_volume")
+    except InvalidState as exc:
+        raise Invalid(f"Invalid Group: Group {group_id} status must be available to add a "
+                      f"volume, but current status is: {exc.current}.") from exc
 
 
 def _refs_of_sources(rt: Runtime, snapshot_id: str | None,
@@ -338,9 +386,14 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
 
     def act(v: VolumeRecord, _per_volume: int) -> tasks.TaskView:
         # the size as read goes into the task (it releases that much quota): it must hold
-        conditions: list[Any] = [Volume.pins == 0, Volume.size == v.size]
+        # a group's member goes with its group (delete-volumes), as in Cinder
+        conditions: list[Any] = [Volume.pins == 0, Volume.size == v.size,
+                                 Volume.group_id.is_(None)]
         if not cascade:
             conditions.append(_no_snapshots(volume_id))
+        else:  # a member of a group snapshot goes with its group snapshot
+            conditions.append(~exists().where(Snapshot.volume_id == volume_id,
+                                              Snapshot.group_snapshot_id.is_not(None)))
         if not force:
             conditions.append(Volume.attach_status == states.AttachStatus.DETACHED)
         with rt.db.write() as s:
@@ -602,7 +655,7 @@ def _filtered_query(who: Identity, filters: dict[str, str], all_projects: bool,
         if base == "display_name":
             base = "name"
         if base in ("name", "status", "availability_zone", "volume_type_id", "user_id",
-                    "migration_status", "description"):
+                    "migration_status", "description", "group_id"):
             column = getattr(Volume, base)
             q = q.where(like(column, value) if approx else column == value)
         elif base == "size":

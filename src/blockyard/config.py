@@ -52,7 +52,7 @@ DEFAULT_QUOTAS: dict[str, int] = {
     "per_volume_gigabytes": -1,
 }
 _TOP_KEYS = {"listen", "state_dir", "database_url", "host", "quota", "backends", "targets",
-             "default_volume_type", "max_volume_size_gb", "compute"}
+             "default_volume_type", "default_group_type", "max_volume_size_gb", "compute"}
 _COMPUTE_KEYS = {"url", "timeout"}
 #: seconds a request to the compute API may take, by default
 DEFAULT_COMPUTE_TIMEOUT = 10.0
@@ -97,6 +97,8 @@ class Config:
     backends: tuple[BackendConfig, ...]
     quotas: dict[str, int]
     default_volume_type: str = "__DEFAULT__"
+    #: the group type GET /group_types/default names (Cinder has none unless configured)
+    default_group_type: str | None = None
     max_volume_size_gb: int = 16384
     #: options of each export target, by protocol ([targets.iscsi], [targets.nbd])
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -219,6 +221,8 @@ def build(
         quotas=quotas,
         default_volume_type=_expect(data.get("default_volume_type", "__DEFAULT__"), str,
                                     "default_volume_type"),
+        default_group_type=_expect(data.get("default_group_type", ""), str,
+                                   "default_group_type") or None,
         max_volume_size_gb=_expect(data.get("max_volume_size_gb", 16384), int,
                                    "max_volume_size_gb"),
         compute=_compute(data.get("compute", {})),

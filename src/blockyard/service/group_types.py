@@ -96,7 +96,7 @@ def _name_taken(session: Session, name: str, other_than: str | None = None) -> b
     return session.execute(query).first() is not None
 
 
-def create(rt: Runtime, name: str, description: str | None, is_public: bool,
+def create(rt: Runtime, who: Identity, name: str, description: str | None, is_public: bool,
            specs: dict[str, str | None]) -> GroupType:
     """A new type; a taken name is Cinder's GroupTypeExists (409)."""
     conflict = Conflict(f"Group Type {name} already exists.")

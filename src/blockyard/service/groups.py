@@ -71,7 +71,7 @@ def load(rt: Runtime, who: Identity, group_id: str) -> Group:
         return get(s, who, group_id)
 
 
-def member_ids(rt: Runtime, group_ids: list[str]) -> dict[str, list[str]]:
+def member_ids(rt: Runtime, who: Identity, group_ids: list[str]) -> dict[str, list[str]]:
     """The volumes of each group (3.25 ``list_volume``), oldest first."""
     out: dict[str, list[str]] = {g: [] for g in group_ids}
     if not group_ids:

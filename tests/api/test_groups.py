@@ -316,8 +316,16 @@ def test_bad_update_and_action_bodies_are_400(api: Api) -> None:
     r = api.put(f"/group_types/{gt}/group_specs/a", {"b": "2"})
     assert r.status_code == 400 and "mismatch" in r.text
     assert api.delete(f"/group_types/{gt}").status_code == 400  # still used by the group
+    assert api.delete(f"/types/{vt}").status_code == 400  # a volume type of the group
+    member = _member(api, g, vt)
+    other = _volume_type(api, "vt-bad-other")
+    r = api.post(f"/volumes/{member['id']}/action", {"os-retype": {"new_type": other}})
+    assert r.status_code == 400 and "does not support the type" in r.text, r.text
+    r = api.post(f"/volumes/{member['id']}/action", {"os-migrate_volume": {"host": "x@y#z"}})
+    assert r.status_code in (400, 404), r.text
     _delete_group(api, g)
     assert api.delete(f"/group_types/{gt}").status_code == 202
+    assert api.delete(f"/types/{vt}").status_code == 202
 
 
 def test_group_quota(make_server: Any) -> None:

@@ -181,9 +181,8 @@ def _add_member(s: Session, who: Identity, group: Group, volume_id: str) -> None
         return
     v = s.get(Volume, volume_id)
     prefix = f"Cannot add volume {volume_id} to group {group.id}"
-    if v is None:
+    if v is None or not (who.is_admin or v.project_id == who.project_id):
         raise _invalid_volume(f"{prefix} because volume cannot be found.")
-    authorize(who, "volume:get", v.project_id)
     if v.group_id is not None:
         raise _invalid_volume(f"{prefix} because it is already in group {v.group_id}.")
     if v.project_id != group.project_id:

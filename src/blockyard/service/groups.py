@@ -254,6 +254,8 @@ def delete_group(rt: Runtime, who: Identity, group_id: str, *, delete_volumes: b
     """Accept a delete: the group (and with `delete_volumes` each member) becomes deleting."""
     with rt.db.write() as s:
         group = get(s, who, group_id)
+        if s.execute(select(exists().where(GroupSnapshot.group_id == group.id))).scalar():
+            raise Invalid("Invalid Group: Group has existing snapshots.")
         members = s.execute(select(Volume.id, Volume.attach_status)
                             .where(Volume.group_id == group.id).order_by(Volume.id)).all()
         if members and not delete_volumes:

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from blockyard import states
 from blockyard.api import listing, schema, wire
 from blockyard.api.errors import ApiError
 from blockyard.api.group_types import require_mv
@@ -106,7 +107,8 @@ async def action(request: Request) -> Response:
     require_mv(request, MV_RESET)
     admin_only(wire.identity(request), "group:reset_group_snapshot_status")
     schema.check(body, RESET_STATUS)
-    status = reset_status_of(body["reset_status"]["status"], "Group snapshot")
+    status = reset_status_of(body["reset_status"]["status"], "Group snapshot",
+                             states.GROUP_SNAPSHOT_RESET_STATUSES)
     await wire.call(request, group_snapshots.reset_status, request.path_params["id"], status)
     return wire.accepted()
 

@@ -72,14 +72,14 @@ DELETE = schema.body("delete", {"delete-volumes": schema.boolean})
 RESET_STATUS = schema.body("reset_status", {"status": {"type": "string"}}, required=("status",))
 
 
-def reset_status_of(value: str, what: str) -> str:
+def reset_status_of(value: str, what: str, allowed: frozenset[str]) -> str:
     """Cinder's group_status / group_snapshot_status formats: a known status, any case."""
     if not value.strip():
         raise ApiError(400, "The 'status' can not be empty.")
     status = value.lower()
-    if status not in states.GROUP_SNAPSHOT_RESET_STATUSES:
-        valid = ", ".join(sorted(states.GROUP_SNAPSHOT_RESET_STATUSES))
-        raise ApiError(400, f"{what} status: {value} is invalid, valid statuses are: {valid}.")
+    if status not in allowed:
+        raise ApiError(400, f"{what} status: {value} is invalid, valid statuses are: "
+                            f"{', '.join(sorted(allowed))}.")
     return status
 
 
@@ -218,7 +218,8 @@ async def _reset_status(request: Request, body: dict[str, Any]) -> Response:
     require_mv(request, MV_RESET)
     admin_only(wire.identity(request), "group:reset_status")
     schema.check(body, RESET_STATUS)
-    status = reset_status_of(body["reset_status"]["status"], "Group")
+    status = reset_status_of(body["reset_status"]["status"], "Group",
+                             states.GROUP_RESET_STATUSES)
     await wire.call(request, groups.reset_status, request.path_params["id"], status)
     return wire.accepted()
 

@@ -16,7 +16,7 @@ from blockyard.api.types import admin_only
 from blockyard.api.validate import boolean, query_bool
 from blockyard.api.views import iso
 from blockyard.db.models import Group
-from blockyard.service import groups
+from blockyard.service import group_clones, groups
 
 #: microversions of the groups API (Cinder's GROUP_VOLUME, GROUP_SNAPSHOTS, ...)
 MV_GROUPS = 13
@@ -199,7 +199,7 @@ async def create_from_source(request: Request) -> Response:
                             f"request body and Content-Type header and try again.")
     schema.check(body, CREATE_FROM_SOURCE)
     spec = body["create-from-src"]
-    g = await wire.call(request, groups.create_from_src, name=_stripped(spec.get("name")),
+    g = await wire.call(request, group_clones.create_from_src, name=_stripped(spec.get("name")),
                         description=_stripped(spec.get("description")),
                         group_snapshot_id=spec.get("group_snapshot_id"),
                         source_group_id=spec.get("source_group_id"))

@@ -109,6 +109,8 @@ class Config:
     backends: tuple[BackendConfig, ...]
     quotas: dict[str, int]
     default_volume_type: str = "__DEFAULT__"
+    #: the group type GET /group_types/default names (Cinder has none unless configured)
+    default_group_type: str | None = None
     max_volume_size_gb: int = 16384
     #: options of each export target, by protocol ([targets.iscsi], [targets.nbd]), checked
     #: against TARGET_OPTIONS (lists made tuples)
@@ -390,6 +392,7 @@ TOP: Schema = {
     "database_url": Option(str, database_url),
     "host": HOST_NAME,
     "default_volume_type": Option(str, text()),
+    "default_group_type": Option(str, text()),
     "max_volume_size_gb": Option(int, between(1, INT_MAX)),
     "quota": Option(dict),
     "backends": Option(dict),
@@ -566,6 +569,7 @@ def build(
         quotas=quotas,
         default_volume_type=top.get("default_volume_type", "__DEFAULT__"),
         max_volume_size_gb=top.get("max_volume_size_gb", 16384),
+        default_group_type=top.get("default_group_type") or None,
         compute=ComputeEndpoint(**compute),
         message_ttl=top.get("message_ttl", DEFAULT_MESSAGE_TTL),
     )

@@ -1,4 +1,5 @@
-"""Every status and every status transition of volumes, snapshots and attachments.
+"""Every status and every status transition of volumes, snapshots, attachments, groups and
+group snapshots.
 
 This is the only module that writes a ``status`` column. Each transition is one conditional
 update (compare-and-swap)::
@@ -25,7 +26,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, CursorResult, case, exists, or_, select, update
 from sqlalchemy.orm import Session
 
-from blockyard.db.models import Attachment, Snapshot, Volume
+from blockyard.db.models import Attachment, Group, GroupSnapshot, Snapshot, Volume
 from blockyard.errors import InvalidState, NotFound
 
 
@@ -86,6 +87,31 @@ class SnapshotStatus(StrEnum):
     RESTORING = "restoring"
     UNMANAGING = "unmanaging"
     DELETED = "deleted"
+
+
+class GroupStatus(StrEnum):
+    """A generic volume group's status (Cinder's GroupStatus)."""
+
+    CREATING = "creating"
+    AVAILABLE = "available"
+    UPDATING = "updating"
+    IN_USE = "in-use"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    ERROR = "error"
+    ERROR_DELETING = "error_deleting"
+
+
+class GroupSnapshotStatus(StrEnum):
+    """A group snapshot's status (Cinder's GroupSnapshotStatus)."""
+
+    CREATING = "creating"
+    AVAILABLE = "available"
+    UPDATING = "updating"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    ERROR = "error"
+    ERROR_DELETING = "error_deleting"
 
 
 #: the ``ok`` status that means "go back to the status before the transition began"
@@ -182,17 +208,52 @@ SNAPSHOT_STATUS_UPDATES: dict[str, tuple[str, ...]] = {
     S.DELETING: (S.DELETING, S.ERROR_DELETING),
 }
 
+G = GroupStatus
+GS = GroupSnapshotStatus
+
+GROUP_TRANSITIONS: dict[str, Transition] = {
+    # a plain group needs no backend work and is inserted `available`; a group created from a
+    # source is inserted `creating` with the task that clones the members
+    "create": Transition((G.CREATING,), G.CREATING, G.AVAILABLE, G.ERROR),
+    "delete": Transition((G.AVAILABLE, G.ERROR), G.DELETING, None, G.ERROR_DELETING),
+    # delete-volumes: Cinder then takes the group whatever its status (unless a task owns it)
+    "delete_with_volumes": Transition(tuple(s for s in G if s != G.DELETING), G.DELETING,
+                                      None, G.ERROR_DELETING),
+    # guards that keep the status: a membership change, a volume joining at create, a group
+    # snapshot or a clone of the group taken in the same transaction need an available group
+    "update": Transition((G.AVAILABLE,), G.AVAILABLE, None, None),
+    "add_volume": Transition((G.AVAILABLE,), G.AVAILABLE, None, None),
+    "snapshot": Transition((G.AVAILABLE,), G.AVAILABLE, None, None),
+    "clone": Transition((G.AVAILABLE,), G.AVAILABLE, None, None),
+}
+
+GROUP_SNAPSHOT_TRANSITIONS: dict[str, Transition] = {
+    # inserted `creating` with the task that snapshots every member
+    "create": Transition((GS.CREATING,), GS.CREATING, GS.AVAILABLE, GS.ERROR),
+    "delete": Transition((GS.AVAILABLE, GS.ERROR), GS.DELETING, None, GS.ERROR_DELETING),
+    # a group is being created from it (same transaction, keeps the status)
+    "clone": Transition((GS.AVAILABLE,), GS.AVAILABLE, None, None),
+}
+
 #: statuses an admin may set with os-reset_status
 VOLUME_RESET_STATUSES = frozenset(V)
 SNAPSHOT_RESET_STATUSES = frozenset(
     {S.AVAILABLE, S.ERROR, S.CREATING, S.DELETING, S.ERROR_DELETING}
 )
 ATTACH_RESET_STATUSES = frozenset({AttachStatus.ATTACHED, AttachStatus.DETACHED})
+#: Cinder checks a group's reset status against the group *snapshot* statuses (its validator
+#: does so for both); the same set here, so the same requests pass
+GROUP_RESET_STATUSES = frozenset(GS)
+GROUP_SNAPSHOT_RESET_STATUSES = frozenset(GS)
 
-Row = type[Volume] | type[Snapshot]
+Row = type[Volume] | type[Snapshot] | type[Group] | type[GroupSnapshot]
+#: rows a copy may pin (see `pin`)
+Pinnable = type[Volume] | type[Snapshot]
 _TABLES: dict[type[Any], tuple[str, dict[str, Transition]]] = {
     Volume: ("Volume", VOLUME_TRANSITIONS),
     Snapshot: ("Snapshot", SNAPSHOT_TRANSITIONS),
+    Group: ("Group", GROUP_TRANSITIONS),
+    GroupSnapshot: ("GroupSnapshot", GROUP_SNAPSHOT_TRANSITIONS),
 }
 
 
@@ -365,7 +426,7 @@ def set_attach_status(
 
 def pin(
     session: Session,
-    model: Row,
+    model: Pinnable,
     ident: str,
     allowed: tuple[str, ...],
     action: str,
@@ -389,7 +450,7 @@ def pin(
         _lost(session, model, ident, allowed, action)
 
 
-def unpin(session: Session, model: Row, ident: str) -> None:
+def unpin(session: Session, model: Pinnable, ident: str) -> None:
     _exec(session,
         update(model)
         .where(model.id == ident, model.pins > 0)

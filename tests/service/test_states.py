@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from blockyard import states
 from blockyard.db.engine import Database
-from blockyard.db.models import Snapshot, Volume
+from blockyard.db.models import Group, GroupSnapshot, GroupType, Snapshot, Volume
 from blockyard.errors import InvalidState, NotFound
 from blockyard.service import types as vtypes
 from blockyard.states import VolumeStatus as V
@@ -153,3 +153,59 @@ def test_every_transition_names_known_statuses() -> None:
     for name, t in states.SNAPSHOT_TRANSITIONS.items():
         assert set(t.allowed) <= snapshot_statuses, name
         assert t.busy in snapshot_statuses, name
+
+
+# ---------------------------------------------------------------------------- groups
+
+
+def _group(db: Database, status: str = states.GroupStatus.AVAILABLE) -> str:
+    with db.write() as s:
+        s.add(GroupType(id="gt", name="gt", is_public=True))
+        s.flush()
+        s.add(Group(id="g1", project_id="p", user_id="u", status=status, group_type_id="gt",
+                    availability_zone="nova", backend="b"))
+    return "g1"
+
+
+def _group_status(db: Database, gid: str) -> tuple[str, int | None]:
+    with db.read() as s:
+        row = s.execute(select(Group.status, Group.task_id).where(Group.id == gid)).one()
+        return row[0], row[1]
+
+
+def test_group_delete_sequence_and_guards(db: Database) -> None:
+    gid = _group(db)
+    with db.write() as s:  # a guard keeps the status and takes no ownership
+        states.begin(s, Group, gid, "snapshot")
+    assert _group_status(db, gid) == ("available", None)
+    with db.write() as s:
+        states.begin(s, Group, gid, "delete", task_id=3)
+    assert _group_status(db, gid) == ("deleting", 3)
+    with db.write() as s, pytest.raises(InvalidState):  # owned: no guard, no reset
+        states.begin(s, Group, gid, "update")
+    with db.write() as s, pytest.raises(InvalidState):
+        states.reset(s, Group, gid, "available")
+    with db.write() as s:
+        assert not states.fail(s, Group, gid, "delete", task_id=4)  # not that task's
+        assert states.fail(s, Group, gid, "delete", task_id=3)
+    assert _group_status(db, gid) == ("error_deleting", None)
+    with db.write() as s, pytest.raises(InvalidState):  # plain delete: available/error only
+        states.begin(s, Group, gid, "delete", task_id=5)
+    with db.write() as s:  # delete-volumes takes it whatever its status
+        states.begin(s, Group, gid, "delete_with_volumes", task_id=5)
+    assert _group_status(db, gid) == ("deleting", 5)
+
+
+def test_group_snapshot_create_finishes_or_fails_only_for_its_task(db: Database) -> None:
+    gid = _group(db)
+    with db.write() as s:
+        s.add(GroupSnapshot(id="gs", project_id="p", user_id="u", group_id=gid,
+                            group_type_id="gt", status=states.GroupSnapshotStatus.CREATING,
+                            task_id=9))
+    with db.write() as s:
+        assert not states.finish(s, GroupSnapshot, "gs", "create", task_id=8)
+        assert states.finish(s, GroupSnapshot, "gs", "create", task_id=9)
+    with db.read() as s:
+        assert s.execute(select(GroupSnapshot.status)).scalar() == "available"
+    with db.write() as s, pytest.raises(NotFound):
+        states.begin(s, GroupSnapshot, "nope", "delete", task_id=1)

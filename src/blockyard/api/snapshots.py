@@ -42,7 +42,7 @@ def snapshot_view(request: Request, snap: Snapshot, *, extended: bool = True) ->
         "metadata": snap.meta,
     }
     if mv >= 14:
-        body["group_snapshot_id"] = None
+        body["group_snapshot_id"] = snap.group_snapshot_id
     if mv >= 41:
         body["user_id"] = snap.user_id
     if mv >= 65:

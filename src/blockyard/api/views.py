@@ -82,7 +82,7 @@ def volume_detail(
         "migration_status": v.migration_status,
     }
     if mv >= 13:
-        body["group_id"] = None
+        body["group_id"] = v.group_id
     if mv >= 21:
         body["provider_id"] = None
     if mv >= 48:

@@ -66,6 +66,9 @@ async def create(request: Request) -> Response:
         raise validate.invalid("volume_type", volume_type,
                                f"{volume_type!r} is not of type 'string'")
     zone = validate.string(spec.get("availability_zone"), "availability_zone")
+    # groups came with 3.13; before that Cinder ignores the key
+    group_id = validate.uuid_string(spec.get("group_id"), "group_id") \
+        if wire.mv(request) >= 13 else None
     req = volumes.VolumeCreate(
         size=size,
         name=name,
@@ -76,6 +79,7 @@ async def create(request: Request) -> Response:
         snapshot_id=snapshot_id,
         source_volid=source_volid,
         bootable=validate.boolean(spec.get("bootable", False), "bootable"),
+        group_id=group_id,
     )
     v = await wire.call(request, volumes.create, req)
     return wire.ok({"volume": views.volume_detail(request, v, admin_fields=False)}, 202)

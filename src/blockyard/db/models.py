@@ -122,6 +122,8 @@ class Volume(Base):
     #: the backend object's id when it differs from `id` (after a migration)
     name_id: Mapped[str | None] = mapped_column(String(36))
     migration_status: Mapped[str | None] = mapped_column(String(255))
+    #: the generic volume group the volume belongs to (3.13), if any
+    group_id: Mapped[str | None] = mapped_column(String(36), index=True)
     #: the durable task working on this row, if any (see blockyard.states)
     task_id: Mapped[int | None] = mapped_column(Integer)
     #: how many copies are reading this volume right now (snapshots, clones): no delete meanwhile
@@ -177,6 +179,8 @@ class Snapshot(Base):
     progress: Mapped[str] = mapped_column(String(8), default="0%")
     volume_type_id: Mapped[str] = mapped_column(ForeignKey("volume_types.id"))
     provider_location: Mapped[str | None] = mapped_column(Text)
+    #: the group snapshot this snapshot was taken for, as one of its members (3.14)
+    group_snapshot_id: Mapped[str | None] = mapped_column(String(36), index=True)
     task_id: Mapped[int | None] = mapped_column(Integer)
     pins: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -218,6 +222,109 @@ class Attachment(Base):
     connection_info: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     attach_time: Mapped[datetime | None] = mapped_column(DateTime)
     detach_time: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class GroupType(Base):
+    """A kind of generic volume group (3.11); its group specs describe what groups can do."""
+
+    __tablename__ = "group_types"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    description: Mapped[str | None] = mapped_column(String(255))
+    is_public: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    spec_items: Mapped[list[GroupTypeSpec]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="GroupTypeSpec.key"
+    )
+
+    @property
+    def specs(self) -> dict[str, str | None]:
+        return {s.key: s.value for s in self.spec_items}
+
+
+class GroupTypeSpec(Base):
+    __tablename__ = "group_type_specs"
+
+    group_type_id: Mapped[str] = mapped_column(
+        ForeignKey("group_types.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: Cinder's group specs API accepts null values
+    value: Mapped[str | None] = mapped_column(String(255))
+
+
+class Group(Base):
+    """A generic volume group (3.13): volumes of the group's volume types on one backend, which
+    can be snapshotted together and cloned together."""
+
+    __tablename__ = "groups"
+    __table_args__ = (Index("ix_groups_project_created", "project_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32))
+    previous_status: Mapped[str | None] = mapped_column(String(32))
+    group_type_id: Mapped[str] = mapped_column(ForeignKey("group_types.id"))
+    availability_zone: Mapped[str] = mapped_column(String(255))
+    #: the backend every member volume lives on (Cinder's group host)
+    backend: Mapped[str] = mapped_column(String(255))
+    #: what the group was created from (3.14 create-from-src), if anything
+    group_snapshot_id: Mapped[str | None] = mapped_column(String(36))
+    source_group_id: Mapped[str | None] = mapped_column(String(36))
+    #: the durable task working on this row, if any (see blockyard.states)
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    type_items: Mapped[list[GroupVolumeType]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="GroupVolumeType.position"
+    )
+
+    @property
+    def volume_type_ids(self) -> list[str]:
+        return [t.volume_type_id for t in self.type_items]
+
+
+class GroupVolumeType(Base):
+    """The volume types a group accepts, in the order they were given."""
+
+    __tablename__ = "group_volume_types"
+
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    volume_type_id: Mapped[str] = mapped_column(ForeignKey("volume_types.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class GroupSnapshot(Base):
+    """Snapshots of every member of a group taken together (3.14); the members are Snapshot
+    rows carrying its id in ``group_snapshot_id``."""
+
+    __tablename__ = "group_snapshots"
+    __table_args__ = (
+        Index("ix_group_snapshots_project_created", "project_id", "created_at", "id"),
+        Index("ix_group_snapshots_group", "group_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    group_id: Mapped[str] = mapped_column(ForeignKey("groups.id"))
+    group_type_id: Mapped[str] = mapped_column(String(36))
+    name: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32))
+    previous_status: Mapped[str | None] = mapped_column(String(32))
+    task_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime)
 

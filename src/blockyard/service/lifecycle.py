@@ -24,6 +24,9 @@ from blockyard.db.engine import Database
 from blockyard.db.models import Snapshot, Volume
 from blockyard.errors import BlockyardError, NotSupported
 from blockyard.service import attachments, compute_events, services
+from blockyard.service import group_clones as _group_clones  # noqa: F401  (task handlers)
+from blockyard.service import group_snapshots as _group_snapshots  # noqa: F401  (task handlers)
+from blockyard.service import groups as _groups  # noqa: F401  (registers task handlers)
 from blockyard.service import migration as _migration  # noqa: F401  (registers task handlers)
 from blockyard.service import snapshots as _snapshots  # noqa: F401  (registers task handlers)
 from blockyard.service import types as vtypes

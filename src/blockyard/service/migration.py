@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session
 from blockyard import states
 from blockyard.backends import transfer
 from blockyard.backends.base import ModelUpdate, VolumeRef
-from blockyard.db.models import Base, Snapshot, Volume, utcnow
+from blockyard.db.models import Base, GroupVolumeType, Snapshot, Volume, utcnow
 from blockyard.errors import BlockyardError, InUse, Invalid, InvalidState, NotFound
 from blockyard.service import quotas, records, scheduler, tasks
 from blockyard.service import types as vtypes
@@ -144,6 +144,15 @@ def _refuse_unless_migratable(v: VolumeRecord, *, snapshots: bool) -> None:
                       f"current status is: {v.status}.")
     if snapshots:
         raise Invalid(f"Invalid volume: Volume {v.id} must not have snapshots.")
+    if v.group_id is not None:  # a group's volumes live on the group's backend
+        raise Invalid(f"Invalid volume: Volume {v.id} must not be part of a group.")
+
+
+def _group_types(rt: Runtime, group_id: str) -> set[str]:
+    """The volume types group `group_id` accepts."""
+    with rt.db.reading() as conn:
+        return set(conn.execute(select(GroupVolumeType.volume_type_id)
+                                .where(GroupVolumeType.group_id == group_id)).scalars())
 
 
 def _has_snapshots(rt: Runtime, volume_id: str) -> bool:
@@ -166,6 +175,7 @@ def _accept(rt: Runtime, v: VolumeRecord, dest: Backend, action: str,
             states.begin(s, Volume, v.id, action, task_id=task.id, values={
                 "migration_status": M.STARTING}, where=(
                     Volume.size == v.size, Volume.pins == 0, _no_snapshots(v.id),
+                    Volume.group_id.is_(None),
                     Volume.attach_status == states.AttachStatus.DETACHED,
                     states.migration_may_become(M.STARTING)))
         except InvalidState as exc:
@@ -228,6 +238,9 @@ def retype(rt: Runtime, who: Identity, volume_id: str, new_type: str, policy: st
         if vt.id == v.volume_type_id:
             raise Invalid(f"Invalid input received: New volume_type same as original: "
                           f"{new_type}.")
+        if v.group_id is not None and vt.id not in _group_types(rt, v.group_id):
+            raise Invalid(f"Invalid input received: Retype of volume {v.id} to type {vt.name} "
+                          f"is not allowed: its group {v.group_id} does not support the type.")
         # in place when the volume's backend can serve the new type (its extra specs match
         # the backend's capabilities, as the scheduler matches them), else a migration
         if scheduler.fits(rt.backend(v.backend), vt):

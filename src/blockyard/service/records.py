@@ -58,6 +58,8 @@ class VolumeRecord:
     provider_location: str | None
     #: secrets of the export (CHAP): for drivers, never rendered
     provider_auth: str | None = field(repr=False)
+    #: the generic volume group the volume belongs to (3.13)
+    group_id: str | None
     meta: dict[str, str] = field(default_factory=dict)
     attachments: list[AttachmentRecord] = field(default_factory=list)
 
@@ -68,6 +70,7 @@ _COLUMNS = (
     VolumeType.name, Volume.backend, Volume.snapshot_id, Volume.source_volid, Volume.bootable,
     Volume.readonly, Volume.multiattach, Volume.name_id, Volume.migration_status,
     Volume.created_at, Volume.updated_at, Volume.provider_location, Volume.provider_auth,
+    Volume.group_id,
 )
 _WIDTH = len(_COLUMNS)
 #: volumes with their type's name and their metadata, one row per metadata item (or one row

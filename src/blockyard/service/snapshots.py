@@ -128,10 +128,13 @@ def delete_snapshot(rt: Runtime, who: Identity, snapshot_id: str, *, force: bool
         services.assert_not_frozen(s, v.backend)
         task = tasks.enqueue(s, "delete_snapshot", v.backend, snapshot_id)
         try:
+            # a member of a group snapshot goes only with its group snapshot, as in Cinder
             states.begin(s, Snapshot, snapshot_id, "force_delete" if force else "delete",
-                         task_id=task.id, where=(Snapshot.pins == 0,))
+                         task_id=task.id,
+                         where=(Snapshot.pins == 0, Snapshot.group_snapshot_id.is_(None)))
         except InvalidState as exc:
-            if exc.current in states.SNAPSHOT_TRANSITIONS["delete"].allowed:
+            if exc.current in states.SNAPSHOT_TRANSITIONS["delete"].allowed \
+                    and snap.group_snapshot_id is None:
                 raise Invalid(f"Invalid snapshot: Snapshot {snapshot_id} is being used to "
                               f"create a volume.") from exc
             raise Invalid(f"Invalid snapshot: Snapshot status must be available or error "

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from blockyard.db.models import (
+    GroupVolumeType,
     Quota,
     QuotaClass,
     QuotaUsage,
@@ -177,6 +178,7 @@ def delete_type(rt: Runtime, who: Identity, type_id: str) -> None:
         in_use = s.execute(select(
             exists().where(Volume.volume_type_id == vt.id)
             | exists().where(Snapshot.volume_type_id == vt.id)
+            | exists().where(GroupVolumeType.volume_type_id == vt.id)
         )).scalar()
         if in_use:
             raise Invalid("Target volume type is still in use.")

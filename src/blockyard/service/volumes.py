@@ -19,6 +19,8 @@ from blockyard.backends.base import ModelUpdate, SnapshotRef, VolumeRef
 from blockyard.db.models import (
     Attachment,
     Base,
+    Group,
+    GroupVolumeType,
     Snapshot,
     Volume,
     VolumeMetadata,
@@ -65,6 +67,8 @@ class VolumeCreate:
     snapshot_id: str | None = None
     source_volid: str | None = None
     bootable: bool = False
+    #: the generic volume group to join (3.13)
+    group_id: str | None = None
 
 
 # ---------------------------------------------------------------------------- references
@@ -173,6 +177,7 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
                               f">= original volume size.")
             source_backend = src.backend
             type_ident = type_ident or src.volume_type_id
+        group = _membership(conn, who, req.group_id) if req.group_id is not None else None
         if size is None:
             raise Invalid("Invalid input received: Size is required for a new volume.")
         if size > rt.config.max_volume_size_gb:
@@ -184,6 +189,15 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
     if 0 <= per_volume < size:
         raise Invalid(f"Volume size {size}G exceeds the allowed per volume quota of "
                       f"{per_volume}G.")
+    if group is not None:
+        if vt.id not in group.volume_type_ids:
+            raise Invalid(f"Invalid input received: Invalid volume_type provided: {vt.name} "
+                          f"(requested type must be supported by this group).")
+        if source_backend is not None and source_backend != group.backend:
+            raise Invalid(f"Invalid input received: the source lives on backend "
+                          f"{source_backend}, but the volumes of group {group.group_id} live "
+                          f"on {group.backend}.")
+        source_backend = group.backend
     if source_backend is not None:
         backend = rt.backend(source_backend)
         if req.availability_zone and req.availability_zone != backend.config.availability_zone:
@@ -204,9 +218,12 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
         type_name=type_name, backend=backend.name, snapshot_id=req.snapshot_id,
         source_volid=req.source_volid, bootable=req.bootable, readonly=False,
         multiattach=multiattach, name_id=None, migration_status=None, created_at=utcnow(),
-        updated_at=None, provider_location=None, provider_auth=None, meta=dict(req.metadata),
+        updated_at=None, provider_location=None, provider_auth=None, group_id=req.group_id,
+        meta=dict(req.metadata),
     )
     with rt.db.write() as s:
+        if req.group_id is not None:
+            _hold_group_for_new_member(s, req.group_id)
         quotas.consume(s, rt.config.quotas, who.project_id,
                        quotas.volume_deltas(type_name, 1, size))
         if req.snapshot_id is not None:
@@ -242,6 +259,7 @@ def _insert(s: Session, record: VolumeRecord, task_id: int | None) -> None:
         "readonly": False, "multiattach": record.multiattach, "task_id": task_id, "pins": 0,
         "created_at": record.created_at, "updated_at": None, "provider_location": None,
         "provider_auth": None, "name_id": None, "migration_status": None,
+        "group_id": record.group_id,
     })
     if record.meta:
         s.connection().execute(_INSERT_METADATA, [
@@ -263,7 +281,7 @@ def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int
         source_volid=None, bootable=req.bootable, readonly=False,
         multiattach=vtypes.is_multiattach(vt), name_id=None, migration_status=None,
         created_at=utcnow(), updated_at=None, provider_location=None, provider_auth=None,
-        meta=dict(req.metadata),
+        group_id=None, meta=dict(req.metadata),
     )
     with rt.db.write() as s:
         quotas.consume(s, rt.config.quotas, who.project_id,
@@ -274,6 +292,36 @@ def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int
                         action=messages.Action.SCHEDULE_ALLOCATE_VOLUME,
                         detail=messages.detail_for(why, messages.Detail.UNKNOWN_ERROR))
     return record
+
+
+@dataclass(frozen=True)
+class _Membership:
+    """What a volume joining group `group_id` at create must agree with."""
+
+    group_id: str
+    backend: str
+    volume_type_ids: tuple[str, ...]
+
+
+def _membership(conn: Connection, who: Identity, group_id: str) -> _Membership:
+    """Read the group a new volume asks to join (its status is held at insert time)."""
+    row = conn.execute(select(Group.project_id, Group.backend)
+                       .where(Group.id == group_id)).first()
+    if row is None:
+        raise NotFound("Group", group_id, f"Group {group_id} could not be found.")
+    authorize(who, "group:get", row.project_id)
+    type_ids = tuple(conn.execute(select(GroupVolumeType.volume_type_id)
+                                  .where(GroupVolumeType.group_id == group_id)).scalars())
+    return _Membership(group_id, row.backend, type_ids)
+
+
+def _hold_group_for_new_member(s: Session, group_id: str) -> None:
+    """In the transaction inserting a member: the group must (still) be available."""
+    try:
+        states.begin(s, Group, group_id, "add_volume")
+    except InvalidState as exc:
+        raise Invalid(f"Invalid Group: Group {group_id} status must be available to add a "
+                      f"volume, but current status is: {exc.current}.") from exc
 
 
 def _refs_of_sources(rt: Runtime, snapshot_id: str | None,
@@ -386,9 +434,14 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
 
     def act(v: VolumeRecord, _per_volume: int) -> tasks.TaskView:
         # the size as read goes into the task (it releases that much quota): it must hold
-        conditions: list[Any] = [Volume.pins == 0, Volume.size == v.size]
+        # a group's member goes with its group (delete-volumes), as in Cinder
+        conditions: list[Any] = [Volume.pins == 0, Volume.size == v.size,
+                                 Volume.group_id.is_(None)]
         if not cascade:
             conditions.append(_no_snapshots(volume_id))
+        else:  # a member of a group snapshot goes with its group snapshot
+            conditions.append(~exists().where(Snapshot.volume_id == volume_id,
+                                              Snapshot.group_snapshot_id.is_not(None)))
         if not force:
             conditions.append(Volume.attach_status == states.AttachStatus.DETACHED)
         with rt.db.write() as s:
@@ -655,7 +708,7 @@ def _filtered_query(who: Identity, filters: dict[str, str], all_projects: bool,
         if base == "display_name":
             base = "name"
         if base in ("name", "status", "availability_zone", "volume_type_id", "user_id",
-                    "migration_status", "description"):
+                    "migration_status", "description", "group_id"):
             column = getattr(Volume, base)
             q = q.where(like(column, value) if approx else column == value)
         elif base == "size":

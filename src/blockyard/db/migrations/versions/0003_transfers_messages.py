@@ -1,7 +1,7 @@
 """volume transfers and user messages
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-03 09:45:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0003'
-down_revision = '0005'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """quota classes and volume type encryption specs
 
 Revision ID: 0005
-Revises: 0001
+Revises: 0004
 Create Date: 2026-12-03 10:00:00
 """
 

@@ -73,7 +73,7 @@ def _report(config: pytest.Config, run: Run, facts: dict[str, str], workspace: P
         f"tear-downs failed) in {run.seconds:.0f}s (tempest exit {run.returncode}); "
         f"reference list: {passed}/{len(reference)} passed",
         *(f"  {o.test_id}: {o.status}" for o in run.class_errors.values()
-          if o.status != "success"),
+          if o.status not in ("success", "skip")),
         f"  workspace {workspace} (results.subunit, logs/tempest.log); server log "
         f"{server.log_path}",
     ]

@@ -75,3 +75,18 @@ def test_version_discovery(identity: Identity) -> None:
     assert r.status_code == 200
     assert r.json()["version"]["id"].startswith("v3")
     assert httpx.get(identity.url + "/").status_code == 300
+
+
+def test_projects_made_and_removed_by_an_admin_token(identity: Identity) -> None:
+    sess = password_session(identity, "admin", "admin")
+    domains = sess.get(f"{identity.uri_v3}/domains", params={"name": "Default"}).json()
+    assert [d["id"] for d in domains["domains"]] == ["default"]
+    made = sess.post(f"{identity.uri_v3}/projects",
+                     json={"project": {"name": "fresh", "domain_id": "default"}})
+    assert made.status_code == 201
+    project_id = made.json()["project"]["id"]
+    assert sess.delete(f"{identity.uri_v3}/projects/{project_id}").status_code == 204
+    again = sess.delete(f"{identity.uri_v3}/projects/{project_id}", raise_exc=False)
+    assert again.status_code == 404
+    anonymous = httpx.post(f"{identity.uri_v3}/projects", json={"project": {"name": "x"}})
+    assert anonymous.status_code == 401

@@ -1,10 +1,12 @@
 """A test-only Keystone v3 stand-in: just enough identity for Tempest's pre-provisioned accounts.
 
 Tempest authenticates each account with `POST /v3/auth/tokens` (password, project scope) and
-finds the volume API in the token's catalog. blockyard runs Cinder's noauth scheme, which takes a
-token `USER:PROJECT`, so the tokens issued here are exactly `user_id:project_id` and the volume
-service needs no callback to us. Users and projects come from Tempest's accounts file; their ids
-are stable hex uuids derived from their names, shaped like Keystone's.
+finds the volume API in the token's catalog; one test also makes and removes a project
+(`GET /v3/domains?name=Default`, `POST /v3/projects`, `DELETE /v3/projects/{id}`).
+blockyard runs Cinder's noauth scheme, which takes a token `USER:PROJECT`, so the tokens issued
+here are exactly `user_id:project_id` and the volume service needs no callback to us. Users and
+projects come from Tempest's accounts file; their ids are stable hex uuids derived from their
+names, shaped like Keystone's.
 
 Served by the standard library's threaded HTTP server on a loopback port, in a thread of the
 test process (`Identity.start()`), or on its own::
@@ -23,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
@@ -75,6 +78,8 @@ class Identity:
         self.accounts = accounts
         self.volume_url = volume_url.rstrip("/")
         self.tokens: dict[str, Account] = {}
+        #: projects made through `POST /v3/projects` (Tempest's quota class test makes one)
+        self.projects: dict[str, dict[str, Any]] = {}
         self.httpd = ThreadingHTTPServer((host, port), _handler_for(self))
         self.httpd.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -152,6 +157,19 @@ class Identity:
         return [*(service(kind, "cinder", volume) for kind in VOLUME_SERVICE_TYPES),
                 service("identity", "keystone", self.uri_v3)]
 
+    def create_project(self, spec: Any) -> dict[str, Any]:
+        """A project that exists only here (nothing can log in to it): enough for a test that
+        needs a fresh project id, such as the quota class defaults of a new project."""
+        spec = spec if isinstance(spec, dict) else {}
+        project_id = uuid.uuid4().hex
+        project = {"id": project_id, "name": str(spec.get("name", project_id)),
+                   "description": str(spec.get("description", "")),
+                   "domain_id": DOMAIN["id"], "enabled": True, "is_domain": False,
+                   "parent_id": DOMAIN["id"], "tags": [],
+                   "links": {"self": f"{self.uri_v3}/projects/{project_id}"}}
+        self.projects[project_id] = project
+        return project
+
     def version(self) -> dict[str, Any]:
         return {"id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
                 "links": [{"rel": "self", "href": f"{self.uri_v3}/"}],
@@ -189,6 +207,16 @@ def _handler_for(identity: Identity) -> type[BaseHTTPRequestHandler]:
                 self.reply(300, {"versions": {"values": [identity.version()]}})
             elif path == "/v3":
                 self.reply(200, {"version": identity.version()})
+            elif path == "/v3/domains":
+                if not self.authorized():
+                    return
+                name = parse_qs(urlsplit(self.path).query).get("name", [None])[0]
+                domain = {**DOMAIN, "enabled": True, "description": "", "tags": [],
+                          "links": {"self": f"{identity.uri_v3}/domains/default"}}
+                wanted = name is None or name == DOMAIN["name"]
+                self.reply(200, {"domains": [domain] if wanted else [],
+                                 "links": {"self": f"{identity.uri_v3}/domains",
+                                           "next": None, "previous": None}})
             elif path == "/v3/auth/tokens":
                 acct = identity.tokens.get(self.headers.get("X-Subject-Token", ""))
                 if acct is None or self.headers.get("X-Auth-Token") not in identity.tokens:
@@ -210,16 +238,41 @@ def _handler_for(identity: Identity) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+        def authorized(self) -> bool:
+            """Is the caller's token one we issued (else answer 401)?"""
+            if self.headers.get("X-Auth-Token") in identity.tokens:
+                return True
+            self.unauthorized()
+            return False
+
+        def do_DELETE(self) -> None:
+            path = self.path.split("?")[0].rstrip("/")
+            project_id = path.removeprefix("/v3/projects/")
+            if project_id == path:
+                self.error(404, "Not Found", f"{path} is not served by this stand-in.")
+            elif self.authorized():
+                if identity.projects.pop(project_id, None) is None:
+                    self.error(404, "Not Found", f"Could not find project: {project_id}.")
+                else:
+                    self.send_response(204)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
-            if self.path.split("?")[0].rstrip("/") != "/v3/auth/tokens":
+            path = self.path.split("?")[0].rstrip("/")
+            if path not in ("/v3/auth/tokens", "/v3/projects"):
                 self.error(404, "Not Found", f"{self.path} is not served by this stand-in.")
                 return
             try:
                 body = json.loads(raw)
             except ValueError:
                 self.error(400, "Bad Request", "Malformed request body.")
+                return
+            if path == "/v3/projects":
+                if self.authorized():
+                    self.reply(201, {"project": identity.create_project(body.get("project"))})
                 return
             acct = identity.authenticate(body)
             if acct is None:

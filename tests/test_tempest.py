@@ -66,6 +66,7 @@ def _report(config: pytest.Config, run: Run, facts: dict[str, str], workspace: P
     passed = sum(1 for t in reference
                  if (o := run.outcomes.get(t)) is not None and o.status == "success")
     fixtures = run.class_counts()
+    not_run = [t for t in reference if run.outcome(t) is None]
     lines = [
         f"tempest {REGEX!r} ({', '.join(f'{k}={v}' for k, v in facts.items())}): "
         f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
@@ -74,6 +75,10 @@ def _report(config: pytest.Config, run: Run, facts: dict[str, str], workspace: P
         f"reference list: {passed}/{len(reference)} passed",
         *(f"  {o.test_id}: {o.status}" for o in run.class_errors.values()
           if o.status not in ("success", "skip")),
+        *(f"  reference test skipped: {t}: {_last_line(o.details)}" for t in reference
+          if (o := run.outcome(t)) is not None and o.status == "skip"),
+        *(f"  reference test not run: {t}" for t in not_run[:10]),
+        *([f"  ... and {len(not_run) - 10} more not run"] if len(not_run) > 10 else []),
         f"  workspace {workspace} (results.subunit, logs/tempest.log); server log "
         f"{server.log_path}",
     ]
@@ -94,6 +99,11 @@ def test_reference(tempest_run: Run, test_id: str) -> None:
     if outcome.status != "success":
         pytest.fail(f"{outcome.test_id}: {outcome.status}\n{excerpt(outcome.details)}",
                     pytrace=False)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no reason given)"
 
 
 def excerpt(traceback: str) -> str:

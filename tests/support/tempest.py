@@ -31,8 +31,8 @@ ACCOUNTS = HERE / "accounts.yaml"
 PASS_LIST = HERE / "pass_on_real_cinder_29.txt"
 #: tests left out of the run, with why (they fail on real Cinder too and leak resources)
 EXCLUDE_LIST = HERE / "exclude.txt"
-#: the console script installed next to this interpreter, run with this interpreter
-TEMPEST = [sys.executable, str(Path(sys.executable).parent / "tempest")]
+#: Tempest's command line (what its `tempest` console script runs), with this interpreter
+TEMPEST = [sys.executable, "-m", "tempest.cmd.main"]
 VOLUME_TESTS = Path(tempest.__file__).parent / "api" / "volume"
 #: `setUpClass (tempest.api.volume.x.Class)`: how a class whose set-up failed is reported
 _CLASS_FIXTURE = re.compile(r"^(setUpClass|tearDownClass) \((?P<cls>[\w.]+)\)$")

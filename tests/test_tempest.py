@@ -26,14 +26,14 @@ from tests.support.tempest import (
     ACCOUNTS,
     Run,
     deployment_facts,
+    excerpt,
+    last_line,
     reference_tests,
     run_tempest,
     write_workspace,
 )
 
 REGEX = os.environ.get("BLOCKYARD_TEMPEST_REGEX", r"^tempest\.api\.volume\.")
-#: how much of a traceback a failing item shows (Tempest's own text, tail kept)
-EXCERPT = 6000
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def _report(config: pytest.Config, run: Run, facts: dict[str, str], workspace: P
         f"reference list: {passed}/{len(reference)} passed",
         *(f"  {o.test_id}: {o.status}" for o in run.class_errors.values()
           if o.status not in ("success", "skip")),
-        *(f"  reference test skipped: {t}: {_last_line(o.details)}" for t in reference
+        *(f"  reference test skipped: {t}: {last_line(o.details)}" for t in reference
           if (o := run.outcome(t)) is not None and o.status == "skip"),
         *(f"  reference test not run: {t}" for t in not_run[:10]),
         *([f"  ... and {len(not_run) - 10} more not run"] if len(not_run) > 10 else []),
@@ -99,23 +99,3 @@ def test_reference(tempest_run: Run, test_id: str) -> None:
     if outcome.status != "success":
         pytest.fail(f"{outcome.test_id}: {outcome.status}\n{excerpt(outcome.details)}",
                     pytrace=False)
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else "(no reason given)"
-
-
-def excerpt(traceback: str) -> str:
-    """Tempest's traceback without the frames of its test framework (testtools), and with
-    its tail kept when it is long."""
-    kept: list[str] = []
-    skipping = False
-    for line in traceback.splitlines():
-        if line.startswith("  File "):
-            skipping = "/testtools/" in line
-        elif not line.startswith("    "):
-            skipping = False
-        if not skipping:
-            kept.append(line)
-    return "\n".join(kept)[-EXCERPT:]

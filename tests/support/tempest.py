@@ -34,6 +34,8 @@ EXCLUDE_LIST = HERE / "exclude.txt"
 #: Tempest's command line (what its `tempest` console script runs), with this interpreter
 TEMPEST = [sys.executable, "-m", "tempest.cmd.main"]
 VOLUME_TESTS = Path(tempest.__file__).parent / "api" / "volume"
+#: how much of a traceback a failing item shows (Tempest's own text, tail kept)
+EXCERPT = 6000
 #: `setUpClass (tempest.api.volume.x.Class)`: how a class whose set-up failed is reported
 _CLASS_FIXTURE = re.compile(r"^(setUpClass|tearDownClass) \((?P<cls>[\w.]+)\)$")
 
@@ -179,6 +181,27 @@ def run_tempest(workspace: Path, conf: Path, *, regex: str, concurrency: int = 2
     return run
 
 
+def last_line(text: str) -> str:
+    """The last non-blank line (an exception's message, a skip reason)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no reason given)"
+
+
+def excerpt(traceback: str) -> str:
+    """Tempest's traceback without the frames of its test framework (testtools), and with
+    its tail kept when it is long."""
+    kept: list[str] = []
+    skipping = False
+    for line in traceback.splitlines():
+        if line.startswith("  File "):
+            skipping = "/testtools/" in line
+        elif not line.startswith("    "):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)[-EXCERPT:]
+
+
 def report(run: Run) -> str:
     """The reference tests' results as markdown, grouped by Tempest module, failures first
     with the last line of their reason."""
@@ -192,8 +215,8 @@ def report(run: Run) -> str:
         elif outcome.status == "success":
             line = f"- pass {name}"
         else:
-            reason = [ln for ln in outcome.details.splitlines() if ln.strip()][-1:] or [""]
-            line = f"- **{outcome.status.upper()}** {name}: `{reason[0].strip()[:300]}`"
+            reason = last_line(outcome.details)[:300]
+            line = f"- **{outcome.status.upper()}** {name}: `{reason}`"
         by_module.setdefault(module, []).append(line)
     out: list[str] = []
     for module, lines in sorted(by_module.items()):

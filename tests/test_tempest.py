@@ -1,0 +1,101 @@
+"""Tempest's volume API suite (`tempest.api.volume`) against a real `blockyard serve`.
+
+Tempest runs once per module, through a Keystone v3 stand-in (tests/support/identity.py), with
+the pre-provisioned accounts and configuration that real Cinder 29 passes 148 tests with
+(tests/tempest_reference/). Each test of that reference list is then its own pytest item: it
+fails with Tempest's traceback when the test failed here, was skipped, or never ran. The run's
+passed/failed/skipped counts are printed.
+
+Runtime: one `tempest run --concurrency 2` of the volume suite, about 3.5 minutes on 2 busy
+cores. To look at a part only, BLOCKYARD_TEMPEST_REGEX narrows what Tempest runs (reference
+tests outside it then fail here as not run); `--deselect tests/test_tempest.py` leaves it out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.identity import Identity, load_accounts
+from tests.support.server import Server
+from tests.support.tempest import (
+    ACCOUNTS,
+    Run,
+    deployment_facts,
+    excerpt,
+    last_line,
+    reference_tests,
+    run_tempest,
+    write_workspace,
+)
+
+REGEX = os.environ.get("BLOCKYARD_TEMPEST_REGEX", r"^tempest\.api\.volume\.")
+
+
+@pytest.fixture(scope="module")
+def tempest_run(tmp_path_factory: pytest.TempPathFactory,
+                pytestconfig: pytest.Config) -> Iterator[Run]:
+    root = tmp_path_factory.mktemp("tempest")
+    server = Server(root / "state").start()
+    identity = Identity(load_accounts(ACCOUNTS), server.url).start()
+    try:
+        api = server.client()
+        pools = api.get("/scheduler-stats/get_pools", params={"detail": "true"})
+        pools.raise_for_status()
+        api.close()
+        facts = deployment_facts(pools.json()["pools"])
+        workspace = root / "workspace"
+        conf = write_workspace(workspace, identity_uri=identity.uri_v3, facts=facts)
+        run = run_tempest(workspace, conf, regex=REGEX)
+        _report(pytestconfig, run, facts, workspace, server)
+        yield run
+    finally:
+        identity.stop()
+        server.stop()
+
+
+def _report(config: pytest.Config, run: Run, facts: dict[str, str], workspace: Path,
+            server: Server) -> None:
+    """The run's counts on the terminal, whatever pytest captures."""
+    counts = run.counts()
+    reference = reference_tests()
+    passed = sum(1 for t in reference
+                 if (o := run.outcomes.get(t)) is not None and o.status == "success")
+    fixtures = run.class_counts()
+    not_run = [t for t in reference if run.outcome(t) is None]
+    lines = [
+        f"tempest {REGEX!r} ({', '.join(f'{k}={v}' for k, v in facts.items())}): "
+        f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
+        f"(+ {fixtures['skipped']} classes skipped, {fixtures['failed']} class set-ups/"
+        f"tear-downs failed) in {run.seconds:.0f}s (tempest exit {run.returncode}); "
+        f"reference list: {passed}/{len(reference)} passed",
+        *(f"  {o.test_id}: {o.status}" for o in run.class_errors.values()
+          if o.status not in ("success", "skip")),
+        *(f"  reference test skipped: {t}: {last_line(o.details)}" for t in reference
+          if (o := run.outcome(t)) is not None and o.status == "skip"),
+        *(f"  reference test not run: {t}" for t in not_run[:10]),
+        *([f"  ... and {len(not_run) - 10} more not run"] if len(not_run) > 10 else []),
+        f"  workspace {workspace} (results.subunit, logs/tempest.log); server log "
+        f"{server.log_path}",
+    ]
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n" + "\n".join(lines), flush=True)
+
+
+@pytest.mark.parametrize("test_id", reference_tests(),
+                         ids=lambda t: t.removeprefix("tempest.api.volume."))
+def test_reference(tempest_run: Run, test_id: str) -> None:
+    """A test real Cinder 29 passes passes here too (not failed, not skipped, not missing)."""
+    outcome = tempest_run.outcome(test_id)
+    if outcome is None:
+        tail = tempest_run.stderr[-2000:]
+        pytest.fail(f"{test_id} did not run (tempest exit {tempest_run.returncode})\n{tail}",
+                    pytrace=False)
+    if outcome.status != "success":
+        pytest.fail(f"{outcome.test_id}: {outcome.status}\n{excerpt(outcome.details)}",
+                    pytrace=False)

@@ -27,6 +27,7 @@ from blockyard.api import (
     versions,
     volumes,
 )
+from blockyard.api.guard import BodyLimit, CatchAll
 from blockyard.api.wire import CinderMiddleware
 from blockyard.config import Config
 from blockyard.service.lifecycle import build_runtime, close_runtime
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: threads that run requests' blocking work (database, backend calls made inline)
 REQUEST_THREADS = 2
+
+#: outermost first: version and request-id headers go on every answer, the catch-all's too
+MIDDLEWARE = [Middleware(CinderMiddleware), Middleware(CatchAll), Middleware(BodyLimit)]
 
 ROUTES = [
     *versions.routes,
@@ -68,7 +72,7 @@ def create_app(config: Config) -> Starlette:
 
     return Starlette(
         routes=ROUTES,
-        middleware=[Middleware(CinderMiddleware)],
+        middleware=MIDDLEWARE,
         exception_handlers=errors.HANDLERS,
         lifespan=lifespan,
     )
@@ -78,7 +82,7 @@ def create_app_with_runtime(rt: Runtime) -> Starlette:
     """An app around an already built runtime (in-process tests)."""
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(CinderMiddleware)],
+        middleware=MIDDLEWARE,
         exception_handlers=errors.HANDLERS,
     )
     app.state.runtime = rt

@@ -17,7 +17,7 @@ import re
 import uuid as _uuid
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 from jsonschema import Draft4Validator, FormatChecker
 
 from blockyard.api.errors import ApiError
@@ -28,7 +28,6 @@ DB_MAX_INT = 2**31 - 1
 _formats = FormatChecker()
 
 
-@_formats.checks("uuid")
 def _is_uuid(value: object) -> bool:
     if not isinstance(value, str):
         return True
@@ -43,7 +42,6 @@ class _BlankName(Exception):
     """A name that is empty once stripped: Cinder says so in its own words."""
 
 
-@_formats.checks("name", raises=_BlankName)
 def _is_name(value: object) -> bool:
     if isinstance(value, str) and not value.strip():
         raise _BlankName("The 'name' can not be empty.")
@@ -55,9 +53,13 @@ def _is_name(value: object) -> bool:
 _NON_PRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
-@_formats.checks("printable")
 def _is_printable(value: object) -> bool:
     return not isinstance(value, str) or _NON_PRINTABLE.search(value) is None
+
+
+_formats.checks("uuid")(_is_uuid)
+_formats.checks("name", raises=_BlankName)(_is_name)
+_formats.checks("printable")(_is_printable)
 
 
 # ------------------------------------------------------------------ parameter types

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard import errors
 from blockyard.api import errors as http_errors
+from blockyard.api import guard
 from blockyard.api.errors import ApiError, fault
 from blockyard.failpoints import InjectedFailure
 
@@ -72,11 +73,16 @@ def version_of(request: Request) -> tuple[int, int]:
     return v
 
 
+async def json_of(request: Request) -> Any:
+    """The request body as JSON, bounded and checked as the volume API's (`guard`)."""
+    raw = await request.body()
+    if not raw:
+        raise ApiError(400, "Malformed request body")
+    return guard.parse_json(raw)
+
+
 async def body_of(request: Request, key: str) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "Malformed request body") from None
+    body = await json_of(request)
     if not isinstance(body, dict) or not isinstance(body.get(key), dict):
         raise ApiError(400, f"Invalid input for field/attribute {key}. Value: {body!r}.")
     return dict(body[key])
@@ -211,7 +217,7 @@ async def _servers(request: Request, *, detail: bool) -> Response:
     if name := q.get("name"):
         try:
             pattern = re.compile(name)
-        except re.error:
+        except (re.error, RecursionError, OverflowError):  # "((((...", "a{99999999999}"
             raise ApiError(400, f"Invalid regular expression for name: {name}") from None
         found = [i for i in found if pattern.search(i.name)]
     if status := q.get("status"):
@@ -305,12 +311,10 @@ async def delete_attachment(request: Request) -> Response:
 async def external_events(request: Request) -> Response:
     """Nova's os-server-external-events; the agent acts on ``volume-extended``."""
     agent = agent_of(request)
-    try:
-        body = await request.json()
-        events = body["events"]
-        assert isinstance(events, list) and events
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise ApiError(400, "Invalid input for field/attribute events.") from None
+    body = await json_of(request)
+    events = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(events, list) or not events:
+        raise ApiError(400, "Invalid input for field/attribute events.")
     results, found = [], False
     for event in events:
         if not isinstance(event, dict) or not isinstance(event.get("name"), str) or \
@@ -439,8 +443,8 @@ HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
     HTTPException: http_errors.handle_http_error,
     HypervisorError: handle_hypervisor_error,
     InjectedFailure: handle_injected,
-    Exception: http_errors.handle_unexpected,
 }
+# Anything else is answered by `guard.CatchAll`, which keeps the connection.
 
 
 def create_app(config: ComputeConfig) -> Starlette:
@@ -456,5 +460,7 @@ def create_app(config: ComputeConfig) -> Starlette:
 
     from starlette.middleware import Middleware
 
-    return Starlette(routes=ROUTES, middleware=[Middleware(ComputeMiddleware)],
+    middleware = [Middleware(ComputeMiddleware), Middleware(guard.CatchAll),
+                  Middleware(guard.BodyLimit)]
+    return Starlette(routes=ROUTES, middleware=middleware,
                      exception_handlers=HANDLERS, lifespan=lifespan)

@@ -113,6 +113,8 @@ def paginate(
     rows = list(session.execute(query).scalars().unique())
     next_marker = None
     if limit is not None and len(rows) > limit:
+        if limit == 0:  # an empty page has no last row to continue after
+            return Page(rows=[], next_marker=None, count=count)
         rows = rows[:limit]
         last = rows[-1]
         next_marker = last if isinstance(last, str) else last.id

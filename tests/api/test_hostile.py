@@ -127,8 +127,10 @@ class Conn:
         try:
             self.http.putrequest(method, path, skip_accept_encoding=True)
             for name, value in headers.items():
-                # raw UTF-8 where a client sends something no header should carry
-                self.http.putheader(name, value.encode("utf-8", "surrogatepass"))
+                # raw bytes: latin-1 where it can (a lone \xff), else UTF-8
+                raw = value.encode("latin-1") if max(value, default=" ") <= "\xff" else \
+                    value.encode("utf-8", "surrogatepass")
+                self.http.putheader(name, raw)
             if body is not None:
                 self.http.putheader("Content-Length", str(len(body)))
             self.http.endheaders(body)
@@ -377,6 +379,14 @@ HOSTILE_QUERIES = ["offset=9223372036854775808", "limit=0", "limit=-1", "limit=%
                    "all_tenants=%F0%9F%98%80", "with_count=maybe", "name=%ED%A0%80"]
 
 
+HOSTILE_HEADERS = [{"OpenStack-API-Version": "volume \xff"},
+                   {"OpenStack-API-Version": "compute \xff"},
+                   {"X-OpenStack-Nova-API-Version": "\xff"},
+                   {"X-Auth-Token": "\xff:\xfe"}, {"X-Auth-Token": ":"},
+                   {"X-Auth-Token": "u:" + "p" * 300}, {"X-Project-Id": "\xff" * 300},
+                   {"Content-Type": "text/plain; charset=\xff"}]
+
+
 @pytest.mark.parametrize(("service", "path", "method"), _route_cases())
 def test_route_refuses_every_known_hostile_input(stack: Stack, service: str, path: str,
                                                   method: str) -> None:
@@ -390,13 +400,199 @@ def test_route_refuses_every_known_hostile_input(stack: Stack, service: str, pat
                    for p in path.split("/"))
     headers = {"OpenStack-API-Version": version, "X-Auth-Token": "admin:admin",
                "Content-Type": "application/json"}
-    requests = [(f"{url}?{q}", None) for q in HOSTILE_QUERIES]
+    requests = [(f"{url}?{q}", None, headers) for q in HOSTILE_QUERIES]
     if method in ("POST", "PUT"):
-        requests += [(url, body) for body in RAW_BODIES]
-    for target, body in requests:
-        status, _, answer = conn.send(method, target, headers, body)
-        what = f"{method} {target} {body[:100] if body else body!r}"
+        requests += [(url, body, headers) for body in RAW_BODIES]
+    requests += [(url, None, {**headers, **extra}) for extra in HOSTILE_HEADERS]
+    for target, body, sent in requests:
+        status, _, answer = conn.send(method, target, sent, body)
+        what = f"{method} {target} {sent} {body[:100] if body else body!r}"
         assert status < 500, f"{what} → {status} {answer[:300]!r}"
         if status >= 400:
             assert_fault(status, answer, what)
     stack.baseline = settled(stack)
+
+
+# ---------------------------------------------------------------------------- named regressions
+
+
+def _raw(stack: Stack, method: str, path: str, body: bytes | None = None,
+         version: str = "3.71") -> tuple[int, dict[str, Any]]:
+    """One request on the kept connection; returns the status and the JSON answer (a fault
+    body is checked for shape)."""
+    headers = {"OpenStack-API-Version": f"volume {version}", "X-Auth-Token": "admin:admin",
+               "Content-Type": "application/json"}
+    status, _, data = stack.conn["volume"].send(method, "/v3" + path, headers, body)
+    if status >= 400:
+        assert_fault(status, data, f"{method} {path}")
+    return status, json.loads(data) if data else {}
+
+
+def _message(answer: dict[str, Any]) -> str:
+    (inner,) = answer.values()
+    return str(inner["message"])
+
+
+def _refused(stack: Stack, method: str, path: str, body: bytes | None = None,
+             status: int = 400,
+             version: str = "3.71") -> str:
+    """`body` gets `status` and changes nothing; returns the fault message."""
+    before = state_of(stack)
+    got, answer = _raw(stack, method, path, body, version)
+    assert got == status, answer
+    assert state_of(stack) == before
+    return _message(answer)
+
+
+def test_deep_nesting_is_refused_not_a_recursion_error(stack: Stack) -> None:
+    for body in (b"[" * 100000, b'{"volume": ' * 5000 + b"1" + b"}" * 5000):
+        assert "nested" in _refused(stack, "POST", "/volumes", body)
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\u0000"])
+def test_nul_and_lone_surrogates_are_refused_everywhere(stack: Stack, escape: str) -> None:
+    seed = stack.seed
+    cases = [
+        ("POST", "/volumes", '{"volume": {"size": 1, "name": "a%sb"}}'),
+        ("POST", "/volumes", '{"volume": {"size": 1, "description": "%s"}}'),
+        ("POST", "/volumes", '{"volume": {"size": 1, "metadata": {"k": "%s"}}}'),
+        ("PUT", f"/volumes/{seed['volumes']}", '{"volume": {"name": "%s"}}'),
+        ("POST", f"/volumes/{seed['volumes']}/metadata", '{"metadata": {"%s": "v"}}'),
+        ("PUT", f"/qos-specs/{seed['qos-specs']}", '{"qos_specs": {"k": "%s"}}'),
+        ("PUT", f"/qos-specs/{seed['qos-specs']}", '{"qos_specs": {"%s": "v"}}'),
+        ("PUT", "/os-quota-sets/admin", '{"quota_set": {"%s": 1}}'),
+        ("POST", f"/volumes/{seed['volumes']}/action", '{"os-reset_status": {"status": "%s"}}'),
+        ("POST", "/types", '{"volume_type": {"name": "%s"}}'),
+    ]
+    for method, path, template in cases:
+        _refused(stack, method, path, (template % escape).encode())
+    # the QoS listing that a stored surrogate used to break for every caller
+    assert stack.api.get("/qos-specs").status_code == 200
+
+
+def test_invalid_utf8_is_refused(stack: Stack) -> None:
+    _refused(stack, "POST", "/volumes", b'{"volume": {"size": 1, "name": "\xff\xfe"}}')
+    _refused(stack, "POST", "/volumes", b'{"volume": {"size": 1, "name": "\xed\xa0\x80"}}')
+
+
+@pytest.mark.parametrize("size", ["²", "٣", "--5", "9" * 5000, "1e400", "0"])
+def test_sizes_are_ascii_bounded_integers(stack: Stack, size: str) -> None:
+    for value in (json.dumps(size), size if size.isascii() and size[0].isdigit() else None):
+        if value is None:
+            continue
+        _refused(stack, "POST", "/volumes", f'{{"volume": {{"size": {value}}}}}'.encode())
+        _refused(stack, "POST", f"/volumes/{stack.seed['volumes']}/action",
+                 f'{{"os-extend": {{"new_size": {value}}}}}'.encode())
+
+
+@pytest.mark.parametrize("query", ["offset=9223372036854775808", "offset=-1", "limit=-1",
+                                   "limit=%D9%A3", "size=100000000000000000000",
+                                   "size=%C2%B2", "metadata=%7B%5B%5D%3A+1%7D",
+                                   "metadata=" + "%5B" * 1000])
+def test_query_integers_and_literals_are_checked(stack: Stack, query: str) -> None:
+    for collection in ("/volumes", "/volumes/detail", "/snapshots/detail"):
+        if "size" in query and collection.startswith("/snapshots"):
+            continue
+        status, _ = _raw(stack, "GET", f"{collection}?{query}")
+        assert status == 400, (collection, query)
+
+
+@pytest.mark.parametrize("collection", ["volumes", "volumes/detail", "snapshots",
+                                        "snapshots/detail", "types", "qos-specs"])
+def test_limit_zero_is_an_empty_page(stack: Stack, collection: str) -> None:
+    status, answer = _raw(stack, "GET", f"/{collection}?limit=0")
+    assert status == 200
+    (items,) = [v for k, v in answer.items() if not k.endswith("_links")]
+    assert items == []
+
+
+def test_nul_in_the_url_is_refused(stack: Stack) -> None:
+    _refused(stack, "GET", "/volumes/%00")
+    _refused(stack, "GET", "/volumes?name=%00")
+
+
+def test_body_over_the_limit_is_413_before_parsing(stack: Stack) -> None:
+    huge = b'{"volume": {"size": 1, "name": "' + b"x" * MAX_BODY_BYTES + b'"}}'
+    _refused(stack, "POST", "/volumes", huge, status=413)
+    # a chunked body is counted as it arrives
+    conn = stack.conn["volume"]
+    conn.http.putrequest("POST", "/v3/volumes")
+    for name, value in (("X-Auth-Token", "admin:admin"), ("Transfer-Encoding", "chunked"),
+                        ("Content-Type", "application/json")):
+        conn.http.putheader(name, value)
+    conn.http.endheaders()
+    chunk = b"x" * 65536
+    for _ in range(3):
+        conn.http.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    conn.http.send(b"0\r\n\r\n")
+    r = conn.http.getresponse()
+    assert r.status == 413
+    assert_fault(413, r.read(), "chunked")
+    assert _raw(stack, "GET", "/volumes")[0] == 200  # same connection
+
+
+def test_reset_status_takes_only_cinders_statuses(stack: Stack) -> None:
+    vid = stack.seed["volumes"]
+    path = f"/volumes/{vid}/action"
+    for args in ({"migration_status": f"target:{uuid.uuid4()}"},
+                 {"migration_status": "bogus"}, {"status": "bogus"},
+                 {"attach_status": "bogus"}, {}, {"status": None},
+                 {"status": {"a": 1}}, {"status": "available", "extra": 1}):
+        _refused(stack, "POST", path, json.dumps({"os-reset_status": args}).encode())
+    status, answer = _raw(stack, "GET", "/volumes")
+    assert vid in [v["id"] for v in answer["volumes"]]
+
+
+@pytest.mark.parametrize("version", ["3.0", "3.52", "3.53", "3.71"])
+def test_extend_refuses_extra_keys_at_every_version(stack: Stack, version: str) -> None:
+    """Cinder's os-extend schema has additionalProperties false from 3.0 on."""
+    message = _refused(stack, "POST", f"/volumes/{stack.seed['volumes']}/action",
+                       b'{"os-extend": {"new_size": 2, "extra": 1}}', version=version)
+    assert "Additional properties are not allowed ('extra' was unexpected)" in message
+
+
+@pytest.mark.parametrize("args", [
+    {"instance_uuid": str(uuid.uuid4())},                               # no mountpoint
+    {"host_name": "h" * 300, "mountpoint": "/dev/vdb"},                 # too long
+    {"host_name": {"a": 1}, "mountpoint": "/dev/vdb"},                  # not a string
+    {"instance_uuid": str(uuid.uuid4()), "mountpoint": {"a": 1}},
+    {"instance_uuid": str(uuid.uuid4()), "mountpoint": ""},
+    {"instance_uuid": "not-a-uuid", "mountpoint": "/dev/vdb"},
+    {"mountpoint": "/dev/vdb"},                                         # no target
+    {"instance_uuid": str(uuid.uuid4()), "mountpoint": "/dev/vdb", "mode": "rx"},
+    {"instance_uuid": str(uuid.uuid4()), "mountpoint": "/dev/vdb", "extra": 1},
+])
+def test_attach_follows_cinders_schema(stack: Stack, args: dict[str, Any]) -> None:
+    _refused(stack, "POST", f"/volumes/{stack.seed['volumes']}/action",
+             json.dumps({"os-attach": args}).encode())
+
+
+def test_an_unexpected_error_is_a_500_fault_and_not_re_raised() -> None:
+    """`CatchAll` answers and swallows the exception: uvicorn closes the keep-alive
+    connection only when an exception reaches it (Starlette's own handler re-raises)."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+
+    from blockyard.api.guard import BodyLimit, CatchAll
+
+    async def broken(request: Request) -> Any:
+        raise RuntimeError("boom")
+
+    app = Starlette(routes=[Route("/", broken)],
+                    middleware=[Middleware(CatchAll), Middleware(BodyLimit)])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
+             "query_string": b"", "headers": [], "app": app}
+    asyncio.run(app(scope, receive, send))  # no exception comes out
+    assert sent[0]["status"] == 500
+    assert_fault(500, b"".join(m.get("body", b"") for m in sent[1:]), "boom")

@@ -133,9 +133,17 @@ def mv(request: Request) -> int:
     return int(getattr(request.state, "mv", MIN_MINOR))
 
 
+#: the longest user or project id a request may name (Keystone's are 64; the columns 255)
+MAX_ID_LENGTH = 255
+
+
 def identity(request: Request) -> Identity:
     h = request.headers
-    return from_noauth(h.get("x-auth-token"), h.get("x-user-id"), h.get("x-project-id"))
+    who = from_noauth(h.get("x-auth-token"), h.get("x-user-id"), h.get("x-project-id"))
+    if len(who.user_id) > MAX_ID_LENGTH or len(who.project_id) > MAX_ID_LENGTH:
+        raise ApiError(400, f"Invalid input received: user and project ids may be at most "
+                            f"{MAX_ID_LENGTH} characters.")
+    return who
 
 
 async def json_body(request: Request) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard import errors
 from blockyard.api import errors as http_errors
-from blockyard.api import guard
+from blockyard.api import guard, schema
 from blockyard.api.errors import ApiError, fault
 from blockyard.failpoints import InjectedFailure
 
@@ -280,21 +280,43 @@ async def show_attachment(request: Request) -> Response:
     return JSONResponse({"volumeAttachment": attachment_view(request, m)})
 
 
+# Nova's volume attachment schemas (tag from 2.49, delete_on_termination from 2.79)
+ATTACH = schema.body("volumeAttachment", {
+    "volumeId": schema.uuid,
+    "device": {"type": ["string", "null"],
+               "pattern": "(^/dev/x{0,1}[a-z]{0,1}d{0,1})([a-z]+)[0-9]*$"},
+}, required=("volumeId",))
+ATTACH_V249 = schema.body("volumeAttachment", {
+    **ATTACH["properties"]["volumeAttachment"]["properties"],
+    "tag": {"type": "string", "minLength": 1, "maxLength": 60, "pattern": "^[^,/]*$"},
+}, required=("volumeId",))
+ATTACH_V279 = schema.body("volumeAttachment", {
+    **ATTACH_V249["properties"]["volumeAttachment"]["properties"],
+    "delete_on_termination": {"type": ["boolean", "string"],
+                              "enum": [True, "True", "true", "1", False, "False", "false",
+                                       "0"]},
+}, required=("volumeId",))
+
+
+def _attach_schema(v: tuple[int, int]) -> dict[str, Any]:
+    return ATTACH_V279 if v >= (2, 79) else ATTACH_V249 if v >= (2, 49) else ATTACH
+
+
 async def create_attachment(request: Request) -> Response:
     agent = agent_of(request)
     caller, _ = caller_of(request)
-    body = await body_of(request, "volumeAttachment")
-    volume_id = _uuid(body.get("volumeId"), "volumeId")
-    device = _string(body, "device", max_len=32)
-    if device is not None and not re.fullmatch(r"/dev/[a-z]+[a-z0-9]*", device):
-        raise ApiError(400, f"The supplied device path ({device}) is invalid.")
     v = version_of(request)
-    tag = _string(body, "tag", max_len=60) if v >= (2, 49) else None
-    delete_on_termination = False
-    if "delete_on_termination" in body:
-        if v < (2, 79) or not isinstance(body["delete_on_termination"], bool):
-            raise ApiError(400, "Invalid input for field/attribute delete_on_termination.")
-        delete_on_termination = body["delete_on_termination"]
+    raw = await json_of(request)
+    schema.check(raw, _attach_schema(v))
+    body: dict[str, Any] = raw["volumeAttachment"]
+    volume_id = _uuid(body["volumeId"], "volumeId")
+    device = body.get("device")
+    if device is not None and (len(device) > 32 or
+                               not re.fullmatch(r"/dev/[a-z]+[a-z0-9]*", device)):
+        raise ApiError(400, f"The supplied device path ({device}) is invalid.")
+    tag = body.get("tag")
+    delete_on_termination = str(body.get("delete_on_termination", False)).lower() in \
+        ("true", "1")
     m = await agent.attach(caller, request.path_params["server_id"], volume_id, device=device,
                            tag=tag, delete_on_termination=delete_on_termination)
     return JSONResponse({"volumeAttachment": attachment_view(request, m)})
@@ -368,7 +390,9 @@ class ComputeMiddleware:
         # /v2.1/{project_id}/servers... → /v2.1/servers...
         if len(parts) > 3 and parts[1] == "v2.1" and parts[2] not in _COLLECTIONS:
             scope = dict(scope, path="/".join(parts[:2] + parts[3:]))
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        # latin-1, as HTTP defines header bytes: a stray \xff is text, not an exception
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope["headers"]}
         wanted = headers.get("x-openstack-nova-api-version")
         if "openstack-api-version" in headers:
             service, _, value = headers["openstack-api-version"].strip().partition(" ")

@@ -376,7 +376,9 @@ def test_route_survives_hostile_requests(stack: Stack, service: str, path: str,
 HOSTILE_QUERIES = ["offset=9223372036854775808", "limit=0", "limit=-1", "limit=%D9%A3",
                    "size=" + "1" * 21, "size=%C2%B2", "metadata=%7B%5B%5D%3A+1%7D",
                    "metadata=" + "%5B" * 300, "sort=" + "x" * 300 + ":up", "marker=%00",
-                   "all_tenants=%F0%9F%98%80", "with_count=maybe", "name=%ED%A0%80"]
+                   "all_tenants=%F0%9F%98%80", "with_count=maybe", "name=%ED%A0%80",
+                   "extra_specs=%7B%5B%5D%3A+1%7D", "extra_specs=" + "%7B" * 300,
+                   "is_public=%C2%B2"]
 
 
 HOSTILE_HEADERS = [{"OpenStack-API-Version": "volume \xff"},
@@ -596,3 +598,22 @@ def test_an_unexpected_error_is_a_500_fault_and_not_re_raised() -> None:
     asyncio.run(app(scope, receive, send))  # no exception comes out
     assert sent[0]["status"] == 500
     assert_fault(500, b"".join(m.get("body", b"") for m in sent[1:]), "boom")
+
+
+@pytest.mark.parametrize("connector", [
+    {"host": {"a": 1}}, {"mountpoint": {"b": 2}}, {"initiator": ["iqn"]}, {"host": "h" * 300},
+    {"multipath": {"a": 1}}])
+def test_connector_text_fields_must_be_text(stack: Stack, connector: dict[str, Any]) -> None:
+    """The connector keys blockyard records (host, mountpoint...) used to reach the
+    database as dicts (a sqlite binding error, a 500)."""
+    vid = stack.seed["volumes"]
+    _refused(stack, "POST", "/attachments", json.dumps(
+        {"attachment": {"volume_uuid": vid, "connector": connector}}).encode())
+    _refused(stack, "POST", f"/volumes/{vid}/action", json.dumps(
+        {"os-initialize_connection": {"connector": connector}}).encode())
+
+
+@pytest.mark.parametrize("query", ["extra_specs=%7B%5B%5D%3A+1%7D",
+                                   "extra_specs=" + "%7B" * 1000])
+def test_type_filter_literals_are_checked(stack: Stack, query: str) -> None:
+    assert _raw(stack, "GET", f"/types?{query}")[0] == 400

@@ -51,9 +51,22 @@ def attachment_detail(att: Attachment) -> dict[str, Any]:
     }
 
 
+#: os-brick connector properties: Cinder takes any object; the keys blockyard records as
+#: text (and the mountpoint an attachment keeps) must be text, the rest is passed on as is
+CONNECTOR = {
+    "type": "object",
+    "properties": {
+        **{key: {"type": ["string", "null"], "maxLength": 255}
+           for key in ("host", "ip", "initiator", "platform", "os_type", "nqn", "mountpoint")},
+        "multipath": {"type": ["boolean", "string", "null"]},
+    },
+}
+
+
 def _connector_arg(value: Any, field: str = "connector") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise validate.invalid(field, value, f"{value!r} is not of type 'object'")
+    schema.check(value, CONNECTOR)
     return value
 
 
@@ -115,7 +128,7 @@ async def update(request: Request) -> Response:
     _require(request)
     body = await wire.json_body(request)
     schema.check(body, UPDATE)
-    connector = connector_of(body["attachment"]["connector"])
+    connector = connector_of(_connector_arg(body["attachment"]["connector"]))
     att = await blocking(request, attachments.update_connector, request.path_params["id"],
                          connector)
     return wire.ok({"attachment": attachment_detail(att)})

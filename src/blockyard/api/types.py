@@ -124,8 +124,8 @@ def _type_filter(request: Request, who: Identity, filters: dict[str, str]) -> ty
         if key == "extra_specs":
             try:
                 parsed = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                parsed = None
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                parsed = None  # TypeError: {[]: 1}, a literal Python cannot build
             if not isinstance(parsed, dict):
                 raise ApiError(400, f"Invalid input received: extra_specs filter must be a "
                                     f"dictionary, got {value!r}.")

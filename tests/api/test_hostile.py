@@ -308,7 +308,8 @@ def _route_cases() -> list[Any]:
     cases = []
     for service, routes in (("volume", VOLUME_ROUTES), ("compute", COMPUTE_ROUTES)):
         for route in routes:
-            assert isinstance(route, Route)
+            if not isinstance(route, Route):  # a Mount or websocket route: not an endpoint
+                continue
             for method in sorted(route.methods or ()):
                 if method != "HEAD":
                     cases.append(pytest.param(service, route.path, method,
@@ -534,7 +535,10 @@ def test_body_over_the_limit_is_413_before_parsing(stack: Stack) -> None:
 
 
 def test_reset_status_takes_only_cinders_statuses(stack: Stack) -> None:
-    vid = stack.seed["volumes"]
+    # a volume of its own: the property above may have deleted the seeded one
+    r = stack.api.post("/volumes", {"volume": {"size": 1}})
+    assert r.status_code == 202, r.text
+    vid = stack.api.wait_volume(r.json()["volume"]["id"], "available")["id"]
     path = f"/volumes/{vid}/action"
     for args in ({"migration_status": f"target:{uuid.uuid4()}"},
                  {"migration_status": "bogus"}, {"status": "bogus"},

@@ -82,8 +82,6 @@ CREATE_V354 = schema.body("attachment", {
 }, required=("volume_uuid",))
 UPDATE = schema.body("attachment", {"connector": {"type": "object", "minProperties": 1}},
                      required=("connector",))
-COMPLETE = {"type": "object", "properties": {"os-complete": schema.ANY},
-            "required": ["os-complete"], "additionalProperties": False}
 
 
 async def create(request: Request) -> Response:

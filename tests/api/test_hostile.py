@@ -589,13 +589,13 @@ def test_an_unexpected_error_is_a_500_fault_and_not_re_raised() -> None:
     from starlette.middleware import Middleware
     from starlette.requests import Request
 
-    from blockyard.api.guard import BodyLimit, CatchAll
+    from blockyard.api.guard import CatchAll, RequestLimits
 
     async def broken(request: Request) -> Any:
         raise RuntimeError("boom")
 
     app = Starlette(routes=[Route("/", broken)],
-                    middleware=[Middleware(CatchAll), Middleware(BodyLimit)])
+                    middleware=[Middleware(CatchAll), Middleware(RequestLimits)])
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:

@@ -27,7 +27,7 @@ from blockyard.api import (
     versions,
     volumes,
 )
-from blockyard.api.guard import BodyLimit, CatchAll
+from blockyard.api.guard import CatchAll, RequestLimits
 from blockyard.api.wire import CinderMiddleware
 from blockyard.config import Config
 from blockyard.service.lifecycle import build_runtime, close_runtime
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 REQUEST_THREADS = 2
 
 #: outermost first: version and request-id headers go on every answer, the catch-all's too
-MIDDLEWARE = [Middleware(CinderMiddleware), Middleware(CatchAll), Middleware(BodyLimit)]
+MIDDLEWARE = [Middleware(CinderMiddleware), Middleware(CatchAll), Middleware(RequestLimits)]
 
 ROUTES = [
     *versions.routes,

@@ -4,12 +4,12 @@ Everything a request can carry is bounded here, before an endpoint sees it, so n
 reach a code path that was not written for it:
 
 * bodies: at most `MAX_BODY_BYTES` (Cinder's ``osapi_max_request_body_size``), refused with a
-  413 before any parsing (`BodyLimit`);
+  413 before any parsing (`RequestLimits`);
 * JSON (`parse_json`): strict UTF-8, no NaN/Infinity, integers of at most `MAX_INT_DIGITS`
   ASCII digits, finite floats, nesting at most `MAX_DEPTH` deep, and no text (keys or values)
   with NUL or lone surrogates (``"\\ud800"`` escapes decode to those in `json.loads`, and they
   cannot be encoded back out, stored in PostgreSQL or echoed in an error);
-* paths and query strings: no NUL (`BodyLimit` checks them with the body);
+* paths and query strings: no NUL (`RequestLimits` checks them with the body);
 * the last line (`CatchAll`): an exception nothing else handled becomes a Cinder-shaped 500
   instead of a dropped keep-alive connection.
 
@@ -128,7 +128,22 @@ def _has_nul(scope: Scope) -> bool:
         b"\x00" in unquote_to_bytes(scope.get("query_string", b""))
 
 
-class BodyLimit:
+def _refusal(scope: Scope) -> ApiError | None:
+    """What is wrong with a request before its body is read, if anything."""
+    if _has_nul(scope):
+        return ApiError(400, "Invalid input received: the URL may not contain NUL "
+                             "characters.")
+    length = Headers(scope=scope).get("content-length")
+    if length is None:
+        return None
+    if not (length.isascii() and length.isdigit()):
+        return ApiError(400, "Invalid Content-Length header.")
+    if int(length) > MAX_BODY_BYTES:
+        return BodyTooLarge()
+    return None
+
+
+class RequestLimits:
     """413 for a body over `MAX_BODY_BYTES` (by Content-Length before reading anything, or
     as soon as a chunked body passes it), 400 for a NUL in the path or query string."""
 
@@ -139,16 +154,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if _has_nul(scope):
-            await fault(400, "Invalid input received: the URL may not contain NUL "
-                             "characters.")(scope, receive, send)
-            return
-        length = Headers(scope=scope).get("content-length")
-        if length is not None and (not length.isascii() or not length.isdigit()
-                                   or int(length) > MAX_BODY_BYTES):
-            exc = BodyTooLarge() if length.isascii() and length.isdigit() else \
-                ApiError(400, "Invalid Content-Length header.")
-            await fault(exc.status, exc.message)(scope, receive, send)
+        refusal = _refusal(scope)
+        if refusal is not None:
+            await fault(refusal.status, refusal.message)(scope, receive, send)
             return
         seen = 0
 

@@ -485,6 +485,6 @@ def create_app(config: ComputeConfig) -> Starlette:
     from starlette.middleware import Middleware
 
     middleware = [Middleware(ComputeMiddleware), Middleware(guard.CatchAll),
-                  Middleware(guard.BodyLimit)]
+                  Middleware(guard.RequestLimits)]
     return Starlette(routes=ROUTES, middleware=middleware,
                      exception_handlers=HANDLERS, lifespan=lifespan)

@@ -35,6 +35,7 @@ from blockyard.api import (
     versions,
     volumes,
 )
+from blockyard.api.guard import CatchAll, RequestLimits
 from blockyard.api.wire import CinderMiddleware
 from blockyard.config import Config
 from blockyard.service.lifecycle import build_runtime, close_runtime
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 #: threads that run requests' blocking work (database, backend calls made inline)
 REQUEST_THREADS = 2
+
+#: outermost first: version and request-id headers go on every answer, the catch-all's too
+MIDDLEWARE = [Middleware(CinderMiddleware), Middleware(CatchAll), Middleware(RequestLimits)]
 
 ROUTES = [
     *versions.routes,
@@ -84,7 +88,7 @@ def create_app(config: Config) -> Starlette:
 
     return Starlette(
         routes=ROUTES,
-        middleware=[Middleware(CinderMiddleware)],
+        middleware=MIDDLEWARE,
         exception_handlers=errors.HANDLERS,
         lifespan=lifespan,
     )
@@ -94,7 +98,7 @@ def create_app_with_runtime(rt: Runtime) -> Starlette:
     """An app around an already built runtime (in-process tests)."""
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(CinderMiddleware)],
+        middleware=MIDDLEWARE,
         exception_handlers=errors.HANDLERS,
     )
     app.state.runtime = rt

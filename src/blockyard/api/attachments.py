@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import listing, validate, wire
+from blockyard.api import listing, schema, validate, wire
 from blockyard.api.errors import ApiError
 from blockyard.api.views import iso
 from blockyard.db.models import Attachment
@@ -51,33 +51,46 @@ def attachment_detail(att: Attachment) -> dict[str, Any]:
     }
 
 
+#: os-brick connector properties: Cinder takes any object; the keys blockyard records as
+#: text (and the mountpoint an attachment keeps) must be text, the rest is passed on as is
+CONNECTOR = {
+    "type": "object",
+    "properties": {
+        **{key: {"type": ["string", "null"], "maxLength": 255}
+           for key in ("host", "ip", "initiator", "platform", "os_type", "nqn", "mountpoint")},
+        "multipath": {"type": ["boolean", "string", "null"]},
+    },
+}
+
+
 def _connector_arg(value: Any, field: str = "connector") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise validate.invalid(field, value, f"{value!r} is not of type 'object'")
+    schema.check(value, CONNECTOR)
     return value
+
+
+# Cinder's attachments.py schemas (mode from 3.54)
+CREATE = schema.body("attachment", {
+    "instance_uuid": schema.uuid,
+    "connector": {"type": ["object", "null"]},
+    "volume_uuid": schema.uuid,
+}, required=("volume_uuid",))
+CREATE_V354 = schema.body("attachment", {
+    **CREATE["properties"]["attachment"]["properties"],
+    "mode": {"type": "string", "enum": ["rw", "ro"]},
+}, required=("volume_uuid",))
+UPDATE = schema.body("attachment", {"connector": {"type": "object", "minProperties": 1}},
+                     required=("connector",))
 
 
 async def create(request: Request) -> Response:
     _require(request)
     body = await wire.json_body(request)
-    spec = validate.section(body, "attachment")
-    if wire.mv(request) >= 53:
-        validate.no_extra_keys(spec, {"volume_uuid", "instance_uuid", "connector", "mode"},
-                               "attachment")
-    if "volume_uuid" not in spec:
-        raise validate.invalid("attachment", spec, "'volume_uuid' is a required property")
-    volume_id = str(validate.uuid_string(spec["volume_uuid"], "volume_uuid", nullable=False))
-    instance_uuid = None
-    if "instance_uuid" in spec:
-        instance_uuid = validate.uuid_string(spec["instance_uuid"], "instance_uuid",
-                                             nullable=False)
-    mode = None
-    if "mode" in spec:
-        if wire.mv(request) < MODE_MV:
-            raise ApiError(400, "Invalid input received: mode requires microversion 3.54.")
-        if spec["mode"] not in ("rw", "ro"):
-            raise validate.invalid("mode", spec["mode"], "must be 'rw' or 'ro'")
-        mode = spec["mode"]
+    schema.check(body, CREATE_V354 if wire.mv(request) >= MODE_MV else CREATE)
+    spec: dict[str, Any] = body["attachment"]
+    volume_id, instance_uuid = spec["volume_uuid"], spec.get("instance_uuid")
+    mode = spec.get("mode")
     connector = None
     if spec.get("connector"):
         connector = connector_of(_connector_arg(spec["connector"]))
@@ -112,10 +125,8 @@ async def show(request: Request) -> Response:
 async def update(request: Request) -> Response:
     _require(request)
     body = await wire.json_body(request)
-    spec = validate.section(body, "attachment")
-    if "connector" not in spec:
-        raise validate.invalid("attachment", spec, "'connector' is a required property")
-    connector = connector_of(_connector_arg(spec["connector"]))
+    schema.check(body, UPDATE)
+    connector = connector_of(_connector_arg(body["attachment"]["connector"]))
     att = await blocking(request, attachments.update_connector, request.path_params["id"],
                          connector)
     return wire.ok({"attachment": attachment_detail(att)})
@@ -152,6 +163,26 @@ routes = [
 # ---------------------------------------------------------------------------- legacy actions
 
 
+# Cinder's schemas for the legacy actions (volume_actions.py, admin_actions.py)
+ATTACH = schema.body("os-attach", {
+    "instance_uuid": schema.uuid,
+    "mountpoint": {"type": "string", "minLength": 1, "maxLength": 255},
+    "host_name": {"type": "string", "maxLength": 255},
+    "mode": {"type": "string", "enum": ["rw", "ro"]},
+}, required=("mountpoint",))
+ATTACH["properties"]["os-attach"]["anyOf"] = [{"required": ["instance_uuid"]},
+                                              {"required": ["host_name"]}]
+DETACH = schema.body("os-detach", {"attachment_id": schema.uuid_allow_null}, nullable=True)
+FORCE_DETACH = schema.body("os-force_detach", {
+    "connector": {"type": ["string", "object", "null"]},
+    "attachment_id": {"type": ["string", "null"]},
+})
+INITIALIZE_CONNECTION = schema.body("os-initialize_connection", {
+    "connector": {"type": ["object", "string"]}}, required=("connector",))
+TERMINATE_CONNECTION = schema.body("os-terminate_connection", {
+    "connector": {"type": ["string", "object", "null"]}}, required=("connector",))
+
+
 def _state_step(step: Callable[..., None]) -> Callable[[Request, str, Any], Awaitable[Response]]:
     """An action that only moves the volume's status (its value, if any, is ignored)."""
 
@@ -163,52 +194,40 @@ def _state_step(step: Callable[..., None]) -> Callable[[Request, str, Any], Awai
 
 
 async def _initialize_connection(request: Request, volume_id: str, value: Any) -> Response:
-    args = validate.action_args(value, "os-initialize_connection")
-    if "connector" not in args:
-        raise validate.invalid("os-initialize_connection", args,
-                               "'connector' is a required property")
-    connector = connector_of(_connector_arg(args["connector"]))
+    schema.check({"os-initialize_connection": value}, INITIALIZE_CONNECTION)
+    connector = connector_of(_connector_arg(value["connector"]))
     info = await blocking(request, attachments.initialize_connection, volume_id, connector)
     return wire.ok({"connection_info": info.to_wire()})
 
 
 async def _terminate_connection(request: Request, volume_id: str, value: Any) -> Response:
-    args = validate.action_args(value, "os-terminate_connection")
-    if "connector" not in args:
-        raise validate.invalid("os-terminate_connection", args,
-                               "'connector' is a required property")
-    connector = connector_of(_connector_arg(args["connector"]))
+    schema.check({"os-terminate_connection": value}, TERMINATE_CONNECTION)
+    connector = connector_of(_connector_arg(value["connector"]))
     await blocking(request, attachments.terminate_connection, volume_id, connector)
     return wire.accepted()
 
 
 async def _attach(request: Request, volume_id: str, value: Any) -> Response:
-    args = validate.action_args(value, "os-attach")
-    instance_uuid = args.get("instance_uuid")
-    host_name = args.get("host_name")
+    schema.check({"os-attach": value}, ATTACH)
+    instance_uuid, host_name = value.get("instance_uuid"), value.get("host_name")
     if not instance_uuid and not host_name:
         raise ApiError(400, "Invalid request to attach volume to an invalid target")
-    if instance_uuid is not None:
-        validate.uuid_string(instance_uuid, "instance_uuid")
-    mode = args.get("mode", "rw")
-    if mode not in ("rw", "ro"):
-        raise ApiError(400, "Invalid request to attach volume with an invalid mode. "
-                            "Attaching mode should be 'rw' or 'ro'")
     await wire.call(request, attachments.attach, volume_id, instance_uuid=instance_uuid,
-                    host_name=host_name,
-                    mountpoint=validate.string(args.get("mountpoint"), "mountpoint"), mode=mode)
+                    host_name=host_name, mountpoint=value["mountpoint"],
+                    mode=value.get("mode", "rw"))
     return wire.accepted()
 
 
 async def _detach(request: Request, volume_id: str, value: Any) -> Response:
-    args = validate.action_args(value, "os-detach")
-    attachment_id = validate.uuid_string(args.get("attachment_id"), "attachment_id")
+    schema.check({"os-detach": value}, DETACH)
+    attachment_id = (value or {}).get("attachment_id")
     await blocking(request, attachments.detach, volume_id, attachment_id)
     return wire.accepted()
 
 
 async def _force_detach(request: Request, volume_id: str, value: Any) -> Response:
-    args = validate.action_args(value, "os-force_detach")
+    schema.check({"os-force_detach": value}, FORCE_DETACH)
+    args: dict[str, Any] = value
     attachment_id = validate.uuid_string(args.get("attachment_id"), "attachment_id")
     connector = connector_of(_connector_arg(args["connector"])) if args.get("connector") \
         else None

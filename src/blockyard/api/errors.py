@@ -6,7 +6,9 @@ name depends on the status code, as in Cinder's wsgi Fault.
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -53,9 +55,23 @@ class ApiError(Exception):
         self.message = message
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON that always encodes: text that cannot be UTF-8 (a lone surrogate echoed from a
+    request, a row written before input was checked) is sent \\u-escaped instead of failing
+    the response."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                              separators=(",", ":")).encode("ascii")
+
+
 def fault(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     name = FAULT_NAMES.get(status, "computeFault")
-    return JSONResponse({name: {"code": status, "message": message}}, status, headers=headers)
+    return SafeJSONResponse({name: {"code": status, "message": message}}, status,
+                            headers=headers)
 
 
 def status_of(exc: BaseException) -> int:
@@ -87,15 +103,9 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
     return fault(exc.status_code, str(exc.detail))
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return fault(500, "The server has either erred or is incapable of performing the requested "
-                      "operation.")
-
-
 HANDLERS = {
     errors.BlockyardError: handle_domain_error,
     ApiError: handle_api_error,
     HTTPException: handle_http_error,
-    Exception: handle_unexpected,
 }
+# Anything else is answered by `blockyard.api.guard.CatchAll`, which keeps the connection.

@@ -35,7 +35,7 @@ def parse_sort(request: Request) -> tuple[tuple[str, str], ...]:
 
 def parse_params(request: Request) -> ListParams:
     q = request.query_params
-    limit = validate.query_int(q.get("limit"), "limit", minimum=0)
+    limit = validate.query_int(q.get("limit"), "limit", minimum=0, maximum=None)
     offset = validate.query_int(q.get("offset"), "offset", minimum=0)
     with_count = False
     if "with_count" in q:

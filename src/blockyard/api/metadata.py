@@ -8,11 +8,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import validate, wire
+from blockyard.api import schema, wire
 from blockyard.api.errors import ApiError
 from blockyard.errors import NotFound
 from blockyard.service import metadata
 from blockyard.service.metadata import Owner
+
+# Cinder's volume_metadata.py / snapshot_metadata.py schemas
+CREATE = {"type": "object", "properties": {"metadata": schema.extra_specs},
+          "required": ["metadata"], "additionalProperties": False}
+UPDATE = {"type": "object",
+          "properties": {"meta": {**schema.extra_specs, "minProperties": 1,
+                                  "maxProperties": 1}},
+          "required": ["meta"], "additionalProperties": False}
 
 
 def routes(collection: str, owner: Owner) -> list[Route]:
@@ -25,9 +33,8 @@ def routes(collection: str, owner: Owner) -> list[Route]:
 
     async def write(request: Request, replace: bool) -> Response:
         body = await wire.json_body(request)
-        if "metadata" not in body:
-            raise ApiError(400, "Malformed request body")
-        meta = validate.metadata(body["metadata"])
+        schema.check(body, CREATE)
+        meta: dict[str, str] = body["metadata"]
         result = await run_in_threadpool(metadata.set_items, wire.runtime(request),
                                          wire.identity(request), owner,
                                          request.path_params["id"], meta, replace=replace)
@@ -50,11 +57,10 @@ def routes(collection: str, owner: Owner) -> list[Route]:
     async def update_key(request: Request) -> Response:
         body = await wire.json_body(request)
         key = request.path_params["key"]
-        meta = validate.metadata(body.get("meta"), "meta")
+        schema.check(body, UPDATE)
+        meta: dict[str, str] = body["meta"]
         if key not in meta:
             raise ApiError(400, "Request body and URI mismatch")
-        if len(meta) != 1:
-            raise ApiError(400, "Request body contains too many items")
         await run_in_threadpool(metadata.set_items, wire.runtime(request),
                                 wire.identity(request), owner, request.path_params["id"],
                                 meta, replace=False)

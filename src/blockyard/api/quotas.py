@@ -10,6 +10,7 @@ resource that already has a limit of the project's own, as Cinder's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -119,10 +120,10 @@ def _integer(key: str, value: Any) -> int:
             raise ApiError(400, f"{key} must be an integer.")
         value = int(value)
     if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise ApiError(400, f"{key} must be an integer.") from None
+        # ASCII only: int() would also take "٣" and "1_000"
+        if not re.fullmatch(r"[-+]?[0-9]{1,20}", value.strip()):
+            raise ApiError(400, f"{key} must be an integer.")
+        value = int(value.strip())
     if not isinstance(value, int):
         raise ApiError(400, f"{key} must be an integer.")
     if value < -1:

@@ -13,13 +13,15 @@ compiled validator is cached by identity, so a check costs one walk of the body.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import uuid as _uuid
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 from jsonschema import Draft4Validator, FormatChecker
 
+from blockyard import states
 from blockyard.api.errors import ApiError
 
 #: the largest integer a Cinder column holds (DB_MAX_INT)
@@ -28,7 +30,6 @@ DB_MAX_INT = 2**31 - 1
 _formats = FormatChecker()
 
 
-@_formats.checks("uuid")
 def _is_uuid(value: object) -> bool:
     if not isinstance(value, str):
         return True
@@ -39,11 +40,15 @@ def _is_uuid(value: object) -> bool:
     return True
 
 
-class _BlankName(Exception):
-    """A name that is empty once stripped: Cinder says so in its own words."""
+class Refusal(Exception):
+    """A format check that Cinder words in its own sentence (not "... is not a 'fmt'");
+    `check` answers with the message as it is."""
 
 
-@_formats.checks("name", raises=_BlankName)
+class _BlankName(Refusal):
+    """A name that is empty once stripped."""
+
+
 def _is_name(value: object) -> bool:
     if isinstance(value, str) and not value.strip():
         raise _BlankName("The 'name' can not be empty.")
@@ -71,9 +76,65 @@ _formats.checks("name_skip_leading_trailing_spaces", raises=_BlankName)(_is_trim
 _NON_PRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
-@_formats.checks("printable")
 def _is_printable(value: object) -> bool:
     return not isinstance(value, str) or _NON_PRINTABLE.search(value) is None
+
+
+def _one_of(allowed: frozenset[str], *, empty_ok: bool = True) -> Any:
+    """A format: a text that, lowercased, is one of `allowed` (or empty, for the volume
+    status formats of Cinder, not for its snapshot status)."""
+
+    def check(value: object) -> bool:
+        if not isinstance(value, str):
+            return True
+        return (empty_ok and not value) or value.lower() in allowed
+
+    return check
+
+
+def _is_reset_body(value: object) -> bool:
+    """Cinder's validate_volume_reset_body: at least one of the three statuses."""
+    return not isinstance(value, dict) or any(
+        value.get(k) for k in ("status", "attach_status", "migration_status"))
+
+
+def _is_progress(value: object) -> bool:
+    """A snapshot progress: an integer percentage, "0%" to "100%"."""
+    if not isinstance(value, str) or not value:
+        return True
+    number = value[:-1]
+    return value.endswith("%") and re.fullmatch(r"[0-9]{1,3}", number) is not None and \
+        int(number) <= 100
+
+
+def _at_most_255_stripped(entity: str) -> Any:
+    """Cinder's *_non_mandatory_remove_white_spaces formats: at most 255 characters once
+    stripped, worded as its check_string_length."""
+
+    def check(value: object) -> bool:
+        if isinstance(value, str) and len(value.strip()) > 255:
+            raise Refusal(f"Invalid input received: {entity} has {len(value.strip())} "
+                          f"characters, more than 255.")
+        return True
+
+    return check
+
+
+_formats.checks("name_non_mandatory_remove_white_spaces", raises=Refusal)(
+    _at_most_255_stripped("name"))
+_formats.checks("description_non_mandatory_remove_white_spaces", raises=Refusal)(
+    _at_most_255_stripped("description"))
+_formats.checks("uuid")(_is_uuid)
+_formats.checks("name", raises=_BlankName)(_is_name)
+_formats.checks("printable")(_is_printable)
+_formats.checks("volume_status")(_one_of(states.VOLUME_RESET_STATUSES))
+_formats.checks("volume_attach_status")(_one_of(states.ATTACH_RESET_STATUSES))
+# Cinder's VolumeMigrationStatus.ALL; "none" clears it. Never the internal "target:<id>".
+_formats.checks("volume_migration_status")(_one_of(
+    frozenset({*states.MigrationStatus, "none"})))
+_formats.checks("snapshot_status")(_one_of(states.SNAPSHOT_RESET_STATUSES, empty_ok=False))
+_formats.checks("validate_volume_reset_body")(_is_reset_body)
+_formats.checks("progress")(_is_progress)
 
 
 # ------------------------------------------------------------------ parameter types
@@ -109,6 +170,17 @@ cinder_host = {"type": ["string", "null"], "minLength": 1, "maxLength": 255,
                "pattern": r"^[a-zA-Z0-9-._#@:/+\[\]]*$"}
 
 
+uuid_allow_null = {"oneOf": [uuid, {"type": "null"}]}
+extra_specs_with_null = {
+    "type": "object",
+    "patternProperties": {"^[a-zA-Z0-9-_:. /]{1,255}$": {"type": ["string", "null"],
+                                                         "maxLength": 255}},
+    "additionalProperties": False,
+}
+#: an action whose value Cinder ignores (``{"os-reserve": null}``, ``{}``, anything)
+ANY: dict[str, Any] = {}
+
+
 def body(key: str, properties: dict[str, Any], *, required: tuple[str, ...] = (),
          strict: bool = True, nullable: bool = False) -> dict[str, Any]:
     """The common shape ``{key: {properties...}}`` with `key` required.
@@ -126,19 +198,55 @@ def body(key: str, properties: dict[str, Any], *, required: tuple[str, ...] = ()
 
 # ------------------------------------------------------------------ checking
 
-_compiled: dict[int, tuple[dict[str, Any], Draft4Validator]] = {}
+_NUMBER = re.compile(r"-?[0-9]{1,20}")
+_DIGITS = re.compile(r"-?[0-9]+")
 
 
-def _validator(schema: dict[str, Any]) -> Draft4Validator:
+def _number(value: Any) -> Any:
+    """What Cinder's minimum/maximum compare: numbers, and strings of ASCII digits as the
+    number they spell (JSON Schema alone ignores strings there, so "0" would pass
+    ``minimum: 1``); None for anything else, which the bounds leave to other keywords."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        text = value.strip()
+        if _NUMBER.fullmatch(text):
+            return int(text)
+        return -math.inf if text.startswith("-") else math.inf  # beyond every bound
+    return None
+
+
+def _minimum(validator: Any, minimum: Any, instance: Any, schema: Any) -> Any:
+    number = _number(instance)
+    if number is not None and number < minimum:
+        yield jsonschema.ValidationError(f"{number!r} is less than the minimum of {minimum}")
+
+
+def _maximum(validator: Any, maximum: Any, instance: Any, schema: Any) -> Any:
+    number = _number(instance)
+    if number is not None and number > maximum:
+        yield jsonschema.ValidationError(f"{number!r} is greater than the maximum of "
+                                         f"{maximum}")
+
+
+#: Draft 4 with Cinder's string-aware minimum and maximum
+_Validator = jsonschema.validators.extend(Draft4Validator,
+                                          {"minimum": _minimum, "maximum": _maximum})
+_compiled: dict[int, tuple[dict[str, Any], Any]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Any:
     hit = _compiled.get(id(schema))
     if hit is None or hit[0] is not schema:
-        hit = (schema, Draft4Validator(schema, format_checker=_formats))
+        hit = (schema, _Validator(schema, format_checker=_formats))
         _compiled[id(schema)] = hit
     return hit[1]
 
 
 def _message(error: jsonschema.ValidationError) -> str:
-    if isinstance(error.cause, _BlankName):
+    if isinstance(error.cause, Refusal):
         return str(error.cause)
     if error.path:
         return (f"Invalid input for field/attribute {error.path[-1]}. Value: "
@@ -148,7 +256,7 @@ def _message(error: jsonschema.ValidationError) -> str:
 
 def check(value: Any, schema: dict[str, Any]) -> None:
     """Raise a 400 worded as Cinder words it when `value` does not satisfy `schema`."""
-    validator = _validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    # the first failure, as Cinder's validator raises it (not jsonschema's best_match)
+    error = next(iter(_validator(schema).iter_errors(value)), None)
     if error is not None:
         raise ApiError(400, _message(error))

@@ -8,7 +8,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard import states
 from blockyard.api import listing, metadata, schema, validate, wire
 from blockyard.api.errors import ApiError
 from blockyard.api.views import iso
@@ -119,6 +118,13 @@ async def delete(request: Request) -> Response:
     return wire.accepted()
 
 
+# Cinder's snapshot action schemas (admin_actions.py)
+RESET_STATUS = schema.body("os-reset_status", {
+    "status": {"type": "string", "format": "snapshot_status"}}, required=("status",))
+FORCE_DELETE = {"type": "object", "properties": {"os-force_delete": schema.ANY},
+                "required": ["os-force_delete"], "additionalProperties": False}
+
+
 async def action(request: Request) -> Response:
     body = await wire.json_body(request)
     if len(body) != 1:
@@ -126,12 +132,8 @@ async def action(request: Request) -> Response:
     name, value = next(iter(body.items()))
     snapshot_id = request.path_params["id"]
     if name == "os-reset_status":
-        if not isinstance(value, dict) or "status" not in value:
-            raise ApiError(400, "Must specify 'status'")
-        status = str(value["status"]).lower()
-        if status not in states.SNAPSHOT_RESET_STATUSES:
-            raise ApiError(400, f"Invalid input received: Must specify a valid status: "
-                                f"{status}")
+        schema.check(body, RESET_STATUS)
+        status = value["status"].lower()
         await wire.call(request, snapshots.reset_status, snapshot_id, status)
         return wire.accepted()
     if name == "os-update_snapshot_status":
@@ -140,6 +142,7 @@ async def action(request: Request) -> Response:
                         value.get("progress"))
         return wire.accepted()
     if name == "os-force_delete":
+        schema.check(body, FORCE_DELETE)
         await wire.call(request, snapshots.delete_snapshot, snapshot_id, force=True)
         return wire.accepted()
     raise ApiError(400, f"There is no such action: {name}. Verify the request body and "

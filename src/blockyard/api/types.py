@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import listing, validate, wire
+from blockyard.api import listing, schema, validate, wire
 from blockyard.api.errors import ApiError
 from blockyard.db.models import VolumeType
 from blockyard.errors import NotFound
@@ -32,8 +32,7 @@ from blockyard.service.identity import Identity
 
 ACCESS_KEY = "os-volume-type-access:is_public"
 USER_VISIBLE_SPECS = ("RESKEY:availability_zones", "multiattach", "replication_enabled")
-#: extra spec keys in a type create (spaces allowed) and in the extra_specs API (no spaces)
-_SPEC_KEY = re.compile(r"^[a-zA-Z0-9-_:. /]{1,255}$")
+#: extra spec keys in the extra_specs API (no spaces; a type create allows them)
 _SPEC_KEY_NO_SPACE = re.compile(r"^[a-zA-Z0-9-_:.]{1,255}$")
 
 
@@ -73,30 +72,26 @@ def render(who: Identity, vt: VolumeType, *, qos: bool, access: bool) -> dict[st
 
 # ---------------------------------------------------------------------------- input checks
 
-
-def check_name(value: Any, field: str = "name") -> str:
-    name = validate.string(value, field, nullable=False, max_length=255)
-    assert name is not None
-    if not name.strip():
-        raise ApiError(400, f"Invalid input for field/attribute {field}. Value: {value}. "
-                            f"An invalid 'name' value was provided. The 'name' can not be "
-                            f"empty.")
-    return name
-
-
-def check_specs(value: Any, field: str, key_pattern: re.Pattern[str]) -> dict[str, str]:
-    """A flat map of extra specs with Cinder's key pattern and string values."""
-    if not isinstance(value, dict):
-        raise validate.invalid(field, value, f"{value!r} is not of type 'object'")
-    for key, item in value.items():
-        if not key_pattern.match(key):
-            raise validate.invalid(field, value, f"Additional properties are not allowed "
-                                                 f"({key!r} was unexpected)")
-        if not isinstance(item, str):
-            raise validate.invalid(f"{field}/{key}", item, f"{item!r} is not of type 'string'")
-        if len(item) > 255:
-            raise validate.invalid(f"{field}/{key}", item, f"{item!r} is too long")
-    return dict(value)
+# Cinder's volume_types.py, types_extra_specs.py and volume_type_access.py schemas; spec
+# values must be text here (Cinder also takes null, which no consumer of a spec can use)
+_SPECS_NO_SPACE = {"type": "object",
+                   "patternProperties": {_SPEC_KEY_NO_SPACE.pattern: {"type": "string",
+                                                                      "maxLength": 255}},
+                   "additionalProperties": False}
+CREATE = schema.body("volume_type", {
+    "name": schema.name, "description": schema.description,
+    "extra_specs": {**schema.extra_specs, "type": ["object", "null"]},
+    ACCESS_KEY: schema.boolean}, required=("name",))
+UPDATE = schema.body("volume_type", {
+    "name": schema.update_name, "description": schema.description,
+    "is_public": schema.boolean})
+SPECS_CREATE = {"type": "object", "properties": {"extra_specs": _SPECS_NO_SPACE},
+                "required": ["extra_specs"], "additionalProperties": False}
+SPECS_UPDATE = {**_SPECS_NO_SPACE, "minProperties": 1, "maxProperties": 1}
+ACCESS_ACTIONS = {
+    name: schema.body(name, {"project": {"type": "string", "minLength": 1, "maxLength": 255}},
+                      required=("project",))
+    for name in ("addProjectAccess", "removeProjectAccess")}
 
 
 def _is_public_filter(raw: str | None) -> bool | None:
@@ -124,8 +119,8 @@ def _type_filter(request: Request, who: Identity, filters: dict[str, str]) -> ty
         if key == "extra_specs":
             try:
                 parsed = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                parsed = None
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                parsed = None  # TypeError: {[]: 1}, a literal Python cannot build
             if not isinstance(parsed, dict):
                 raise ApiError(400, f"Invalid input received: extra_specs filter must be a "
                                     f"dictionary, got {value!r}.")
@@ -167,16 +162,10 @@ async def create(request: Request) -> Response:
     who = wire.identity(request)
     admin_only(who, "volume_extension:types_manage")
     body = await wire.json_body(request)
-    spec = validate.section(body, "volume_type")
-    validate.no_extra_keys(body, {"volume_type"})
-    validate.no_extra_keys(spec, {"name", "description", "extra_specs", ACCESS_KEY},
-                           "volume_type")
-    if "name" not in spec:
-        raise validate.invalid("volume_type", spec, "'name' is a required property")
-    name = check_name(spec["name"])
-    description = validate.string(spec.get("description"), "description")
-    specs = {} if spec.get("extra_specs") is None else \
-        check_specs(spec["extra_specs"], "extra_specs", _SPEC_KEY)
+    schema.check(body, CREATE)
+    spec: dict[str, Any] = body["volume_type"]
+    name, description = spec["name"], spec.get("description")
+    specs = dict(spec.get("extra_specs") or {})
     is_public = validate.boolean(spec.get(ACCESS_KEY, True), ACCESS_KEY)
     vt = await _in_thread(type_admin.create, wire.runtime(request), name, description,
                           is_public, specs)
@@ -187,11 +176,9 @@ async def update(request: Request) -> Response:
     who = wire.identity(request)
     admin_only(who, "volume_extension:types_manage")
     body = await wire.json_body(request)
-    spec = validate.section(body, "volume_type")
-    validate.no_extra_keys(body, {"volume_type"})
-    validate.no_extra_keys(spec, {"name", "description", "is_public"}, "volume_type")
-    name = validate.string(spec.get("name"), "name")
-    description = validate.string(spec.get("description"), "description")
+    schema.check(body, UPDATE)
+    spec: dict[str, Any] = body["volume_type"]
+    name, description = spec.get("name"), spec.get("description")
     is_public = None if spec.get("is_public") is None else \
         validate.boolean(spec["is_public"], "is_public")
     if name is not None and not name.strip():
@@ -227,10 +214,8 @@ async def specs_create(request: Request) -> Response:
     who = wire.identity(request)
     admin_only(who, "volume_extension:types_extra_specs:create")
     body = await wire.json_body(request)
-    validate.no_extra_keys(body, {"extra_specs"})
-    if "extra_specs" not in body:
-        raise validate.invalid("body", body, "'extra_specs' is a required property")
-    specs = check_specs(body["extra_specs"], "extra_specs", _SPEC_KEY_NO_SPACE)
+    schema.check(body, SPECS_CREATE)
+    specs: dict[str, str] = body["extra_specs"]
     await _in_thread(type_admin.set_extra_specs, wire.runtime(request), who,
                      request.path_params["id"], specs)
     return wire.ok({"extra_specs": specs})
@@ -252,9 +237,8 @@ async def specs_update(request: Request) -> Response:
     admin_only(who, "volume_extension:types_extra_specs:update")
     body = await wire.json_body(request)
     key = request.path_params["key"]
-    if len(body) > 1:
-        raise validate.invalid("body", body, f"{body} has too many properties")
-    specs = check_specs(body, "body", _SPEC_KEY_NO_SPACE)
+    schema.check(body, SPECS_UPDATE)
+    specs: dict[str, str] = body
     if key not in specs:
         raise ApiError(400, "Request body and URI mismatch")
     await _in_thread(type_admin.set_extra_specs, wire.runtime(request), who,
@@ -282,17 +266,6 @@ async def access_index(request: Request) -> Response:
                                            for p in projects]})
 
 
-def _project_arg(action: str, value: Any) -> str:
-    if not isinstance(value, dict):
-        raise validate.invalid(action, value, f"{value!r} is not of type 'object'")
-    validate.no_extra_keys(value, {"project"}, action)
-    if "project" not in value:
-        raise validate.invalid(action, value, "'project' is a required property")
-    project = validate.string(value["project"], "project", nullable=False, min_length=1)
-    assert project is not None
-    return project
-
-
 async def action(request: Request) -> Response:
     who = wire.identity(request)
     body = await wire.json_body(request)
@@ -305,7 +278,8 @@ async def action(request: Request) -> Response:
         raise ApiError(400, f"There is no such action: {name}. Verify the request body and "
                             f"Content-Type header and try again.")
     admin_only(who, f"volume_extension:volume_type_access:{name}")
-    project = _project_arg(name, value)
+    schema.check(body, ACCESS_ACTIONS[name])
+    project = value["project"]
     await _in_thread(handlers[name], wire.runtime(request), who, request.path_params["id"],
                      project)
     return wire.accepted()

@@ -7,6 +7,7 @@ send as strings ("True", "5") are accepted where Cinder accepts them.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +17,8 @@ from blockyard.api.errors import ApiError
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
 _FALSE = {"false", "0", "no", "n", "off", "f"}
 MAX_INT = 2**31 - 1
+#: digits as JSON and Cinder's schemas mean them: ASCII only (int() also takes "٣" and "²")
+_SIGNED = re.compile(r"[-+]?[0-9]{1,20}")
 
 
 def invalid(field: str, value: Any, reason: str) -> ApiError:
@@ -60,7 +63,7 @@ def integer(value: Any, field: str, *, minimum: int | None = None,
         raise invalid(field, value, f"{value!r} is not of type 'integer', 'string'")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    elif isinstance(value, str) and _SIGNED.fullmatch(value.strip()):
         number = int(value.strip())
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
@@ -136,14 +139,19 @@ def query_bool(value: str | None, field: str, default: bool = False) -> bool:
     return boolean(value, field)
 
 
-def query_int(value: str | None, field: str, *, minimum: int = 0) -> int | None:
+def query_int(value: str | None, field: str, *, minimum: int = 0,
+              maximum: int | None = MAX_INT) -> int | None:
+    """An integer query parameter: ASCII digits, within [minimum, maximum] (None: no upper
+    bound, for values that are capped rather than refused, like ``limit``)."""
     if value is None:
         return None
-    try:
-        number = int(value)
-    except ValueError:
+    if not _SIGNED.fullmatch(value.strip()):
         raise ApiError(400, f"Invalid input received: {field} must be an integer, got "
-                            f"{value!r}.") from None
+                            f"{value!r}.")
+    number = int(value.strip())
     if number < minimum:
         raise ApiError(400, f"Invalid input received: {field} must be >= {minimum}.")
+    if maximum is not None and number > maximum:
+        raise ApiError(400, f"Invalid input received: {field} must be <= {maximum}.")
     return number
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -9,19 +10,50 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard import states
 from blockyard.api import attachments as attachment_api
-from blockyard.api import listing, metadata, validate, views, wire
+from blockyard.api import listing, metadata, schema, validate, views, wire
 from blockyard.api.errors import ApiError
 from blockyard.api.types import admin_only
 from blockyard.service import migration, volumes
 
-CREATE_KEYS = {
-    "name", "description", "display_name", "display_description", "size", "availability_zone",
-    "source_volid", "snapshot_id", "backup_id", "imageRef", "volume_type", "metadata",
-    "consistencygroup_id", "multiattach", "group_id", "bootable",
-}
-UPDATE_KEYS = {"name", "description", "display_name", "display_description", "metadata"}
+# Cinder's volumes.py schemas: create (with group_id from 3.13, backup_id from 3.47, no
+# unknown keys from 3.53) and update (unknown keys never; at least one field from 3.53)
+_NAME = {"type": ["string", "null"], "format": "name_non_mandatory_remove_white_spaces"}
+_DESCRIPTION = {"type": ["string", "null"],
+                "format": "description_non_mandatory_remove_white_spaces"}
+_TEXTS = {"name": _NAME, "display_name": _NAME, "description": _DESCRIPTION,
+          "display_description": _DESCRIPTION}
+CREATE = schema.body("volume", {
+    **_TEXTS,
+    "volume_type": schema.name_allow_zero_min_length,
+    "metadata": schema.metadata_allows_null,
+    "snapshot_id": schema.optional_uuid,
+    "source_volid": schema.optional_uuid,
+    "consistencygroup_id": schema.optional_uuid,
+    "size": schema.volume_size_allows_null,
+    "availability_zone": schema.availability_zone,
+    "multiattach": schema.optional_boolean,
+    "image_id": schema.name_allow_zero_min_length,
+    "imageRef": schema.name_allow_zero_min_length,
+    "bootable": schema.optional_boolean,  # blockyard's: a new volume marked bootable
+}, strict=False)
+CREATE["properties"]["OS-SCH-HNT:scheduler_hints"] = {"type": ["object", "null"]}
+CREATE_V313 = copy.deepcopy(CREATE)
+CREATE_V313["properties"]["volume"]["properties"]["group_id"] = \
+    schema.name_allow_zero_min_length
+CREATE_V347 = copy.deepcopy(CREATE_V313)
+CREATE_V347["properties"]["volume"]["properties"]["backup_id"] = schema.optional_uuid
+CREATE_V353 = copy.deepcopy(CREATE_V347)
+CREATE_V353["properties"]["volume"]["additionalProperties"] = False
+UPDATE = schema.body("volume", {**_TEXTS, "metadata": schema.extra_specs})
+UPDATE_V353 = copy.deepcopy(UPDATE)
+UPDATE_V353["properties"]["volume"]["anyOf"] = [
+    {"required": [key]} for key in (*_TEXTS, "metadata")]
+
+
+def _create_schema(mv: int) -> dict[str, Any]:
+    return CREATE_V353 if mv >= 53 else CREATE_V347 if mv >= 47 else \
+        CREATE_V313 if mv >= 13 else CREATE
 
 
 def _strict(request: Request) -> bool:
@@ -34,18 +66,12 @@ def _strict(request: Request) -> bool:
 
 async def create(request: Request) -> Response:
     body = await wire.json_body(request)
-    spec = validate.section(body, "volume")
-    if _strict(request):
-        validate.no_extra_keys(spec, CREATE_KEYS, "volume")
-        validate.no_extra_keys(body, {"volume", "OS-SCH-HNT:scheduler_hints"})
-    size = spec.get("size")
-    if size is not None:
-        size = validate.integer(size, "size", minimum=1)
-    name = validate.string(spec.get("name", spec.get("display_name")), "name")
-    description = validate.string(spec.get("description", spec.get("display_description")),
-                                  "description")
-    snapshot_id = validate.uuid_string(spec.get("snapshot_id"), "snapshot_id")
-    source_volid = validate.uuid_string(spec.get("source_volid"), "source_volid")
+    schema.check(body, _create_schema(wire.mv(request)))
+    spec: dict[str, Any] = body["volume"]
+    size = None if spec.get("size") is None else int(spec["size"])
+    name = spec.get("name", spec.get("display_name"))
+    description = spec.get("description", spec.get("display_description"))
+    snapshot_id, source_volid = spec.get("snapshot_id"), spec.get("source_volid")
     if snapshot_id and source_volid:
         raise ApiError(400, "Invalid input received: Cannot create a volume from a snapshot "
                             "and a source volume at once.")
@@ -61,24 +87,19 @@ async def create(request: Request) -> Response:
                                                                 "multiattach"):
         raise ApiError(400, "Invalid input received: The multiattach flag is no longer "
                             "supported; use a volume type with multiattach=\"<is> True\".")
-    volume_type = spec.get("volume_type")
-    if volume_type is not None and not isinstance(volume_type, str):
-        raise validate.invalid("volume_type", volume_type,
-                               f"{volume_type!r} is not of type 'string'")
-    zone = validate.string(spec.get("availability_zone"), "availability_zone")
-    # groups came with 3.13; before that Cinder ignores the key
-    group_id = validate.uuid_string(spec.get("group_id"), "group_id") \
-        if wire.mv(request) >= 13 else None
+    volume_type, zone = spec.get("volume_type"), spec.get("availability_zone")
+    # groups came with 3.13; before that Cinder ignores the key (the schema checked its form)
+    group_id = (spec.get("group_id") or None) if wire.mv(request) >= 13 else None
     req = volumes.VolumeCreate(
         size=size,
         name=name,
         description=description,
-        metadata=validate.metadata(spec.get("metadata")),
+        metadata=spec.get("metadata") or {},
         volume_type=volume_type or None,
         availability_zone=zone or None,
         snapshot_id=snapshot_id,
         source_volid=source_volid,
-        bootable=validate.boolean(spec.get("bootable", False), "bootable"),
+        bootable=validate.boolean(spec.get("bootable") or False, "bootable"),
         group_id=group_id,
     )
     v = await wire.call(request, volumes.create, req)
@@ -124,17 +145,15 @@ async def show(request: Request) -> Response:
 
 async def update(request: Request) -> Response:
     body = await wire.json_body(request)
-    spec = validate.section(body, "volume")
-    if _strict(request):
-        validate.no_extra_keys(spec, UPDATE_KEYS, "volume")
+    schema.check(body, UPDATE_V353 if _strict(request) else UPDATE)
+    spec: dict[str, Any] = body["volume"]
     values: dict[str, Any] = {}
     if "name" in spec or "display_name" in spec:
-        values["name"] = validate.string(spec.get("name", spec.get("display_name")), "name")
+        values["name"] = spec.get("name", spec.get("display_name"))
     if "description" in spec or "display_description" in spec:
-        values["description"] = validate.string(
-            spec.get("description", spec.get("display_description")), "description")
+        values["description"] = spec.get("description", spec.get("display_description"))
     if "metadata" in spec:
-        values["metadata"] = validate.metadata(spec["metadata"])
+        values["metadata"] = spec["metadata"]
     if not values:
         raise ApiError(400, "Invalid input received: No updatable fields were given.")
     v = await wire.call(request, volumes.update_fields, request.path_params["id"], values)
@@ -156,65 +175,72 @@ async def delete(request: Request) -> Response:
 
 Action = Callable[[Request, str, Any], Awaitable[Response]]
 
+# Cinder's schemas for these actions (volume_actions.py, admin_actions.py); each is checked
+# against the whole body, ``{"os-extend": {...}}``, before anything else happens.
+EXTEND = schema.body("os-extend", {"new_size": schema.volume_size}, required=("new_size",))
+_STATUS = {"type": ["string", "null"]}
+RESET_STATUS = schema.body("os-reset_status", {
+    "status": {**_STATUS, "format": "volume_status"},
+    "attach_status": {**_STATUS, "format": "volume_attach_status"},
+    "migration_status": {**_STATUS, "format": "volume_migration_status"},
+})
+RESET_STATUS["properties"]["os-reset_status"]["format"] = "validate_volume_reset_body"
+SET_BOOTABLE = schema.body("os-set_bootable", {"bootable": schema.boolean},
+                           required=("bootable",))
+UPDATE_READONLY = schema.body("os-update_readonly_flag", {"readonly": schema.boolean},
+                              required=("readonly",))
+FORCE_DELETE = {"type": "object", "properties": {"os-force_delete": schema.ANY},
+                "required": ["os-force_delete"], "additionalProperties": False}
+_MIGRATE_FLAGS = {"force_host_copy": schema.boolean, "lock_volume": schema.boolean}
+MIGRATE = schema.body("os-migrate_volume", {
+    "host": {"type": "string", "maxLength": 255}, **_MIGRATE_FLAGS}, required=("host",))
+#: 3.16: a cluster may be named instead of a host
+MIGRATE_V316 = schema.body("os-migrate_volume", {
+    "host": {"type": ["string", "null"], "maxLength": 255}, **_MIGRATE_FLAGS,
+    "cluster": schema.name_allow_zero_min_length})
+RETYPE = schema.body("os-retype", {
+    "new_type": {"type": "string"},
+    "migration_policy": {"type": ["string", "null"], "enum": ["on-demand", "never"]},
+}, required=("new_type",))
+MIGRATE_COMPLETION = schema.body("os-migrate_volume_completion", {
+    "new_volume": schema.uuid, "error": {"type": ["string", "null", "boolean"]},
+}, required=("new_volume",))
+
 
 async def _extend(request: Request, volume_id: str, value: Any) -> Response:
-    args = validate.action_args(value, "os-extend")
-    if "new_size" not in args:
-        raise validate.invalid("os-extend", args, "'new_size' is a required property")
-    if _strict(request):
-        validate.no_extra_keys(args, {"new_size"}, "os-extend")
-    new_size = validate.integer(args["new_size"], "new_size", minimum=1)
+    schema.check({"os-extend": value}, EXTEND)
+    new_size = int(value["new_size"])
     await wire.call(request, volumes.extend, volume_id, new_size,
                     attached_ok=wire.mv(request) >= 42)
     return wire.accepted()
 
 
 async def _reset_status(request: Request, volume_id: str, value: Any) -> Response:
-    args = validate.action_args(value, "os-reset_status")
-    validate.no_extra_keys(args, {"status", "attach_status", "migration_status"},
-                           "os-reset_status")
-    if not args:
-        raise ApiError(400, "Must specify 'status', 'attach_status' or 'migration_status' for "
-                            "update.")
-    status = args.get("status")
-    if status is not None:
-        status = str(status).lower()
-        if status not in states.VOLUME_RESET_STATUSES:
-            raise ApiError(400, f"Invalid input received: Must specify a valid status: "
-                                f"{status}")
-    attach_status = args.get("attach_status")
-    if attach_status is not None:
-        attach_status = str(attach_status).lower()
-        if attach_status not in states.ATTACH_RESET_STATUSES:
-            raise ApiError(400, f"Invalid input received: Must specify a valid attach "
-                                f"status: {attach_status}")
-    migration_status = args.get("migration_status")
-    if migration_status is not None:
-        migration_status = str(migration_status).lower()
+    schema.check({"os-reset_status": value}, RESET_STATUS)
+    status, attach_status, migration_status = (
+        value[key].lower() if value.get(key) else None
+        for key in ("status", "attach_status", "migration_status"))
     await wire.call(request, volumes.reset_status, volume_id, status, attach_status,
                     migration_status)
     return wire.accepted()
 
 
 async def _set_bootable(request: Request, volume_id: str, value: Any) -> Response:
-    args = validate.action_args(value, "os-set_bootable")
-    if "bootable" not in args:
-        raise ApiError(400, "Must specify bootable in request.")
-    bootable = validate.boolean(args["bootable"], "bootable")
+    schema.check({"os-set_bootable": value}, SET_BOOTABLE)
+    bootable = validate.boolean(value["bootable"], "bootable")
     await wire.call(request, volumes.update_fields, volume_id, {"bootable": bootable})
     return Response(status_code=200)
 
 
 async def _update_readonly(request: Request, volume_id: str, value: Any) -> Response:
-    args = validate.action_args(value, "os-update_readonly_flag")
-    if "readonly" not in args:
-        raise ApiError(400, "Must specify readonly in request.")
-    readonly = validate.boolean(args["readonly"], "readonly")
+    schema.check({"os-update_readonly_flag": value}, UPDATE_READONLY)
+    readonly = validate.boolean(value["readonly"], "readonly")
     await wire.call(request, volumes.update_fields, volume_id, {"readonly": readonly})
     return wire.accepted()
 
 
 async def _force_delete(request: Request, volume_id: str, value: Any) -> Response:
+    schema.check({"os-force_delete": value}, FORCE_DELETE)
     await wire.call(request, volumes.delete_volume, volume_id, force=True)
     return wire.accepted()
 
@@ -227,33 +253,23 @@ async def _migrate(request: Request, volume_id: str, value: Any) -> Response:
     """
     admin_only(wire.identity(request),
                "volume_extension:volume_admin_actions:migrate_volume")
-    args = validate.action_args(value, "os-migrate_volume")
-    allowed = {"host", "force_host_copy", "lock_volume"}
-    if wire.mv(request) >= 16:
-        allowed.add("cluster")
-    validate.no_extra_keys(args, allowed, "os-migrate_volume")
+    schema.check({"os-migrate_volume": value},
+                 MIGRATE_V316 if wire.mv(request) >= 16 else MIGRATE)
+    args: dict[str, Any] = value
     if args.get("cluster") is not None:
         raise ApiError(400, "Invalid input received: cluster is not supported: this "
                             "deployment has no clusters; give a host.")
     host = args.get("host")
-    if not isinstance(host, str) or not host:
+    if not host:
         raise validate.invalid("os-migrate_volume", args, "'host' is a required property")
-    validate.boolean(args.get("force_host_copy", False), "force_host_copy")
     lock = validate.boolean(args.get("lock_volume", False), "lock_volume")
     await wire.call(request, migration.migrate, volume_id, host, lock_volume=lock)
     return wire.accepted()
 
 
 async def _retype(request: Request, volume_id: str, value: Any) -> Response:
-    args = validate.action_args(value, "os-retype")
-    validate.no_extra_keys(args, {"new_type", "migration_policy"}, "os-retype")
-    new_type = args.get("new_type")
-    if not isinstance(new_type, str) or not new_type:
-        raise validate.invalid("os-retype", args, "'new_type' is a required property")
-    policy = args.get("migration_policy") or "never"
-    if policy not in ("on-demand", "never"):
-        raise ApiError(400, f"Invalid input received: migration_policy must be 'on-demand' "
-                            f"or 'never', passed: {policy}")
+    schema.check({"os-retype": value}, RETYPE)
+    new_type, policy = value["new_type"], value.get("migration_policy", "never")
     await wire.call(request, migration.retype, volume_id, new_type, policy)
     return wire.accepted()
 
@@ -262,13 +278,9 @@ async def _migrate_completion(request: Request, volume_id: str, value: Any) -> R
     """os-migrate_volume_completion (admin): Cinder's checks and answer (see the service)."""
     admin_only(wire.identity(request),
                "volume_extension:volume_admin_actions:migrate_volume_completion")
-    args = validate.action_args(value, "os-migrate_volume_completion")
-    validate.no_extra_keys(args, {"new_volume", "error"}, "os-migrate_volume_completion")
-    new_volume = validate.uuid_string(args.get("new_volume"), "new_volume")
-    if new_volume is None:
-        raise validate.invalid("os-migrate_volume_completion", args,
-                               "'new_volume' is a required property")
-    error = validate.boolean(args.get("error", False), "error")
+    schema.check({"os-migrate_volume_completion": value}, MIGRATE_COMPLETION)
+    new_volume = value["new_volume"]
+    error = validate.boolean(value.get("error") or False, "error")
     save = await wire.call(request, migration.complete, volume_id, new_volume, error)
     return wire.ok({"save_volume_id": save})
 

@@ -9,7 +9,6 @@ out of the path into ``request.state.url_project`` so one route table serves bot
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import uuid
@@ -19,10 +18,11 @@ from typing import Any, TypeVar
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from blockyard.api.errors import ApiError, fault
+from blockyard.api import guard
+from blockyard.api.errors import ApiError, SafeJSONResponse, fault
 from blockyard.service.identity import Identity, from_noauth
 from blockyard.service.request_context import REQUEST_ID
 from blockyard.service.runtime import Runtime
@@ -135,20 +135,26 @@ def mv(request: Request) -> int:
     return int(getattr(request.state, "mv", MIN_MINOR))
 
 
+#: the longest user or project id a request may name (Keystone's are 64; the columns 255)
+MAX_ID_LENGTH = 255
+
+
 def identity(request: Request) -> Identity:
     h = request.headers
-    return from_noauth(h.get("x-auth-token"), h.get("x-user-id"), h.get("x-project-id"))
+    who = from_noauth(h.get("x-auth-token"), h.get("x-user-id"), h.get("x-project-id"))
+    if len(who.user_id) > MAX_ID_LENGTH or len(who.project_id) > MAX_ID_LENGTH:
+        raise ApiError(400, f"Invalid input received: user and project ids may be at most "
+                            f"{MAX_ID_LENGTH} characters.")
+    return who
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or 400 as Cinder words it."""
+    """The request body as a JSON object, or 400 as Cinder words it (bounded and checked by
+    `guard.parse_json`: no deep nesting, huge numbers, NUL or lone surrogates get through)."""
     raw = await request.body()
     if not raw:
         raise ApiError(400, "Missing request body")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "Malformed request body") from None
+    body = guard.parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError(400, "Malformed request body")
     return body
@@ -188,7 +194,7 @@ def next_link(request: Request, marker: str) -> list[dict[str, str]]:
 
 
 def ok(body: Any, status: int = 200) -> Response:
-    return JSONResponse(body, status)
+    return SafeJSONResponse(body, status)
 
 
 def accepted() -> Response:

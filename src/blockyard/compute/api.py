@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard import errors
 from blockyard.api import errors as http_errors
+from blockyard.api import guard, schema
 from blockyard.api.errors import ApiError, fault
 from blockyard.failpoints import InjectedFailure
 
@@ -72,11 +73,16 @@ def version_of(request: Request) -> tuple[int, int]:
     return v
 
 
+async def json_of(request: Request) -> Any:
+    """The request body as JSON, bounded and checked as the volume API's (`guard`)."""
+    raw = await request.body()
+    if not raw:
+        raise ApiError(400, "Malformed request body")
+    return guard.parse_json(raw)
+
+
 async def body_of(request: Request, key: str) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "Malformed request body") from None
+    body = await json_of(request)
     if not isinstance(body, dict) or not isinstance(body.get(key), dict):
         raise ApiError(400, f"Invalid input for field/attribute {key}. Value: {body!r}.")
     return dict(body[key])
@@ -211,7 +217,7 @@ async def _servers(request: Request, *, detail: bool) -> Response:
     if name := q.get("name"):
         try:
             pattern = re.compile(name)
-        except re.error:
+        except (re.error, RecursionError, OverflowError):  # "((((...", "a{99999999999}"
             raise ApiError(400, f"Invalid regular expression for name: {name}") from None
         found = [i for i in found if pattern.search(i.name)]
     if status := q.get("status"):
@@ -274,21 +280,43 @@ async def show_attachment(request: Request) -> Response:
     return JSONResponse({"volumeAttachment": attachment_view(request, m)})
 
 
+# Nova's volume attachment schemas (tag from 2.49, delete_on_termination from 2.79)
+ATTACH = schema.body("volumeAttachment", {
+    "volumeId": schema.uuid,
+    "device": {"type": ["string", "null"],
+               "pattern": "(^/dev/x{0,1}[a-z]{0,1}d{0,1})([a-z]+)[0-9]*$"},
+}, required=("volumeId",))
+ATTACH_V249 = schema.body("volumeAttachment", {
+    **ATTACH["properties"]["volumeAttachment"]["properties"],
+    "tag": {"type": "string", "minLength": 1, "maxLength": 60, "pattern": "^[^,/]*$"},
+}, required=("volumeId",))
+ATTACH_V279 = schema.body("volumeAttachment", {
+    **ATTACH_V249["properties"]["volumeAttachment"]["properties"],
+    "delete_on_termination": {"type": ["boolean", "string"],
+                              "enum": [True, "True", "true", "1", False, "False", "false",
+                                       "0"]},
+}, required=("volumeId",))
+
+
+def _attach_schema(v: tuple[int, int]) -> dict[str, Any]:
+    return ATTACH_V279 if v >= (2, 79) else ATTACH_V249 if v >= (2, 49) else ATTACH
+
+
 async def create_attachment(request: Request) -> Response:
     agent = agent_of(request)
     caller, _ = caller_of(request)
-    body = await body_of(request, "volumeAttachment")
-    volume_id = _uuid(body.get("volumeId"), "volumeId")
-    device = _string(body, "device", max_len=32)
-    if device is not None and not re.fullmatch(r"/dev/[a-z]+[a-z0-9]*", device):
-        raise ApiError(400, f"The supplied device path ({device}) is invalid.")
     v = version_of(request)
-    tag = _string(body, "tag", max_len=60) if v >= (2, 49) else None
-    delete_on_termination = False
-    if "delete_on_termination" in body:
-        if v < (2, 79) or not isinstance(body["delete_on_termination"], bool):
-            raise ApiError(400, "Invalid input for field/attribute delete_on_termination.")
-        delete_on_termination = body["delete_on_termination"]
+    raw = await json_of(request)
+    schema.check(raw, _attach_schema(v))
+    body: dict[str, Any] = raw["volumeAttachment"]
+    volume_id = _uuid(body["volumeId"], "volumeId")
+    device = body.get("device")
+    if device is not None and (len(device) > 32 or
+                               not re.fullmatch(r"/dev/[a-z]+[a-z0-9]*", device)):
+        raise ApiError(400, f"The supplied device path ({device}) is invalid.")
+    tag = body.get("tag")
+    delete_on_termination = str(body.get("delete_on_termination", False)).lower() in \
+        ("true", "1")
     m = await agent.attach(caller, request.path_params["server_id"], volume_id, device=device,
                            tag=tag, delete_on_termination=delete_on_termination)
     return JSONResponse({"volumeAttachment": attachment_view(request, m)})
@@ -305,12 +333,10 @@ async def delete_attachment(request: Request) -> Response:
 async def external_events(request: Request) -> Response:
     """Nova's os-server-external-events; the agent acts on ``volume-extended``."""
     agent = agent_of(request)
-    try:
-        body = await request.json()
-        events = body["events"]
-        assert isinstance(events, list) and events
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise ApiError(400, "Invalid input for field/attribute events.") from None
+    body = await json_of(request)
+    events = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(events, list) or not events:
+        raise ApiError(400, "Invalid input for field/attribute events.")
     results, found = [], False
     for event in events:
         if not isinstance(event, dict) or not isinstance(event.get("name"), str) or \
@@ -364,7 +390,9 @@ class ComputeMiddleware:
         # /v2.1/{project_id}/servers... → /v2.1/servers...
         if len(parts) > 3 and parts[1] == "v2.1" and parts[2] not in _COLLECTIONS:
             scope = dict(scope, path="/".join(parts[:2] + parts[3:]))
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        # latin-1, as HTTP defines header bytes: a stray \xff is text, not an exception
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope["headers"]}
         wanted = headers.get("x-openstack-nova-api-version")
         if "openstack-api-version" in headers:
             service, _, value = headers["openstack-api-version"].strip().partition(" ")
@@ -439,8 +467,8 @@ HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
     HTTPException: http_errors.handle_http_error,
     HypervisorError: handle_hypervisor_error,
     InjectedFailure: handle_injected,
-    Exception: http_errors.handle_unexpected,
 }
+# Anything else is answered by `guard.CatchAll`, which keeps the connection.
 
 
 def create_app(config: ComputeConfig) -> Starlette:
@@ -456,5 +484,7 @@ def create_app(config: ComputeConfig) -> Starlette:
 
     from starlette.middleware import Middleware
 
-    return Starlette(routes=ROUTES, middleware=[Middleware(ComputeMiddleware)],
+    middleware = [Middleware(ComputeMiddleware), Middleware(guard.CatchAll),
+                  Middleware(guard.RequestLimits)]
+    return Starlette(routes=ROUTES, middleware=middleware,
                      exception_handlers=HANDLERS, lifespan=lifespan)

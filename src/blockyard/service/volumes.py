@@ -6,6 +6,7 @@ long work is handed to a durable task (blockyard.service.tasks) after the transa
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -665,6 +666,9 @@ def reset_status(rt: Runtime, who: Identity, volume_id: str, status: str | None,
 
 # ---------------------------------------------------------------------------- listing
 
+#: the largest size a `size=` filter may name (Cinder's DB_MAX_INT)
+MAX_SIZE_FILTER = 2**31 - 1
+
 #: API sort keys → Volume columns
 SORTABLE = {
     "created_at": "created_at", "updated_at": "updated_at", "id": "id", "name": "name",
@@ -680,14 +684,20 @@ def _metadata_filter(value: str) -> dict[str, str]:
 
     try:
         parsed = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         try:
             parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            # TypeError: {[]: 1} (an unhashable key) is a literal Python cannot build
             raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.") from None
     if not isinstance(parsed, dict):
         raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.")
-    return {str(k): str(v) for k, v in parsed.items()}
+    pairs = {str(k): str(v) for k, v in parsed.items()}
+    try:  # "\ud800" escapes decode to text no database can store
+        "".join(pairs).encode("utf-8"), "".join(pairs.values()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.") from None
+    return pairs
 
 
 def _filtered_query(who: Identity, filters: dict[str, str], all_projects: bool,
@@ -712,11 +722,12 @@ def _filtered_query(who: Identity, filters: dict[str, str], all_projects: bool,
             column = getattr(Volume, base)
             q = q.where(like(column, value) if approx else column == value)
         elif base == "size":
-            try:
-                q = q.where(Volume.size == int(value))
-            except ValueError:
+            # ASCII digits only (int() takes "٣"), and no number a column cannot hold
+            if not re.fullmatch(r"[0-9]{1,10}", value.strip()) or \
+                    int(value) > MAX_SIZE_FILTER:
                 raise Invalid(f"Invalid input received: size must be an integer, got "
-                              f"{value!r}.") from None
+                              f"{value!r}.")
+            q = q.where(Volume.size == int(value))
         elif base == "bootable":
             q = q.where(Volume.bootable == (value.strip().lower() in
                                             ("true", "1", "yes", "t", "y", "on")))

@@ -14,13 +14,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from blockyard import failpoints, states
 from blockyard.backends.base import VolumeRef
 from blockyard.db.models import (
-    Base,
     Group,
     GroupSnapshot,
     GroupVolumeType,
@@ -28,18 +27,22 @@ from blockyard.db.models import (
     Volume,
     utcnow,
 )
-from blockyard.errors import Invalid, InvalidState, NotFound
-from blockyard.service import groups, quotas, records, tasks
-from blockyard.service.identity import Identity, authorize
+from blockyard.errors import Invalid, InvalidState
+from blockyard.service import group_snapshots, groups, quotas, records, tasks
+from blockyard.service.identity import Identity
 from blockyard.service.runtime import Runtime
-from blockyard.service.volumes import COPYABLE, model_values, snapshot_ref, volume_ref
+from blockyard.service.volumes import (
+    COPYABLE,
+    insert_row,
+    model_values,
+    snapshot_ref,
+    volume_ref,
+)
 from blockyard.states import GroupStatus as G
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
 
 log = logging.getLogger(__name__)
-
-_INSERT_VOLUME = insert(Base.metadata.tables["volumes"])
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,7 @@ class _Source:
 
 def _sources_from_snapshot(s: Session, who: Identity,
                            group_snapshot_id: str) -> tuple[Group, GroupSnapshot, list[_Source]]:
-    gs = s.get(GroupSnapshot, group_snapshot_id)
-    if gs is None:
-        raise NotFound("GroupSnapshot", group_snapshot_id,
-                       f"GroupSnapshot {group_snapshot_id} could not be found.")
-    authorize(who, "group_snapshot:get", gs.project_id)
+    gs = group_snapshots.get(s, who, group_snapshot_id)
     source_group = s.get(Group, gs.group_id)
     assert source_group is not None  # a group with group snapshots cannot be deleted
     try:
@@ -137,18 +136,14 @@ def create_from_src(rt: Runtime, who: Identity, *, name: str | None, description
         s.flush()
         for src in sources:
             v = src.volume
-            s.connection().execute(_INSERT_VOLUME, {
-                "id": str(uuid.uuid4()), "project_id": who.project_id, "user_id": who.user_id,
-                "name": None, "description": None, "size": src.size, "status": V.CREATING,
-                "previous_status": None, "attach_status": states.AttachStatus.DETACHED,
-                "availability_zone": v.availability_zone, "volume_type_id": v.volume_type_id,
-                "backend": v.backend, "snapshot_id": src.snapshot_id,
-                "source_volid": None if src.snapshot_id else v.id, "bootable": v.bootable,
-                "readonly": False, "multiattach": v.multiattach, "task_id": task.id,
-                "pins": 0, "created_at": now, "updated_at": None, "provider_location": None,
-                "provider_auth": None, "name_id": None, "migration_status": None,
-                "group_id": new_id,
-            })
+            insert_row(s, volume_id=str(uuid.uuid4()), project_id=who.project_id,
+                       user_id=who.user_id, size=src.size, status=V.CREATING,
+                       availability_zone=v.availability_zone,
+                       volume_type_id=v.volume_type_id, backend=v.backend,
+                       snapshot_id=src.snapshot_id,
+                       source_volid=None if src.snapshot_id else v.id, bootable=v.bootable,
+                       multiattach=v.multiattach, task_id=task.id, created_at=now,
+                       group_id=new_id)
     tasks.start(rt, task)
     return group
 

@@ -43,13 +43,13 @@ import threading
 import uuid
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
 from blockyard.backends import transfer
 from blockyard.backends.base import ModelUpdate, VolumeRef
-from blockyard.db.models import Base, GroupVolumeType, Snapshot, Volume, utcnow
+from blockyard.db.models import GroupVolumeType, Snapshot, Volume, utcnow
 from blockyard.errors import BlockyardError, InUse, Invalid, InvalidState, NotFound
 from blockyard.service import quotas, records, scheduler, tasks
 from blockyard.service import types as vtypes
@@ -65,15 +65,13 @@ from blockyard.service.volumes import (
     _stale,
     _visible,
     _with_fresh,
+    insert_row,
     model_values,
 )
 from blockyard.states import MigrationStatus as M
 from blockyard.states import VolumeStatus as V
 
 log = logging.getLogger(__name__)
-
-#: prebuilt, as in blockyard.service.volumes: the values come as parameters
-_INSERT_VOLUME = insert(Base.metadata.tables["volumes"])
 
 #: fault injection for the tests (with the fail points): corrupt the copy before verifying it
 _CORRUPT = "migrate_volume.corrupt_destination" in os.environ.get(
@@ -188,17 +186,13 @@ def _accept(rt: Runtime, v: VolumeRecord, dest: Backend, action: str,
         if new_type is not None:  # the new type's share of quota, reserved up front
             quotas.consume(s, rt.config.quotas, v.project_id,
                            _type_deltas(new_type.name, 1, v.size))
-        s.connection().execute(_INSERT_VOLUME, {
-            "id": dest_id, "project_id": v.project_id, "user_id": v.user_id, "name": v.name,
-            "description": f"migration target of volume {v.id}", "size": v.size,
-            "status": V.CREATING, "previous_status": None, "attach_status": "detached",
-            "availability_zone": dest.config.availability_zone, "volume_type_id": type_id,
-            "backend": dest.name, "snapshot_id": None, "source_volid": None,
-            "bootable": v.bootable, "readonly": v.readonly, "multiattach": v.multiattach,
-            "task_id": task.id, "pins": 0, "created_at": utcnow(), "updated_at": None,
-            "provider_location": None, "provider_auth": None, "name_id": None,
-            "migration_status": f"{states.MIGRATION_TARGET}{v.id}",
-        })
+        insert_row(s, volume_id=dest_id, project_id=v.project_id, user_id=v.user_id,
+                   name=v.name, description=f"migration target of volume {v.id}", size=v.size,
+                   status=V.CREATING, availability_zone=dest.config.availability_zone,
+                   volume_type_id=type_id, backend=dest.name, bootable=v.bootable,
+                   readonly=v.readonly, multiattach=v.multiattach, task_id=task.id,
+                   created_at=utcnow(),
+                   migration_status=f"{states.MIGRATION_TARGET}{v.id}")
     return task
 
 

@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, exists, func, insert, select, update
@@ -249,22 +250,41 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
 
 def _insert(s: Session, record: VolumeRecord, task_id: int | None) -> None:
     """Insert a new volume's row and its metadata, as `record` describes them."""
-    s.connection().execute(_INSERT_VOLUME, {
-        "id": record.id, "project_id": record.project_id, "user_id": record.user_id,
-        "name": record.name, "description": record.description, "size": record.size,
-        "status": record.status, "previous_status": None,
-        "attach_status": record.attach_status,
-        "availability_zone": record.availability_zone, "volume_type_id": record.volume_type_id,
-        "backend": record.backend, "snapshot_id": record.snapshot_id,
-        "source_volid": record.source_volid, "bootable": record.bootable,
-        "readonly": False, "multiattach": record.multiattach, "task_id": task_id, "pins": 0,
-        "created_at": record.created_at, "updated_at": None, "provider_location": None,
-        "provider_auth": None, "name_id": None, "migration_status": None,
-        "group_id": record.group_id,
-    })
+    insert_row(s, volume_id=record.id, project_id=record.project_id, user_id=record.user_id,
+               name=record.name, description=record.description, size=record.size,
+               status=record.status, attach_status=record.attach_status,
+               availability_zone=record.availability_zone,
+               volume_type_id=record.volume_type_id, backend=record.backend,
+               snapshot_id=record.snapshot_id, source_volid=record.source_volid,
+               bootable=record.bootable, readonly=record.readonly,
+               multiattach=record.multiattach, migration_status=record.migration_status,
+               group_id=record.group_id, task_id=task_id, created_at=record.created_at)
     if record.meta:
         s.connection().execute(_INSERT_METADATA, [
             {"volume_id": record.id, "key": k, "value": v} for k, v in record.meta.items()])
+
+
+def insert_row(s: Session, *, volume_id: str, project_id: str, user_id: str, size: int,
+               status: str, availability_zone: str, volume_type_id: str, backend: str,
+               task_id: int | None, created_at: datetime, name: str | None = None,
+               description: str | None = None,
+               attach_status: str = states.AttachStatus.DETACHED,
+               snapshot_id: str | None = None, source_volid: str | None = None,
+               bootable: bool = False, readonly: bool = False, multiattach: bool = False,
+               migration_status: str | None = None, group_id: str | None = None) -> None:
+    """Insert one new volume row: the one place that lists every column a volume starts
+    with (create, the destination of a migration, the members of a cloned group). A new
+    volume has no export, no pins and no previous status yet."""
+    s.connection().execute(_INSERT_VOLUME, {
+        "id": volume_id, "project_id": project_id, "user_id": user_id, "name": name,
+        "description": description, "size": size, "status": status, "previous_status": None,
+        "attach_status": attach_status, "availability_zone": availability_zone,
+        "volume_type_id": volume_type_id, "backend": backend, "snapshot_id": snapshot_id,
+        "source_volid": source_volid, "bootable": bootable, "readonly": readonly,
+        "multiattach": multiattach, "task_id": task_id, "pins": 0, "created_at": created_at,
+        "updated_at": None, "provider_location": None, "provider_auth": None, "name_id": None,
+        "migration_status": migration_status, "group_id": group_id,
+    })
 
 
 def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int,

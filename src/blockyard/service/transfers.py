@@ -146,11 +146,17 @@ def _open() -> Any:
 
 def get(rt: Runtime, who: Identity, transfer_id: str) -> TransferView:
     with rt.db.read() as s:
-        t = s.execute(_open().where(Transfer.id == transfer_id)).scalar()
-        if t is None:
-            raise _missing(transfer_id)
+        t = _open_offer(s, transfer_id)
         authorize(who, "volume:get_transfer", t.source_project_id)
         return _view(t)
+
+
+def _open_offer(s: Session, transfer_id: str) -> Transfer:
+    """The open offer `transfer_id`, or NotFound (also once it is accepted or withdrawn)."""
+    t: Transfer | None = s.execute(_open().where(Transfer.id == transfer_id)).scalar()
+    if t is None:
+        raise _missing(transfer_id)
+    return t
 
 
 def _missing(transfer_id: str) -> NotFound:
@@ -190,9 +196,7 @@ def list_transfers(rt: Runtime, who: Identity, params: ListParams, *,
 def accept(rt: Runtime, who: Identity, transfer_id: str, auth_key: str) -> TransferView:
     """Take the offered volume into the caller's project, if `auth_key` is the offer's."""
     with rt.db.read() as s:
-        t = s.execute(_open().where(Transfer.id == transfer_id)).scalar()
-        if t is None:
-            raise _missing(transfer_id)
+        t = _open_offer(s, transfer_id)
         offer = _view(t)
         salt, crypt_hash = t.salt, t.crypt_hash
     if not key_matches(salt, crypt_hash, auth_key):
@@ -258,9 +262,7 @@ def _move_snapshots(s: Session, volume_id: str, giver: str, who: Identity) -> li
 def delete_transfer(rt: Runtime, who: Identity, transfer_id: str) -> None:
     """Withdraw an open offer; its volume is `available` to its owner again."""
     with rt.db.write() as s:
-        t = s.execute(_open().where(Transfer.id == transfer_id)).scalar()
-        if t is None:
-            raise _missing(transfer_id)
+        t = _open_offer(s, transfer_id)
         authorize(who, "volume:delete_transfer", t.source_project_id)
         s.execute(delete(Transfer).where(Transfer.id == transfer_id,
                                          Transfer.accepted.is_(False)))

@@ -12,7 +12,6 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +24,6 @@ from blockyard.api.schema import cinder_host, nullable_string
 from blockyard.api.types import admin_only
 from blockyard.api.views import iso
 from blockyard.backends.base import BackendStats
-from blockyard.db.models import Snapshot, Volume
 from blockyard.errors import NotFound
 from blockyard.service import capabilities as caps
 from blockyard.service import services as svc
@@ -231,18 +229,7 @@ def _host_usage(rt: Runtime, host: str) -> list[dict[str, Any]]:
     if service is None or service.backend is None:
         raise NotFound("Service", svc.VOLUME,
                        f"Service {svc.VOLUME} could not be found on host {host}.")
-    with rt.db.read() as s:
-        volume_rows = s.execute(
-            select(Volume.project_id, func.count(Volume.id),
-                   func.coalesce(func.sum(Volume.size), 0))
-            .where(Volume.backend == service.backend).group_by(Volume.project_id)).all()
-        snapshot_rows = s.execute(
-            select(Snapshot.project_id, func.count(Snapshot.id),
-                   func.coalesce(func.sum(Snapshot.size), 0))
-            .join(Volume, Volume.id == Snapshot.volume_id)
-            .where(Volume.backend == service.backend).group_by(Snapshot.project_id)).all()
-    per_volume = {p: (int(c), int(g)) for p, c, g in volume_rows}
-    per_snapshot = {p: (int(c), int(g)) for p, c, g in snapshot_rows}
+    per_volume, per_snapshot = svc.usage_by_project(rt, service.backend)
     result = [_usage(sum(c for c, _ in per_volume.values()),
                      sum(g for _, g in per_volume.values()),
                      sum(c for c, _ in per_snapshot.values()),

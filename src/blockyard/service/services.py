@@ -19,10 +19,10 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from blockyard.db.models import Service, utcnow
+from blockyard.db.models import Service, Snapshot, Volume, utcnow
 from blockyard.errors import Invalid, NotFound
 from blockyard.service.runtime import Runtime
 
@@ -165,6 +165,24 @@ def listing(rt: Runtime, host: str | None = None, binary: str | None = None) -> 
     if binary is not None:
         views = [v for v in views if v.binary == binary]
     return sorted(views, key=lambda v: (v.binary != SCHEDULER, v.host))
+
+
+def usage_by_project(rt: Runtime, backend: str) -> tuple[dict[str, tuple[int, int]],
+                                                         dict[str, tuple[int, int]]]:
+    """What `backend` holds per project (os-hosts show): (count, GB) of its volumes, and of
+    the snapshots of its volumes."""
+    with rt.db.read() as s:
+        volume_rows = s.execute(
+            select(Volume.project_id, func.count(Volume.id),
+                   func.coalesce(func.sum(Volume.size), 0))
+            .where(Volume.backend == backend).group_by(Volume.project_id)).all()
+        snapshot_rows = s.execute(
+            select(Snapshot.project_id, func.count(Snapshot.id),
+                   func.coalesce(func.sum(Snapshot.size), 0))
+            .join(Volume, Volume.id == Snapshot.volume_id)
+            .where(Volume.backend == backend).group_by(Snapshot.project_id)).all()
+    return ({p: (int(c), int(g)) for p, c, g in volume_rows},
+            {p: (int(c), int(g)) for p, c, g in snapshot_rows})
 
 
 def unschedulable(rt: Runtime) -> set[str]:

@@ -83,8 +83,12 @@ class Detail:
     ATTACH_ERROR = Field("021", "Failed to attach volume.")
 
 
-_ACTIONS = {f.id: f.text for f in vars(Action).values() if isinstance(f, Field)}
-_DETAILS = {f.id: f.text for f in vars(Detail).values() if isinstance(f, Field)}
+def _texts(fields: type) -> dict[str, str]:
+    """Id → text of the Fields a class such as Action or Detail lists."""
+    return {f.id: f.text for f in vars(fields).values() if isinstance(f, Field)}
+
+
+_ACTIONS, _DETAILS = _texts(Action), _texts(Detail)
 
 #: an exception class name → the detail that explains it better than the default (as Cinder's
 #: EXCEPTION_DETAIL_MAPPINGS); the exception's own text is never shown to users

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from blockyard.api import listing, schema, wire
 from blockyard.api.errors import ApiError
-from blockyard.api.types import _is_public_filter, admin_only
+from blockyard.api.types import admin_only, is_public_filter
 from blockyard.api.validate import boolean
 from blockyard.db.models import GroupType
 from blockyard.errors import NotFound
@@ -71,7 +71,7 @@ async def list_types(request: Request) -> Response:
     require_mv(request, MIN_MV)
     who = wire.identity(request)
     params = listing.parse_params(request)
-    is_public = _is_public_filter(request.query_params.get("is_public")) if who.is_admin \
+    is_public = is_public_filter(request.query_params.get("is_public")) if who.is_admin \
         else True
     page = await wire.call(request, group_types.list_types, params,
                            group_types.TypeFilter(is_public=is_public))

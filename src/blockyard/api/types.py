@@ -94,7 +94,7 @@ ACCESS_ACTIONS = {
     for name in ("addProjectAccess", "removeProjectAccess")}
 
 
-def _is_public_filter(raw: str | None) -> bool | None:
+def is_public_filter(raw: str | None) -> bool | None:
     """Cinder's ``_parse_is_public``: absent → public only, "None" → all, else a boolean."""
     if raw is None:
         return True
@@ -109,7 +109,7 @@ def _is_public_filter(raw: str | None) -> bool | None:
 def _type_filter(request: Request, who: Identity, filters: dict[str, str]) -> type_admin.TypeFilter:
     if not who.is_admin:  # only admins may see private types or filter
         return type_admin.TypeFilter(is_public=True)
-    is_public = _is_public_filter(request.query_params.get("is_public"))
+    is_public = is_public_filter(request.query_params.get("is_public"))
     columns: dict[str, str] = {}
     specs: dict[str, str] | None = None
     impossible = False

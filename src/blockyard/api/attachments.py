@@ -108,12 +108,7 @@ async def _list(request: Request, detail: bool) -> Response:
     return wire.ok({"attachments": [render(a) for a in found]})
 
 
-async def list_summary(request: Request) -> Response:
-    return await _list(request, detail=False)
-
-
-async def list_detail(request: Request) -> Response:
-    return await _list(request, detail=True)
+list_summary, list_detail = listing.summary_and_detail(_list)
 
 
 async def show(request: Request) -> Response:

@@ -77,12 +77,7 @@ async def _list(request: Request, is_detail: bool) -> Response:
                                      links_key="group_snapshot_links"))
 
 
-async def list_summary(request: Request) -> Response:
-    return await _list(request, is_detail=False)
-
-
-async def list_detail(request: Request) -> Response:
-    return await _list(request, is_detail=True)
+list_summary, list_detail = listing.summary_and_detail(_list)
 
 
 async def show(request: Request) -> Response:

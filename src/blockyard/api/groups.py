@@ -162,12 +162,7 @@ async def _list(request: Request, is_detail: bool) -> Response:
     return wire.ok(listing.page_body(request, "groups", items, page, links_key="group_links"))
 
 
-async def list_summary(request: Request) -> Response:
-    return await _list(request, is_detail=False)
-
-
-async def list_detail(request: Request) -> Response:
-    return await _list(request, is_detail=True)
+list_summary, list_detail = listing.summary_and_detail(_list)
 
 
 async def show(request: Request) -> Response:

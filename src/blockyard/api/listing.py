@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from blockyard.api import validate, wire
 from blockyard.api.errors import ApiError
@@ -64,6 +66,23 @@ def page_body(request: Request, key: str, items: list[Any], page: Page,
     if page.count is not None:
         body["count"] = page.count
     return body
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def summary_and_detail(
+        list_: Callable[[Request, bool], Awaitable[Response]]) -> tuple[Endpoint, Endpoint]:
+    """The two GET endpoints of a collection, ``/x`` and ``/x/detail``, from the one function
+    that lists it and takes whether to render the detailed view."""
+
+    async def list_summary(request: Request) -> Response:
+        return await list_(request, False)
+
+    async def list_detail(request: Request) -> Response:
+        return await list_(request, True)
+
+    return list_summary, list_detail
 
 
 def all_tenants(request: Request) -> bool:

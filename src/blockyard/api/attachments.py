@@ -32,8 +32,7 @@ async def blocking(request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _require(request: Request, minor: int = MIN_MV) -> None:
-    if wire.mv(request) < minor:
-        raise ApiError(404, "The resource could not be found.")
+    wire.require_since(request, minor)
 
 
 def attachment_summary(att: Attachment) -> dict[str, Any]:

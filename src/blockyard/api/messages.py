@@ -14,7 +14,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard.api import listing, wire
-from blockyard.api.errors import ApiError
 from blockyard.api.views import iso
 from blockyard.db.models import Message
 from blockyard.service import messages
@@ -23,8 +22,7 @@ MESSAGES_MV, PAGINATION_MV = 3, 5
 
 
 def _require(request: Request) -> None:
-    if wire.mv(request) < MESSAGES_MV:
-        raise ApiError(404, "The resource could not be found.")
+    wire.require_since(request, MESSAGES_MV)
 
 
 def message_view(request: Request, m: Message) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard.api import listing, schema, wire
-from blockyard.api.errors import ApiError
 from blockyard.api.views import iso
 from blockyard.service import transfers
 from blockyard.service.transfers import TransferView
@@ -45,8 +44,8 @@ _TRUE = {"true", "1", "on", "yes", "y", "t"}
 def _new_path(request: Request) -> bool:
     """Was the request made on /volume-transfers (3.55+), not on os-volume-transfer?"""
     new = "/volume-transfers" in request.url.path
-    if new and wire.mv(request) < NEW_PATH_MV:
-        raise ApiError(404, "The resource could not be found.")
+    if new:
+        wire.require_since(request, NEW_PATH_MV)
     return new
 
 

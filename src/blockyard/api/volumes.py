@@ -121,8 +121,7 @@ list_summary, list_detail = listing.summary_and_detail(_list)
 
 
 async def summary(request: Request) -> Response:
-    if wire.mv(request) < 12:
-        raise ApiError(404, "The resource could not be found.")
+    wire.require_since(request, 12)
     count, total, meta = await wire.call(request, volumes.summary, listing.all_tenants(request))
     body: dict[str, Any] = {"total_count": count, "total_size": total}
     if wire.mv(request) >= 36:

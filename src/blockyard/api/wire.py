@@ -135,6 +135,13 @@ def mv(request: Request) -> int:
     return int(getattr(request.state, "mv", MIN_MINOR))
 
 
+def require_since(request: Request, minor: int) -> None:
+    """Below the microversion that brought it, an endpoint does not exist: Cinder's plain 404
+    (group endpoints word theirs differently: `blockyard.api.group_types.require_mv`)."""
+    if mv(request) < minor:
+        raise ApiError(404, "The resource could not be found.")
+
+
 #: the longest user or project id a request may name (Keystone's are 64; the columns 255)
 MAX_ID_LENGTH = 255
 

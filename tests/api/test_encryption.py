@@ -7,25 +7,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 from tempest.lib.api_schema.response.volume import encryption_types as schema
-from tempest.lib.common.jsonschema_validator import FORMAT_CHECKER, JSONSCHEMA_VALIDATOR
 
+from tests.support.checks import check
 from tests.support.server import Api
 
 SPECS = {"provider": "LuksEncryptor", "key_size": 256, "cipher": "aes-xts-plain64",
          "control_location": "front-end"}
-
-
-def check(tempest_schema: dict[str, Any], r: httpx.Response) -> Any:
-    assert r.status_code in tempest_schema["status_code"], r.text
-    if "response_body" not in tempest_schema:
-        return None
-    body = r.json()
-    JSONSCHEMA_VALIDATOR(tempest_schema["response_body"],
-                         format_checker=FORMAT_CHECKER).validate(body)
-    return body
 
 
 def _type(api: Api) -> str:

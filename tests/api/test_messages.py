@@ -11,25 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from tempest.lib.api_schema.response.volume import messages as schema
-from tempest.lib.common.jsonschema_validator import FORMAT_CHECKER, JSONSCHEMA_VALIDATOR
 
+from tests.support.checks import check
 from tests.support.server import Api, Server
 
 SCHEDULE_NO_BACKEND = "VOLUME_VOLUME_001_003"
 EXTEND_DRIVER_FAILED = "VOLUME_VOLUME_007_010"
 CREATE_DRIVER_FAILED = "VOLUME_VOLUME_008_012"
-
-
-def check(sch: dict[str, Any], r: httpx.Response) -> Any:
-    assert r.status_code in sch["status_code"], r.text
-    if "response_body" not in sch:
-        return None
-    body = r.json()
-    JSONSCHEMA_VALIDATOR(sch["response_body"], format_checker=FORMAT_CHECKER).validate(body)
-    return body
 
 
 @pytest.fixture

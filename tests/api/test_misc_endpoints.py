@@ -10,16 +10,14 @@ import shutil
 import socket
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
-import httpx
 import pytest
 from tempest.lib.api_schema.response.volume import extensions as extensions_schema
 from tempest.lib.api_schema.response.volume import scheduler_stats as pools_schema
 from tempest.lib.api_schema.response.volume import services as services_schema
 from tempest.lib.api_schema.response.volume.v3_7 import services as services_schema_3_7
-from tempest.lib.common.jsonschema_validator import FORMAT_CHECKER, JSONSCHEMA_VALIDATOR
 
+from tests.support.checks import check
 from tests.support.server import Api, Server
 
 TWO_BACKENDS = """
@@ -36,13 +34,6 @@ reserved_percentage = 5
 driver = "file"
 availability_zone = "az-b"
 """
-
-
-def check(schema: dict[str, Any], r: httpx.Response) -> Any:
-    assert r.status_code in schema["status_code"], r.text
-    body = r.json()
-    JSONSCHEMA_VALIDATOR(schema["response_body"], format_checker=FORMAT_CHECKER).validate(body)
-    return body
 
 
 def at(server: Server, version: str) -> Api:

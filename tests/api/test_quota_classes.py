@@ -11,27 +11,18 @@ from typing import Any
 import httpx
 import pytest
 from tempest.lib.api_schema.response.volume import quota_classes as class_schema
-from tempest.lib.common.jsonschema_validator import FORMAT_CHECKER, JSONSCHEMA_VALIDATOR
 
+from tests.support.checks import check, fresh_project
 from tests.support.server import Api, Server
 
 DEFAULTS = {"volumes": 10, "per_volume_gigabytes": -1, "snapshots": 10, "gigabytes": 1000,
             "backups": 10, "backup_gigabytes": 1000, "groups": 10}
 
 
-def check(schema: dict[str, Any], r: httpx.Response) -> Any:
-    assert r.status_code in schema["status_code"], r.text
-    body = r.json()
-    JSONSCHEMA_VALIDATOR(schema["response_body"], format_checker=FORMAT_CHECKER).validate(body)
-    return body
-
-
 @pytest.fixture
 def project(server: Server) -> Iterator[tuple[str, Api]]:
-    name = uuid.uuid4().hex
-    client = server.client(project=name, user=name)
-    yield name, client
-    client.close()
+    """A fresh project and a client speaking as it."""
+    yield from fresh_project(server)
 
 
 def _class(api: Api, name: str = "default") -> dict[str, Any]:

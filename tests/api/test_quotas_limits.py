@@ -15,8 +15,8 @@ import pytest
 from tempest.lib.api_schema.response.volume import limits as limits_schema
 from tempest.lib.api_schema.response.volume import quota_classes as class_schema
 from tempest.lib.api_schema.response.volume import quotas as quota_schema
-from tempest.lib.common.jsonschema_validator import FORMAT_CHECKER, JSONSCHEMA_VALIDATOR
 
+from tests.support.checks import check, fault, fresh_project
 from tests.support.server import Api, Server
 
 #: Cinder 29's order of a quota set (per-type keys sit between backup_gigabytes and groups)
@@ -26,30 +26,10 @@ DEFAULTS = {"volumes": 10, "per_volume_gigabytes": -1, "snapshots": 10, "gigabyt
             "backups": 10, "backup_gigabytes": 1000, "groups": 10}
 
 
-def check(schema: dict[str, Any], r: httpx.Response) -> Any:
-    assert r.status_code in schema["status_code"], r.text
-    if "response_body" not in schema:
-        return None
-    body = r.json()
-    JSONSCHEMA_VALIDATOR(schema["response_body"], format_checker=FORMAT_CHECKER).validate(body)
-    return body
-
-
-def fault(r: httpx.Response, status: int) -> str:
-    names = {400: "badRequest", 403: "forbidden", 404: "itemNotFound", 413: "overLimit"}
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert list(body) == [names[status]], body
-    return str(body[names[status]]["message"])
-
-
 @pytest.fixture
 def project(server: Server) -> Iterator[tuple[str, Api]]:
     """A fresh project and a client speaking as it."""
-    name = uuid.uuid4().hex
-    client = server.client(project=name, user=name)
-    yield name, client
-    client.close()
+    yield from fresh_project(server)
 
 
 def make_type(api: Api) -> str:

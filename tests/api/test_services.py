@@ -23,6 +23,7 @@ from tempest.lib.api_schema.response.volume import services as services_schema
 from tempest.lib.api_schema.response.volume.v3_7 import services as services_schema_3_7
 from tempest.lib.common.jsonschema_validator import FORMAT_CHECKER, JSONSCHEMA_VALIDATOR
 
+from tests.support.checks import fault
 from tests.support.server import Api, Server, exported_backends_config
 
 HOST = socket.gethostname()
@@ -37,14 +38,6 @@ def check(schema: dict[str, Any], r: httpx.Response) -> Any:
         JSONSCHEMA_VALIDATOR(schema["response_body"], format_checker=FORMAT_CHECKER).validate(
             body)
     return body
-
-
-def fault(r: httpx.Response, status: int) -> str:
-    names = {400: "badRequest", 404: "itemNotFound"}
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert list(body) == [names[status]], body
-    return str(body[names[status]]["message"])
 
 
 def unschedulable(api: Api, r: httpx.Response) -> None:

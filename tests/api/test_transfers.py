@@ -11,34 +11,16 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from tempest.lib.api_schema.response.volume import transfers as schema_30
 from tempest.lib.api_schema.response.volume.v3_55 import transfers as schema_355
 from tempest.lib.api_schema.response.volume.v3_57 import transfers as schema_357
-from tempest.lib.common.jsonschema_validator import FORMAT_CHECKER, JSONSCHEMA_VALIDATOR
 
+from tests.support.checks import check, fault
 from tests.support.server import Api, Server
 
 NEW = "/volume-transfers"
 OLD = "/os-volume-transfer"
-
-
-def check(schema: dict[str, Any], r: httpx.Response) -> Any:
-    assert r.status_code in schema["status_code"], r.text
-    if "response_body" not in schema:
-        return None
-    body = r.json()
-    JSONSCHEMA_VALIDATOR(schema["response_body"], format_checker=FORMAT_CHECKER).validate(body)
-    return body
-
-
-def fault(r: httpx.Response, status: int) -> str:
-    names = {400: "badRequest", 404: "itemNotFound", 413: "overLimit"}
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert list(body) == [names[status]], body
-    return str(body[names[status]]["message"])
 
 
 class Project:

@@ -9,35 +9,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 from tempest.lib.api_schema.response.volume import qos as qos_schema
 from tempest.lib.api_schema.response.volume import volume_types as type_schema
-from tempest.lib.common.jsonschema_validator import FORMAT_CHECKER, JSONSCHEMA_VALIDATOR
 
+from tests.support.checks import check, fault
 from tests.support.server import Api, Server
 
 ACCESS = "os-volume-type-access:is_public"
-
-
-def check(schema: dict[str, Any], r: httpx.Response) -> Any:
-    """Status and body as Tempest's RestClient checks them; returns the body."""
-    assert r.status_code in schema["status_code"], r.text
-    if "response_body" not in schema:
-        return None
-    body = r.json()
-    JSONSCHEMA_VALIDATOR(schema["response_body"], format_checker=FORMAT_CHECKER).validate(body)
-    return body
-
-
-def fault(r: httpx.Response, status: int) -> str:
-    names = {400: "badRequest", 403: "forbidden", 404: "itemNotFound",
-             409: "conflictingRequest", 413: "overLimit"}
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert list(body) == [names[status]], body
-    assert body[names[status]]["code"] == status
-    return str(body[names[status]]["message"])
 
 
 def unique(prefix: str) -> str:

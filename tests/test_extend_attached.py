@@ -25,6 +25,7 @@ from blockyard import config as configuration
 from blockyard.errors import ConfigError
 from blockyard.service import compute_events
 from tests.support.consistency import assert_consistent, read_db
+from tests.support.resources import available_volume
 from tests.support.server import Api, Server, exported_backends_config, free_port
 
 INSTANCE_A = "11111111-2222-3333-4444-555555555555"
@@ -142,12 +143,6 @@ def fake(compute: FakeCompute) -> FakeCompute:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _volume(api: Api, **spec: Any) -> dict[str, Any]:
-    r = api.post("/volumes", {"volume": {"size": 1, **spec}})
-    assert r.status_code == 202, r.text
-    return api.wait_volume(r.json()["volume"]["id"], "available")
-
-
 def _attach(api: Api, volume_id: str, instance: str | None,
             connector: dict[str, Any]) -> str:
     body: dict[str, Any] = {"volume_uuid": volume_id, "connector": connector}
@@ -194,7 +189,7 @@ def _wait_log(srv: Server, *needles: str, timeout: float = 10.0) -> str:
 def test_extend_attached_volume_sends_one_event_per_instance(server: Server,
                                                              fake: FakeCompute) -> None:
     api = server.client()
-    vol = _volume(api, volume_type="multi")
+    vol = available_volume(api, volume_type="multi")
     ids = [_attach(api, vol["id"], INSTANCE_A, dict(CONNECTOR, host="h1")),
            _attach(api, vol["id"], INSTANCE_B, dict(CONNECTOR, host="h2")),
            # an attachment without an instance (a host's) gets no event
@@ -223,7 +218,7 @@ def test_extend_attached_volume_sends_one_event_per_instance(server: Server,
 
 def test_extend_of_a_detached_volume_sends_nothing(server: Server, fake: FakeCompute) -> None:
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     shown = _extend(api, vol["id"], 2)
     assert (shown["status"], shown["size"]) == ("available", 2)
     time.sleep(0.5)
@@ -233,7 +228,7 @@ def test_extend_of_a_detached_volume_sends_nothing(server: Server, fake: FakeCom
 def test_extend_attached_before_3_42_is_refused_and_sends_nothing(server: Server,
                                                                   fake: FakeCompute) -> None:
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     att = _attach(api, vol["id"], INSTANCE_A, CONNECTOR)
     old = server.client(version="3.41")
     r = old.post(f"/volumes/{vol['id']}/action", {"os-extend": {"new_size": 2}})
@@ -263,7 +258,7 @@ def test_compute_failures_never_fail_the_extend(server: Server, fake: FakeComput
                                                 logged: str) -> None:
     fake.reset(status=status, answer=answer, delay=delay)
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     att = _attach(api, vol["id"], INSTANCE_A, CONNECTOR)
     used = _gigabytes_in_use(api)
     shown = _extend(api, vol["id"], 2)
@@ -281,7 +276,7 @@ def test_compute_down_extend_still_completes(make_server: Callable[..., Server])
     nowhere = free_port()  # nothing listens there
     srv = make_server(config=f'[compute]\nurl = "http://127.0.0.1:{nowhere}/v2.1"\n').start()
     api = srv.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     att = _attach(api, vol["id"], INSTANCE_A, CONNECTOR)
     used = _gigabytes_in_use(api)
     shown = _extend(api, vol["id"], 4)
@@ -296,7 +291,7 @@ def test_compute_down_extend_still_completes(make_server: Callable[..., Server])
 def test_no_compute_configured_extend_attached_works(make_server: Callable[..., Server]) -> None:
     srv = make_server().start()
     api = srv.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     att = _attach(api, vol["id"], INSTANCE_A, CONNECTOR)
     shown = _extend(api, vol["id"], 2)
     assert (shown["status"], shown["size"]) == ("in-use", 2)
@@ -330,7 +325,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, compute: FakeCompute) -> 
 def test_attached_volume_over_nbd_or_iscsi_is_not_extended(exported: Server, fake: FakeCompute,
                                                           protocol: str, why: str) -> None:
     api = exported.client()
-    vol = _volume(api, volume_type=protocol)
+    vol = available_volume(api, volume_type=protocol)
     connector = dict(CONNECTOR, host=f"host-{uuid.uuid4().hex[:8]}",
                      initiator=f"iqn.2004-10.org.blockyard:{uuid.uuid4().hex[:8]}")
     r = api.post("/attachments", {"attachment": {

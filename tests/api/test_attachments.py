@@ -6,18 +6,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from tests.support.resources import available_volume
 from tests.support.server import Api, Server
 
 INSTANCE = "11111111-2222-3333-4444-555555555555"
 CONNECTOR = {"initiator": "iqn.1993-08.org.debian:01:abc", "host": "h1", "ip": "127.0.0.1",
              "platform": "x86_64", "os_type": "linux", "multipath": False,
              "mountpoint": "/dev/vdb"}
-
-
-def _volume(api: Api, **spec: Any) -> dict[str, Any]:
-    r = api.post("/volumes", {"volume": {"size": 1, **spec}})
-    assert r.status_code == 202, r.text
-    return api.wait_volume(r.json()["volume"]["id"], "available")
 
 
 def _status(api: Api, volume_id: str) -> str:
@@ -30,7 +25,7 @@ def _attachments(api: Api, volume_id: str) -> list[dict[str, Any]]:
 
 def test_attachments_api_flow(server: Server) -> None:
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     r = api.post("/attachments", {"attachment": {"volume_uuid": vol["id"],
                                                  "instance_uuid": INSTANCE}})
     assert r.status_code == 200, r.text
@@ -66,7 +61,7 @@ def test_attachments_api_flow(server: Server) -> None:
 
 def test_attachment_with_connector_at_once_and_detail_list(server: Server) -> None:
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     r = api.post("/attachments", {"attachment": {"volume_uuid": vol["id"],
                                                  "instance_uuid": INSTANCE,
                                                  "connector": CONNECTOR, "mode": "ro"}})
@@ -86,7 +81,7 @@ def test_attachments_need_3_27_and_valid_input(server: Server) -> None:
     old = server.client(version="3.0")
     assert old.get("/attachments").status_code == 404
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     r = api.post("/attachments", {"attachment": {"volume_uuid": vol["id"],
                                                  "instance_uuid": None}})
     assert r.status_code == 400
@@ -103,7 +98,7 @@ def test_attachments_need_3_27_and_valid_input(server: Server) -> None:
 
 def test_second_attachment_needs_multiattach(server: Server) -> None:
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     first = api.post("/attachments", {"attachment": {"volume_uuid": vol["id"]}})
     assert first.status_code == 200
     second = api.post("/attachments", {"attachment": {"volume_uuid": vol["id"]}})
@@ -113,7 +108,7 @@ def test_second_attachment_needs_multiattach(server: Server) -> None:
     t = api.post("/types", {"volume_type": {"name": f"multi-{uuid.uuid4().hex[:6]}",
                                             "extra_specs": {"multiattach": "<is> True"}}})
     assert t.status_code == 200, t.text
-    multi = _volume(api, volume_type=t.json()["volume_type"]["name"])
+    multi = available_volume(api, volume_type=t.json()["volume_type"]["name"])
     assert multi["multiattach"] is True
     ids = []
     for host in ("h1", "h2"):
@@ -133,7 +128,7 @@ def test_second_attachment_needs_multiattach(server: Server) -> None:
 
 def test_concurrent_reservations_have_one_winner(server: Server) -> None:
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
 
     def attach(_: int) -> int:
         client = server.client()
@@ -168,7 +163,7 @@ def test_concurrent_reservations_have_one_winner(server: Server) -> None:
 
 def test_legacy_attach_detach_flow(server: Server) -> None:
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     act = f"/volumes/{vol['id']}/action"
     assert api.post(act, {"os-reserve": None}).status_code == 202
     assert _status(api, vol["id"]) == "attaching"
@@ -202,7 +197,7 @@ def test_legacy_attach_detach_flow(server: Server) -> None:
 
 def test_force_detach(server: Server) -> None:
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     act = f"/volumes/{vol['id']}/action"
     api.post(act, {"os-reserve": None})
     api.post(act, {"os-attach": {"host_name": "h9", "mountpoint": "/dev/vdc"}})
@@ -214,7 +209,7 @@ def test_force_detach(server: Server) -> None:
 
 def test_force_delete_of_an_attached_volume(server: Server) -> None:
     api = server.client(version="3.71")
-    vol = _volume(api)
+    vol = available_volume(api)
     r = api.post("/attachments", {"attachment": {"volume_uuid": vol["id"],
                                                  "connector": CONNECTOR}})
     att = r.json()["attachment"]["id"]

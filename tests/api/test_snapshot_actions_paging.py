@@ -9,19 +9,8 @@ from typing import Any
 
 from tempest.lib.api_schema.response.volume import snapshots as schema
 
+from tests.support.resources import available_snapshot, available_volume
 from tests.support.server import Api, Server
-
-
-def _volume(api: Api) -> dict[str, Any]:
-    r = api.post("/volumes", {"volume": {"size": 1}})
-    assert r.status_code == 202, r.text
-    return api.wait_volume(r.json()["volume"]["id"], "available")
-
-
-def _snapshot(api: Api, volume_id: str, **spec: Any) -> dict[str, Any]:
-    r = api.post("/snapshots", {"snapshot": {"volume_id": volume_id, **spec}})
-    assert r.status_code == 202, r.text
-    return api.wait_snapshot(r.json()["snapshot"]["id"], "available")
 
 
 def _action(api: Api, snapshot_id: str, body: dict[str, Any]) -> Any:
@@ -35,7 +24,7 @@ def _usage(api: Api, project: str) -> dict[str, int]:
 
 def test_update_snapshot_status_follows_cinders_status_map(server: Server) -> None:
     api = server.client(project="snap-status")
-    snap = _snapshot(api, _volume(api)["id"])
+    snap = available_snapshot(api, available_volume(api)["id"])
     sid = snap["id"]
     # only a snapshot being created or deleted takes reports
     refused = _action(api, sid, {"os-update_snapshot_status": {"status": "error"}})
@@ -75,9 +64,9 @@ def test_update_snapshot_status_follows_cinders_status_map(server: Server) -> No
 def test_force_delete_takes_a_snapshot_stuck_in_deleting(server: Server) -> None:
     project = "snap-stuck"
     api = server.client(project=project)
-    vol = _volume(api)
+    vol = available_volume(api)
     before = _usage(api, project)
-    sid = _snapshot(api, vol["id"])["id"]
+    sid = available_snapshot(api, vol["id"])["id"]
     assert _action(api, sid, {"os-reset_status": {"status": "deleting"}}).status_code == 202
     # a plain delete still refuses it; the forced one takes it and releases its quota
     assert api.delete(f"/snapshots/{sid}").status_code == 400
@@ -91,7 +80,7 @@ def test_force_delete_takes_a_snapshot_stuck_in_deleting(server: Server) -> None
 
 def test_force_delete_takes_a_volume_stuck_in_deleting(server: Server) -> None:
     api = server.client(project="vol-stuck")
-    vid = _volume(api)["id"]
+    vid = available_volume(api)["id"]
     assert api.post(f"/volumes/{vid}/action",
                     {"os-reset_status": {"status": "deleting"}}).status_code == 202
     assert api.post(f"/volumes/{vid}/action", {"os-force_delete": {}}).status_code == 202
@@ -100,8 +89,8 @@ def test_force_delete_takes_a_volume_stuck_in_deleting(server: Server) -> None:
 
 def test_snapshot_pages_as_cinder(server: Server) -> None:
     api = server.client(project="snap-pages")
-    vol = _volume(api)
-    made = [_snapshot(api, vol["id"], name=f"p{i}")["id"] for i in range(3)]
+    vol = available_volume(api)
+    made = [available_snapshot(api, vol["id"], name=f"p{i}")["id"] for i in range(3)]
     newest_first = made[::-1]
 
     # a full page links to the next one, even when that one turns out empty

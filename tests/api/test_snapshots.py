@@ -5,26 +5,14 @@ from __future__ import annotations
 import hashlib
 import uuid
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 from tempest.lib.api_schema.response.volume import snapshots as schema
 
-from tests.support.server import Api, Server
+from tests.support.resources import available_snapshot, available_volume
+from tests.support.server import Server
 
 MiB = 1024**2
-
-
-def _volume(api: Api, size: int = 1) -> dict[str, Any]:
-    r = api.post("/volumes", {"volume": {"size": size}})
-    assert r.status_code == 202, r.text
-    return api.wait_volume(r.json()["volume"]["id"], "available")
-
-
-def _snapshot(api: Api, volume_id: str, **spec: Any) -> dict[str, Any]:
-    r = api.post("/snapshots", {"snapshot": {"volume_id": volume_id, **spec}})
-    assert r.status_code == 202, r.text
-    return api.wait_snapshot(r.json()["snapshot"]["id"], "available")
 
 
 def _file(server: Server, kind: str, ident: str) -> Path:
@@ -33,7 +21,7 @@ def _file(server: Server, kind: str, ident: str) -> Path:
 
 def test_bodies_match_tempest_schemas(server: Server) -> None:
     api = server.client(version="3.0")
-    vol = _volume(api)
+    vol = available_volume(api)
     r = api.post("/snapshots", {"snapshot": {"volume_id": vol["id"], "name": "s"}})
     assert r.status_code == 202
     jsonschema.validate(r.json(), schema.create_snapshot["response_body"])
@@ -53,13 +41,13 @@ def test_bodies_match_tempest_schemas(server: Server) -> None:
 
 def test_snapshot_copies_data_and_volume_from_it_is_independent(server: Server) -> None:
     api = server.client()
-    vol = _volume(api, size=1)
+    vol = available_volume(api, size=1)
     path = _file(server, "volume", vol["id"])
     pattern = uuid.uuid4().bytes * (MiB // 16)
     with open(path, "r+b") as fh:
         fh.seek(300 * MiB)
         fh.write(pattern)
-    snap = _snapshot(api, vol["id"], name="s1", metadata={"k": "v"})
+    snap = available_snapshot(api, vol["id"], name="s1", metadata={"k": "v"})
     assert snap["size"] == 1 and snap["metadata"] == {"k": "v"}
     assert snap["os-extended-snapshot-attributes:progress"] == "100%"
     # change the volume after the snapshot: the snapshot keeps the old bytes
@@ -83,7 +71,7 @@ def test_snapshot_copies_data_and_volume_from_it_is_independent(server: Server) 
 
 def test_snapshot_rules(server: Server) -> None:
     api = server.client()
-    vol = _volume(api)
+    vol = available_volume(api)
     ghost = str(uuid.uuid4())
     assert api.post("/snapshots", {"snapshot": {"volume_id": ghost}}).status_code == 404
     assert api.post("/snapshots", {"snapshot": {"volume_id": "bad"}}).status_code == 400
@@ -103,8 +91,8 @@ def test_snapshot_rules(server: Server) -> None:
 
 def test_snapshot_update_metadata_reset_delete(server: Server) -> None:
     api = server.client()
-    vol = _volume(api)
-    snap = _snapshot(api, vol["id"], name="a")
+    vol = available_volume(api)
+    snap = available_snapshot(api, vol["id"], name="a")
     sid = snap["id"]
     assert api.put(f"/snapshots/{sid}", {"snapshot": {"name": "b", "description": "d"}}
                    ).json()["snapshot"]["name"] == "b"
@@ -131,8 +119,8 @@ def test_snapshot_update_metadata_reset_delete(server: Server) -> None:
 
 def test_snapshot_list_is_per_project_and_pages(server: Server) -> None:
     a, b = server.client(project="snap-a"), server.client(project="snap-b")
-    vol = _volume(a)
-    ids = {_snapshot(a, vol["id"], name=f"s{i}")["id"] for i in range(3)}
+    vol = available_volume(a)
+    ids = {available_snapshot(a, vol["id"], name=f"s{i}")["id"] for i in range(3)}
     assert {s["id"] for s in a.get("/snapshots").json()["snapshots"]} == ids
     assert b.get("/snapshots").json()["snapshots"] == []
     first = a.get("/snapshots?limit=2&sort=name:asc").json()

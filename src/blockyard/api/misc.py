@@ -96,15 +96,6 @@ def _backends(rt: Runtime) -> list[Backend]:
     return [rt.backends[name] for name in sorted(rt.backends)]
 
 
-def _stats(backend: Backend) -> BackendStats | None:
-    """The driver's report, asked afresh (these endpoints run on a worker thread), or None
-    when it cannot give one (the backend is down)."""
-    try:
-        return backend.stats(fresh=True)
-    except Exception:  # any driver failure means "cannot report", never a 500 here
-        return None
-
-
 # ---------------------------------------------------------------------------- zones
 
 
@@ -147,7 +138,7 @@ def _pools(rt: Runtime, who: Identity, volume_type: str | None) -> list[dict[str
     for backend in _backends(rt):
         if backend.name in excluded:
             continue
-        stats = _stats(backend)
+        stats = caps.fresh_stats(backend)
         if stats is None:  # Cinder's scheduler drops backends that stopped reporting
             continue
         for pool in stats.pools:

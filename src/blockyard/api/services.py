@@ -23,11 +23,10 @@ from blockyard.api.schema import check as check_body
 from blockyard.api.schema import cinder_host, nullable_string
 from blockyard.api.types import admin_only
 from blockyard.api.views import iso
-from blockyard.backends.base import BackendStats
 from blockyard.errors import NotFound
 from blockyard.service import capabilities as caps
 from blockyard.service import services as svc
-from blockyard.service.runtime import Backend, Runtime
+from blockyard.service.runtime import Runtime
 
 #: Cinder's microversions for the fields and parameters gated here
 CLUSTER_SUPPORT = 7
@@ -73,14 +72,6 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await run_in_threadpool(fn, *args, **kwargs)
 
 
-def _stats(backend: Backend) -> BackendStats | None:
-    """The driver's report, asked afresh, or None when it cannot give one (backend down)."""
-    try:
-        return backend.stats(fresh=True)
-    except Exception:  # any driver failure means "cannot report", never a 500 here
-        return None
-
-
 # ---------------------------------------------------------------------------- os-services
 
 
@@ -108,7 +99,8 @@ def _services(rt: Runtime, mv: int, host: str | None, binary: str | None) -> lis
         state = None
         if s.binary == svc.VOLUME and mv >= BACKEND_STATE_REPORT:
             backend = rt.backends.get(s.backend or "")
-            state = "up" if backend is not None and _stats(backend) is not None else "down"
+            up = backend is not None and caps.fresh_stats(backend) is not None
+            state = "up" if up else "down"
         result.append(_render(s, mv, state))
     return result
 

@@ -38,6 +38,15 @@ PROTOCOL_VARIANTS: tuple[tuple[str, ...], ...] = (
 _TRUE = frozenset(("1", "t", "true", "on", "y", "yes"))
 
 
+def fresh_stats(backend: Backend) -> BackendStats | None:
+    """The driver's report, asked afresh, or None when it cannot give one (the backend is
+    down): for the endpoints that show backends, where a driver failure is never a 500."""
+    try:
+        return backend.stats(fresh=True)
+    except Exception:  # noqa: BLE001 - any driver failure means "cannot report"
+        return None
+
+
 def backend_name(backend: Backend, stats: BackendStats) -> str:
     """The name a type's ``volume_backend_name`` is matched against."""
     return backend.config.volume_backend_name or stats.volume_backend_name

@@ -23,7 +23,7 @@ from blockyard.db.models import Group, GroupSnapshot, Snapshot, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import groups, quotas, records, tasks
 from blockyard.service.identity import Identity, authorize
-from blockyard.service.listing import ListParams, Page, like, paginate
+from blockyard.service.listing import ListParams, Page, filter_columns, paginate
 from blockyard.service.runtime import Runtime
 from blockyard.service.volumes import COPYABLE, snapshot_ref
 from blockyard.states import GroupSnapshotStatus as GS
@@ -54,15 +54,11 @@ def list_group_snapshots(rt: Runtime, who: Identity, params: ListParams, *,
     query = select(GroupSnapshot)
     if not (all_projects and who.is_admin):
         query = query.where(GroupSnapshot.project_id == who.project_id)
-    for key, value in params.filters.items():
-        base, approx = (key[:-1], True) if key.endswith("~") else (key, False)
-        if approx and not like_allowed:
-            continue
-        column = {"name": GroupSnapshot.name, "status": GroupSnapshot.status,
-                  "group_id": GroupSnapshot.group_id, "project_id": GroupSnapshot.project_id,
-                  "description": GroupSnapshot.description}.get(base)
-        if column is not None:
-            query = query.where(like(column, value) if approx else column == value)
+    query = filter_columns(query, params.filters, {
+        "name": GroupSnapshot.name, "status": GroupSnapshot.status,
+        "group_id": GroupSnapshot.group_id, "project_id": GroupSnapshot.project_id,
+        "description": GroupSnapshot.description,
+    }, like_allowed=like_allowed)
     with rt.db.read() as s:
         return paginate(s, GroupSnapshot, query, params, sortable=SORTABLE,
                         nullable={"name": "", "updated_at": GroupSnapshot.created_at})

@@ -29,7 +29,7 @@ from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import group_types, quotas, records, scheduler, tasks
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
-from blockyard.service.listing import ListParams, Page, like, paginate
+from blockyard.service.listing import ListParams, Page, filter_columns, paginate
 from blockyard.service.runtime import Backend, Runtime
 from blockyard.service.volumes import volume_ref
 from blockyard.states import GroupStatus as G
@@ -79,16 +79,11 @@ def list_groups(rt: Runtime, who: Identity, params: ListParams, *, all_projects:
     query = select(Group)
     if not (all_projects and who.is_admin):
         query = query.where(Group.project_id == who.project_id)
-    for key, value in params.filters.items():
-        base, approx = (key[:-1], True) if key.endswith("~") else (key, False)
-        if approx and not like_allowed:
-            continue
-        column = {"name": Group.name, "status": Group.status, "group_type": Group.group_type_id,
-                  "group_type_id": Group.group_type_id, "project_id": Group.project_id,
-                  "availability_zone": Group.availability_zone,
-                  "description": Group.description}.get(base)
-        if column is not None:
-            query = query.where(like(column, value) if approx else column == value)
+    query = filter_columns(query, params.filters, {
+        "name": Group.name, "status": Group.status, "group_type": Group.group_type_id,
+        "group_type_id": Group.group_type_id, "project_id": Group.project_id,
+        "availability_zone": Group.availability_zone, "description": Group.description,
+    }, like_allowed=like_allowed)
     with rt.db.read() as s:
         return paginate(s, Group, query, params, sortable=SORTABLE,
                         nullable={"name": "", "updated_at": Group.created_at})

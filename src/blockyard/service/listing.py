@@ -129,6 +129,21 @@ def paginate(
     return Page(rows=rows, next_marker=next_marker, count=count)
 
 
+def filter_columns(query: Any, filters: dict[str, str],
+                   columns: dict[str, InstrumentedAttribute[Any]], *, like_allowed: bool) -> Any:
+    """`query` narrowed by the filters that name one of `columns`: ``key=value`` matches
+    exactly, ``key~=value`` as `like` (ignored where the microversion has no `~`); other keys
+    are ignored, as Cinder ignores them."""
+    for key, value in filters.items():
+        base, approx = (key[:-1], True) if key.endswith("~") else (key, False)
+        if approx and not like_allowed:
+            continue
+        column = columns.get(base)
+        if column is not None:
+            query = query.where(like(column, value) if approx else column == value)
+    return query
+
+
 def like(column: InstrumentedAttribute[Any], text: str) -> Any:
     """Cinder's `key~=value` filters: a case-insensitive substring match."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

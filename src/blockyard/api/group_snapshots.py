@@ -70,7 +70,7 @@ async def _list(request: Request, is_detail: bool) -> Response:
         params = ListParams()
     page = await wire.call(request, group_snapshots.list_group_snapshots, params,
                            all_projects=listing.all_tenants(request),
-                           like_allowed=wire.mv(request) >= 34)
+                           like_allowed=listing.like_allowed(request))
     items = [detail(request, gs) if is_detail else {"id": gs.id, "name": gs.name}
              for gs in page.rows]
     return wire.ok(listing.page_body(request, "group_snapshots", items, page,

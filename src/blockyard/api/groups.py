@@ -152,7 +152,7 @@ async def _list(request: Request, is_detail: bool) -> Response:
     params.filters.pop("list_volume", None)
     page = await wire.call(request, groups.list_groups, params,
                            all_projects=listing.all_tenants(request),
-                           like_allowed=wire.mv(request) >= 34)
+                           like_allowed=listing.like_allowed(request))
     if is_detail:
         members = await wire.call(request, groups.member_ids, [g.id for g in page.rows]) \
             if _wants_volumes(request) else {}

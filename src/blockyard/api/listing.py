@@ -85,6 +85,15 @@ def summary_and_detail(
     return list_summary, list_detail
 
 
+#: the microversion that brought ``key~=value`` (LIKE) filters
+LIKE_FILTER_MV = 34
+
+
+def like_allowed(request: Request) -> bool:
+    """May this request's filters use ``key~=value``?"""
+    return wire.mv(request) >= LIKE_FILTER_MV
+
+
 def all_tenants(request: Request) -> bool:
     value = request.query_params.get("all_tenants")
     return value is not None and validate.query_bool(value or "1", "all_tenants")

@@ -77,7 +77,7 @@ async def _list(request: Request, detail: bool) -> Response:
     params = listing.parse_params(request)
     page = await wire.call(
         request, snapshots.list_snapshots, params,
-        all_projects=listing.all_tenants(request), like_allowed=wire.mv(request) >= 34)
+        all_projects=listing.all_tenants(request), like_allowed=listing.like_allowed(request))
     return wire.ok(listing.page_body(
         request, "snapshots", [snapshot_view(request, s, extended=detail) for s in page.rows],
         page))

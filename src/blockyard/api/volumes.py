@@ -110,7 +110,7 @@ async def _list(request: Request, detail: bool) -> Response:
     params = listing.parse_params(request)
     page = await wire.call(
         request, volumes.list_volumes, params,
-        all_projects=listing.all_tenants(request), like_allowed=wire.mv(request) >= 34,
+        all_projects=listing.all_tenants(request), like_allowed=listing.like_allowed(request),
     )
     render = views.volume_detail if detail else views.volume_summary
     return wire.ok(listing.page_body(request, "volumes", [render(request, v) for v in page.rows],

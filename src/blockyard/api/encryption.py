@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -83,18 +82,15 @@ def _full(spec: EncryptionSpecs) -> dict[str, Any]:
 
 
 async def index(request: Request) -> Response:
-    who = wire.identity(request)
-    admin_only(who, "volume_extension:volume_type_encryption:get")
-    spec = await run_in_threadpool(encryption.get, wire.runtime(request), who,
-                                   request.path_params["type_id"])
+    admin_only(wire.identity(request), "volume_extension:volume_type_encryption:get")
+    spec = await wire.call(request, encryption.get, request.path_params["type_id"])
     return wire.ok({} if spec is None else _full(spec))
 
 
 async def show_key(request: Request) -> Response:
-    who = wire.identity(request)
-    admin_only(who, "volume_extension:volume_type_encryption:get")
+    admin_only(wire.identity(request), "volume_extension:volume_type_encryption:get")
     type_id, key = request.path_params["type_id"], request.path_params["key"]
-    spec = await run_in_threadpool(encryption.get, wire.runtime(request), who, type_id)
+    spec = await wire.call(request, encryption.get, type_id)
     full = {} if spec is None else _full(spec)
     if key not in full:
         raise NotFound("VolumeTypeEncryption", type_id,
@@ -103,34 +99,28 @@ async def show_key(request: Request) -> Response:
 
 
 async def create(request: Request) -> Response:
-    who = wire.identity(request)
-    admin_only(who, "volume_extension:volume_type_encryption:create")
+    admin_only(wire.identity(request), "volume_extension:volume_type_encryption:create")
     body = await wire.json_body(request)
     schema.check(body, CREATE_SCHEMA)
     values = _values(body)
-    spec = await run_in_threadpool(encryption.create, wire.runtime(request), who,
-                                   request.path_params["type_id"], values)
+    spec = await wire.call(request, encryption.create, request.path_params["type_id"], values)
     created = {k: v for k, v in _full(spec).items() if k in encryption.FIELDS}
     created.update(volume_type_id=spec.volume_type_id, encryption_id=spec.encryption_id)
     return wire.ok({"encryption": created})
 
 
 async def update(request: Request) -> Response:
-    who = wire.identity(request)
-    admin_only(who, "volume_extension:volume_type_encryption:update")
+    admin_only(wire.identity(request), "volume_extension:volume_type_encryption:update")
     body = await wire.json_body(request)
     schema.check(body, UPDATE_SCHEMA)
     values = _values(body)
-    await run_in_threadpool(encryption.update_specs, wire.runtime(request), who,
-                            request.path_params["type_id"], values)
+    await wire.call(request, encryption.update_specs, request.path_params["type_id"], values)
     return wire.ok({"encryption": values})
 
 
 async def delete(request: Request) -> Response:
-    who = wire.identity(request)
-    admin_only(who, "volume_extension:volume_type_encryption:delete")
-    await run_in_threadpool(encryption.delete_specs, wire.runtime(request), who,
-                            request.path_params["type_id"])
+    admin_only(wire.identity(request), "volume_extension:volume_type_encryption:delete")
+    await wire.call(request, encryption.delete_specs, request.path_params["type_id"])
     return wire.accepted()
 
 

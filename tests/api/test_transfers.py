@@ -213,6 +213,28 @@ def test_no_snapshots_leaves_snapshots_behind(giver: Project, taker: Project) ->
     assert giver.usage()["volumes"] == 0 and taker.usage()["volumes"] == 1
 
 
+def test_snapshots_left_behind_stay_counted_for_their_owner(server: Server, giver: Project,
+                                                           taker: Project) -> None:
+    """A volume handed on again after a `no_snapshots` transfer: the snapshot left with the
+    first giver neither moves nor counts for the middle project or the last taker."""
+    vid = giver.volume()
+    sid = giver.snapshot(vid)
+    t = offer(giver, vid, no_snapshots=True)
+    r = taker.api.post(f"{NEW}/{t['id']}/accept", {"accept": {"auth_key": t["auth_key"]}})
+    assert r.status_code == 202, r.text
+    last = Project(server)
+    try:
+        t = offer(taker, vid)
+        r = last.api.post(f"{NEW}/{t['id']}/accept", {"accept": {"auth_key": t["auth_key"]}})
+        assert r.status_code == 202, r.text
+        assert vid in last.volume_ids() and sid in giver.snapshot_ids()
+        assert giver.usage()["snapshots"] == 1
+        assert taker.usage()["snapshots"] == 0 and last.usage()["snapshots"] == 0
+        assert taker.usage()["volumes"] == 0 and last.usage()["volumes"] == 1
+    finally:
+        last.close()
+
+
 def test_delete_gives_the_volume_back(giver: Project) -> None:
     vid = giver.volume()
     r = giver.v30.post(OLD, {"transfer": {"volume_id": vid}})

@@ -112,6 +112,11 @@ def create(rt: Runtime, who: Identity, volume_id: str, name: str | None,
             states.begin(s, Volume, volume_id, "offer_transfer", where=tuple(conditions))
         except InvalidState as exc:
             raise _why_not_offered(s, volume_id, exc) from exc
+        # an older open offer of this volume is stale (an admin reset the volume to
+        # `available` since): it goes, so that its key cannot take the volume offered anew and
+        # withdrawing it cannot cancel the new offer
+        s.execute(delete(Transfer).where(Transfer.volume_id == volume_id,
+                                         Transfer.accepted.is_(False)))
         now = utcnow()
         s.connection().execute(_INSERT, {
             "id": ident, "volume_id": volume_id, "name": name, "salt": salt,

@@ -29,7 +29,7 @@ from blockyard.db.models import (
     utcnow,
 )
 from blockyard.errors import Invalid, InvalidState, NotFound
-from blockyard.service import groups, quotas, records, tasks
+from blockyard.service import groups, quotas, records, services, tasks
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.runtime import Runtime
 from blockyard.service.volumes import COPYABLE, model_values, snapshot_ref, volume_ref
@@ -117,6 +117,7 @@ def create_from_src(rt: Runtime, who: Identity, *, name: str | None, description
             assert source_group_id is not None
             template, sources = _sources_from_group(s, who, source_group_id)
             group_type_id = template.group_type_id
+        services.assert_not_frozen(s, template.backend)
         deltas: dict[str, int] = {"groups": 1}
         for src in sources:
             type_name = records.type_name(s, src.volume.volume_type_id)

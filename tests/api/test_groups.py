@@ -417,7 +417,8 @@ def test_group_snapshot_takes_every_member_and_clones_from_it(server: Server,
 
 def test_a_frozen_backend_refuses_group_operations(make_server: Any) -> None:
     """As in Cinder (group.assert_not_frozen): no group delete, group snapshot create or
-    delete, or group clone on a frozen backend; each refusal changes nothing."""
+    delete, or group clone on a frozen backend; each refusal changes nothing. Nor does a new
+    member land there."""
     srv = make_server().start()
     c = srv.client()
     vt = _volume_type(c, "vt-frozen")
@@ -441,7 +442,15 @@ def test_a_frozen_backend_refuses_group_operations(make_server: Any) -> None:
         (before.volumes, before.snapshots, before.usages, before.groups)
     assert c.get(f"/group_snapshots/{gs}").json()["group_snapshot"]["status"] == "available"
     assert c.get(f"/groups/{g}").json()["group"]["status"] == "available"
+    # a new member could only go to the group's (frozen) backend: no valid backend, as in
+    # Cinder's scheduler; the volume ends in error outside the group
+    r = c.post("/volumes", {"volume": {"size": 1, "volume_type": vt, "group_id": g}})
+    assert r.status_code == 202, r.text
+    stray = c.wait_volume(r.json()["volume"]["id"], "error")
+    assert stray["group_id"] is None and len(_members_of(c, g)) == 1
     assert c.put("/os-services/thaw", {"host": host}).status_code == 200
+    assert c.delete(f"/volumes/{stray['id']}").status_code == 202
+    c.wait_volume(stray["id"], "deleted")
     assert c.delete(f"/group_snapshots/{gs}").status_code == 202
     _wait(c, f"/group_snapshots/{gs}", "group_snapshot", "deleted")
     _delete_group(c, g)

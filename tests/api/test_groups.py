@@ -415,6 +415,49 @@ def test_group_snapshot_takes_every_member_and_clones_from_it(server: Server,
     c19.close()
 
 
+def test_a_frozen_backend_refuses_group_operations(make_server: Any) -> None:
+    """As in Cinder (group.assert_not_frozen): no group delete, group snapshot create or
+    delete, or group clone on a frozen backend; each refusal changes nothing. Nor does a new
+    member land there."""
+    srv = make_server().start()
+    c = srv.client()
+    vt = _volume_type(c, "vt-frozen")
+    g = _group(c, _group_type(c, "gt-frozen"), [vt])
+    _member(c, g, vt)
+    gs = _group_snapshot(c, g)
+    _wait(c, f"/group_snapshots/{gs}", "group_snapshot", "available")
+    host = next(s["host"] for s in c.get("/os-services").json()["services"]
+                if s["binary"] == "cinder-volume")
+    assert c.put("/os-services/freeze", {"host": host}).status_code == 200
+    before = read_db(srv.state_dir)
+    frozen = "Modification operations are not allowed on frozen storage backends."
+    for r in (c.post("/group_snapshots", {"group_snapshot": {"group_id": g}}),
+              c.delete(f"/group_snapshots/{gs}"),
+              c.post("/groups/action", {"create-from-src": {"source_group_id": g}}),
+              c.post("/groups/action", {"create-from-src": {"group_snapshot_id": gs}}),
+              c.post(f"/groups/{g}/action", {"delete": {"delete-volumes": True}})):
+        assert r.status_code == 400 and frozen in r.text, r.text
+    after = read_db(srv.state_dir)
+    assert (after.volumes, after.snapshots, after.usages, after.groups) == \
+        (before.volumes, before.snapshots, before.usages, before.groups)
+    assert c.get(f"/group_snapshots/{gs}").json()["group_snapshot"]["status"] == "available"
+    assert c.get(f"/groups/{g}").json()["group"]["status"] == "available"
+    # a new member could only go to the group's (frozen) backend: no valid backend, as in
+    # Cinder's scheduler; the volume ends in error outside the group
+    r = c.post("/volumes", {"volume": {"size": 1, "volume_type": vt, "group_id": g}})
+    assert r.status_code == 202, r.text
+    stray = c.wait_volume(r.json()["volume"]["id"], "error")
+    assert stray["group_id"] is None and len(_members_of(c, g)) == 1
+    assert c.put("/os-services/thaw", {"host": host}).status_code == 200
+    assert c.delete(f"/volumes/{stray['id']}").status_code == 202
+    c.wait_volume(stray["id"], "deleted")
+    assert c.delete(f"/group_snapshots/{gs}").status_code == 202
+    _wait(c, f"/group_snapshots/{gs}", "group_snapshot", "deleted")
+    _delete_group(c, g)
+    assert_consistent(srv.state_dir, c, log=srv.log())
+    c.close()
+
+
 def _group_with_members(c: Api, state_dir: Path, count: int) -> tuple[str, list[str]]:
     vt = _volume_type(c, "vt-crash")
     gt = _group_type(c, "gt-crash")

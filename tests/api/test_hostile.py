@@ -92,8 +92,54 @@ class Stack:
         qos = r.json()["qos_specs"]
         self.seed = {"volumes": vol["id"], "snapshots": snap["id"], "types": vtype["id"],
                      "qos-specs": qos["id"], "os-quota-sets": "admin",
-                     "os-quota-class-sets": "default", "metadata-key": "k"}
+                     "os-quota-class-sets": "default", "metadata-key": "k",
+                     **self.seed_groups_and_transfers()}
         self.baseline = settled(self)
+
+    def seed_groups_and_transfers(self) -> dict[str, str]:
+        """A group type (spec ``k``), a group with a member and a group snapshot of it, an
+        open transfer, a user message and the backend's host: so that hostile requests on
+        those routes reach a real resource, not only the not-found path."""
+        api = self.api
+        r = api.post("/types", {"volume_type": {"name": "seed-group-member"}})
+        assert r.status_code == 200, r.text
+        type_id = r.json()["volume_type"]["id"]
+        r = api.post("/group_types", {"group_type": {"name": "seed-gt",
+                                                     "group_specs": {"k": "v"}}})
+        assert r.status_code == 202, r.text
+        group_type = r.json()["group_type"]["id"]
+        r = api.post("/groups", {"group": {"name": "seed", "group_type": group_type,
+                                           "volume_types": [type_id]}})
+        assert r.status_code == 202, r.text
+        group = r.json()["group"]["id"]
+        r = api.post("/volumes", {"volume": {"size": 1, "volume_type": type_id,
+                                             "group_id": group}})
+        assert r.status_code == 202, r.text
+        api.wait_volume(r.json()["volume"]["id"], "available")
+        r = api.post("/group_snapshots", {"group_snapshot": {"group_id": group}})
+        assert r.status_code == 202, r.text
+        group_snapshot = r.json()["group_snapshot"]["id"]
+        r = api.post("/volumes", {"volume": {"size": 1}})
+        assert r.status_code == 202, r.text
+        offered = api.wait_volume(r.json()["volume"]["id"], "available")["id"]
+        r = api.post("/volume-transfers", {"transfer": {"volume_id": offered}})
+        assert r.status_code == 202, r.text
+        transfer = r.json()["transfer"]["id"]
+        # a create no backend can take fails asynchronously: that records a user message
+        r = api.post("/types", {"volume_type": {"name": "seed-nowhere", "extra_specs": {
+            "volume_backend_name": "nowhere"}}})
+        assert r.status_code == 200, r.text
+        r = api.post("/volumes", {"volume": {"size": 1, "volume_type": "seed-nowhere"}})
+        assert r.status_code == 202, r.text
+        api.wait_volume(r.json()["volume"]["id"], "error")
+        messages = api.get("/messages").json()["messages"]
+        assert messages, "no user message for a create that failed"
+        host = next(s["host"] for s in api.get("/os-services").json()["services"]
+                    if s["binary"] == "cinder-volume")
+        return {"group_types": group_type, "groups": group, "group_snapshots": group_snapshot,
+                "volume-transfers": transfer, "os-volume-transfer": transfer,
+                "messages": messages[0]["id"], "os-hosts": host, "capabilities": host,
+                "os-services": "enable"}
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +244,13 @@ def state_of(stack: Stack) -> dict[str, Any]:
                       ("snapshots", "/snapshots/detail?all_tenants=1"),
                       ("volume_types", "/types?is_public=None"),
                       ("qos_specs", "/qos-specs"),
-                      ("quota_set", "/os-quota-sets/admin")):
+                      ("quota_set", "/os-quota-sets/admin"),
+                      ("quota_class_set", "/os-quota-class-sets/default"),
+                      ("group_types", "/group_types?is_public=None"),
+                      ("groups", "/groups/detail?all_tenants=1&list_volume=True"),
+                      ("group_snapshots", "/group_snapshots/detail?all_tenants=1"),
+                      ("transfers", "/volume-transfers/detail?all_tenants=1"),
+                      ("messages", "/messages")):
         r = api.get(path)
         assert r.status_code == 200, f"{path}: {r.status_code} {r.text[:300]}"
         seen[key] = _strip(r.json()[key])
@@ -215,7 +267,8 @@ def settled(stack: Stack, timeout: float = 10.0) -> dict[str, Any]:
     while time.monotonic() < deadline:
         time.sleep(0.05)
         now = state_of(stack)
-        busy = [o for o in now["volumes"] + now["snapshots"] if o.get("status") in _BUSY]
+        busy = [o for key in ("volumes", "snapshots", "groups", "group_snapshots")
+                for o in now[key] if o.get("status") in _BUSY]
         if now == last and not busy:
             return now
         last = now

@@ -195,6 +195,49 @@ def test_no_snapshots_leaves_snapshots_behind(giver: Project, taker: Project) ->
     assert giver.usage()["volumes"] == 0 and taker.usage()["volumes"] == 1
 
 
+def test_snapshots_left_behind_stay_counted_for_their_owner(server: Server, giver: Project,
+                                                           taker: Project) -> None:
+    """A volume handed on again after a `no_snapshots` transfer: the snapshot left with the
+    first giver neither moves nor counts for the middle project or the last taker."""
+    vid = giver.volume()
+    sid = giver.snapshot(vid)
+    t = offer(giver, vid, no_snapshots=True)
+    r = taker.api.post(f"{NEW}/{t['id']}/accept", {"accept": {"auth_key": t["auth_key"]}})
+    assert r.status_code == 202, r.text
+    last = Project(server)
+    try:
+        t = offer(taker, vid)
+        r = last.api.post(f"{NEW}/{t['id']}/accept", {"accept": {"auth_key": t["auth_key"]}})
+        assert r.status_code == 202, r.text
+        assert vid in last.volume_ids() and sid in giver.snapshot_ids()
+        assert giver.usage()["snapshots"] == 1
+        assert taker.usage()["snapshots"] == 0 and last.usage()["snapshots"] == 0
+        assert taker.usage()["volumes"] == 0 and last.usage()["volumes"] == 1
+    finally:
+        last.close()
+
+
+def test_a_new_offer_replaces_one_left_open_by_a_reset(giver: Project, taker: Project,
+                                                     api: Api) -> None:
+    """After an admin resets a volume awaiting transfer to `available` and it is offered again,
+    the old offer is gone: its key cannot take the volume, and withdrawing it cannot cancel
+    the new offer."""
+    vid = giver.volume()
+    old = offer(giver, vid)
+    r = api.post(f"/volumes/{vid}/action", {"os-reset_status": {"status": "available"}})
+    assert r.status_code == 202, r.text
+    new = offer(giver, vid)
+    fault(giver.api.get(f"{NEW}/{old['id']}"), 404)
+    fault(giver.api.delete(f"{NEW}/{old['id']}"), 404)
+    assert giver.api.get(f"/volumes/{vid}").json()["volume"]["status"] == "awaiting-transfer"
+    r = taker.api.post(f"{NEW}/{old['id']}/accept", {"accept": {"auth_key": old["auth_key"]}})
+    fault(r, 404)
+    assert [t["id"] for t in giver.api.get(NEW).json()["transfers"]] == [new["id"]]
+    r = taker.api.post(f"{NEW}/{new['id']}/accept", {"accept": {"auth_key": new["auth_key"]}})
+    assert r.status_code == 202, r.text
+    assert vid in taker.volume_ids()
+
+
 def test_delete_gives_the_volume_back(giver: Project) -> None:
     vid = giver.volume()
     r = giver.v30.post(OLD, {"transfer": {"volume_id": vid}})

@@ -9,8 +9,8 @@ backend's directories, the promises of the durable tasks:
   ``available`` snapshot has its file, of exactly ``size`` GiB;
 * no ``volume-*``/``snapshot-*`` file without a row, no ``.tmp-*`` file, nothing else;
 * no snapshot whose volume row is gone;
-* quota usage (``volumes``, ``snapshots``, ``gigabytes`` and their per-type variants) equals
-  what the rows add up to;
+* quota usage (``volumes``, ``snapshots``, ``gigabytes`` and their per-type variants, and
+  ``groups``) equals what the rows add up to;
 * the API's listings agree with the database.
 
 It also has small helpers for data patterns written straight into backing files.
@@ -42,7 +42,7 @@ TRANSIENT_SNAPSHOT = frozenset({"creating", "deleting", "backing-up", "restoring
 VOLUME_HAS_FILE = frozenset({"available", "in-use"})
 SNAPSHOT_HAS_FILE = frozenset({"available"})
 
-QUOTA_RESOURCES = ("volumes", "snapshots", "gigabytes")
+QUOTA_RESOURCES = ("volumes", "snapshots", "gigabytes", "groups")
 
 
 # ---------------------------------------------------------------------------- database view
@@ -59,6 +59,8 @@ class DbState:
     usages: dict[tuple[str, str], int] = field(default_factory=dict)
     #: volume type id → name
     types: dict[str, str] = field(default_factory=dict)
+    #: project → how many generic volume groups it has
+    groups: dict[str, int] = field(default_factory=dict)
 
     def busy(self) -> list[str]:
         """Why the service is not settled yet (empty when it is)."""
@@ -90,6 +92,8 @@ def read_db(state_dir: Path) -> DbState:
             st.usages[(r["project_id"], r["resource"])] = int(r["in_use"])
         for r in conn.execute("SELECT id, name FROM volume_types"):
             st.types[r["id"]] = r["name"]
+        for r in conn.execute("SELECT project_id, COUNT(*) AS n FROM groups GROUP BY project_id"):
+            st.groups[r["project_id"]] = int(r["n"])
         conn.execute("COMMIT")
         return st
     finally:
@@ -267,6 +271,8 @@ def expected_usage(st: DbState) -> dict[tuple[str, str], int]:
         for res, n in (("snapshots", 1), ("gigabytes", sn["size"])):
             want[(p, res)] += n
             want[(p, f"{res}_{t}")] += n
+    for p, n in st.groups.items():
+        want[(p, "groups")] += n
     return want
 
 

@@ -28,7 +28,7 @@ from blockyard.db.models import (
     utcnow,
 )
 from blockyard.errors import Invalid, InvalidState
-from blockyard.service import group_snapshots, groups, quotas, records, tasks
+from blockyard.service import group_snapshots, groups, quotas, records, services, tasks
 from blockyard.service.identity import Identity
 from blockyard.service.runtime import Runtime
 from blockyard.service.volumes import (
@@ -116,6 +116,7 @@ def create_from_src(rt: Runtime, who: Identity, *, name: str | None, description
             assert source_group_id is not None
             template, sources = _sources_from_group(s, who, source_group_id)
             group_type_id = template.group_type_id
+        services.assert_not_frozen(s, template.backend)
         deltas: dict[str, int] = {"groups": 1}
         for src in sources:
             type_name = records.type_name(s, src.volume.volume_type_id)

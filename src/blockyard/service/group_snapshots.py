@@ -21,7 +21,7 @@ from blockyard import failpoints, states
 from blockyard.backends.base import SnapshotRef
 from blockyard.db.models import Group, GroupSnapshot, Snapshot, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
-from blockyard.service import groups, quotas, records, tasks
+from blockyard.service import groups, quotas, records, services, tasks
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, filter_columns, paginate
 from blockyard.service.runtime import Runtime
@@ -73,6 +73,7 @@ def create(rt: Runtime, who: Identity, group_id: str, *, name: str | None,
     gs_id = str(uuid.uuid4())
     with rt.db.write() as s:
         group = groups.get(s, who, group_id)
+        services.assert_not_frozen(s, group.backend)
         try:
             states.begin(s, Group, group.id, "snapshot")
         except InvalidState as exc:
@@ -201,6 +202,7 @@ def delete_group_snapshot(rt: Runtime, who: Identity, group_snapshot_id: str) ->
     with rt.db.write() as s:
         gs = get(s, who, group_snapshot_id)
         backend = s.execute(select(Group.backend).where(Group.id == gs.group_id)).scalar_one()
+        services.assert_not_frozen(s, backend)
         task = tasks.enqueue(s, "delete_group_snapshot", backend, gs.id)
         try:
             states.begin(s, GroupSnapshot, gs.id, "delete", task_id=task.id,

@@ -26,7 +26,7 @@ from blockyard.db.models import (
     utcnow,
 )
 from blockyard.errors import Invalid, InvalidState, NotFound
-from blockyard.service import group_types, quotas, records, scheduler, tasks
+from blockyard.service import group_types, quotas, records, scheduler, services, tasks
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, filter_columns, paginate
@@ -239,6 +239,7 @@ def delete_group(rt: Runtime, who: Identity, group_id: str, *, delete_volumes: b
     """Accept a delete: the group (and with `delete_volumes` each member) becomes deleting."""
     with rt.db.write() as s:
         group = get(s, who, group_id)
+        services.assert_not_frozen(s, group.backend)
         if s.execute(select(exists().where(GroupSnapshot.group_id == group.id))).scalar():
             raise Invalid("Invalid Group: Group has existing snapshots.")
         members = s.execute(select(Volume.id, Volume.attach_status)

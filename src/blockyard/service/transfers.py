@@ -112,6 +112,11 @@ def create(rt: Runtime, who: Identity, volume_id: str, name: str | None,
             states.begin(s, Volume, volume_id, "offer_transfer", where=tuple(conditions))
         except InvalidState as exc:
             raise _why_not_offered(s, volume_id, exc) from exc
+        # an older open offer of this volume is stale (an admin reset the volume to
+        # `available` since): it goes, so that its key cannot take the volume offered anew and
+        # withdrawing it cannot cancel the new offer
+        s.execute(delete(Transfer).where(Transfer.volume_id == volume_id,
+                                         Transfer.accepted.is_(False)))
         now = utcnow()
         s.connection().execute(_INSERT, {
             "id": ident, "volume_id": volume_id, "name": name, "salt": salt,
@@ -242,9 +247,13 @@ def accept(rt: Runtime, who: Identity, transfer_id: str, auth_key: str) -> Trans
 def _move_snapshots(s: Session, volume_id: str, giver: str, who: Identity) -> list[int]:
     """Give every snapshot of the volume to the taker; returns their sizes. They must all be
     `available` and idle (they were when the offer was made, and stay so: a snapshot of a
-    volume awaiting transfer cannot be taken, and a deleted one is simply not moved)."""
+    volume awaiting transfer cannot be taken, and a deleted one is simply not moved).
+
+    Only the giver's snapshots move and count: one left behind by an earlier
+    `no_snapshots` transfer still belongs to (and is counted for) its own project."""
     rows = s.execute(select(Snapshot.id, Snapshot.size, Snapshot.status, Snapshot.task_id)
-                     .where(Snapshot.volume_id == volume_id)).all()
+                     .where(Snapshot.volume_id == volume_id,
+                            Snapshot.project_id == giver)).all()
     for sid, _size, status, task_id in rows:
         if status != S.AVAILABLE or task_id is not None:
             raise Invalid(f"Invalid snapshot: snapshot: {sid} status must be available")

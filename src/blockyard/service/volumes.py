@@ -205,6 +205,11 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
         if req.availability_zone and req.availability_zone != backend.config.availability_zone:
             raise Invalid("Invalid input received: Availability zone of the source must "
                           "match the requested one.")
+        if backend.name in services.unschedulable(rt):
+            # the only backend it may go to is disabled or frozen: Cinder's scheduler finds
+            # no valid backend for it either
+            return _create_unscheduled(rt, who, req, size, vt, scheduler.NoValidBackend(
+                "No valid backend was found. No weighed backends available"))
     else:
         try:
             backend = scheduler.pick(rt, vt, size, req.availability_zone)

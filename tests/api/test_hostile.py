@@ -9,9 +9,9 @@ servers are the same before and after).
 One parametrized case per (path, method) of ``blockyard.api.app.ROUTES`` and
 ``blockyard.compute.api.ROUTES``, so routes added later are covered without touching this
 file. Each case runs `EXAMPLES_PER_ROUTE` Hypothesis examples (15 in CI; more with
-BLOCKYARD_HOSTILE_EXAMPLES=N): with the 84 cases of this writing (69 volume API, 15 compute
-agent) that is 1,260 hostile requests, each followed by a keep-alive probe and, when refused,
-a snapshot of six listings; about 70 s on an idle 2-core machine. Every example combines a
+BLOCKYARD_HOSTILE_EXAMPLES=N): with the 133 cases of this writing (118 volume API, 15 compute
+agent) that is 1,995 hostile requests, each followed by a keep-alive probe and, when refused,
+a snapshot of the listings. Every example combines a
 body (random JSON, bodies shaped like the API's with wrong types and hostile values, deep
 nesting, invalid UTF-8, lone surrogates, NUL, huge numbers, an oversized body), a query
 string (huge, negative, non-ASCII digits, filter literals), path parameters (existing ids,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,15 @@ def test_messages_expire(make_server: type[Server]) -> None:
         vid, _ = unschedulable_volume(client, admin)
         [m] = messages_of(client)
         assert m["resource_uuid"] == vid
-        time.sleep(1.2)
+        created = datetime.fromisoformat(m["created_at"])
+        until = datetime.fromisoformat(m["guaranteed_until"])
+        assert until - created == timedelta(seconds=1)
+        # wait for the clock, not for a guessed delay, to pass the guarantee (the server
+        # shares this host's clock); the bound only guards against a hang
+        deadline = time.monotonic() + 30
+        while datetime.now(UTC).replace(tzinfo=None) <= until:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         # expired: neither listed nor shown, and purged when the next message is made
         assert messages_of(client) == []
         assert client.get(f"/messages/{m['id']}").status_code == 404

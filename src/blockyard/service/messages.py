@@ -33,9 +33,6 @@ from blockyard.service.listing import ListParams, Page, paginate
 from blockyard.service.request_context import current_request_id
 from blockyard.service.runtime import Runtime
 
-#: Cinder's default message_ttl: a message is guaranteed to be listed this long
-DEFAULT_TTL_SECONDS = 2592000
-
 LEVEL_ERROR = "ERROR"
 
 

@@ -20,7 +20,7 @@ from blockyard.api import schema, wire
 from blockyard.api.errors import ApiError
 from blockyard.api.quotas import resources
 from blockyard.api.types import admin_only
-from blockyard.service import quota_classes
+from blockyard.service import quota_classes, quotas
 from blockyard.service.runtime import Runtime
 
 #: Cinder's update_quota_class body (parameter_types.quota_class_set)
@@ -51,7 +51,7 @@ def _check_class_name(name: str) -> None:
 
 def _show(rt: Runtime, class_name: str) -> dict[str, int]:
     with rt.db.read() as s:
-        return quota_classes.class_limits(s, rt.config.quotas, class_name, resources(s))
+        return quotas.class_limits(s, rt.config.quotas, class_name, resources(s))
 
 
 def _update(rt: Runtime, class_name: str, requested: dict[str, Any]) -> dict[str, int]:
@@ -63,7 +63,7 @@ def _update(rt: Runtime, class_name: str, requested: dict[str, Any]) -> dict[str
                                 f"{', '.join(bad)}")
         quota_classes.set_class_limits(s, class_name,
                                        {k: int(v) for k, v in requested.items()})
-        return quota_classes.class_limits(s, rt.config.quotas, class_name, names)
+        return quotas.class_limits(s, rt.config.quotas, class_name, names)
 
 
 async def show(request: Request) -> Response:

@@ -28,7 +28,7 @@ from blockyard.api import validate, wire
 from blockyard.api.errors import ApiError
 from blockyard.api.types import admin_only
 from blockyard.db.models import Quota
-from blockyard.service import quota_classes, quotas, type_admin
+from blockyard.service import quotas, type_admin
 from blockyard.service.identity import Identity
 from blockyard.service.runtime import Runtime
 
@@ -87,8 +87,8 @@ def _show(rt: Runtime, project_id: str, with_usage: bool) -> dict[str, Any]:
 def _defaults(rt: Runtime) -> dict[str, Any]:
     """A project's defaults: the default quota class, else the configured values."""
     with rt.db.read() as s:
-        return dict(quota_classes.class_limits(s, rt.config.quotas, quotas.DEFAULT_CLASS,
-                                               resources(s)))
+        return dict(quotas.class_limits(s, rt.config.quotas, quotas.DEFAULT_CLASS,
+                                        resources(s)))
 
 
 async def show(request: Request) -> Response:

@@ -41,21 +41,29 @@ def limit_of(db: Session | Connection, defaults: dict[str, int], project_id: str
     ).scalar()
     if stored is not None:
         return int(stored)
-    return class_limit_of(db, defaults, DEFAULT_CLASS, resource)
+    return class_limits(db, defaults, DEFAULT_CLASS, [resource])[resource]
 
 
-def class_limit_of(db: Session | Connection, defaults: dict[str, int], class_name: str,
-                   resource: str) -> int:
-    """A quota class's limit for `resource`: its own, else the default class's, else the
-    configured default."""
-    names = [class_name] if class_name == DEFAULT_CLASS else [class_name, DEFAULT_CLASS]
-    rows = dict(_conn(db).execute(
-        select(QuotaClass.class_name, QuotaClass.hard_limit)
-        .where(QuotaClass.class_name.in_(names), QuotaClass.resource == resource)).all())
+def class_limits(db: Session | Connection, defaults: dict[str, int], class_name: str,
+                 names: list[str]) -> dict[str, int]:
+    """Limits of `class_name` for the resources `names`: the class's own, else the default
+    class's, else the configured defaults (Cinder's get_class_quotas / get_defaults)."""
+    wanted = [DEFAULT_CLASS] if class_name == DEFAULT_CLASS else [class_name, DEFAULT_CLASS]
+    stored: dict[tuple[str, str], int] = {
+        (row.class_name, row.resource): int(row.hard_limit)
+        for row in _conn(db).execute(
+            select(QuotaClass.class_name, QuotaClass.resource, QuotaClass.hard_limit)
+            .where(QuotaClass.class_name.in_(wanted), QuotaClass.resource.in_(names)))
+    }
+    result = {}
     for name in names:
-        if name in rows:
-            return int(rows[name])
-    return default_of(defaults, resource)
+        for cls in wanted:
+            if (cls, name) in stored:
+                result[name] = stored[(cls, name)]
+                break
+        else:
+            result[name] = default_of(defaults, name)
+    return result
 
 
 def usage_of(session: Session, project_id: str, resource: str) -> int:

@@ -87,10 +87,15 @@ def key_matches(salt: str, stored: str, auth_key: str) -> bool:
 # ---------------------------------------------------------------------------- create
 
 
+def _busy_snapshot(volume_id: str) -> tuple[Any, ...]:
+    """A snapshot of the volume that is anything but `available` and idle."""
+    return (Snapshot.volume_id == volume_id,
+            (Snapshot.status != S.AVAILABLE) | Snapshot.task_id.is_not(None))
+
+
 def _snapshots_settled(volume_id: str) -> Any:
-    """No snapshot of the volume is anything but `available` and idle (they move with it)."""
-    return ~exists().where(Snapshot.volume_id == volume_id,
-                           (Snapshot.status != S.AVAILABLE) | Snapshot.task_id.is_not(None))
+    """No snapshot of the volume is busy (they move with it)."""
+    return ~exists().where(*_busy_snapshot(volume_id))
 
 
 def create(rt: Runtime, who: Identity, volume_id: str, name: str | None,
@@ -131,9 +136,7 @@ def _why_not_offered(s: Session, volume_id: str, exc: InvalidState) -> Invalid:
     if exc.current != V.AVAILABLE:
         return Invalid(f"Invalid volume: status must be available, but current status is: "
                        f"{exc.current}.")
-    busy = s.execute(select(Snapshot.id).where(
-        Snapshot.volume_id == volume_id,
-        (Snapshot.status != S.AVAILABLE) | Snapshot.task_id.is_not(None))).scalar()
+    busy = s.execute(select(Snapshot.id).where(*_busy_snapshot(volume_id))).scalar()
     if busy is not None:
         return Invalid(f"Invalid snapshot: snapshot: {busy} status must be available")
     return Invalid(f"Invalid volume: Volume {volume_id} is being migrated.")

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, exists, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from blockyard.db.models import Volume, VolumeTypeEncryption, utcnow
@@ -62,16 +63,20 @@ def get(rt: Runtime, who: Identity, type_id: str) -> EncryptionSpecs | None:
 
 
 def create(rt: Runtime, who: Identity, type_id: str, values: dict[str, Any]) -> EncryptionSpecs:
-    with rt.db.write() as s:
-        _refuse_if_in_use(s, type_id, "create")
-        type_admin.by_id(s, who, type_id)
-        if s.get(VolumeTypeEncryption, type_id) is not None:
-            raise Invalid(f"Volume type encryption for type {type_id} already exists.")
-        row = VolumeTypeEncryption(volume_type_id=type_id, encryption_id=str(uuid.uuid4()),
-                                   created_at=utcnow(), **values)
-        s.add(row)
-        s.flush()
-        return _view(row)
+    exists_already = Invalid(f"Volume type encryption for type {type_id} already exists.")
+    try:
+        with rt.db.write() as s:
+            _refuse_if_in_use(s, type_id, "create")
+            type_admin.by_id(s, who, type_id)
+            if s.get(VolumeTypeEncryption, type_id) is not None:
+                raise exists_already
+            row = VolumeTypeEncryption(volume_type_id=type_id, encryption_id=str(uuid.uuid4()),
+                                       created_at=utcnow(), **values)
+            s.add(row)
+            s.flush()
+            return _view(row)
+    except IntegrityError:  # a concurrent create for the same type won (PostgreSQL)
+        raise exists_already from None
 
 
 def update_specs(rt: Runtime, who: Identity, type_id: str, values: dict[str, Any]) -> None:

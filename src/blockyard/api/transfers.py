@@ -110,6 +110,8 @@ async def accept(request: Request) -> Response:
     _new_path(request)
     body = await wire.json_body(request)
     schema.check(body, ACCEPT)
+    # always on a worker thread, not through wire.call: checking the key costs a scrypt hash
+    # (tens of ms), which must not stall the event loop even where the database runs inline
     t = await run_in_threadpool(transfers.accept, wire.runtime(request), wire.identity(request),
                                 request.path_params["id"], str(body["accept"]["auth_key"]))
     return wire.ok({"transfer": summary_view(request, t)}, 202)

@@ -7,7 +7,6 @@ Bodies are checked against Tempest's response schemas, the strictest contract th
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +39,8 @@ def _check(schema: dict[str, Any], r: Any) -> dict[str, Any]:
 
 
 def _wait(api: Api, path: str, key: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        r = api.get(path)
-        if r.status_code == 404 and status == "deleted":
-            return {"status": "deleted"}
-        assert r.status_code == 200, r.text
-        last = r.json()[key]
-        if last["status"] == status:
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"{path} stayed {last.get('status')}, wanted {status}")
+    """Poll `path` until its `key` has `status` ("deleted": until it 404s): Api's own poll."""
+    return api._wait(path, key, {status}, timeout)
 
 
 def _volume_type(api: Api, name: str) -> str:

@@ -447,6 +447,13 @@ def test_a_frozen_backend_refuses_group_operations(make_server: Any) -> None:
     c.close()
 
 
+def _server_with_failpoints(make_server: Any, tmp_path: Path) -> tuple[Server, Api, Path]:
+    """A started server that reads its fail points from the returned file (none armed yet)."""
+    armed = tmp_path / "failpoints"
+    srv = make_server(env={"BLOCKYARD_FAILPOINTS_FILE": str(armed)}).start()
+    return srv, srv.client(), armed
+
+
 def _group_with_members(c: Api, state_dir: Path, count: int) -> tuple[str, list[str]]:
     vt = _volume_type(c, "vt-crash")
     gt = _group_type(c, "gt-crash")
@@ -461,9 +468,7 @@ def _group_with_members(c: Api, state_dir: Path, count: int) -> tuple[str, list[
 
 def test_group_snapshot_killed_between_members_finishes_after_restart(
         make_server: Any, tmp_path: Path) -> None:
-    armed = tmp_path / "failpoints"
-    srv = make_server(env={"BLOCKYARD_FAILPOINTS_FILE": str(armed)}).start()
-    c = srv.client()
+    srv, c, armed = _server_with_failpoints(make_server, tmp_path)
     g, vids = _group_with_members(c, srv.state_dir, 3)
     armed.write_text("create_group_snapshot.between_members")
     r = c.post("/group_snapshots", {"group_snapshot": {"group_id": g}})
@@ -489,9 +494,7 @@ def test_group_snapshot_killed_between_members_finishes_after_restart(
 
 def test_group_snapshot_failing_midway_leaves_no_member(make_server: Any,
                                                          tmp_path: Path) -> None:
-    armed = tmp_path / "failpoints"
-    srv = make_server(env={"BLOCKYARD_FAILPOINTS_FILE": str(armed)}).start()
-    c = srv.client()
+    srv, c, armed = _server_with_failpoints(make_server, tmp_path)
     g, vids = _group_with_members(c, srv.state_dir, 3)
     quota_before = c.get("/os-quota-sets/admin", params={"usage": "True"}).json()["quota_set"]
     armed.write_text("create_group_snapshot.between_members=error")
@@ -515,9 +518,7 @@ def test_group_snapshot_failing_midway_leaves_no_member(make_server: Any,
 
 
 def test_group_clone_failing_midway_leaves_no_volume(make_server: Any, tmp_path: Path) -> None:
-    armed = tmp_path / "failpoints"
-    srv = make_server(env={"BLOCKYARD_FAILPOINTS_FILE": str(armed)}).start()
-    c = srv.client()
+    srv, c, armed = _server_with_failpoints(make_server, tmp_path)
     g, vids = _group_with_members(c, srv.state_dir, 2)
     armed.write_text("create_group_from_src.between_members=error")
     r = c.post("/groups/action", {"create-from-src": {"source_group_id": g}})

@@ -36,17 +36,8 @@ def _ok(r: httpx.Response, status: int = 202) -> dict[str, Any]:
 
 
 def _wait_status(c: Api, path: str, key: str, status: str) -> None:
-    import time
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        r = c.get(path)
-        if r.status_code == 404 and status == "deleted":
-            return
-        if r.status_code == 200 and r.json()[key]["status"] == status:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{path} did not become {status}")
+    """Poll `path` until its `key` has `status` ("deleted": until it 404s): Api's own poll."""
+    c._wait(path, key, {status}, 30.0)
 
 
 def _setup(srv: Server, *, group_snapshot: bool) -> dict[str, Any]:

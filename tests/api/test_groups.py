@@ -7,7 +7,6 @@ Bodies are checked against Tempest's response schemas, the strictest contract th
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +39,8 @@ def _check(schema: dict[str, Any], r: Any) -> dict[str, Any]:
 
 
 def _wait(api: Api, path: str, key: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        r = api.get(path)
-        if r.status_code == 404 and status == "deleted":
-            return {"status": "deleted"}
-        assert r.status_code == 200, r.text
-        last = r.json()[key]
-        if last["status"] == status:
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"{path} stayed {last.get('status')}, wanted {status}")
+    """Poll `path` until its `key` has `status` ("deleted": until it 404s): Api's own poll."""
+    return api._wait(path, key, {status}, timeout)
 
 
 def _volume_type(api: Api, name: str) -> str:
@@ -458,6 +447,13 @@ def test_a_frozen_backend_refuses_group_operations(make_server: Any) -> None:
     c.close()
 
 
+def _server_with_failpoints(make_server: Any, tmp_path: Path) -> tuple[Server, Api, Path]:
+    """A started server that reads its fail points from the returned file (none armed yet)."""
+    armed = tmp_path / "failpoints"
+    srv = make_server(env={"BLOCKYARD_FAILPOINTS_FILE": str(armed)}).start()
+    return srv, srv.client(), armed
+
+
 def _group_with_members(c: Api, state_dir: Path, count: int) -> tuple[str, list[str]]:
     vt = _volume_type(c, "vt-crash")
     gt = _group_type(c, "gt-crash")
@@ -472,9 +468,7 @@ def _group_with_members(c: Api, state_dir: Path, count: int) -> tuple[str, list[
 
 def test_group_snapshot_killed_between_members_finishes_after_restart(
         make_server: Any, tmp_path: Path) -> None:
-    armed = tmp_path / "failpoints"
-    srv = make_server(env={"BLOCKYARD_FAILPOINTS_FILE": str(armed)}).start()
-    c = srv.client()
+    srv, c, armed = _server_with_failpoints(make_server, tmp_path)
     g, vids = _group_with_members(c, srv.state_dir, 3)
     armed.write_text("create_group_snapshot.between_members")
     r = c.post("/group_snapshots", {"group_snapshot": {"group_id": g}})
@@ -500,9 +494,7 @@ def test_group_snapshot_killed_between_members_finishes_after_restart(
 
 def test_group_snapshot_failing_midway_leaves_no_member(make_server: Any,
                                                          tmp_path: Path) -> None:
-    armed = tmp_path / "failpoints"
-    srv = make_server(env={"BLOCKYARD_FAILPOINTS_FILE": str(armed)}).start()
-    c = srv.client()
+    srv, c, armed = _server_with_failpoints(make_server, tmp_path)
     g, vids = _group_with_members(c, srv.state_dir, 3)
     quota_before = c.get("/os-quota-sets/admin", params={"usage": "True"}).json()["quota_set"]
     armed.write_text("create_group_snapshot.between_members=error")
@@ -526,9 +518,7 @@ def test_group_snapshot_failing_midway_leaves_no_member(make_server: Any,
 
 
 def test_group_clone_failing_midway_leaves_no_volume(make_server: Any, tmp_path: Path) -> None:
-    armed = tmp_path / "failpoints"
-    srv = make_server(env={"BLOCKYARD_FAILPOINTS_FILE": str(armed)}).start()
-    c = srv.client()
+    srv, c, armed = _server_with_failpoints(make_server, tmp_path)
     g, vids = _group_with_members(c, srv.state_dir, 2)
     armed.write_text("create_group_from_src.between_members=error")
     r = c.post("/groups/action", {"create-from-src": {"source_group_id": g}})

@@ -9,7 +9,6 @@ volume the task made and the group ends ``error`` with no member: all or nothing
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +40,6 @@ from blockyard.service.volumes import (
 from blockyard.states import GroupStatus as G
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -170,12 +167,8 @@ def _copy_refs(rt: Runtime, task_id: int) -> list[tuple[str, Volume, Any]]:
 
 
 def _delete_volumes(rt: Runtime, refs: list[tuple[str, VolumeRef]]) -> None:
-    """Best-effort removal of backend volumes (idempotent; leftovers are swept at start)."""
-    for backend, ref in refs:
-        try:
-            rt.backend(backend).driver.delete_volume(ref)
-        except Exception:  # noqa: BLE001 - remove the others all the same
-            log.exception("could not remove volume %s of a failed group clone", ref.id)
+    groups.remove_each(rt, refs, lambda driver, ref: driver.delete_volume(ref),
+                       "volume of a failed group clone")
 
 
 def _run_create_from_src(rt: Runtime, task: tasks.TaskView) -> dict[str, dict[str, Any]]:

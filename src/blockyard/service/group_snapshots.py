@@ -10,7 +10,6 @@ idempotent), and an abandoned task settles as a failure that removes every membe
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Any
 
@@ -28,8 +27,6 @@ from blockyard.service.runtime import Runtime
 from blockyard.service.volumes import COPYABLE, snapshot_ref
 from blockyard.states import GroupSnapshotStatus as GS
 from blockyard.states import SnapshotStatus as S
-
-log = logging.getLogger(__name__)
 
 SORTABLE = {"created_at": "created_at", "updated_at": "updated_at", "id": "id", "name": "name",
             "status": "status", "group_id": "group_id", "project_id": "project_id"}
@@ -131,12 +128,8 @@ def _member_refs(s: Session, task_id: int) -> list[tuple[str, SnapshotRef]]:
 
 
 def _delete_snapshots(rt: Runtime, members: list[tuple[str, SnapshotRef]]) -> None:
-    """Best-effort removal of backend snapshots (idempotent; leftovers are swept at start)."""
-    for backend, ref in members:
-        try:
-            rt.backend(backend).driver.delete_snapshot(ref)
-        except Exception:  # noqa: BLE001 - remove the others all the same
-            log.exception("could not remove snapshot %s of a failed group snapshot", ref.id)
+    groups.remove_each(rt, members, lambda driver, ref: driver.delete_snapshot(ref),
+                       "snapshot of a failed group snapshot")
 
 
 def _run_create(rt: Runtime, task: tasks.TaskView) -> dict[str, str | None]:

@@ -9,13 +9,16 @@ that owns the group row and every member row: a restart finishes it.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
+from blockyard.backends.base import SnapshotRef, VolumeDriver, VolumeRef
 from blockyard.db.models import (
     Group,
     GroupSnapshot,
@@ -34,6 +37,10 @@ from blockyard.service.runtime import Backend, Runtime
 from blockyard.service.volumes import volume_ref
 from blockyard.states import GroupStatus as G
 from blockyard.states import VolumeStatus as V
+
+log = logging.getLogger(__name__)
+
+Ref = TypeVar("Ref", VolumeRef, SnapshotRef)
 
 #: statuses a volume may leave or join a group in (Cinder's VALID_*_GROUP_STATUS)
 REMOVABLE = (V.AVAILABLE, V.IN_USE, V.ERROR, V.ERROR_DELETING)
@@ -330,3 +337,13 @@ def group_snapshot_in_use(group_snapshot_id: str) -> Any:
     """A group is being created from the group snapshot (it cannot be deleted meanwhile)."""
     return creating_from(Group.group_snapshot_id, group_snapshot_id)
 
+
+def remove_each(rt: Runtime, made: Sequence[tuple[str, Ref]],
+                remove: Callable[[VolumeDriver, Ref], None], what: str) -> None:
+    """Best-effort removal of what a failed group task made, as (backend, ref) pairs: one
+    failure does not keep the others (removal is idempotent; leftovers are swept at start)."""
+    for backend, ref in made:
+        try:
+            remove(rt.backend(backend).driver, ref)
+        except Exception:  # noqa: BLE001 - remove the others all the same
+            log.exception("could not remove %s %s", what, ref.id)

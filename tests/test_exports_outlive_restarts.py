@@ -27,6 +27,7 @@ import pytest
 
 from blockyard.backends.base import ConnectionInfo
 from blockyard.connectors import connector_for, parse
+from blockyard.connectors.util import wait_until
 from blockyard.targets.daemon import DaemonRecord
 from blockyard.targets.tgt import TgtTarget
 from tests.support.compute import (
@@ -186,8 +187,7 @@ def test_a_guest_writes_on_through_service_restarts(
     volumes.kill()
     nbd = daemons[f"volume-{vids['nbd']}.json"]
     os.kill(nbd.pid, signal.SIGKILL)
-    while nbd.alive():
-        time.sleep(0.01)
+    wait_until(lambda: not nbd.alive(), 30.0, what=f"qemu-nbd (pid {nbd.pid}) to die")
     volumes.start()
     writers.wait_progress(PROTOCOLS, 20)
     replaced = _records(volumes)

@@ -96,8 +96,7 @@ def _stop_exports(args: argparse.Namespace) -> int:
     try:
         state_dir = configuration.load(args.config, state_dir=args.state_dir).state_dir
     except ConfigError as exc:
-        print(f"blockyard: bad configuration: {exc}", file=sys.stderr)
-        return 2
+        return _bad_config(exc)
     teardown(Path(state_dir))
     return 0
 

@@ -213,6 +213,22 @@ def test_a_crash_before_persisting_is_adopted(make_target: Callable[..., QemuNbd
     assert again == lost and pid_of(base) == pid
 
 
+def test_a_qemu_nbd_spawned_but_never_recorded_is_replaced_not_leaked(
+        make_target: Callable[..., QemuNbdTarget], volume: tuple[VolumeRef, str],
+        base: Path) -> None:
+    """kill -9 between the spawn and the record: no export was handed out, so the next
+    service stops that qemu-nbd (found by its pid file argument) and serves a new one."""
+    ref, path = volume
+    lost = make_target().export(ref, path, HOST_A, None)
+    orphan = pid_of(base)
+    (base / "state" / f"volume-{ref.id}.json").unlink()  # the record was never written
+    target = make_target()
+    again = target.ensure(ref, path, lost)
+    assert again == lost and pid_of(base) != orphan
+    target.remove(ref, again)
+    assert qemu_nbd_pids(base) == []
+
+
 def test_remove_ends_the_process_and_its_files(make_target: Callable[..., QemuNbdTarget],
                                                volume: tuple[VolumeRef, str],
                                                base: Path) -> None:

@@ -16,10 +16,11 @@ import contextlib
 import json
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from blockyard.connectors.util import WaitTimeout, process_cmdline, process_gone, wait_until
 
 #: seconds between checks while waiting for a process to exit
 POLL = 0.005
@@ -44,7 +45,7 @@ class DaemonRecord:
     def alive(self) -> bool:
         """Is the recorded process still running, and still the one recorded?"""
         return (start_time(self.pid) == self.started
-                and tuple(cmdline(self.pid)) == self.argv)
+                and tuple(process_cmdline(self.pid)) == self.argv)
 
     def save(self, path: Path) -> None:
         """Write the record atomically and durably (it must survive a crash right after)."""
@@ -76,11 +77,12 @@ class DaemonRecord:
                 return
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-            deadline = time.monotonic() + timeout
-            while self.alive() and time.monotonic() < deadline:
-                _reap(self.pid)
-                time.sleep(POLL)
-            _reap(self.pid)
+            with contextlib.suppress(WaitTimeout):  # then SIGKILL, or leave it as it is
+                wait_until(self._ended, timeout, POLL, f"pid {self.pid} to exit")
+
+    def _ended(self) -> bool:
+        """Has the recorded process exited (our child is reaped on the way)?"""
+        return process_gone(self.pid) or not self.alive()
 
 
 def find_process(argv: list[str], data: dict[str, Any] | None = None) -> DaemonRecord | None:
@@ -88,20 +90,11 @@ def find_process(argv: list[str], data: dict[str, Any] | None = None) -> DaemonR
     a crash right after the spawn, or a daemon of a version that kept no record)."""
     wanted = list(argv)
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and cmdline(int(entry.name)) == wanted:
+        if entry.name.isdigit() and process_cmdline(int(entry.name)) == wanted:
             record = DaemonRecord.of(int(entry.name), wanted, data)
             if record.started:
                 return record
     return None
-
-
-def cmdline(pid: int) -> list[str]:
-    """The argv of a live process; [] when it is gone or a zombie."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    return raw.decode(errors="replace").split("\0")[:-1]
 
 
 def start_time(pid: int) -> int | None:
@@ -115,8 +108,3 @@ def start_time(pid: int) -> int | None:
         return None
     return int(fields[19])  # field 22 of stat; fields[0] is field 3
 
-
-def _reap(pid: int) -> None:
-    """Collect our exited child `pid` (a zombie would otherwise look alive to ps)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)

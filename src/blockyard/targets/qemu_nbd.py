@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
+from blockyard.connectors.util import process_cmdline, wait_until
 from blockyard.errors import BackendError, ConfigError, Invalid
 from blockyard.exec import spawn
 from blockyard.targets.base import Export
@@ -440,20 +441,27 @@ class QemuNbdTarget:
                 yield port
 
     def _stop(self, name: str) -> None:
-        """SIGTERM the qemu-nbd of `name`, SIGKILL it after `stop_timeout`; reap our child."""
-        record = DaemonRecord.load(self._record(name))
+        """SIGTERM the qemu-nbd of `name`, SIGKILL it after `stop_timeout`; reap our child.
+        Our child and an adopted qemu-nbd go the same way (`DaemonRecord.terminate`)."""
+        record = DaemonRecord.load(self._record(name)) or self._unrecorded(name)
         child = self._children.pop(name, None)
-        if child is not None and child.poll() is None:
-            child.terminate()
-            deadline = time.monotonic() + self.stop_timeout
-            while child.poll() is None and time.monotonic() < deadline:
-                time.sleep(POLL)
-            if child.poll() is None:
-                child.kill()
-                while child.poll() is None:
-                    time.sleep(POLL)
-        if record is not None and (child is None or child.pid != record.pid):
-            record.terminate(self.stop_timeout)  # adopted: not our child
+        if record is not None:
+            record.terminate(self.stop_timeout)
+        if child is not None and (record is None or record.pid != child.pid):  # not recorded
+            DaemonRecord.of(child.pid, process_cmdline(child.pid)).terminate(self.stop_timeout)
+        if child is not None:  # a zombie leader may still have threads exiting: reap it
+            wait_until(lambda: child.poll() is not None, self.stop_timeout, POLL,
+                       f"qemu-nbd for {name} (pid {child.pid}) to be reaped")
+
+    def _unrecorded(self, name: str) -> DaemonRecord | None:
+        """A qemu-nbd of `name` that no record names: the service died between spawning and
+        recording it (so no export was handed out). It names itself in its pid file once it
+        listens; the pid counts only while that process was started with this pid file."""
+        pid = _read_pid(self._pid(name))
+        argv = process_cmdline(pid) if pid is not None else []
+        if pid is None or f"--pid-file={self._pid(name)}" not in argv:
+            return None
+        return DaemonRecord.of(pid, argv)
 
     # TLS-PSK
 

@@ -18,8 +18,7 @@ import time
 
 from blockyard.connectors import IscsiConnector, NbdInfo, connector_for, parse
 from blockyard.connectors.iscsi import image_opts
-from blockyard.connectors.util import wait_until
-from blockyard.exec import CommandFailed, run, spawn
+from blockyard.exec import CommandFailed, run, spawn, wait_until
 
 MiB = 1024 * 1024
 TOTAL = 256 * MiB

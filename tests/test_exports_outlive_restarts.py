@@ -27,7 +27,7 @@ import pytest
 
 from blockyard.backends.base import ConnectionInfo
 from blockyard.connectors import connector_for, parse
-from blockyard.connectors.util import wait_until
+from blockyard.exec import wait_until
 from blockyard.targets.daemon import DaemonRecord
 from blockyard.targets.tgt import TgtTarget
 from tests.support.compute import (

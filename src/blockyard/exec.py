@@ -3,14 +3,18 @@
 Callers build argv lists and name exit codes in tiny predicates; this module runs them with a
 timeout, captures output, and turns failures into errors that keep everything needed to
 debug them. Nothing else in the package imports `subprocess` to run a command to completion;
-long-running daemons are started through `spawn`.
+long-running daemons are started through `spawn`, watched with `process_gone` and
+`process_cmdline`, and waited for with `wait_until` (the one polling loop, shared by targets and
+connectors).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from blockyard.errors import BackendError
@@ -97,3 +101,56 @@ def spawn(argv: Sequence[str], *, log_path: str | None = None) -> subprocess.Pop
     finally:
         if log_path:
             out.close()  # type: ignore[union-attr]
+
+
+class WaitTimeout(BackendError):
+    """`wait_until` gave up: what it waited for did not happen in time."""
+
+    def __init__(self, what: str, timeout: float) -> None:
+        super().__init__(f"timed out after {timeout:g} s waiting for {what}")
+        self.what = what
+        self.timeout = timeout
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05,
+               what: str = "a condition") -> None:
+    """Call `pred` every `interval` seconds until it returns true; raise `WaitTimeout` when
+    `timeout` seconds pass first. `pred` is always called at least once, and once more at the
+    deadline, so a slow scheduler never turns success into a timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            if pred():
+                return
+            raise WaitTimeout(what, timeout)
+        time.sleep(min(interval, deadline - now))
+
+
+def process_gone(pid: int) -> bool:
+    """True when `pid` has exited. Reaps it when it is our child; a zombie that belongs to
+    someone else counts as gone."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def process_cmdline(pid: int) -> list[str]:
+    """The argv of a running process, or [] when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]

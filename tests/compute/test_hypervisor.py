@@ -31,8 +31,7 @@ from blockyard.compute.hypervisor import (
     _deleted,
 )
 from blockyard.connectors.info import NbdInfo, parse
-from blockyard.connectors.util import process_cmdline, wait_until
-from blockyard.exec import spawn
+from blockyard.exec import process_cmdline, spawn, wait_until
 from tests.connectors.conftest import (  # noqa: F401  (fixtures)
     INITIATOR,
     IscsiTarget,

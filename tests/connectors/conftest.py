@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from blockyard.connectors.util import process_cmdline, process_gone, wait_until
-from blockyard.exec import CommandFailed, run, spawn
+from blockyard.exec import CommandFailed, process_cmdline, process_gone, run, spawn, wait_until
 
 MiB = 1024 * 1024
 

@@ -23,7 +23,7 @@ from blockyard.connectors import RbdConnector, RbdHandle, RbdInfo, connector_for
 from blockyard.connectors import rbd as rbd_connector
 from blockyard.connectors.base import ConnectorError
 from blockyard.connectors.info import ConnectionInfoError
-from blockyard.connectors.util import process_cmdline
+from blockyard.exec import process_cmdline
 from tests.compute.test_hypervisor import Qemu, qemu, run  # noqa: F401  (fixture)
 from tests.connectors.conftest import short_dir  # noqa: F401  (fixture)
 from tests.support.ceph import CephCluster, ceph  # noqa: F401  (fixture)

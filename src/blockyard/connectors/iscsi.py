@@ -22,20 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from blockyard.backends.base import OpenMode
-from blockyard.exec import spawn
+from blockyard.exec import WaitTimeout, process_cmdline, process_gone, spawn, wait_until
 
 from .base import ConnectorError, Device, LoginRefused, VolumeHandle, check_mode
 from .info import IscsiInfo, NbdInfo
 from .nbd import NbdHandle, connect_handle
-from .util import (
-    WaitTimeout,
-    host_lock,
-    process_cmdline,
-    process_gone,
-    remove_quietly,
-    wait_until,
-    write_private,
-)
+from .util import host_lock, remove_quietly, write_private
 
 QEMU_NBD = "qemu-nbd"
 #: how long the login and the bridge's start may take before we give up and kill it

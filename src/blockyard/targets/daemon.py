@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blockyard.connectors.util import WaitTimeout, process_cmdline, process_gone, wait_until
+from blockyard.exec import WaitTimeout, process_cmdline, process_gone, wait_until
 
 #: seconds between checks while waiting for a process to exit
 POLL = 0.005

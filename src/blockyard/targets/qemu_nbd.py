@@ -56,9 +56,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
-from blockyard.connectors.util import process_cmdline, wait_until
 from blockyard.errors import BackendError, ConfigError, Invalid
-from blockyard.exec import spawn
+from blockyard.exec import process_cmdline, spawn, wait_until
 from blockyard.targets.base import Export
 from blockyard.targets.daemon import DaemonRecord
 

@@ -48,14 +48,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
-from blockyard.connectors.util import (
-    WaitTimeout,
-    process_gone,
-    remove_quietly,
-    wait_until,
-)
 from blockyard.errors import BackendError, Invalid
-from blockyard.exec import CommandFailed, run, spawn
+from blockyard.exec import CommandFailed, WaitTimeout, process_gone, run, spawn, wait_until
 from blockyard.targets.base import Export
 from blockyard.targets.daemon import DaemonRecord, find_process
 
@@ -376,9 +370,9 @@ class TgtTarget:
 
     def _forget(self) -> None:
         for leftover in (f"socket.{self.control_port}", f"socket.{self.control_port}.lock"):
-            remove_quietly(os.path.join(_IPC_DIR, leftover))
+            Path(_IPC_DIR, leftover).unlink(missing_ok=True)
         self._proc = None
-        remove_quietly(self.record_path)
+        Path(self.record_path).unlink(missing_ok=True)
 
     def _running_pid(self) -> int | None:
         """The pid in our record when that process is still the tgtd recorded (same command

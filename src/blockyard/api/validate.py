@@ -35,16 +35,6 @@ def section(body: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def action_args(value: Any, action: str) -> dict[str, Any]:
-    """An action's value as an object: clients send null, {} or an object for actions that
-    take no arguments, so null counts as {}."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise invalid(action, value, f"{value!r} is not of type 'object'")
-    return value
-
-
 def no_extra_keys(obj: dict[str, Any], allowed: Iterable[str], where: str = "") -> None:
     """Cinder's additionalProperties: false (strict from microversion 3.53 on)."""
     extra = sorted(set(obj) - set(allowed))
@@ -54,26 +44,6 @@ def no_extra_keys(obj: dict[str, Any], allowed: Iterable[str], where: str = "") 
         raise ApiError(400, f"Invalid input for field/attribute {where or 'body'}. Value: "
                             f"{obj}. Additional properties are not allowed ({listed} {verb} "
                             f"unexpected)")
-
-
-def integer(value: Any, field: str, *, minimum: int | None = None,
-            maximum: int = MAX_INT) -> int:
-    """An integer, or a string of digits (as Cinder's schemas accept)."""
-    if isinstance(value, bool) or value is None:
-        raise invalid(field, value, f"{value!r} is not of type 'integer', 'string'")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and _SIGNED.fullmatch(value.strip()):
-        number = int(value.strip())
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    else:
-        raise invalid(field, value, f"{value!r} is not a valid integer")
-    if minimum is not None and number < minimum:
-        raise invalid(field, value, f"{value} is less than the minimum of {minimum}")
-    if number > maximum:
-        raise invalid(field, value, f"{value} is greater than the maximum of {maximum}")
-    return number
 
 
 def boolean(value: Any, field: str) -> bool:

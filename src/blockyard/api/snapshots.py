@@ -20,10 +20,10 @@ CREATE_KEYS = {"volume_id", "force", "name", "description", "display_name",
 UPDATE_KEYS = {"name", "description", "display_name", "display_description"}
 
 #: Cinder's snapshot_actions.update_snapshot_status; `progress` is its 'progress' format (an
-#: integer percentage 0-100, or empty)
+#: integer percentage 0-100, or empty), checked by schema.py's format of that name
 UPDATE_STATUS_SCHEMA = schema.body("os-update_snapshot_status", {
     "status": {"type": "string"},
-    "progress": {"type": "string", "pattern": "^$|^([0-9]|[1-9][0-9]|100)%$"},
+    "progress": {"type": "string", "format": "progress"},
 }, required=("status",))
 
 

@@ -8,7 +8,6 @@ send as strings ("True", "5") are accepted where Cinder accepts them.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -70,37 +69,6 @@ def string(value: Any, field: str, *, max_length: int = 255, nullable: bool = Tr
     if len(value.strip()) < min_length:
         raise invalid(field, value, f"{value!r} is too short")
     return value
-
-
-def uuid_string(value: Any, field: str, *, nullable: bool = True) -> str | None:
-    if value is None and nullable:
-        return None
-    if not isinstance(value, str):
-        raise invalid(field, value, f"{value!r} is not of type 'string'")
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        raise invalid(field, value, f"{value!r} is not a 'uuid'") from None
-    return value
-
-
-def metadata(value: Any, field: str = "metadata") -> dict[str, str]:
-    """A flat string → string map with keys of 1-255 characters, as Cinder's schema says."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise invalid(field, value, f"{value!r} is not of type 'object'")
-    result = {}
-    for key, item in value.items():
-        if not isinstance(key, str) or not 1 <= len(key) <= 255:
-            raise invalid(field, value, f"{key!r} does not match any of the regexes: "
-                                        f"'^[a-zA-Z0-9-_:. /]{{1,255}}$'")
-        if not isinstance(item, str):
-            raise invalid(f"{field}.{key}", item, f"{item!r} is not of type 'string'")
-        if len(item) > 255:
-            raise invalid(f"{field}.{key}", item, f"{item!r} is too long")
-        result[key] = item
-    return result
 
 
 def query_bool(value: str | None, field: str, default: bool = False) -> bool:

@@ -15,15 +15,26 @@ from blockyard.db.models import Snapshot
 from blockyard.errors import NotFound
 from blockyard.service import snapshots
 
-CREATE_KEYS = {"volume_id", "force", "name", "description", "display_name",
-               "display_description", "metadata"}
-UPDATE_KEYS = {"name", "description", "display_name", "display_description"}
+# Cinder's snapshots.py schemas; unknown keys are refused from 3.53 on, as for volumes
+_TEXTS = {"name": schema.name_allow_zero_min_length,
+          "display_name": schema.name_allow_zero_min_length,
+          "description": schema.description, "display_description": schema.description}
+CREATE = schema.body("snapshot", {
+    **_TEXTS,
+    "volume_id": schema.uuid_allow_null,
+    "force": schema.boolean,
+    "metadata": schema.metadata_allows_null,
+}, required=("volume_id",), strict=False)
+CREATE_V353 = schema.body("snapshot", CREATE["properties"]["snapshot"]["properties"],
+                          required=("volume_id",))
+UPDATE = schema.body("snapshot", _TEXTS, strict=False)
+UPDATE_V353 = schema.body("snapshot", _TEXTS)
 
 #: Cinder's snapshot_actions.update_snapshot_status; `progress` is its 'progress' format (an
-#: integer percentage 0-100, or empty)
+#: integer percentage 0-100, or empty), checked by schema.py's format of that name
 UPDATE_STATUS_SCHEMA = schema.body("os-update_snapshot_status", {
     "status": {"type": "string"},
-    "progress": {"type": "string", "pattern": "^$|^([0-9]|[1-9][0-9]|100)%$"},
+    "progress": {"type": "string", "format": "progress"},
 }, required=("status",))
 
 
@@ -54,19 +65,15 @@ def snapshot_view(request: Request, snap: Snapshot, *, extended: bool = True) ->
 
 async def create(request: Request) -> Response:
     body = await wire.json_body(request)
-    spec = validate.section(body, "snapshot")
-    if wire.mv(request) >= 53:
-        validate.no_extra_keys(spec, CREATE_KEYS, "snapshot")
-    if "volume_id" not in spec:
-        raise validate.invalid("snapshot", spec, "'volume_id' is a required property")
-    volume_id = validate.uuid_string(spec["volume_id"], "volume_id")
+    schema.check(body, CREATE_V353 if wire.mv(request) >= 53 else CREATE)
+    spec: dict[str, Any] = body["snapshot"]
+    volume_id = spec["volume_id"]
     if volume_id is None:  # Cinder's schema allows null, then its lookup finds no volume
         raise NotFound("Volume", "None")
     force = validate.boolean(spec.get("force", False), "force")
-    name = validate.string(spec.get("name", spec.get("display_name")), "name")
-    description = validate.string(spec.get("description", spec.get("display_description")),
-                                  "description")
-    meta = validate.metadata(spec.get("metadata"))
+    name = spec.get("name", spec.get("display_name"))
+    description = spec.get("description", spec.get("display_description"))
+    meta = spec.get("metadata") or {}
     snap = await wire.call(
         request, snapshots.create, volume_id,
         name=name, description=description, metadata=meta, force=force)
@@ -93,15 +100,13 @@ async def show(request: Request) -> Response:
 
 async def update(request: Request) -> Response:
     body = await wire.json_body(request)
-    spec = validate.section(body, "snapshot")
-    if wire.mv(request) >= 53:
-        validate.no_extra_keys(spec, UPDATE_KEYS, "snapshot")
+    schema.check(body, UPDATE_V353 if wire.mv(request) >= 53 else UPDATE)
+    spec: dict[str, Any] = body["snapshot"]
     values: dict[str, Any] = {}
     if "name" in spec or "display_name" in spec:
-        values["name"] = validate.string(spec.get("name", spec.get("display_name")), "name")
+        values["name"] = spec.get("name", spec.get("display_name"))
     if "description" in spec or "display_description" in spec:
-        values["description"] = validate.string(
-            spec.get("description", spec.get("display_description")), "description")
+        values["description"] = spec.get("description", spec.get("display_description"))
     if not values:
         raise ApiError(400, "Invalid input received: No updatable fields were given.")
     snap = await wire.call(request, snapshots.update_fields, request.path_params["id"], values)

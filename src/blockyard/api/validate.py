@@ -8,7 +8,6 @@ send as strings ("True", "5") are accepted where Cinder accepts them.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,16 +34,6 @@ def section(body: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def action_args(value: Any, action: str) -> dict[str, Any]:
-    """An action's value as an object: clients send null, {} or an object for actions that
-    take no arguments, so null counts as {}."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise invalid(action, value, f"{value!r} is not of type 'object'")
-    return value
-
-
 def no_extra_keys(obj: dict[str, Any], allowed: Iterable[str], where: str = "") -> None:
     """Cinder's additionalProperties: false (strict from microversion 3.53 on)."""
     extra = sorted(set(obj) - set(allowed))
@@ -54,26 +43,6 @@ def no_extra_keys(obj: dict[str, Any], allowed: Iterable[str], where: str = "") 
         raise ApiError(400, f"Invalid input for field/attribute {where or 'body'}. Value: "
                             f"{obj}. Additional properties are not allowed ({listed} {verb} "
                             f"unexpected)")
-
-
-def integer(value: Any, field: str, *, minimum: int | None = None,
-            maximum: int = MAX_INT) -> int:
-    """An integer, or a string of digits (as Cinder's schemas accept)."""
-    if isinstance(value, bool) or value is None:
-        raise invalid(field, value, f"{value!r} is not of type 'integer', 'string'")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and _SIGNED.fullmatch(value.strip()):
-        number = int(value.strip())
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    else:
-        raise invalid(field, value, f"{value!r} is not a valid integer")
-    if minimum is not None and number < minimum:
-        raise invalid(field, value, f"{value} is less than the minimum of {minimum}")
-    if number > maximum:
-        raise invalid(field, value, f"{value} is greater than the maximum of {maximum}")
-    return number
 
 
 def boolean(value: Any, field: str) -> bool:
@@ -100,37 +69,6 @@ def string(value: Any, field: str, *, max_length: int = 255, nullable: bool = Tr
     if len(value.strip()) < min_length:
         raise invalid(field, value, f"{value!r} is too short")
     return value
-
-
-def uuid_string(value: Any, field: str, *, nullable: bool = True) -> str | None:
-    if value is None and nullable:
-        return None
-    if not isinstance(value, str):
-        raise invalid(field, value, f"{value!r} is not of type 'string'")
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        raise invalid(field, value, f"{value!r} is not a 'uuid'") from None
-    return value
-
-
-def metadata(value: Any, field: str = "metadata") -> dict[str, str]:
-    """A flat string → string map with keys of 1-255 characters, as Cinder's schema says."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise invalid(field, value, f"{value!r} is not of type 'object'")
-    result = {}
-    for key, item in value.items():
-        if not isinstance(key, str) or not 1 <= len(key) <= 255:
-            raise invalid(field, value, f"{key!r} does not match any of the regexes: "
-                                        f"'^[a-zA-Z0-9-_:. /]{{1,255}}$'")
-        if not isinstance(item, str):
-            raise invalid(f"{field}.{key}", item, f"{item!r} is not of type 'string'")
-        if len(item) > 255:
-            raise invalid(f"{field}.{key}", item, f"{item!r} is too long")
-        result[key] = item
-    return result
 
 
 def query_bool(value: str | None, field: str, default: bool = False) -> bool:

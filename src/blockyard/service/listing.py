@@ -70,8 +70,8 @@ def paginate(
 
     As Cinder's ``_get_collection_links``, a page as long as the limit (asked for, else
     MAX_LIMIT) carries the marker of the next page (which may turn out empty); a shorter page
-    is the last one. A
-    marker that names no row is a 404, as Cinder's lookup of the marker row answers.
+    is the last one. A marker that names no row is a 404, as Cinder's lookup of the marker
+    row answers.
 
     `sortable` maps the API's sort key names to column names (e.g. display_name → name);
     `nullable` maps nullable sort columns to the expression standing in for NULL.

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,8 +26,8 @@ MIN_MV, COMPLETE_MV, MODE_MV = 27, 44, 54
 
 async def blocking(request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(runtime, identity, ...)`` on a worker thread: it talks to backends."""
-    return await run_in_threadpool(fn, wire.runtime(request), wire.identity(request), *args,
-                                   **kwargs)
+    return await wire.in_thread(fn, wire.runtime(request), wire.identity(request), *args,
+                                **kwargs)
 
 
 def _require(request: Request, minor: int = MIN_MV) -> None:

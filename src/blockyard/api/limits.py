@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -46,8 +45,8 @@ async def show(request: Request) -> Response:
             raise ApiError(403, "Policy doesn't allow limits_extension:used_limits to be "
                                 "performed.")
         project_id = asked
-    values: dict[str, Any] = await run_in_threadpool(absolute, wire.runtime(request),
-                                                     project_id)
+    values: dict[str, Any] = await wire.in_thread(absolute, wire.runtime(request),
+                                                  project_id)
     return wire.ok({"limits": {"rate": [], "absolute": values}})
 
 

@@ -3,7 +3,6 @@ snapshots, built once for any owner."""
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,17 +26,17 @@ def routes(collection: str, owner: Owner) -> list[Route]:
     """GET/POST/PUT on the whole set and GET/PUT/DELETE on one key."""
 
     async def show(request: Request) -> Response:
-        meta = await run_in_threadpool(metadata.show, wire.runtime(request),
-                                       wire.identity(request), owner, request.path_params["id"])
+        meta = await wire.in_thread(metadata.show, wire.runtime(request),
+                                    wire.identity(request), owner, request.path_params["id"])
         return wire.ok({"metadata": meta})
 
     async def write(request: Request, replace: bool) -> Response:
         body = await wire.json_body(request)
         schema.check(body, CREATE)
         meta: dict[str, str] = body["metadata"]
-        result = await run_in_threadpool(metadata.set_items, wire.runtime(request),
-                                         wire.identity(request), owner,
-                                         request.path_params["id"], meta, replace=replace)
+        result = await wire.in_thread(metadata.set_items, wire.runtime(request),
+                                      wire.identity(request), owner,
+                                      request.path_params["id"], meta, replace=replace)
         return wire.ok({"metadata": result})
 
     async def merge(request: Request) -> Response:
@@ -47,8 +46,8 @@ def routes(collection: str, owner: Owner) -> list[Route]:
         return await write(request, replace=True)
 
     async def show_key(request: Request) -> Response:
-        meta = await run_in_threadpool(metadata.show, wire.runtime(request),
-                                       wire.identity(request), owner, request.path_params["id"])
+        meta = await wire.in_thread(metadata.show, wire.runtime(request),
+                                    wire.identity(request), owner, request.path_params["id"])
         key = request.path_params["key"]
         if key not in meta:
             raise NotFound("Metadata", key, f"Metadata key {key} could not be found.")
@@ -61,15 +60,15 @@ def routes(collection: str, owner: Owner) -> list[Route]:
         meta: dict[str, str] = body["meta"]
         if key not in meta:
             raise ApiError(400, "Request body and URI mismatch")
-        await run_in_threadpool(metadata.set_items, wire.runtime(request),
-                                wire.identity(request), owner, request.path_params["id"],
-                                meta, replace=False)
+        await wire.in_thread(metadata.set_items, wire.runtime(request),
+                             wire.identity(request), owner, request.path_params["id"],
+                             meta, replace=False)
         return wire.ok({"meta": meta})
 
     async def delete_key(request: Request) -> Response:
-        await run_in_threadpool(metadata.delete_key, wire.runtime(request),
-                                wire.identity(request), owner, request.path_params["id"],
-                                request.path_params["key"])
+        await wire.in_thread(metadata.delete_key, wire.runtime(request),
+                             wire.identity(request), owner, request.path_params["id"],
+                             request.path_params["key"])
         return Response(status_code=200)
 
     base = f"/v3/{collection}/{{id}}/metadata"

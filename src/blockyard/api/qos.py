@@ -7,10 +7,8 @@ update by echoing the request body, and the association calls are GETs with
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,10 +18,6 @@ from blockyard.api.errors import ApiError
 from blockyard.api.types import admin_only
 from blockyard.db.models import QosSpecs
 from blockyard.service import qos
-
-
-async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await run_in_threadpool(fn, *args, **kwargs)
 
 
 def _summary(q: QosSpecs) -> dict[str, Any]:
@@ -74,7 +68,7 @@ async def list_specs(request: Request) -> Response:
         page_rows: list[QosSpecs] = []  # Cinder: a filter on no column matches nothing
         next_marker = None
     else:
-        page = await _in_thread(qos.list_specs, wire.runtime(request), params, filters)
+        page = await wire.in_thread(qos.list_specs, wire.runtime(request), params, filters)
         page_rows, next_marker = page.rows, page.next_marker
     body: dict[str, Any] = {"qos_specs": [_summary(q) for q in page_rows]}
     if next_marker is not None:
@@ -100,13 +94,13 @@ async def create(request: Request) -> Response:
     if not isinstance(consumer, str):
         raise validate.invalid("consumer", consumer, f"{consumer!r} is not of type 'string'")
     specs = _spec_values(spec, "qos_specs")
-    q = await _in_thread(qos.create, wire.runtime(request), name, consumer, specs)
+    q = await wire.in_thread(qos.create, wire.runtime(request), name, consumer, specs)
     return wire.ok(_detail(request, q))
 
 
 async def show(request: Request) -> Response:
     admin_only(wire.identity(request), "volume_extension:qos_specs_manage:get")
-    q = await _in_thread(qos.get, wire.runtime(request), request.path_params["id"])
+    q = await wire.in_thread(qos.get, wire.runtime(request), request.path_params["id"])
     return wire.ok(_detail(request, q))
 
 
@@ -116,14 +110,14 @@ async def update(request: Request) -> Response:
     spec = validate.section(body, "qos_specs")
     validate.no_extra_keys(body, {"qos_specs"})
     specs = _spec_values(spec, "qos_specs")
-    await _in_thread(qos.set_keys, wire.runtime(request), request.path_params["id"], specs)
+    await wire.in_thread(qos.set_keys, wire.runtime(request), request.path_params["id"], specs)
     return wire.ok({"qos_specs": specs})
 
 
 async def delete(request: Request) -> Response:
     admin_only(wire.identity(request), "volume_extension:qos_specs_manage:delete")
     force = validate.query_bool(request.query_params.get("force"), "force")
-    await _in_thread(qos.delete, wire.runtime(request), request.path_params["id"], force)
+    await wire.in_thread(qos.delete, wire.runtime(request), request.path_params["id"], force)
     return wire.accepted()
 
 
@@ -141,13 +135,13 @@ async def delete_keys(request: Request) -> Response:
             raise validate.invalid("keys", keys, f"{key!r} is not a valid key")
     if len(set(keys)) != len(keys):
         raise validate.invalid("keys", keys, f"{keys!r} has non-unique elements")
-    await _in_thread(qos.delete_keys, wire.runtime(request), request.path_params["id"], keys)
+    await wire.in_thread(qos.delete_keys, wire.runtime(request), request.path_params["id"], keys)
     return wire.accepted()
 
 
 async def associations(request: Request) -> Response:
     admin_only(wire.identity(request), "volume_extension:qos_specs_manage:get_all")
-    rows = await _in_thread(qos.associations, wire.runtime(request), request.path_params["id"])
+    rows = await wire.in_thread(qos.associations, wire.runtime(request), request.path_params["id"])
     return wire.ok({"qos_associations": [
         {"association_type": "volume_type", "name": name, "id": type_id}
         for type_id, name in rows]})
@@ -156,21 +150,21 @@ async def associations(request: Request) -> Response:
 async def associate(request: Request) -> Response:
     admin_only(wire.identity(request), "volume_extension:qos_specs_manage:update")
     type_id = _vol_type_id(request)
-    await _in_thread(qos.associate, wire.runtime(request), request.path_params["id"], type_id)
+    await wire.in_thread(qos.associate, wire.runtime(request), request.path_params["id"], type_id)
     return wire.accepted()
 
 
 async def disassociate(request: Request) -> Response:
     admin_only(wire.identity(request), "volume_extension:qos_specs_manage:update")
     type_id = _vol_type_id(request)
-    await _in_thread(qos.disassociate, wire.runtime(request), request.path_params["id"],
-                     type_id)
+    await wire.in_thread(qos.disassociate, wire.runtime(request), request.path_params["id"],
+                         type_id)
     return wire.accepted()
 
 
 async def disassociate_all(request: Request) -> Response:
     admin_only(wire.identity(request), "volume_extension:qos_specs_manage:update")
-    await _in_thread(qos.disassociate_all, wire.runtime(request), request.path_params["id"])
+    await wire.in_thread(qos.disassociate_all, wire.runtime(request), request.path_params["id"])
     return wire.accepted()
 
 

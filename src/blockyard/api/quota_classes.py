@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -69,8 +68,8 @@ def _update(rt: Runtime, class_name: str, requested: dict[str, Any]) -> dict[str
 async def show(request: Request) -> Response:
     admin_only(wire.identity(request), "volume_extension:quota_classes")
     class_name = request.path_params["name"]
-    quota_set: dict[str, Any] = await run_in_threadpool(_show, wire.runtime(request),
-                                                        class_name)
+    quota_set: dict[str, Any] = await wire.in_thread(_show, wire.runtime(request),
+                                                     class_name)
     quota_set["id"] = class_name
     return wire.ok({"quota_class_set": quota_set})
 
@@ -81,8 +80,8 @@ async def update(request: Request) -> Response:
     _check_class_name(class_name)
     body = await wire.json_body(request)
     schema.check(body, UPDATE_SCHEMA)
-    quota_set = await run_in_threadpool(_update, wire.runtime(request), class_name,
-                                        body["quota_class_set"])
+    quota_set = await wire.in_thread(_update, wire.runtime(request), class_name,
+                                     body["quota_class_set"])
     return wire.ok({"quota_class_set": quota_set})
 
 

@@ -11,7 +11,6 @@ resource that already has a limit of the project's own, as Cinder's
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete as sql_delete
@@ -19,7 +18,6 @@ from sqlalchemy import insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -39,9 +37,6 @@ GROUP_RESOURCES = ("groups",)
 #: keys clients send in a quota set that are not quotas (cinderclient sends tenant_id)
 NON_QUOTA_KEYS = ("tenant_id", "id")
 
-
-async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await run_in_threadpool(fn, *args, **kwargs)
 
 
 def resources(session: Session) -> list[str]:
@@ -95,7 +90,7 @@ async def show(request: Request) -> Response:
     project_id = request.path_params["project"]
     _may_see(wire.identity(request), project_id, "volume_extension:quotas:show")
     with_usage = validate.query_bool(request.query_params.get("usage"), "usage")
-    quota_set = await _in_thread(_show, wire.runtime(request), project_id, with_usage)
+    quota_set = await wire.in_thread(_show, wire.runtime(request), project_id, with_usage)
     quota_set["id"] = project_id
     return wire.ok({"quota_set": quota_set})
 
@@ -103,7 +98,7 @@ async def show(request: Request) -> Response:
 async def defaults(request: Request) -> Response:
     project_id = request.path_params["project"]
     _may_see(wire.identity(request), project_id, "volume_extension:quotas:show")
-    quota_set = await _in_thread(_defaults, wire.runtime(request))
+    quota_set = await wire.in_thread(_defaults, wire.runtime(request))
     quota_set["id"] = project_id
     return wire.ok({"quota_set": quota_set})
 
@@ -198,7 +193,7 @@ async def update(request: Request) -> Response:
     validate.no_extra_keys(body, {"quota_set"})
     if not requested:
         raise validate.invalid("quota_set", requested, "{} does not have enough properties")
-    quota_set = await _in_thread(_update, wire.runtime(request), project_id, requested)
+    quota_set = await wire.in_thread(_update, wire.runtime(request), project_id, requested)
     return wire.ok({"quota_set": quota_set})
 
 
@@ -206,7 +201,7 @@ async def delete(request: Request) -> Response:
     admin_only(wire.identity(request), "volume_extension:quotas:delete")
     project_id = request.path_params["project"]
     _check_project(project_id)
-    await _in_thread(_delete, wire.runtime(request), project_id)
+    await wire.in_thread(_delete, wire.runtime(request), project_id)
     return Response(status_code=200)
 
 

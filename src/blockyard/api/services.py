@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -104,8 +103,8 @@ async def index(request: Request) -> Response:
     admin_only(wire.identity(request), "volume_extension:services:index")
     q = request.query_params
     binary = q.get("binary") or q.get("service")  # `service` is Cinder's deprecated alias
-    found = await run_in_threadpool(_services, wire.runtime(request), wire.mv(request),
-                                    q.get("host"), binary)
+    found = await wire.in_thread(_services, wire.runtime(request), wire.mv(request),
+                                 q.get("host"), binary)
     return wire.ok({"services": found})
 
 
@@ -136,7 +135,7 @@ async def _enable_or_disable(request: Request, rt: Runtime, body: dict[str, Any]
                              disabled: bool, reason: str | None = None) -> dict[str, Any]:
     host = _host_of(body)
     service, binary = body.get("service", ""), body.get("binary", "")
-    await run_in_threadpool(svc.set_disabled, rt, host, binary or service, disabled, reason)
+    await wire.in_thread(svc.set_disabled, rt, host, binary or service, disabled, reason)
     return {"host": host, "service": service, "binary": binary,
             "status": "disabled" if disabled else "enabled", "disabled": disabled}
 
@@ -169,11 +168,11 @@ async def update(request: Request) -> Response:
     if action in ("freeze", "thaw"):
         check_body(body, FREEZE_AND_THAW)
         host = _backend_host(request, body)
-        await run_in_threadpool(svc.set_frozen, rt, host, action == "freeze")
+        await wire.in_thread(svc.set_frozen, rt, host, action == "freeze")
         return Response(status_code=200)
     check_body(body, FAILOVER_HOST)
     host = _backend_host(request, body)
-    views = await run_in_threadpool(svc.listing, rt, host, svc.VOLUME)
+    views = await wire.in_thread(svc.listing, rt, host, svc.VOLUME)
     if not views:
         raise ApiError(400, f"Invalid input received: No service found with host={host}")
     raise ApiError(400, f"Invalid input received: No service could be changed: "
@@ -199,8 +198,8 @@ def _hosts(rt: Runtime, zone: str | None) -> list[dict[str, Any]]:
 
 async def hosts_index(request: Request) -> Response:
     admin_only(wire.identity(request), HOSTS_POLICY)
-    found = await run_in_threadpool(_hosts, wire.runtime(request),
-                                    request.query_params.get("zone"))
+    found = await wire.in_thread(_hosts, wire.runtime(request),
+                                 request.query_params.get("zone"))
     return wire.ok({"hosts": found})
 
 
@@ -231,8 +230,8 @@ def _host_usage(rt: Runtime, host: str) -> list[dict[str, Any]]:
 
 async def hosts_show(request: Request) -> Response:
     admin_only(wire.identity(request), HOSTS_POLICY)
-    found = await run_in_threadpool(_host_usage, wire.runtime(request),
-                                    request.path_params["host"])
+    found = await wire.in_thread(_host_usage, wire.runtime(request),
+                                 request.path_params["host"])
     return wire.ok({"host": found})
 
 
@@ -250,8 +249,8 @@ def _capabilities(rt: Runtime, host: str) -> dict[str, Any]:
 
 async def capabilities(request: Request) -> Response:
     admin_only(wire.identity(request), "volume_extension:capabilities")
-    return wire.ok(await run_in_threadpool(_capabilities, wire.runtime(request),
-                                           request.path_params["host"]))
+    return wire.ok(await wire.in_thread(_capabilities, wire.runtime(request),
+                                        request.path_params["host"]))
 
 
 routes = [

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -78,9 +77,9 @@ async def create(request: Request) -> Response:
     name = spec.get("name")
     no_snapshots = str(spec.get("no_snapshots", False)).strip().lower() in _TRUE
     # hashing the key takes real CPU time: off the event loop
-    t = await run_in_threadpool(transfers.create, wire.runtime(request),
-                                wire.identity(request), spec["volume_id"],
-                                None if name is None else name.strip(), no_snapshots)
+    t = await wire.in_thread(transfers.create, wire.runtime(request),
+                             wire.identity(request), spec["volume_id"],
+                             None if name is None else name.strip(), no_snapshots)
     return wire.ok({"transfer": detail_view(request, t)}, 202)
 
 
@@ -112,8 +111,8 @@ async def accept(request: Request) -> Response:
     schema.check(body, ACCEPT)
     # always on a worker thread, not through wire.call: checking the key costs a scrypt hash
     # (tens of ms), which must not stall the event loop even where the database runs inline
-    t = await run_in_threadpool(transfers.accept, wire.runtime(request), wire.identity(request),
-                                request.path_params["id"], str(body["accept"]["auth_key"]))
+    t = await wire.in_thread(transfers.accept, wire.runtime(request), wire.identity(request),
+                             request.path_params["id"], str(body["accept"]["auth_key"]))
     return wire.ok({"transfer": summary_view(request, t)}, 202)
 
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Callable
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -34,10 +32,6 @@ ACCESS_KEY = "os-volume-type-access:is_public"
 USER_VISIBLE_SPECS = ("RESKEY:availability_zones", "multiattach", "replication_enabled")
 #: extra spec keys in the extra_specs API (no spaces; a type create allows them)
 _SPEC_KEY_NO_SPACE = re.compile(r"^[a-zA-Z0-9-_:.]{1,255}$")
-
-
-async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await run_in_threadpool(fn, *args, **kwargs)
 
 
 def admin_only(who: Identity, policy: str) -> None:
@@ -140,7 +134,7 @@ async def list_types(request: Request) -> Response:
     who = wire.identity(request)
     params = listing.parse_params(request)
     flt = _type_filter(request, who, params.filters)
-    page = await _in_thread(type_admin.list_types, wire.runtime(request), who, params, flt)
+    page = await wire.in_thread(type_admin.list_types, wire.runtime(request), who, params, flt)
     return wire.ok(listing.page_body(
         request, "volume_types", [render(who, vt, qos=True, access=True) for vt in page.rows],
         page, links_key="volume_type_links"))
@@ -148,13 +142,13 @@ async def list_types(request: Request) -> Response:
 
 async def show_default(request: Request) -> Response:
     who = wire.identity(request)
-    vt = await _in_thread(type_admin.get_default, wire.runtime(request), who)
+    vt = await wire.in_thread(type_admin.get_default, wire.runtime(request), who)
     return wire.ok({"volume_type": render(who, vt, qos=True, access=False)})
 
 
 async def show(request: Request) -> Response:
     who = wire.identity(request)
-    vt = await _in_thread(type_admin.get, wire.runtime(request), who, request.path_params["id"])
+    vt = await wire.in_thread(type_admin.get, wire.runtime(request), who, request.path_params["id"])
     return wire.ok({"volume_type": render(who, vt, qos=True, access=True)})
 
 
@@ -167,8 +161,8 @@ async def create(request: Request) -> Response:
     name, description = spec["name"], spec.get("description")
     specs = dict(spec.get("extra_specs") or {})
     is_public = validate.boolean(spec.get(ACCESS_KEY, True), ACCESS_KEY)
-    vt = await _in_thread(type_admin.create, wire.runtime(request), name, description,
-                          is_public, specs)
+    vt = await wire.in_thread(type_admin.create, wire.runtime(request), name, description,
+                              is_public, specs)
     return wire.ok({"volume_type": render(who, vt, qos=False, access=True)})
 
 
@@ -186,17 +180,17 @@ async def update(request: Request) -> Response:
     if name is None and description is None and is_public is None:
         raise ApiError(400, "Specify volume type name, description, is_public or a "
                             "combination thereof.")
-    vt = await _in_thread(type_admin.update_type, wire.runtime(request), who,
-                          request.path_params["id"], name=name, description=description,
-                          is_public=is_public, set_description=description is not None)
+    vt = await wire.in_thread(type_admin.update_type, wire.runtime(request), who,
+                              request.path_params["id"], name=name, description=description,
+                              is_public=is_public, set_description=description is not None)
     return wire.ok({"volume_type": render(who, vt, qos=False, access=False)})
 
 
 async def delete(request: Request) -> Response:
     who = wire.identity(request)
     admin_only(who, "volume_extension:types_manage")
-    await _in_thread(type_admin.delete_type, wire.runtime(request), who,
-                     request.path_params["id"])
+    await wire.in_thread(type_admin.delete_type, wire.runtime(request), who,
+                         request.path_params["id"])
     return wire.accepted()
 
 
@@ -205,8 +199,8 @@ async def delete(request: Request) -> Response:
 
 async def specs_index(request: Request) -> Response:
     who = wire.identity(request)
-    specs = await _in_thread(type_admin.extra_specs, wire.runtime(request), who,
-                             request.path_params["id"])
+    specs = await wire.in_thread(type_admin.extra_specs, wire.runtime(request), who,
+                                 request.path_params["id"])
     return wire.ok({"extra_specs": visible_specs(who, specs)})
 
 
@@ -216,16 +210,16 @@ async def specs_create(request: Request) -> Response:
     body = await wire.json_body(request)
     schema.check(body, SPECS_CREATE)
     specs: dict[str, str] = body["extra_specs"]
-    await _in_thread(type_admin.set_extra_specs, wire.runtime(request), who,
-                     request.path_params["id"], specs)
+    await wire.in_thread(type_admin.set_extra_specs, wire.runtime(request), who,
+                         request.path_params["id"], specs)
     return wire.ok({"extra_specs": specs})
 
 
 async def specs_show(request: Request) -> Response:
     who = wire.identity(request)
     type_id, key = request.path_params["id"], request.path_params["key"]
-    specs = visible_specs(who, await _in_thread(type_admin.extra_specs, wire.runtime(request),
-                                                who, type_id))
+    specs = visible_specs(who, await wire.in_thread(type_admin.extra_specs, wire.runtime(request),
+                                                    who, type_id))
     if key not in specs:
         raise NotFound("ExtraSpec", key, f"Volume Type {type_id} has no extra specs with key "
                                          f"{key}.")
@@ -241,16 +235,16 @@ async def specs_update(request: Request) -> Response:
     specs: dict[str, str] = body
     if key not in specs:
         raise ApiError(400, "Request body and URI mismatch")
-    await _in_thread(type_admin.set_extra_specs, wire.runtime(request), who,
-                     request.path_params["id"], specs)
+    await wire.in_thread(type_admin.set_extra_specs, wire.runtime(request), who,
+                         request.path_params["id"], specs)
     return wire.ok(specs)
 
 
 async def specs_delete(request: Request) -> Response:
     who = wire.identity(request)
     admin_only(who, "volume_extension:types_extra_specs:delete")
-    await _in_thread(type_admin.delete_extra_spec, wire.runtime(request), who,
-                     request.path_params["id"], request.path_params["key"])
+    await wire.in_thread(type_admin.delete_extra_spec, wire.runtime(request), who,
+                         request.path_params["id"], request.path_params["key"])
     return wire.accepted()
 
 
@@ -261,7 +255,7 @@ async def access_index(request: Request) -> Response:
     who = wire.identity(request)
     admin_only(who, "volume_extension:volume_type_access")
     type_id = request.path_params["id"]
-    projects = await _in_thread(type_admin.access_list, wire.runtime(request), who, type_id)
+    projects = await wire.in_thread(type_admin.access_list, wire.runtime(request), who, type_id)
     return wire.ok({"volume_type_access": [{"volume_type_id": type_id, "project_id": p}
                                            for p in projects]})
 
@@ -280,8 +274,8 @@ async def action(request: Request) -> Response:
     admin_only(who, f"volume_extension:volume_type_access:{name}")
     schema.check(body, ACCESS_ACTIONS[name])
     project = value["project"]
-    await _in_thread(handlers[name], wire.runtime(request), who, request.path_params["id"],
-                     project)
+    await wire.in_thread(handlers[name], wire.runtime(request), who, request.path_params["id"],
+                         project)
     return wire.accepted()
 
 

@@ -13,7 +13,7 @@ import random
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
@@ -33,6 +33,7 @@ MIN_VERSION = "3.0"
 MAX_VERSION = f"3.{MAX_MINOR}"
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: request ids need to be unique, not secret: no system call per request for them
 _random = random.Random()
@@ -118,6 +119,12 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
+async def in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn(*args, **kwargs)`` on a worker thread: the one way an endpoint moves blocking
+    work (a driver's report, a backend call, a slow hash) off the event loop."""
+    return await run_in_threadpool(fn, *args, **kwargs)
+
+
 async def call(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run the service function ``fn(runtime, identity, *args, **kwargs)`` for this request.
 
@@ -127,7 +134,7 @@ async def call(request: Request, fn: Callable[..., T], *args: Any, **kwargs: Any
     rt, who = runtime(request), identity(request)
     if rt.db.inline:
         return fn(rt, who, *args, **kwargs)
-    return await run_in_threadpool(fn, rt, who, *args, **kwargs)
+    return await in_thread(fn, rt, who, *args, **kwargs)
 
 
 def mv(request: Request) -> int:

@@ -1,31 +1,16 @@
-"""Deployment description: availability zones, extensions and scheduler pools.
+"""``/v3/extensions``: the extension list Cinder 29 answers with.
 
-Pools come live from each driver's ``get_stats`` (cached briefly by `Backend.stats`); their
-capabilities are the ones the scheduler matches volume types against. Services, hosts and
-backend capabilities are in `blockyard.api.services`.
+Clients (cinderclient's ``list-extensions``, Tempest) only read it; nothing here switches
+behaviour on or off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import validate, wire
-from blockyard.api.errors import ApiError
-from blockyard.api.types import admin_only
-from blockyard.api.views import iso
-from blockyard.backends.base import BackendStats, PoolStats
-from blockyard.db.models import utcnow
-from blockyard.service import capabilities as caps
-from blockyard.service import services
-from blockyard.service import types as vtypes
-from blockyard.service.identity import Identity
-from blockyard.service.runtime import Backend, Runtime
+from blockyard.api import wire
 
 #: Cinder 29's extension list: (name, alias, description, updated)
 EXTENSIONS = (
@@ -88,27 +73,6 @@ EXTENSIONS = (
 )
 
 
-async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await run_in_threadpool(fn, *args, **kwargs)
-
-
-def _backends(rt: Runtime) -> list[Backend]:
-    return [rt.backends[name] for name in sorted(rt.backends)]
-
-
-# ---------------------------------------------------------------------------- zones
-
-
-async def availability_zones(request: Request) -> Response:
-    rt = wire.runtime(request)
-    zones = sorted({b.config.availability_zone for b in rt.backends.values()})
-    return wire.ok({"availabilityZoneInfo": [
-        {"zoneName": zone, "zoneState": {"available": True}} for zone in zones]})
-
-
-# ---------------------------------------------------------------------------- extensions
-
-
 async def extensions(request: Request) -> Response:
     return wire.ok({"extensions": [
         {"name": name, "alias": alias, "description": description, "updated": updated,
@@ -116,63 +80,6 @@ async def extensions(request: Request) -> Response:
         for name, alias, description, updated in EXTENSIONS]})
 
 
-# ---------------------------------------------------------------------------- pools
-
-
-def _capabilities(backend: Backend, stats: BackendStats, pool: PoolStats,
-                  now: str) -> dict[str, Any]:
-    return {**caps.pool_capabilities(backend, stats, pool), "timestamp": now}
-
-
-def _pools(rt: Runtime, who: Identity, volume_type: str | None) -> list[dict[str, Any]]:
-    """The pools the scheduler may place volumes in (of backends that report, and whose
-    service is enabled and not frozen), only those fit for `volume_type` when given."""
-    specs: dict[str, str] | None = None
-    if volume_type is not None:
-        with rt.db.read() as s:
-            specs = vtypes.get_type(s, volume_type, who).specs
-    excluded = services.unschedulable(rt)
-    now = iso(utcnow())
-    assert now is not None
-    result = []
-    for backend in _backends(rt):
-        if backend.name in excluded:
-            continue
-        stats = caps.fresh_stats(backend)
-        if stats is None:  # Cinder's scheduler drops backends that stopped reporting
-            continue
-        for pool in stats.pools:
-            capabilities = _capabilities(backend, stats, pool, now)
-            if specs is not None and not caps.satisfies(capabilities, specs):
-                continue
-            name = backend.pool_host if len(stats.pools) == 1 else \
-                f"{backend.service_host}#{pool.name}"
-            result.append({"name": name, "capabilities": capabilities})
-    return result
-
-
-async def get_pools(request: Request) -> Response:
-    who = wire.identity(request)
-    admin_only(who, "scheduler_extension:scheduler_stats:get_pools")
-    q = request.query_params
-    detail = validate.query_bool(q.get("detail"), "detail")
-    mv = wire.mv(request)
-    allowed = {"detail", "name"} | ({"volume_type"} if mv >= 35 else set())
-    unknown = sorted(set(q) - allowed)
-    if unknown and mv >= 33:  # from 3.33 Cinder rejects filters pools do not have
-        raise ApiError(400, f"Invalid filters {', '.join(unknown)} are found in query "
-                            f"options.")
-    volume_type = q.get("volume_type") if mv >= 35 else None
-    pools = await _in_thread(_pools, wire.runtime(request), who, volume_type or None)
-    if q.get("name"):
-        pools = [p for p in pools if p["name"] == q["name"]]
-    if not detail:
-        pools = [{"name": p["name"]} for p in pools]
-    return wire.ok({"pools": pools})
-
-
 routes = [
-    Route("/v3/os-availability-zone", availability_zones, methods=["GET"]),
     Route("/v3/extensions", extensions, methods=["GET"]),
-    Route("/v3/scheduler-stats/get_pools", get_pools, methods=["GET"]),
 ]

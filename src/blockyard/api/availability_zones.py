@@ -8,11 +8,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard.api import wire
+from blockyard.service import scheduler
 
 
 async def availability_zones(request: Request) -> Response:
-    rt = wire.runtime(request)
-    zones = sorted({b.config.availability_zone for b in rt.backends.values()})
+    zones = sorted(scheduler.availability_zones(wire.runtime(request)))
     return wire.ok({"availabilityZoneInfo": [
         {"zoneName": zone, "zoneState": {"available": True}} for zone in zones]})
 

@@ -116,7 +116,7 @@ def _host_of(body: dict[str, Any]) -> str:
     return str(host)
 
 
-def _backend_host(request: Request, body: dict[str, Any]) -> str:
+def _replication_host(request: Request, body: dict[str, Any]) -> str:
     """The host of a freeze/thaw/failover: from 3.26 one and only one of cluster and host;
     blockyard has no clusters, so a cluster is never found."""
     if wire.mv(request) < REPLICATION_CLUSTER:
@@ -167,11 +167,11 @@ async def update(request: Request) -> Response:
         return wire.ok({**result, "disabled_reason": reason})
     if action in ("freeze", "thaw"):
         check_body(body, FREEZE_AND_THAW)
-        host = _backend_host(request, body)
+        host = _replication_host(request, body)
         await wire.in_thread(svc.set_frozen, rt, host, action == "freeze")
         return Response(status_code=200)
     check_body(body, FAILOVER_HOST)
-    host = _backend_host(request, body)
+    host = _replication_host(request, body)
     views = await wire.in_thread(svc.listing, rt, host, svc.VOLUME)
     if not views:
         raise ApiError(400, f"Invalid input received: No service found with host={host}")

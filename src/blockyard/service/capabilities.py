@@ -47,7 +47,7 @@ def fresh_stats(backend: Backend) -> BackendStats | None:
         return None
 
 
-def backend_name(backend: Backend, stats: BackendStats) -> str:
+def volume_backend_name(backend: Backend, stats: BackendStats) -> str:
     """The name a type's ``volume_backend_name`` is matched against."""
     return backend.config.volume_backend_name or stats.volume_backend_name
 
@@ -71,7 +71,7 @@ def pool_capabilities(backend: Backend, stats: BackendStats, pool: PoolStats) ->
         "consistencygroup_support": False,
         "replication_enabled": False,
         "group_replication_enabled": False,
-        "volume_backend_name": backend_name(backend, stats),
+        "volume_backend_name": volume_backend_name(backend, stats),
         "storage_protocol": stats.storage_protocol,
         "vendor_name": stats.vendor_name,
         "driver_version": stats.driver_version,
@@ -96,7 +96,7 @@ def backend_capabilities(backend: Backend, stats: BackendStats) -> dict[str, Any
     return {
         "namespace": f"OS::Storage::Capabilities::{backend.service_host}",
         "vendor_name": stats.vendor_name,
-        "volume_backend_name": backend_name(backend, stats),
+        "volume_backend_name": volume_backend_name(backend, stats),
         "pool_name": None,
         "driver_version": stats.driver_version,
         "storage_protocol": stats.storage_protocol,

@@ -9,8 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from blockyard import backends as drivers
-from blockyard import targets
+from blockyard import backends, targets
 from blockyard.backends.base import BackendStats, VolumeDriver
 from blockyard.config import BackendConfig, Config
 from blockyard.db.engine import Database
@@ -146,7 +145,7 @@ def build_targets(config: Config) -> dict[str, Target]:
 def build_backends(config: Config, built_targets: dict[str, Target]) -> dict[str, Backend]:
     result = {}
     for bc in config.backends:
-        driver = drivers.load(bc.name, bc.driver, bc.options, built_targets.get(bc.target))
+        driver = backends.load(bc.name, bc.driver, bc.options, built_targets.get(bc.target))
         driver.do_setup()
         result[bc.name] = Backend(bc, driver, f"{config.host}@{bc.name}")
     return result

@@ -48,9 +48,9 @@ def _pools(rt: Runtime, who: Identity, volume_type: str | None) -> list[dict[str
             capabilities = {**caps.pool_capabilities(backend, stats, pool), "timestamp": now}
             if specs is not None and not caps.satisfies(capabilities, specs):
                 continue
-            pool_name = backend.pool_host if len(stats.pools) == 1 else \
+            pool_host = backend.pool_host if len(stats.pools) == 1 else \
                 f"{backend.service_host}#{pool.name}"
-            result.append({"name": pool_name, "capabilities": capabilities})
+            result.append({"name": pool_host, "capabilities": capabilities})
     return result
 
 

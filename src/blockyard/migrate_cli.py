@@ -17,6 +17,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from blockyard.statuses import MigrationStatus
+
 if TYPE_CHECKING:  # imported where used: `blockyard serve` should not pay for it
     import httpx
 
@@ -76,7 +78,7 @@ def _watch(http: httpx.Client, args: argparse.Namespace, out: TextIO) -> int:
         status = volume.get("migration_status")
         progress = (volume.get("metadata") or {}).get(PROGRESS_KEY)
         percent = shown
-        if status == "success":
+        if status == MigrationStatus.SUCCESS:
             percent = 100
         elif progress and (m := _PERCENT.match(progress)):
             percent = int(m.group(1))
@@ -84,11 +86,11 @@ def _watch(http: httpx.Client, args: argparse.Namespace, out: TextIO) -> int:
             print(("\r" if tty else "") + bar(max(percent, 0)), end="" if tty else "\n",
                   file=out, flush=True)
             shown = percent
-        if status == "success":
+        if status == MigrationStatus.SUCCESS:
             print(f"\nmigrated {args.volume} to {volume.get('os-vol-host-attr:host')}",
                   file=out)
             return 0
-        if status == "error":
+        if status == MigrationStatus.ERROR:
             print(f"\nblockyard migrate: the migration of {args.volume} failed; the volume "
                   f"stays where it was", file=out)
             return 1

@@ -1,8 +1,8 @@
-"""Every status and every status transition of volumes, snapshots, attachments, groups and
-group snapshots.
+"""Every status transition of volumes, snapshots, attachments, groups and group snapshots
+(the status values themselves are named in the leaf module `blockyard.statuses`).
 
-This is the only module that writes a ``status`` column. Each transition is one conditional
-update (compare-and-swap)::
+This is the only module that writes a ``status`` (or an attachment's ``attach_status``) column.
+Each transition is one conditional update (compare-and-swap)::
 
     UPDATE volumes SET status = :busy, previous_status = status, task_id = :task
      WHERE id = :id AND status IN (:allowed...) AND task_id IS NULL [AND ...]
@@ -18,9 +18,7 @@ cannot pull a row out from under a running task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, CursorResult, case, exists, or_, select, update
@@ -29,104 +27,16 @@ from sqlalchemy.orm import Session
 from blockyard.db.models import Attachment, Group, GroupSnapshot, Snapshot, Volume
 from blockyard.errors import InvalidState, NotFound
 
-
-class VolumeStatus(StrEnum):
-    CREATING = "creating"
-    AVAILABLE = "available"
-    RESERVED = "reserved"
-    ATTACHING = "attaching"
-    IN_USE = "in-use"
-    DETACHING = "detaching"
-    DELETING = "deleting"
-    EXTENDING = "extending"
-    MAINTENANCE = "maintenance"
-    RETYPING = "retyping"
-    ERROR = "error"
-    ERROR_DELETING = "error_deleting"
-    ERROR_EXTENDING = "error_extending"
-    ERROR_RESTORING = "error_restoring"
-    ERROR_MANAGING = "error_managing"
-    BACKING_UP = "backing-up"
-    RESTORING_BACKUP = "restoring-backup"
-    DOWNLOADING = "downloading"
-    UPLOADING = "uploading"
-    AWAITING_TRANSFER = "awaiting-transfer"
-
-
-class AttachStatus(StrEnum):
-    DETACHED = "detached"
-    RESERVED = "reserved"
-    ATTACHING = "attaching"
-    ATTACHED = "attached"
-    DETACHING = "detaching"
-    ERROR_ATTACHING = "error_attaching"
-    ERROR_DETACHING = "error_detaching"
-    DELETED = "deleted"
-
-
-class MigrationStatus(StrEnum):
-    """A volume's ``migration_status`` (Cinder's values); NULL when it never migrated.
-
-    A migration's temporary destination row carries ``target:<source id>`` instead.
-    """
-
-    STARTING = "starting"
-    MIGRATING = "migrating"
-    COMPLETING = "completing"
-    SUCCESS = "success"
-    ERROR = "error"
-
-
-class SnapshotStatus(StrEnum):
-    CREATING = "creating"
-    AVAILABLE = "available"
-    DELETING = "deleting"
-    ERROR = "error"
-    ERROR_DELETING = "error_deleting"
-    BACKING_UP = "backing-up"
-    RESTORING = "restoring"
-    UNMANAGING = "unmanaging"
-    DELETED = "deleted"
-
-
-class GroupStatus(StrEnum):
-    """A generic volume group's status (Cinder's GroupStatus)."""
-
-    CREATING = "creating"
-    AVAILABLE = "available"
-    UPDATING = "updating"
-    IN_USE = "in-use"
-    DELETING = "deleting"
-    DELETED = "deleted"
-    ERROR = "error"
-    ERROR_DELETING = "error_deleting"
-
-
-class GroupSnapshotStatus(StrEnum):
-    """A group snapshot's status (Cinder's GroupSnapshotStatus)."""
-
-    CREATING = "creating"
-    AVAILABLE = "available"
-    UPDATING = "updating"
-    DELETING = "deleting"
-    DELETED = "deleted"
-    ERROR = "error"
-    ERROR_DELETING = "error_deleting"
-
-
-#: the ``ok`` status that means "go back to the status before the transition began"
-PREVIOUS = "<previous>"
-
-
-@dataclass(frozen=True)
-class Transition:
-    """allowed → busy, then busy → ok on success or busy → error on failure."""
-
-    allowed: tuple[str, ...]
-    busy: str
-    ok: str | None
-    error: str | None
-
+# the vocabulary lives in a leaf module (the DB models and the compute agent name statuses
+# too); it is re-exported here, where the tables that use it are
+from blockyard.statuses import PREVIOUS as PREVIOUS
+from blockyard.statuses import AttachStatus as AttachStatus
+from blockyard.statuses import GroupSnapshotStatus as GroupSnapshotStatus
+from blockyard.statuses import GroupStatus as GroupStatus
+from blockyard.statuses import MigrationStatus as MigrationStatus
+from blockyard.statuses import SnapshotStatus as SnapshotStatus
+from blockyard.statuses import Transition as Transition
+from blockyard.statuses import VolumeStatus as VolumeStatus
 
 V = VolumeStatus
 S = SnapshotStatus
@@ -192,6 +102,39 @@ MIGRATION_TARGET = "target:"
 
 #: statuses a volume may leave through `derive_attach_status`
 ATTACH_STATES = (V.ATTACHING, V.RESERVED, V.IN_USE, V.DETACHING)
+
+#: the ways a volume leaves an attach state (`derive_attach_status`) → the statuses each may
+#: start from; the status it ends in is derived from the attachments that remain
+LEAVE_ATTACH: dict[str, tuple[str, ...]] = {
+    # an attachment was removed, or its reservation dropped with a failed connection
+    "leave": ATTACH_STATES,
+    # legacy os-unreserve: only a reservation that no attach completed
+    "unreserve": (V.ATTACHING,),
+    # legacy os-detach
+    "detach": (V.DETACHING, V.IN_USE, V.ATTACHING),
+    # os-force_detach: also from a volume an error or a lost attachment left behind
+    "force_detach": (*ATTACH_STATES, V.ERROR, V.AVAILABLE),
+}
+
+#: the ``busy`` status of an attachment step that keeps the attachment's status as it is
+UNCHANGED = "<unchanged>"
+
+#: an attachment's steps (`move_attachment`). An attachment is inserted `reserved` (the
+#: attachments API) or `attached` (legacy os-attach) and removed by deleting its row; every
+#: step is one conditional update, with no task owning the row
+ATTACHMENT_TRANSITIONS: dict[str, Transition] = {
+    # the connector, and then the connection info made for it, are recorded only on an
+    # attachment nobody is deleting
+    "connect": Transition((AttachStatus.RESERVED, AttachStatus.ATTACHED), UNCHANGED, None, None),
+    # the host is connected (attachment_complete; again on an attached one is harmless)
+    "complete": Transition((AttachStatus.RESERVED, AttachStatus.ATTACHED),
+                           AttachStatus.ATTACHED, None, None),
+    # a delete takes every live status, `detaching` included: a delete that a crash
+    # interrupted is simply deleted again
+    "delete": Transition((AttachStatus.RESERVED, AttachStatus.ATTACHED, AttachStatus.ATTACHING,
+                          AttachStatus.DETACHING, AttachStatus.ERROR_ATTACHING),
+                         AttachStatus.DETACHING, None, None),
+}
 
 SNAPSHOT_TRANSITIONS: dict[str, Transition] = {
     "create": Transition((S.CREATING,), S.CREATING, S.AVAILABLE, S.ERROR),
@@ -405,13 +348,16 @@ def update_snapshot_status(session: Session, ident: str, status: str,
         _lost(session, Snapshot, ident, tuple(sources), f"be set to {status}")
 
 
-def set_attach_status(
-    session: Session, attachment_id: str, allowed: tuple[str, ...], status: str, **values: Any
-) -> None:
-    """Conditional update of an attachment's attach_status."""
+def move_attachment(session: Session, attachment_id: str, action: str,
+                    **values: Any) -> None:
+    """One step of an attachment (ATTACHMENT_TRANSITIONS): from one of the action's allowed
+    statuses to its busy one, with `values` written in the same statement; or raise
+    `InvalidState` (or `NotFound` when the attachment is gone)."""
+    t = ATTACHMENT_TRANSITIONS[action]
+    status: Any = Attachment.attach_status if t.busy == UNCHANGED else t.busy
     stmt = (
         update(Attachment)
-        .where(Attachment.id == attachment_id, Attachment.attach_status.in_(allowed))
+        .where(Attachment.id == attachment_id, Attachment.attach_status.in_(t.allowed))
         .values(attach_status=status, updated_at=_now(), **values)
         .execution_options(synchronize_session=False)
     )
@@ -421,7 +367,14 @@ def set_attach_status(
         ).scalar()
         if current is None:
             raise NotFound("Attachment", attachment_id)
-        raise InvalidState("Attachment", attachment_id, current, allowed, status)
+        raise InvalidState("Attachment", attachment_id, current, t.allowed,
+                           action if t.busy == UNCHANGED else t.busy)
+
+
+def mark_attached(session: Session, volume_id: str) -> None:
+    """A volume gets an attachment that is attached (legacy os-attach, attachment_complete):
+    it becomes in-use and its attach_status `attached`, in one conditional update."""
+    begin(session, Volume, volume_id, "attach", values={"attach_status": AttachStatus.ATTACHED})
 
 
 def pin(
@@ -459,12 +412,14 @@ def unpin(session: Session, model: Pinnable, ident: str) -> None:
     )
 
 
-def derive_attach_status(session: Session, volume_id: str,
-                         allowed: tuple[str, ...] = ATTACH_STATES) -> str:
+def derive_attach_status(session: Session, volume_id: str, action: str = "leave") -> str:
     """Set a volume's status from its attachments, as Cinder derives it: in-use while one is
     attached, reserved while one is reserved or attaching, else available. One conditional
-    UPDATE (the volume must be in one of `allowed` and owned by no task); returns the status.
+    UPDATE (the volume must be in one of the statuses LEAVE_ATTACH allows `action` from, and
+    owned by no task); returns the status.
     """
+    allowed = LEAVE_ATTACH[action]
+
     def having(*statuses: str) -> ColumnElement[bool]:
         return exists().where(Attachment.volume_id == volume_id,
                               Attachment.attach_status.in_(statuses))
@@ -474,8 +429,8 @@ def derive_attach_status(session: Session, volume_id: str,
         (having(AttachStatus.RESERVED, AttachStatus.ATTACHING), V.RESERVED.value),
         else_=V.AVAILABLE.value,
     )
-    attached = case((having(AttachStatus.ATTACHED, AttachStatus.DETACHING), "attached"),
-                    else_="detached")
+    attached = case((having(AttachStatus.ATTACHED, AttachStatus.DETACHING),
+                     AttachStatus.ATTACHED.value), else_=AttachStatus.DETACHED.value)
     stmt = (
         update(Volume)
         .where(Volume.id == volume_id, Volume.status.in_(allowed), Volume.task_id.is_(None))
@@ -484,7 +439,9 @@ def derive_attach_status(session: Session, volume_id: str,
     )
     status = _exec(session, stmt).scalar()
     if status is None:
-        _lost(session, Volume, volume_id, allowed, "update attachments of")
+        # the wording the API has always given: legacy os-detach names itself
+        _lost(session, Volume, volume_id, allowed,
+              "detach" if action == "detach" else "update attachments of")
     return str(status)
 
 

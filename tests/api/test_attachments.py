@@ -193,6 +193,9 @@ def test_legacy_attach_detach_flow(server: Server) -> None:
     assert api.post(act, {"os-begin_detaching": None}).status_code == 400
     assert api.post(act, {"os-attach": {"mountpoint": "/dev/vdb"}}).status_code == 400
     assert api.post(act, {"os-initialize_connection": {}}).status_code == 400
+    refused = api.post(act, {"os-detach": {}})
+    assert refused.status_code == 400
+    assert "status must be detaching, in-use, attaching to detach" in refused.text
 
 
 def test_force_detach(server: Server) -> None:

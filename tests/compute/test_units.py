@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,9 @@ import pytest
 from blockyard.api.errors import ApiError
 from blockyard.compute import config as compute_config
 from blockyard.compute.api import _negotiate
-from blockyard.compute.store import Instance, MappingStatus, Store
+from blockyard.compute.store import MAPPING_TRANSITIONS, Instance, MappingStatus, Store
 from blockyard.compute.undo import Undo
-from blockyard.errors import ConfigError, Conflict, Invalid
+from blockyard.errors import ConfigError, Conflict, Invalid, InvalidState, NotFound
 
 
 def test_config_defaults_and_images(tmp_path: Path) -> None:
@@ -98,6 +99,58 @@ def test_slots_are_handed_out_in_order_and_never_twice(tmp_path: Path) -> None:
     store.remove_mapping(a.id)
     assert store.reserve(inst, "v-c", None).device_name == "/dev/vdb"
     assert len(a.node_name) <= 31 and a.serial == "v-a"
+
+
+def test_mapping_table_names_mapping_statuses() -> None:
+    known = set(MappingStatus)
+    for name, t in MAPPING_TRANSITIONS.items():
+        assert set(t.allowed) | {t.busy} <= known, name
+        assert {t.ok, t.error} <= known | {None}, name
+
+
+def test_mapping_statuses_move_only_as_the_table_says(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    m = store.reserve(_instance(store), "v-a", None)
+    with pytest.raises(InvalidState) as info:  # not attached yet: no detach
+        store.begin_mapping(m.id, "detach")
+    assert info.value.current == "attaching"
+    assert not store.fail_mapping(m.id, "detach")
+    assert store.mapping(m.id).status == MappingStatus.ATTACHING
+    assert store.finish_mapping(m.id, "attach")
+    assert not store.finish_mapping(m.id, "attach")  # once
+    store.begin_mapping(m.id, "detach")
+    assert store.mapping(m.id).status == MappingStatus.DETACHING
+    assert store.fail_mapping(m.id, "detach")  # the guest kept the disk
+    assert store.mapping(m.id).status == MappingStatus.ATTACHED
+    with pytest.raises(ValueError):
+        store.finish_mapping(m.id, "detach")  # a detach ends by removing the row
+    with pytest.raises(ValueError):
+        store.set_mapping(m.id, status=MappingStatus.DETACHING)
+    with pytest.raises(NotFound):
+        store.begin_mapping("nope", "detach")
+
+
+def test_racing_detaches_of_a_mapping_exactly_one_wins(tmp_path: Path) -> None:
+    store = Store(tmp_path / "c.sqlite")
+    m = store.reserve(_instance(store), "v-a", None)
+    store.finish_mapping(m.id, "attach")
+    start = threading.Barrier(2)
+    lost: list[InvalidState] = []
+
+    def detach() -> None:
+        start.wait()
+        try:
+            store.begin_mapping(m.id, "detach")
+        except InvalidState as exc:
+            lost.append(exc)
+
+    threads = [threading.Thread(target=detach) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(lost) == 1 and lost[0].current == "detaching"
+    assert store.mapping(m.id).status == MappingStatus.DETACHING
 
 
 @pytest.mark.parametrize("wanted, expected", [

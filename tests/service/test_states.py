@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,10 @@ from sqlalchemy import select
 
 from blockyard import states
 from blockyard.db.engine import Database
-from blockyard.db.models import Group, GroupSnapshot, GroupType, Snapshot, Volume
+from blockyard.db.models import Attachment, Group, GroupSnapshot, GroupType, Snapshot, Volume
 from blockyard.errors import InvalidState, NotFound
 from blockyard.service import types as vtypes
+from blockyard.states import AttachStatus
 from blockyard.states import VolumeStatus as V
 
 
@@ -153,6 +155,129 @@ def test_every_transition_names_known_statuses() -> None:
     for name, t in states.SNAPSHOT_TRANSITIONS.items():
         assert set(t.allowed) <= snapshot_statuses, name
         assert t.busy in snapshot_statuses, name
+
+
+def test_attach_tables_name_known_statuses() -> None:
+    attach_statuses = set(AttachStatus)
+    for name, t in states.ATTACHMENT_TRANSITIONS.items():
+        assert set(t.allowed) <= attach_statuses, name
+        assert t.busy in attach_statuses | {states.UNCHANGED}, name
+    for name, allowed in states.LEAVE_ATTACH.items():
+        assert set(allowed) <= set(states.VolumeStatus), name
+
+
+# ---------------------------------------------------------------------------- attachments
+
+
+def _attachment(db: Database, status: str, ident: str = "a1", volume: str = "v1") -> str:
+    with db.write() as s:
+        s.add(Attachment(id=ident, volume_id=volume, project_id="p", attach_status=status,
+                         attach_mode="null"))
+    return ident
+
+
+def _attach_status(db: Database, ident: str) -> tuple[str, str]:
+    with db.read() as s:
+        row = s.execute(select(Attachment.attach_status, Attachment.attach_mode)
+                        .where(Attachment.id == ident)).one()
+        return row[0], row[1]
+
+
+def _race(*calls: Callable[[], object]) -> list[BaseException | None]:
+    """Run `calls` at once, each in its own thread; what each raised (None: it won)."""
+    start = threading.Barrier(len(calls))
+    outcomes: list[BaseException | None] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            calls[i]()
+        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test reads
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
+def test_attachment_steps_follow_the_table(db: Database) -> None:
+    _volume(db, V.RESERVED)
+    aid = _attachment(db, AttachStatus.RESERVED)
+    with db.write() as s:  # connect keeps the status and writes its columns
+        states.move_attachment(s, aid, "connect", attached_host="h1")
+    assert _attach_status(db, aid) == ("reserved", "null")
+    with db.write() as s:
+        states.move_attachment(s, aid, "complete", attach_mode="rw")
+        states.mark_attached(s, "v1")
+    assert _attach_status(db, aid) == ("attached", "rw")
+    assert _status(db, "v1")[0] == "in-use"
+    with db.write() as s:
+        states.move_attachment(s, aid, "delete")
+    assert _attach_status(db, aid)[0] == "detaching"
+
+
+@pytest.mark.parametrize("status, action", [
+    (AttachStatus.DETACHING, "complete"),   # a delete under way is not completed
+    (AttachStatus.DETACHING, "connect"),    # nor given a connector
+    (AttachStatus.ERROR_ATTACHING, "connect"),
+    (AttachStatus.DELETED, "delete"),
+])
+def test_attachment_step_outside_the_table_is_refused(db: Database, status: str,
+                                                      action: str) -> None:
+    _volume(db, V.IN_USE)
+    aid = _attachment(db, status)
+    with db.write() as s, pytest.raises(InvalidState) as info:
+        states.move_attachment(s, aid, action, attached_host="h1")
+    assert info.value.current == status
+    assert info.value.allowed == states.ATTACHMENT_TRANSITIONS[action].allowed
+    assert _attach_status(db, aid) == (status, "null")
+    with db.write() as s, pytest.raises(NotFound):
+        states.move_attachment(s, "nope", action)
+
+
+def test_a_complete_racing_a_delete_never_revives_the_attachment(db: Database) -> None:
+    _volume(db, V.RESERVED)
+    aid = _attachment(db, AttachStatus.RESERVED)
+
+    def step(action: str) -> Callable[[], None]:
+        def run() -> None:
+            with db.write() as s:
+                states.move_attachment(s, aid, action)
+        return run
+
+    deleted, completed = _race(step("delete"), step("complete"))
+    assert deleted is None  # a delete takes a reserved or an attached attachment
+    # either the complete came first, or it lost to the delete that was under way
+    assert completed is None or (isinstance(completed, InvalidState)
+                                 and completed.current == "detaching")
+    assert _attach_status(db, aid)[0] == "detaching"
+
+
+def test_leaving_an_attach_state_follows_leave_attach(db: Database) -> None:
+    _volume(db, V.AVAILABLE)
+    with db.write() as s, pytest.raises(InvalidState) as info:  # legacy detach: not attached
+        states.derive_attach_status(s, "v1", "detach")
+    assert info.value.action == "detach"
+    assert info.value.allowed == states.LEAVE_ATTACH["detach"]
+    with db.write() as s:  # force-detach takes what an error left behind
+        assert states.derive_attach_status(s, "v1", "force_detach") == "available"
+    with db.read() as s:
+        assert s.execute(select(Volume.attach_status)).scalar() == "detached"
+
+
+def test_racing_unreserves_exactly_one_wins(db: Database) -> None:
+    _volume(db, V.ATTACHING)
+
+    def unreserve() -> None:
+        with db.write() as s:
+            states.derive_attach_status(s, "v1", "unreserve")
+
+    outcomes = _race(unreserve, unreserve)
+    assert sorted(type(o).__name__ for o in outcomes) == ["InvalidState", "NoneType"]
+    assert _status(db, "v1")[0] == "available"
 
 
 # ---------------------------------------------------------------------------- groups

@@ -14,7 +14,7 @@ from blockyard.api import wire
 from blockyard.service import migration
 from blockyard.service.records import AttachmentRecord, VolumeRecord
 from blockyard.service.runtime import Runtime
-from blockyard.states import MIGRATION_ACTIVE
+from blockyard.states import MIGRATION_ACTIVE, AttachStatus
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -45,7 +45,7 @@ def volume_detail(
     """The full volume object. `admin_fields` adds the os-vol-* attributes (not on create)."""
     rt: Runtime = wire.runtime(request)
     mv = wire.mv(request)
-    attached = [a for a in v.attachments if a.attach_status == "attached"]
+    attached = [a for a in v.attachments if a.attach_status == AttachStatus.ATTACHED]
     metadata = dict(v.meta)
     if attached or v.readonly:
         metadata.setdefault("readonly", str(v.readonly))

@@ -39,7 +39,7 @@ from blockyard.connectors import (
     get_connector_properties,
     parse,
 )
-from blockyard.errors import BlockyardError, Conflict, Invalid, NotFound
+from blockyard.errors import BlockyardError, Conflict, Invalid, InvalidState, NotFound
 
 from . import launcher
 from .config import ComputeConfig
@@ -237,7 +237,9 @@ class Agent:
                 # 7. done: the volume is in-use
                 await self.volumes.complete_attachment(caller, attachment_id)
                 failpoints.hit("compute.attach.completed")
-                self.store.set_mapping(m.id, status=MappingStatus.ATTACHED)
+                if not self.store.finish_mapping(m.id, "attach"):
+                    raise Conflict(f"Volume {volume_id} changed on instance {instance_id} "
+                                   f"while it was being attached.")
                 undo.commit()
         return self.store.mapping(m.id)
 
@@ -302,17 +304,18 @@ class Agent:
     async def begin_detach(self, caller: Caller, instance_id: str, volume_id: str) -> None:
         """Accept a detach (Nova answers 202 here); the work goes on in the background."""
         self.instance(caller, instance_id)
-        async with self._instance_locks[instance_id]:
+        async with self._instance_locks[instance_id], Undo() as undo:
             m = self.store.mapping_of(instance_id, volume_id)
-            if m.status != MappingStatus.ATTACHED:
-                raise Conflict(f"Volume {volume_id} is {m.status} on instance {instance_id}; "
-                               f"it can be detached once it is attached.")
+            try:
+                self.store.begin_mapping(m.id, "detach")
+            except InvalidState as exc:
+                raise Conflict(f"Volume {volume_id} is {exc.current} on instance "
+                               f"{instance_id}; it can be detached once it is attached.") from exc
+            undo.push(self.store.fail_mapping, m.id, "detach")
             volume = await self.volumes.volume(caller, volume_id)
             if not volume.multiattach:  # the volume's own status guards single attachments
                 await self.volumes.begin_detaching(caller, volume_id)
-            if not self.store.set_mapping(m.id, expect=MappingStatus.ATTACHED,
-                                          status=MappingStatus.DETACHING):
-                raise Conflict(f"Volume {volume_id} is already being detached.")
+            undo.commit()
         self._spawn(self._detach(caller, instance_id, m.id, not volume.multiattach))
 
     def _spawn(self, coro: Any) -> None:
@@ -348,7 +351,7 @@ class Agent:
                           instance_id, reason)
                 self.store.set_instance(instance_id, fault=f"Detach of volume {m.volume_id} "
                                         f"failed: {reason}"[:1000])
-                self.store.set_mapping(m.id, status=MappingStatus.ATTACHED)
+                self.store.fail_mapping(m.id, "detach")
                 if roll_back_volume:
                     try:
                         await self.volumes.roll_detaching(caller, m.volume_id)

@@ -4,8 +4,9 @@ A mapping row is written *before* anything else happens on attach (it reserves t
 slot, and its unique keys make two attaches of one volume to one instance, or of two volumes
 to one slot, lose at the database rather than in QEMU), and it records each step as the
 workflow passes it (`attachment_id`, `connected`, `status`), so that after a crash the agent
-knows what to finish or undo. The agent owns this file alone; the volume service's state is
-reached only through its API.
+knows what to finish or undo. Its status moves only by the conditional updates that
+MAPPING_TRANSITIONS declares (`begin_mapping`, `finish_mapping`, `fail_mapping`). The agent
+owns this file alone; the volume service's state is reached only through its API.
 
 The schema is created on first start (`create_all`); it has no migrations yet because no
 released version wrote an older one.
@@ -39,7 +40,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from blockyard.errors import Conflict, Invalid, NotFound
+from blockyard.errors import Conflict, Invalid, InvalidState, NotFound
+from blockyard.statuses import Transition
 
 
 def utcnow() -> datetime:
@@ -60,8 +62,22 @@ class MappingStatus(StrEnum):
     ATTACHING = "attaching"
     #: the guest has the disk and the volume service knows (attachment complete)
     ATTACHED = "attached"
-    #: detach started (begin_detaching succeeded); undone back to ATTACHED if the guest refuses
+    #: detach accepted (then begin_detaching); back to ATTACHED if it fails or the guest refuses
     DETACHING = "detaching"
+
+
+#: a mapping's transitions, in the shape of `blockyard.states`' tables (the agent keeps its
+#: own: it does not import the volume service's state machine). A mapping is inserted
+#: `attaching` (`Store.reserve`) and leaves by deleting its row, detached or rolled back.
+MAPPING_TRANSITIONS: dict[str, Transition] = {
+    # the attach workflow ends: attaching → attached (a failed attach removes the row)
+    "attach": Transition((MappingStatus.ATTACHING,), MappingStatus.ATTACHING,
+                         MappingStatus.ATTACHED, None),
+    # a detach is accepted: attached → detaching; success removes the row, a failure (the
+    # volume service refusing, the guest keeping the disk) makes it attached again
+    "detach": Transition((MappingStatus.ATTACHED,), MappingStatus.DETACHING, None,
+                         MappingStatus.ATTACHED),
+}
 
 
 class Base(DeclarativeBase):
@@ -248,14 +264,44 @@ class Store:
                            f"volume_id not found: {volume_id}")
         return row
 
-    def set_mapping(self, mapping_id: str, *, expect: str | None = None,
-                    **values: Any) -> bool:
-        """Update a mapping; with `expect`, only if its status still is that (a CAS)."""
-        stmt = update(Mapping).where(Mapping.id == mapping_id)
-        if expect is not None:
-            stmt = stmt.where(Mapping.status == expect)
+    def set_mapping(self, mapping_id: str, **values: Any) -> None:
+        """Record a workflow step's columns; the status moves only through `begin_mapping`,
+        `finish_mapping` and `fail_mapping`."""
+        if "status" in values:
+            raise ValueError("a mapping's status moves through MAPPING_TRANSITIONS")
         with self.session() as s:
-            return bool(s.execute(stmt.values(**values)).rowcount)  # type: ignore[attr-defined]
+            s.execute(update(Mapping).where(Mapping.id == mapping_id).values(**values))
+
+    def begin_mapping(self, mapping_id: str, action: str) -> None:
+        """allowed → busy for `action` (MAPPING_TRANSITIONS) in one conditional update, or
+        raise InvalidState (NotFound when the mapping is gone)."""
+        t = MAPPING_TRANSITIONS[action]
+        if not self._move(mapping_id, t.allowed, t.busy):
+            with self.session() as s:
+                current = s.scalar(select(Mapping.status).where(Mapping.id == mapping_id))
+            if current is None:
+                raise NotFound("Mapping", mapping_id)
+            raise InvalidState("Mapping", mapping_id, current, t.allowed, action)
+
+    def finish_mapping(self, mapping_id: str, action: str) -> bool:
+        """busy → ok; False when the mapping was not in the busy status (or is gone)."""
+        t = MAPPING_TRANSITIONS[action]
+        if t.ok is None:
+            raise ValueError(f"{action} ends by removing the mapping")
+        return self._move(mapping_id, (t.busy,), t.ok)
+
+    def fail_mapping(self, mapping_id: str, action: str) -> bool:
+        """busy → error; False when the mapping was not in the busy status (or is gone)."""
+        t = MAPPING_TRANSITIONS[action]
+        if t.error is None:
+            raise ValueError(f"{action} fails by removing the mapping")
+        return self._move(mapping_id, (t.busy,), t.error)
+
+    def _move(self, mapping_id: str, allowed: tuple[str, ...], status: str) -> bool:
+        stmt = (update(Mapping).where(Mapping.id == mapping_id, Mapping.status.in_(allowed))
+                .values(status=status))
+        with self.session() as s:
+            return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
     def remove_mapping(self, mapping_id: str) -> None:
         with self.session() as s:

@@ -1,7 +1,8 @@
 """SQLAlchemy models: the four nouns (Volume, Snapshot, Attachment, and the Backend they live on,
 which is configuration, not a table) plus types, qos, quotas and the durable task queue.
 
-Statuses are plain strings here; `blockyard.states` owns their values and every change to them.
+Statuses are plain strings here, named by `blockyard.statuses`; `blockyard.states` owns every
+change to them.
 Queries must stay portable between SQLite and PostgreSQL.
 """
 
@@ -23,6 +24,8 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from blockyard.statuses import AttachStatus
 
 
 def utcnow() -> datetime:
@@ -107,7 +110,7 @@ class Volume(Base):
     size: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(32))
     previous_status: Mapped[str | None] = mapped_column(String(32))
-    attach_status: Mapped[str] = mapped_column(String(32), default="detached")
+    attach_status: Mapped[str] = mapped_column(String(32), default=AttachStatus.DETACHED)
     availability_zone: Mapped[str] = mapped_column(String(255))
     volume_type_id: Mapped[str] = mapped_column(ForeignKey("volume_types.id"))
     #: the backend's config name; `host` renders as host@backend#pool

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
@@ -72,12 +72,16 @@ def _volume(s: Session, who: Identity, volume_id: str) -> Volume:
     return volumes.get(s, who, volume_id)
 
 
+def _attachment_not_found(attachment_id: str) -> NotFound:
+    return NotFound("VolumeAttachment", attachment_id,
+                    f"VolumeAttachment {attachment_id} could not be found.")
+
+
 def get(rt: Runtime, who: Identity, attachment_id: str) -> Attachment:
     with rt.db.read() as s:
         att = s.get(Attachment, attachment_id)
         if att is None:
-            raise NotFound("VolumeAttachment", attachment_id,
-                           f"VolumeAttachment {attachment_id} could not be found.")
+            raise _attachment_not_found(attachment_id)
         authorize(who, "attachment:get", att.project_id)
         return att
 
@@ -207,7 +211,7 @@ def create(rt: Runtime, who: Identity, volume_id: str, instance_uuid: str | None
             # nothing half-created: the reservation goes with the connection that failed
             with rt.db.write() as s:
                 s.execute(delete(Attachment).where(Attachment.id == attachment_id))
-                states.derive_attach_status(s, volume_id)
+                states.derive_attach_status(s, volume_id, "leave")
             raise
     return get(rt, who, attachment_id)
 
@@ -216,18 +220,18 @@ def update_connector(rt: Runtime, who: Identity, attachment_id: str,
                      connector: Connector) -> Attachment:
     """Give a reserved attachment its connector: export, and store the connection info."""
     att = get(rt, who, attachment_id)
-    updatable = Attachment.attach_status.in_((A.RESERVED, A.ATTACHED))
-    with rt.db.write() as s:
-        # the connector is recorded before any export work: a crash from here on leaves an
-        # attachment whose export `reconcile` can find and undo
-        recorded = s.execute(
-            update(Attachment).where(Attachment.id == attachment_id, updatable)
-            .values(connector=_props_of(connector), attached_host=connector.host,
-                    mountpoint=connector.extra.get("mountpoint"), updated_at=utcnow())
-            .execution_options(synchronize_session=False))
-        if recorded.rowcount != 1:  # type: ignore[attr-defined]
-            raise Invalid(f"Invalid attachment: attachment {attachment_id} is "
-                          f"{att.attach_status}, it must be reserved to be updated.")
+    try:
+        with rt.db.write() as s:
+            # the connector is recorded before any export work: a crash from here on leaves an
+            # attachment whose export `reconcile` can find and undo
+            states.move_attachment(s, attachment_id, "connect", connector=_props_of(connector),
+                                   attached_host=connector.host,
+                                   mountpoint=connector.extra.get("mountpoint"))
+    except InvalidState as exc:
+        raise Invalid(f"Invalid attachment: attachment {attachment_id} is "
+                      f"{exc.current}, it must be reserved to be updated.") from exc
+    except NotFound as exc:
+        raise _attachment_not_found(attachment_id) from exc
     failpoint("attach.connector_recorded")
     try:
         info = _connect(rt, att.volume_id, connector, messages.Action.UPDATE_ATTACHMENT)
@@ -239,17 +243,15 @@ def update_connector(rt: Runtime, who: Identity, attachment_id: str,
                       .execution_options(synchronize_session=False))
         _disconnect(rt, att.volume_id, connector, force=True)
         raise
-    with rt.db.write() as s:
-        stored = s.execute(
-            update(Attachment).where(Attachment.id == attachment_id, updatable)
-            .values(connection_info=attachment_connection_info(info, attachment_id),
-                    updated_at=utcnow())
-            .execution_options(synchronize_session=False))
-    if stored.rowcount != 1:  # type: ignore[attr-defined]
+    try:
+        with rt.db.write() as s:
+            states.move_attachment(s, attachment_id, "connect",
+                                   connection_info=attachment_connection_info(info,
+                                                                              attachment_id))
+    except (InvalidState, NotFound) as exc:
         # the attachment was deleted while we exported: take the export back with it
         _disconnect(rt, att.volume_id, connector, force=True)
-        raise NotFound("VolumeAttachment", attachment_id,
-                       f"VolumeAttachment {attachment_id} could not be found.")
+        raise _attachment_not_found(attachment_id) from exc
     return get(rt, who, attachment_id)
 
 
@@ -257,28 +259,25 @@ def complete(rt: Runtime, who: Identity, attachment_id: str) -> None:
     """The host is connected: attachment attached, volume in-use."""
     att = get(rt, who, attachment_id)
     with rt.db.write() as s:
-        states.set_attach_status(s, attachment_id, (A.RESERVED, A.ATTACHED), A.ATTACHED,
-                                 attach_time=utcnow(),
-                                 attach_mode="rw" if att.attach_mode == "null"
-                                 else att.attach_mode)
-        states.begin(s, Volume, att.volume_id, "attach",
-                     values={"attach_status": "attached"})
+        # a mode nobody asked for ("null") becomes read-write, in the same statement
+        states.move_attachment(s, attachment_id, "complete", attach_time=utcnow(),
+                               attach_mode=case((Attachment.attach_mode == "null", "rw"),
+                                                else_=Attachment.attach_mode))
+        states.mark_attached(s, att.volume_id)
 
 
 def delete_attachment(rt: Runtime, who: Identity, attachment_id: str) -> None:
     """Disconnect (when connected) and remove the attachment; the volume's status follows."""
     att = get(rt, who, attachment_id)
     with rt.db.write() as s:
-        states.set_attach_status(s, attachment_id, (A.RESERVED, A.ATTACHED, A.ATTACHING,
-                                                    A.DETACHING, A.ERROR_ATTACHING),
-                                 A.DETACHING)
+        states.move_attachment(s, attachment_id, "delete")
     failpoint("detach.detaching")
     if att.connector is not None:
         _disconnect_attachment(rt, att)
     failpoint("detach.disconnected")
     with rt.db.write() as s:
         s.execute(delete(Attachment).where(Attachment.id == attachment_id))
-        states.derive_attach_status(s, att.volume_id)
+        states.derive_attach_status(s, att.volume_id, "leave")
 
 
 def _disconnect_attachment(rt: Runtime, att: Attachment) -> None:
@@ -303,7 +302,7 @@ def reserve(rt: Runtime, who: Identity, volume_id: str) -> None:
 def unreserve(rt: Runtime, who: Identity, volume_id: str) -> None:
     with rt.db.write() as s:
         _volume(s, who, volume_id)
-        states.derive_attach_status(s, volume_id, (V.ATTACHING,))
+        states.derive_attach_status(s, volume_id, "unreserve")
 
 
 def initialize_connection(rt: Runtime, who: Identity, volume_id: str,
@@ -327,7 +326,7 @@ def attach(rt: Runtime, who: Identity, volume_id: str, *, instance_uuid: str | N
            host_name: str | None, mountpoint: str | None, mode: str) -> None:
     with rt.db.write() as s:
         v = _volume(s, who, volume_id)
-        states.begin(s, Volume, volume_id, "attach", values={"attach_status": "attached"})
+        states.mark_attached(s, volume_id)
         s.add(Attachment(id=str(uuid.uuid4()), volume_id=volume_id, project_id=v.project_id,
                          instance_uuid=instance_uuid, attached_host=host_name,
                          mountpoint=mountpoint, attach_status=A.ATTACHED, attach_mode=mode,
@@ -350,24 +349,20 @@ def detach(rt: Runtime, who: Identity, volume_id: str, attachment_id: str | None
            force: bool = False, connector: Connector | None = None) -> None:
     """Remove one attachment of the volume (the only one when none is named)."""
     with rt.db.write() as s:
-        v = _volume(s, who, volume_id)
+        _volume(s, who, volume_id)
         q = select(Attachment).where(Attachment.volume_id == volume_id)
         if attachment_id:
             q = q.where(Attachment.id == attachment_id)
         found = list(s.execute(q).scalars())
         if attachment_id and not found:
-            raise NotFound("VolumeAttachment", attachment_id,
-                           f"VolumeAttachment {attachment_id} could not be found.")
+            raise _attachment_not_found(attachment_id)
         if not attachment_id and len(found) > 1:
             raise Invalid("Invalid input received: attachment_id is required to detach a "
                           "volume with several attachments.")
-        if not force and v.status not in (V.DETACHING, V.IN_USE, V.ATTACHING):
-            raise InvalidState("Volume", volume_id, v.status,
-                               (V.DETACHING, V.IN_USE, V.ATTACHING), "detach")
         for att in found:
             s.execute(delete(Attachment).where(Attachment.id == att.id))
-        states.derive_attach_status(
-            s, volume_id, states.ATTACH_STATES + ((V.ERROR, V.AVAILABLE) if force else ()))
+        # refused (and the deletes rolled back) unless the volume's status allows the detach
+        states.derive_attach_status(s, volume_id, "force_detach" if force else "detach")
     if force:
         # the caller cannot be trusted to terminate the connection: do it here
         _disconnect(rt, volume_id, connector, force=True)
@@ -440,7 +435,7 @@ def _finish_detach(rt: Runtime, att: Attachment) -> None:
     with rt.db.write() as s:
         s.execute(delete(Attachment).where(Attachment.id == att.id))
         try:
-            states.derive_attach_status(s, att.volume_id)
+            states.derive_attach_status(s, att.volume_id, "leave")
         except (InvalidState, NotFound):
             pass  # the volume moved on (deleted, or owned by a task): nothing to derive
 

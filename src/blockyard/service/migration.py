@@ -131,7 +131,7 @@ def find_backend(rt: Runtime, host: str) -> Backend:
 
 def _refuse_unless_migratable(v: VolumeRecord, *, snapshots: bool) -> None:
     """Cinder's checks and wording, in Cinder's order."""
-    if v.status == V.IN_USE or v.attach_status != "detached":
+    if v.status == V.IN_USE or v.attach_status != states.AttachStatus.DETACHED:
         raise Invalid(f"Invalid volume: Volume {v.id} is attached; migrating an attached "
                       f"volume is not supported yet: detach it first.")
     if v.migration_status in states.MIGRATION_ACTIVE or (
@@ -300,7 +300,7 @@ def complete(rt: Runtime, who: Identity, volume_id: str, new_volume_id: str,
         authorize(who, "volume:get", found[ident].project_id)
     old, new = found[volume_id], found[new_volume_id]
     if not (old.migration_status or new.migration_status):
-        if not error and old.attach_status != "detached":
+        if not error and old.attach_status != states.AttachStatus.DETACHED:
             raise Invalid(f"Invalid volume: Volume {volume_id} is attached; moving its "
                           f"attachments to another volume is not supported yet.")
         return new_volume_id

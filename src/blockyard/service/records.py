@@ -18,6 +18,7 @@ from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from blockyard.db.models import Attachment, Volume, VolumeMetadata, VolumeType
+from blockyard.states import AttachStatus
 
 
 @dataclass(slots=True)
@@ -103,7 +104,7 @@ def _collect(conn: Connection, rows: Any) -> dict[str, VolumeRecord]:
             record = records[row[0]] = VolumeRecord(*row[:_WIDTH])
         if row[_WIDTH] is not None:
             record.meta[row[_WIDTH]] = row[_WIDTH + 1]
-    attached = [r.id for r in records.values() if r.attach_status != "detached"]
+    attached = [r.id for r in records.values() if r.attach_status != AttachStatus.DETACHED]
     if attached:
         for arow in conn.execute(_ATTACHMENTS, {"ids": attached}):
             records[arow[1]].attachments.append(AttachmentRecord(*arow))

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 
-from blockyard.backends.base import ConnectionInfo, Connector, ModelUpdate, VolumeRef
 from blockyard.errors import BackendError
-from blockyard.targets.base import Export, Target
+from blockyard.model import ConnectionInfo, Connector, Export, ModelUpdate, Target, VolumeRef
 
 
 def load_export(volume: VolumeRef) -> Export | None:
@@ -59,6 +58,9 @@ class TargetExports:
         export = load_export(volume)
         if export is not None:
             self.target.remove(volume, export)
+
+    def export_of(self, volume: VolumeRef) -> Export | None:
+        return load_export(volume)
 
     def initialize_connection(self, volume: VolumeRef, connector: Connector) -> ConnectionInfo:
         """Only formats the persisted export: no side effects, any number of calls."""

@@ -447,7 +447,15 @@ class Export:
 
 
 class Target(Protocol):
-    """One export protocol, with the daemons it supervises."""
+    """One export protocol, with the daemons it supervises: export a volume's backing path to
+    one connector at a time.
+
+    `export` does all the export work for one connector, once (the seed: create_export
+    receives the connector) and returns an `Export` that the volume service persists;
+    `connection_info` only formats a persisted `Export` and must have no side effects (it is
+    called again and again). After a restart, `ensure` re-creates what the target daemon
+    forgot (tgtd keeps no state; qemu-nbd processes are gone).
+    """
 
     protocol: str
     #: whether a volume may grow while exported: True when an attached consumer can pick up

@@ -3,7 +3,8 @@
 A driver mixes in `TargetExports`, says where a volume lives (`export_path`) and is given a
 `Target`; the export half of the driver contract is then the target's, with the export
 persisted in the volume's provider_location (addressing, allowed connectors: JSON) and
-provider_auth (the secrets: JSON), never anywhere else.
+provider_auth (the secrets: JSON), never anywhere else. Only this module decodes them: the
+service asks the driver (`export_of`) what an export still allows.
 """
 
 from __future__ import annotations

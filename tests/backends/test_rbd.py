@@ -103,7 +103,7 @@ def test_an_export_target_is_refused(tmp_path: Any) -> None:
 
 
 def test_a_missing_pool_fails_setup(ceph: CephCluster) -> None:  # noqa: F811
-    drv = load("ceph", "rbd", dict(ceph.driver_options(), pool="nope"))
+    drv = load("ceph", "rbd", dict(ceph.driver_options(), pool="nope"), RbdTarget())
     try:
         with pytest.raises(BackendError, match="nope"):
             drv.do_setup()

@@ -133,7 +133,14 @@ def test_info_and_exports(driver: FileDriver) -> None:
         "driver_volume_type": "local",
         "data": {"device_path": driver.volume_path(v), "volume_id": "v1", "access_mode": "rw"},
     }
-    driver.terminate_connection(v, conn)
+    assert driver.export_of(vol("v1")) is None  # nothing persisted: not exported
+    export = driver.export_of(v)
+    assert export is not None and export.connectors == ("h1",)
+    left = driver.terminate_connection(v, conn)
+    assert left is not None
+    gone = driver.export_of(dataclasses.replace(v, provider_location=left.provider_location,
+                                                provider_auth=left.provider_auth))
+    assert gone is not None and gone.connectors == ()
     driver.terminate_connection(v, None, force=True)
     driver.remove_export(v)
     driver.ensure_export(v)

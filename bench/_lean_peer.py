@@ -48,7 +48,6 @@ from starlette.responses import JSONResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from blockyard.api.wire import CinderMiddleware  # noqa: E402
-from blockyard.backends.base import VolumeRef  # noqa: E402
 from blockyard.backends.file import FileDriver  # noqa: E402
 from blockyard.db.engine import Database  # noqa: E402
 from blockyard.db.models import (  # noqa: E402
@@ -59,7 +58,9 @@ from blockyard.db.models import (  # noqa: E402
     VolumeMetadata,
     utcnow,
 )
+from blockyard.model import VolumeRef  # noqa: E402
 from blockyard.service import types as vtypes  # noqa: E402
+from blockyard.targets.local import LocalTarget  # noqa: E402
 
 V, T, Q, M, S = (Volume.__table__, Task.__table__, QuotaUsage.__table__,
                  VolumeMetadata.__table__, Snapshot.__table__)
@@ -120,7 +121,8 @@ class Lean:
             self.type_id, self.type_name = vt.id, vt.name
         self.writer = self.db.engine.execution_options(immediate=True)
         self.write_lock = threading.Lock()
-        self.driver = FileDriver("default", {"path": str(state / "volumes" / "default")})
+        self.driver = FileDriver("default", {"path": str(state / "volumes" / "default")},
+                                 LocalTarget())
         self.driver.do_setup()
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="task-default")
 

@@ -45,11 +45,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Client, blockyard_server, cpu_seconds, free_port, percentile  # noqa: E402
 
-from blockyard.backends.base import ConnectionInfo  # noqa: E402
-from blockyard.connectors import IscsiInfo, NbdInfo, VolumeInfo, connector_for, parse  # noqa: E402
+from blockyard.connectors import connector_for  # noqa: E402
 from blockyard.connectors import iscsi as iscsi_connector  # noqa: E402
 from blockyard.connectors import nbd as nbd_connector  # noqa: E402
 from blockyard.connectors.iscsi import image_opts  # noqa: E402
+from blockyard.model import ConnectionInfo, IscsiInfo, NbdInfo, parse  # noqa: E402
 
 MiB = 1024 * 1024
 TARGET_CYCLES = {"nbd": 20.0, "iscsi": 10.0}
@@ -132,7 +132,7 @@ def attach(client: Client, volume_id: str, props: dict[str, Any]) -> tuple[str, 
     att = data["attachment"]
     call(client, "POST", f"/v3/attachments/{att['id']}/action", {"os-complete": None}, (204,))
     info = dict(att["connection_info"])
-    return att["id"], ConnectionInfo(info.pop("driver_volume_type"), info)
+    return att["id"], parse({"driver_volume_type": info.pop("driver_volume_type"), "data": info})
 
 
 # ---------------------------------------------------------------------------- (a) cycles
@@ -268,7 +268,7 @@ def run_timed(argv: list[str]) -> float:
 class QemuImg:
     """qemu-img convert into and out of one export, as QEMU itself would open it."""
 
-    def __init__(self, info: VolumeInfo, props: dict[str, Any], work: Path, cache: str) -> None:
+    def __init__(self, info: ConnectionInfo, props: dict[str, Any], work: Path, cache: str) -> None:
         self.objects: list[str] = []
         self.cache = cache
         if isinstance(info, NbdInfo):
@@ -300,7 +300,7 @@ class QemuImg:
         return dt
 
 
-def handle_write(info: VolumeInfo, props: dict[str, Any], run_dir: Path, src: Path,
+def handle_write(info: ConnectionInfo, props: dict[str, Any], run_dir: Path, src: Path,
                  chunk: int) -> float:
     conn = connector_for(info, props, run_dir=str(run_dir))
     with conn.open(info, "r+b") as f, open(src, "rb", buffering=0) as s:
@@ -312,7 +312,7 @@ def handle_write(info: VolumeInfo, props: dict[str, Any], run_dir: Path, src: Pa
     return dt
 
 
-def handle_read(info: VolumeInfo, props: dict[str, Any], run_dir: Path, size: int,
+def handle_read(info: ConnectionInfo, props: dict[str, Any], run_dir: Path, size: int,
                 chunk: int) -> float:
     conn = connector_for(info, props, run_dir=str(run_dir))
     buf = bytearray(chunk)
@@ -333,8 +333,7 @@ def bench_throughput(client: Client, protocol: str, args: argparse.Namespace, wo
     chunk = args.chunk_mib * MiB
     vid = create_volume(client, protocol, args.size_gib)
     props = connector_props(f"data-{protocol}")
-    att_id, wire = attach(client, vid, props)
-    info = parse(wire)
+    att_id, info = attach(client, vid, props)
     run_dir = Path(tempfile.mkdtemp(prefix="bya-", dir="/tmp"))  # short: unix sockets
     try:
         qemu = QemuImg(info, props, run_dir, args.qemu_cache)

@@ -18,9 +18,10 @@ import sys
 import tempfile
 import time
 
-from blockyard.backends.base import VolumeRef
 from blockyard.backends.file import FileDriver
 from blockyard.backends.sparse import allocated_bytes
+from blockyard.model import VolumeRef
+from blockyard.targets.local import LocalTarget
 
 MiB = 1024**2
 SIZE_GB = 10
@@ -32,7 +33,7 @@ def main() -> None:
     parent = sys.argv[1] if len(sys.argv) > 1 else "/var/tmp"
     work = tempfile.mkdtemp(prefix="blockyard-bench-", dir=parent)
     try:
-        driver = FileDriver("bench", {"path": work})
+        driver = FileDriver("bench", {"path": work}, LocalTarget())
         driver.do_setup()
         src, dst = VolumeRef(id="src", size_gb=SIZE_GB), VolumeRef(id="dst", size_gb=SIZE_GB)
         driver.create_volume(src)

@@ -16,9 +16,10 @@ import subprocess
 import tempfile
 import time
 
-from blockyard.connectors import IscsiConnector, NbdInfo, connector_for, parse
+from blockyard.connectors import IscsiConnector, connector_for
 from blockyard.connectors.iscsi import image_opts
 from blockyard.exec import CommandFailed, run, spawn, wait_until
+from blockyard.model import NbdInfo, parse
 
 MiB = 1024 * 1024
 TOTAL = 256 * MiB

@@ -58,9 +58,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.ceph import CephCluster, missing_packages  # noqa: E402
 
 from blockyard.backends import transfer  # noqa: E402
-from blockyard.backends.base import VolumeDriver, VolumeRef  # noqa: E402
+from blockyard.backends.base import VolumeDriver  # noqa: E402
 from blockyard.backends.file import FileDriver  # noqa: E402
 from blockyard.backends.sparse import allocated_bytes  # noqa: E402
+from blockyard.model import VolumeRef  # noqa: E402
+from blockyard.targets.local import LocalTarget  # noqa: E402
+from blockyard.targets.rbd import RbdTarget  # noqa: E402
 
 MiB = 1024**2
 GiB = 1024**3
@@ -238,7 +241,7 @@ def rbd_backend(work: str, enabled: bool) -> Iterator[tuple[CephCluster, Any] | 
     with CephCluster(Path(work) / "ceph") as ceph:
         print(f"Ceph up in {ceph.start_seconds:.1f} s (one mon, mgr and BlueStore OSD on "
               f"loopback, pool size 1)")
-        driver = RbdDriver("ceph", ceph.driver_options())
+        driver = RbdDriver("ceph", ceph.driver_options(), RbdTarget())
         driver.do_setup()
         try:
             yield ceph, driver
@@ -291,7 +294,7 @@ def main() -> None:
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="blockyard-bench-migrate-", dir=args.dir)
     try:
-        driver = FileDriver("bench", {"path": os.path.join(work, "vols")})
+        driver = FileDriver("bench", {"path": os.path.join(work, "vols")}, LocalTarget())
         driver.do_setup()
         sources = make_sources(driver)
         refs = {driver.volume_path(ref): ref for _, ref, _ in sources}

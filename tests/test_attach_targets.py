@@ -13,13 +13,14 @@ import hashlib
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from blockyard.backends.base import ConnectionInfo
-from blockyard.connectors import LoginRefused, connector_for, parse
+from blockyard.connectors import LoginRefused, connector_for
+from blockyard.model import ConnectionInfo, IscsiInfo, parse
 from tests.support.server import (
     Api,
     Server,
@@ -81,7 +82,7 @@ def _props(tmp: Path, name: str) -> dict[str, Any]:
 
 def _info(attachment: dict[str, Any]) -> ConnectionInfo:
     data = dict(attachment["connection_info"])
-    return ConnectionInfo(data.pop("driver_volume_type"), data)
+    return parse({"driver_volume_type": data.pop("driver_volume_type"), "data": data})
 
 
 def _attach(api: Api, volume_id: str, props: dict[str, Any]) -> dict[str, Any]:
@@ -95,8 +96,7 @@ def _attach(api: Api, volume_id: str, props: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(info: ConnectionInfo, props: dict[str, Any], run_dir: Path) -> None:
-    typed = parse(info)
-    with connector_for(typed, props, run_dir=str(run_dir)).open(typed, "r+b") as h:
+    with connector_for(info, props, run_dir=str(run_dir)).open(info, "r+b") as h:
         for offset, data in PATTERN:
             h.seek(offset)
             assert h.write(data) == len(data)
@@ -104,8 +104,7 @@ def _write(info: ConnectionInfo, props: dict[str, Any], run_dir: Path) -> None:
 
 
 def _read(info: ConnectionInfo, props: dict[str, Any], run_dir: Path) -> list[bytes]:
-    typed = parse(info)
-    with connector_for(typed, props, run_dir=str(run_dir)).open(typed, "rb") as h:
+    with connector_for(info, props, run_dir=str(run_dir)).open(info, "rb") as h:
         assert h.size == 1024 * MiB
         out = []
         for offset, data in PATTERN:
@@ -127,7 +126,7 @@ def test_write_detach_reattach_read(server: Server, tmp_path: Path, protocol: st
 
     att = _attach(api, vol["id"], first)
     info = _info(att)
-    assert info.driver_volume_type == protocol
+    assert info.protocol == protocol
     _write(info, first, tmp_path)
     with open(_backing(server, protocol, vol["id"]), "rb") as f:
         for offset, data in PATTERN:
@@ -151,19 +150,19 @@ def test_iscsi_refuses_other_initiators_and_wrong_chap(server: Server, tmp_path:
     allowed = _props(tmp_path, "allowed")
     att = _attach(api, vol["id"], allowed)
     info = _info(att)
-    assert info.data["auth_method"] == "CHAP"
+    assert isinstance(info, IscsiInfo) and info.auth_method == "CHAP"
+    assert info.auth_password
     assert "auth_password" not in str(api.get(f"/volumes/{vol['id']}").json())
     stranger = _props(tmp_path, "stranger")
     with pytest.raises(LoginRefused):
         _read(info, stranger, tmp_path)
-    wrong = ConnectionInfo(info.driver_volume_type,
-                           {**info.data, "auth_password": "not-the-password"})
+    wrong = replace(info, auth_password="not-the-password")
     with pytest.raises(LoginRefused):
         _read(wrong, allowed, tmp_path)
     _read(info, allowed, tmp_path)  # the right one still works
     listed = api.get("/volumes/detail").text + api.get(f"/volumes/{vol['id']}").text
-    assert info.data["auth_password"] not in listed
-    assert info.data["auth_password"] not in server.log()
+    assert info.auth_password not in listed
+    assert info.auth_password not in server.log()
     api.delete(f"/attachments/{att['id']}")
     assert f"volume-{vol['id']}" not in _tgt_targets(server)
 
@@ -185,7 +184,7 @@ def test_legacy_flow_initialize_connection_is_idempotent(server: Server, tmp_pat
         again = api.post(act, {"os-initialize_connection": {"connector": props}})
         assert again.json() == first
     assert (_qemu_nbd_of(server), _tgt_targets(server)) == (processes, targets)
-    info = ConnectionInfo(protocol, first["connection_info"]["data"])
+    info = parse(first["connection_info"])
     _write(info, props, tmp_path)
     assert api.post(act, {"os-attach": {"instance_uuid": "11111111-2222-3333-4444-555555555555",
                                         "mountpoint": "/dev/vdb"}}).status_code == 202

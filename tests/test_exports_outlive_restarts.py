@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from blockyard.backends.base import ConnectionInfo
-from blockyard.connectors import connector_for, parse
+from blockyard.connectors import connector_for
 from blockyard.exec import wait_until
+from blockyard.model import ConnectionInfo, parse
 from blockyard.targets.daemon import DaemonRecord
 from blockyard.targets.tgt import TgtTarget
 from tests.support.compute import (
@@ -233,7 +233,7 @@ def _attach(api: Api, volume_id: str) -> dict[str, Any]:
 
 def _info(attachment: dict[str, Any]) -> ConnectionInfo:
     data = dict(attachment["connection_info"])
-    return ConnectionInfo(data.pop("driver_volume_type"), data)
+    return parse({"driver_volume_type": data.pop("driver_volume_type"), "data": data})
 
 
 def _detach_behind_the_back(srv: Server, volume_id: str) -> None:
@@ -260,7 +260,7 @@ def test_restart_adopts_exports_and_removes_stale_ones(tmp_path: Path) -> None:
         # a connection of each protocol, held open across the restarts
         handles = {}
         for p, att in atts.items():
-            typed = parse(_info(att))
+            typed = _info(att)
             handles[p] = connector_for(typed, CONNECTOR, run_dir=str(tmp_path)).open(
                 typed, "r+b")
         daemons = _records(srv)
@@ -332,7 +332,7 @@ def test_stop_exports_is_the_full_stop(tmp_path: Path) -> None:
         assert sorted(_records(srv)) == ["tgtd.json", f"volume-{atts['nbd']['volume_id']}.json"]
         for att in atts.values():
             shown = srv.client().get(f"/attachments/{att['id']}").json()["attachment"]
-            typed = parse(_info(shown))
+            typed = _info(shown)
             with connector_for(typed, CONNECTOR, run_dir=str(tmp_path)).open(typed, "rb") as h:
                 assert h.size == GiB
     finally:

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from blockyard.backends import load, transfer
-from blockyard.backends.base import VolumeRef
+from blockyard.model import VolumeRef
+from blockyard.targets.rbd import RbdTarget
 from tests.support.ceph import CephCluster, ceph  # noqa: F401  (the fixture)
 from tests.support.consistency import GiB, backend_dir, volume_file
 from tests.support.server import Api, Server
@@ -60,7 +61,7 @@ def c(srv: Server) -> Iterator[Api]:
 
 @pytest.fixture(scope="module")
 def driver(ceph: CephCluster) -> Iterator[Any]:  # noqa: F811
-    drv = load("check", "rbd", ceph.driver_options())
+    drv = load("check", "rbd", ceph.driver_options(), RbdTarget())
     drv.do_setup()
     yield drv
     drv.close()

@@ -117,7 +117,8 @@ def test_attachment_gets_native_rbd_info_with_the_key(api: Api,
     assert "provider_auth" not in json.dumps(api.get(f"/volumes/{vol['id']}").json())
 
     # what the API returned is enough to open the image from this "host"
-    from blockyard.connectors import connector_for, parse
+    from blockyard.connectors import connector_for
+    from blockyard.model import parse
 
     parsed = parse({"driver_volume_type": "rbd", "data": info})
     with connector_for(parsed).open(parsed, "r+b") as handle:

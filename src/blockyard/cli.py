@@ -58,9 +58,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         cfg = configuration.load(args.config, state_dir=args.state_dir, listen=args.listen)
         from blockyard import backends  # only now: a refused file is said fast
+        from blockyard.targets.local import LocalTarget
 
         for bc in cfg.backends:  # what the driver itself checks, before anything starts
-            backends.load(bc.name, bc.driver, bc.options)
+            backends.load(bc.name, bc.driver, bc.options, LocalTarget())  # (no daemon yet)
     except ConfigError as exc:
         return _bad_config(exc)
     from blockyard.api.app import create_app

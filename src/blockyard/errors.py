@@ -6,11 +6,13 @@ The tree::
     ├── NotFound(kind, ident)             a volume/snapshot/type/... does not exist (or is hidden)
     ├── Invalid(message)                  the request is well formed but not acceptable
     │   ├── InvalidState(kind, ident, current, allowed)   lost a compare-and-swap on a status
-    │   └── InUse(message)                something still depends on the resource
+    │   ├── InUse(message)                something still depends on the resource
+    │   └── ConnectionInfoError(message)  a connection_info lacks a key, or has a bad one
     ├── Conflict(message)                 a name or key is taken
     ├── QuotaExceeded(resource, requested, limit, in_use)
     ├── NotSupported(message)             the backend cannot do this
     ├── BackendError(message, cause)      a driver call failed underneath
+    │   └── ConnectorError(message)       attaching/opening a volume failed on this host
     └── ConfigError(key, message)         the configuration file is wrong
 
 `blockyard.api.errors` maps each class to an HTTP status and Cinder fault name; nothing below the
@@ -63,6 +65,10 @@ class InUse(Invalid):
     """Something still depends on the resource (snapshots, clones in progress, a task)."""
 
 
+class ConnectionInfoError(Invalid):
+    """The connection info is missing a key, or a key has the wrong shape."""
+
+
 class Conflict(BlockyardError):
     """A unique name or key is already taken."""
 
@@ -98,6 +104,10 @@ class BackendError(BlockyardError):
     def __init__(self, message: str, cause: BaseException | None = None) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class ConnectorError(BackendError):
+    """Attaching, opening or detaching a volume failed on this host."""
 
 
 class ConfigError(BlockyardError):

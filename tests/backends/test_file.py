@@ -17,17 +17,18 @@ from pathlib import Path
 import pytest
 
 import blockyard.backends.file as file_mod
-from blockyard.backends.base import Connector, GiB, SnapshotRef, VolumeRef
 from blockyard.backends.file import FileDriver
 from blockyard.backends.sparse import allocated_bytes, copy_sparse, iter_data_extents
 from blockyard.errors import BackendError, ConfigError, Invalid
+from blockyard.model import Connector, GiB, SnapshotRef, VolumeRef
+from blockyard.targets.local import LocalTarget
 
 MiB = 1024**2
 
 
 @pytest.fixture
 def driver(tmp_path: Path) -> FileDriver:
-    d = FileDriver("fast", {"path": str(tmp_path / "vols")})
+    d = FileDriver("fast", {"path": str(tmp_path / "vols")}, LocalTarget())
     d.do_setup()
     return d
 
@@ -82,17 +83,17 @@ def assert_same_content(a: str | Path, b: str | Path) -> None:
 
 def test_path_is_required() -> None:
     with pytest.raises(ConfigError) as err:
-        FileDriver("b1", {})
+        FileDriver("b1", {}, LocalTarget())
     assert err.value.key == "backends.b1.path"
 
 
 def test_numeric_options_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        FileDriver("b1", {"path": str(tmp_path), "reserved_percentage": "lots"})
+        FileDriver("b1", {"path": str(tmp_path), "reserved_percentage": "lots"}, LocalTarget())
     assert err.value.key == "backends.b1.reserved_percentage"
     with pytest.raises(ConfigError):
-        FileDriver("b1", {"path": str(tmp_path), "max_over_subscription_ratio": 0.5})
-    d = FileDriver("b1", {"path": str(tmp_path), "reserved_percentage": "5"})
+        FileDriver("b1", {"path": str(tmp_path), "max_over_subscription_ratio": 0.5}, LocalTarget())
+    d = FileDriver("b1", {"path": str(tmp_path), "reserved_percentage": "5"}, LocalTarget())
     assert d.reserved_percentage == 5
 
 
@@ -101,10 +102,10 @@ def test_do_setup_creates_directory_and_removes_stale_tmp_files(tmp_path: Path) 
     root.mkdir()
     (root / ".tmp-volume-abc-x1y2").write_bytes(b"half a copy")
     (root / "volume-keep").write_bytes(b"")
-    d = FileDriver("fast", {"path": str(root / "sub")})
+    d = FileDriver("fast", {"path": str(root / "sub")}, LocalTarget())
     d.do_setup()
     assert (root / "sub").is_dir()
-    d = FileDriver("fast", {"path": str(root)})
+    d = FileDriver("fast", {"path": str(root)}, LocalTarget())
     d.do_setup()
     d.do_setup()  # idempotent
     assert sorted(p.name for p in root.iterdir()) == ["sub", "volume-keep"]
@@ -132,7 +133,14 @@ def test_info_and_exports(driver: FileDriver) -> None:
         "driver_volume_type": "local",
         "data": {"device_path": driver.volume_path(v), "volume_id": "v1", "access_mode": "rw"},
     }
-    driver.terminate_connection(v, conn)
+    assert driver.export_of(vol("v1")) is None  # nothing persisted: not exported
+    export = driver.export_of(v)
+    assert export is not None and export.connectors == ("h1",)
+    left = driver.terminate_connection(v, conn)
+    assert left is not None
+    gone = driver.export_of(dataclasses.replace(v, provider_location=left.provider_location,
+                                                provider_auth=left.provider_auth))
+    assert gone is not None and gone.connectors == ()
     driver.terminate_connection(v, None, force=True)
     driver.remove_export(v)
     driver.ensure_export(v)
@@ -401,6 +409,7 @@ def test_stats_respect_configured_capacity(tmp_path: Path) -> None:
             "reserved_percentage": 10,
             "max_over_subscription_ratio": 3,
         },
+        LocalTarget(),
     )
     d.do_setup()
     v = vol("v1")

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from blockyard.backends import load
-from blockyard.backends.base import GiB, SnapshotRef, VolumeRef
 from blockyard.backends.rbd import RbdDriver
-from blockyard.connectors.base import VolumeHandle
 from blockyard.errors import BackendError, ConfigError
+from blockyard.model import GiB, SnapshotRef, VolumeHandle, VolumeRef
+from blockyard.targets.rbd import RbdTarget
 from tests.support.ceph import CephCluster, ceph, missing_packages  # noqa: F401  (the fixture)
 
 MiB = 1024**2
@@ -24,7 +24,7 @@ MiB = 1024**2
 
 @pytest.fixture
 def driver(ceph: CephCluster) -> Iterator[RbdDriver]:  # noqa: F811
-    drv = load("ceph", "rbd", ceph.driver_options())
+    drv = load("ceph", "rbd", ceph.driver_options(), RbdTarget())
     assert isinstance(drv, RbdDriver)
     drv.do_setup()
     yield drv
@@ -90,7 +90,7 @@ def read_at(driver: RbdDriver, volume: VolumeRef, offset: int, size: int) -> byt
 ])
 def test_bad_options_name_the_key(options: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load("ceph", "rbd", options)
+        load("ceph", "rbd", options, RbdTarget())
     assert info.value.key == f"backends.ceph.{key}"
 
 
@@ -103,7 +103,7 @@ def test_an_export_target_is_refused(tmp_path: Any) -> None:
 
 
 def test_a_missing_pool_fails_setup(ceph: CephCluster) -> None:  # noqa: F811
-    drv = load("ceph", "rbd", dict(ceph.driver_options(), pool="nope"))
+    drv = load("ceph", "rbd", dict(ceph.driver_options(), pool="nope"), RbdTarget())
     try:
         with pytest.raises(BackendError, match="nope"):
             drv.do_setup()
@@ -300,7 +300,7 @@ def test_extents_of_a_clone_include_the_parent(driver: RbdDriver) -> None:
 
 
 def test_connection_info_is_native_rbd(driver: RbdDriver, ceph: CephCluster) -> None:  # noqa: F811
-    from blockyard.backends.base import Connector
+    from blockyard.model import Connector
 
     v = vol(1)
     driver.create_volume(v)
@@ -327,7 +327,7 @@ def test_data_survives_a_cluster_restart_and_the_driver_reconnects(tmp_path: Any
     if reason is not None:
         pytest.skip(reason)
     with CephCluster(tmp_path / "ceph", osd_size_gb=8) as cluster:
-        drv = load("ceph", "rbd", cluster.driver_options())
+        drv = load("ceph", "rbd", cluster.driver_options(), RbdTarget())
         assert isinstance(drv, RbdDriver)
         drv.do_setup()
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from blockyard.backends import transfer
-from blockyard.connectors.base import Extent, VolumeHandle
+from blockyard.model import Extent, VolumeHandle
 
 MiB = 1024 * 1024
 SIZE = 64 * MiB

@@ -12,8 +12,8 @@ from blockyard.compute.disks import (
     secret_id,
     tls_creds_id,
 )
-from blockyard.connectors.info import IscsiInfo, LocalInfo, NbdInfo, parse
 from blockyard.errors import Invalid
+from blockyard.model import IscsiInfo, LocalInfo, NbdInfo, parse
 
 INITIATOR = "iqn.2004-10.org.blockyard:host-a"
 KEY = "0123456789abcdef" * 4

@@ -30,8 +30,8 @@ from blockyard.compute.hypervisor import (
     HypervisorTimeout,
     _deleted,
 )
-from blockyard.connectors.info import NbdInfo, parse
 from blockyard.exec import process_cmdline, spawn, wait_until
+from blockyard.model import NbdInfo, parse
 from tests.connectors.conftest import (  # noqa: F401  (fixtures)
     INITIATOR,
     IscsiTarget,

@@ -13,8 +13,8 @@ from blockyard.connectors import (
     LoginRefused,
     connector_for,
     get_connector_properties,
-    parse,
 )
+from blockyard.model import parse
 from tests.connectors.conftest import IscsiTarget, MiB, processes_mentioning
 
 PATTERN = [(0, b"Z" * 512), (MiB + 3, os.urandom(70_001)), (31 * MiB - 9, b"near-the-end")]

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from blockyard.connectors import ConnectorError, Device, LocalInfo, connector_for
+from blockyard.connectors import Device, connector_for
+from blockyard.errors import ConnectorError
+from blockyard.model import LocalInfo
 
 MiB = 1024 * 1024
 

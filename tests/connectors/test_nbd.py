@@ -8,7 +8,9 @@ import os
 
 import pytest
 
-from blockyard.connectors import ConnectorError, NbdInfo, connector_for, parse
+from blockyard.connectors import connector_for
+from blockyard.errors import ConnectorError
+from blockyard.model import NbdInfo, parse
 from tests.connectors.conftest import MiB, NbdExport
 
 # (offset, data): aligned, unaligned, across a 4 KiB boundary, one byte, a large run

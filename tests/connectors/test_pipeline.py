@@ -9,8 +9,10 @@ import signal
 
 import pytest
 
-from blockyard.connectors import ConnectorError, IscsiConnector, connector_for, parse
+from blockyard.connectors import IscsiConnector, connector_for
 from blockyard.connectors import nbd as nbd_connector
+from blockyard.errors import ConnectorError
+from blockyard.model import parse
 from tests.connectors.conftest import IscsiTarget, MiB, NbdExport, processes_mentioning
 
 

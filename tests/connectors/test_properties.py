@@ -8,8 +8,8 @@ import socket
 import stat
 from pathlib import Path
 
-from blockyard.backends.base import Connector
 from blockyard.connectors import get_connector_properties, to_connector
+from blockyard.model import Connector
 
 NONE = "/nonexistent/file"
 

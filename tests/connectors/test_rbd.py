@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,15 +12,15 @@ from typing import Any
 import pytest
 
 from blockyard.backends import load
-from blockyard.backends.base import Connector, GiB, VolumeRef
 from blockyard.backends.rbd import RbdDriver
 from blockyard.compute.disks import QemuSource, qemu_source, secret_id
 from blockyard.compute.hypervisor import Hypervisor
-from blockyard.connectors import RbdConnector, RbdHandle, RbdInfo, connector_for, parse
-from blockyard.connectors import rbd as rbd_connector
-from blockyard.connectors.base import ConnectorError
-from blockyard.connectors.info import ConnectionInfoError
+from blockyard.connectors import RbdConnector, connector_for
+from blockyard.errors import ConnectionInfoError, ConnectorError
 from blockyard.exec import process_cmdline
+from blockyard.model import Connector, GiB, RbdInfo, VolumeRef, parse
+from blockyard.rbdimage import RbdHandle
+from blockyard.targets.rbd import RbdTarget
 from tests.compute.test_hypervisor import Qemu, qemu, run  # noqa: F401  (fixture)
 from tests.connectors.conftest import short_dir  # noqa: F401  (fixture)
 from tests.support.ceph import CephCluster, ceph  # noqa: F401  (fixture)
@@ -81,102 +78,13 @@ def test_qemu_source_for_rbd() -> None:
     assert ro.read_only and ro.secrets == {} and "key-secret" not in ro.options
 
 
-# ------------------------------------------------------------------ the write pipeline, on a fake
-
-
-class SlowImage:
-    """An ``rbd.Image`` stand-in whose aio writes land after `delay` on their own threads, in
-    reverse order of submission, with an optional failure at one offset."""
-
-    def __init__(self, size: int, delay: float = 0.02, fail_at: int | None = None) -> None:
-        self.data = bytearray(size)
-        self.delay = delay
-        self.fail_at = fail_at
-        self.in_flight = self.most_in_flight = 0
-        self.lock = threading.Lock()
-        self.closed = False
-
-    def size(self) -> int:
-        return len(self.data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        assert self.in_flight == 0, "closed with writes in flight"
-        self.closed = True
-
-    def read(self, offset: int, count: int) -> bytes:
-        return bytes(self.data[offset:offset + count])
-
-    def aio_write(self, data: bytes, offset: int, oncomplete: Any) -> None:
-        with self.lock:
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
-            delay = self.delay * (1 + 1 / self.in_flight)  # later submissions land sooner
-
-        def land() -> None:
-            time.sleep(delay)
-            rc = -errno.EIO if offset == self.fail_at else 0
-            if rc == 0:
-                self.data[offset:offset + len(data)] = data
-            with self.lock:
-                self.in_flight -= 1
-            oncomplete(type("Completion", (), {"get_return_value": lambda _: rc})())
-
-        threading.Thread(target=land, daemon=True).start()
-
-
-def test_writes_are_pipelined_up_to_the_depth() -> None:
-    piece = rbd_connector.AIO_PIECE
-    image = SlowImage(80 * piece)
-    handle = RbdHandle(image, True, "fake")
-    data = os.urandom(80 * piece)
-    t0 = time.monotonic()
-    handle.write(data)  # 80 pieces; one at a time would take 80 × 20 ms
-    handle.flush()
-    assert time.monotonic() - t0 < 40 * image.delay
-    assert 1 < image.most_in_flight <= rbd_connector.AIO_DEPTH
-    assert bytes(image.data) == data
-    handle.close()
-    assert image.closed
-
-
-def test_overlapping_writes_land_in_order_and_reads_see_them() -> None:
-    image = SlowImage(4 * MiB)
-    handle = RbdHandle(image, True, "fake")
-    handle.write(b"a" * MiB)
-    handle.seek(MiB // 2)
-    handle.write(b"b" * MiB)  # overlaps the first, still in flight: must wait for it
-    handle.seek(0)
-    assert handle.read(2 * MiB) == b"a" * (MiB // 2) + b"b" * MiB + bytes(MiB // 2)
-    handle.close()
-
-
-def test_a_failed_write_is_reported_by_the_next_call_and_by_close() -> None:
-    piece = rbd_connector.AIO_PIECE
-    image = SlowImage(8 * piece, fail_at=2 * piece)
-    handle = RbdHandle(image, True, "fake")
-    handle.write(bytes(4 * piece))  # returns before the pieces land
-    with pytest.raises(OSError, match="at 4194304") as failed:
-        handle.flush()
-    assert failed.value.errno == errno.EIO
-    handle.flush()  # reported once
-    image.fail_at = 6 * piece
-    handle.seek(6 * piece)
-    handle.write(bytes(piece))
-    with pytest.raises(OSError, match="failed"):
-        handle.close()
-    assert handle.closed and image.closed
-
-
 # ------------------------------------------------------------------ against Ceph
 
 
 @pytest.fixture
 def volume(ceph: CephCluster) -> Iterator[tuple[RbdDriver, VolumeRef, dict[str, Any]]]:  # noqa: F811
     """A 1 GiB volume of the rbd driver and its connection info (as the API returns it)."""
-    driver = load("ceph", "rbd", ceph.driver_options())
+    driver = load("ceph", "rbd", ceph.driver_options(), RbdTarget())
     assert isinstance(driver, RbdDriver)
     v = VolumeRef(id=str(uuid.uuid4()), size_gb=1)
     driver.create_volume(v)

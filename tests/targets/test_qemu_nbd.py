@@ -15,9 +15,8 @@ from typing import Any
 import nbd
 import pytest
 
-from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.errors import Invalid
-from blockyard.targets.base import Export
+from blockyard.model import Connector, Export, NbdInfo, VolumeRef
 from blockyard.targets.qemu_nbd import QemuNbdTarget
 
 MiB = 1024**2
@@ -84,30 +83,29 @@ def volume(base: Path) -> tuple[VolumeRef, str]:
     return ref, str(path)
 
 
-def connect(info: ConnectionInfo, tmp: Path, *, tls: bool | None = None,
+def connect(info: NbdInfo, tmp: Path, *, tls: bool | None = None,
             identity: str | None = None, key: str | None = None) -> nbd.NBD:
     """Connect libnbd the way `info` says; `tls`/`identity`/`key` override it."""
-    data = info.data
     h = nbd.NBD()
-    h.set_export_name(data["export_name"])
-    use_tls = data["tls"] if tls is None else tls
+    h.set_export_name(info.export_name)
+    use_tls = info.tls if tls is None else tls
     if use_tls:
         h.set_tls(nbd.TLS_REQUIRE)
-        identity = identity or data.get("tls_psk_identity")
-        key = key or data.get("tls_psk_key")
+        identity = identity or info.tls_psk_identity
+        key = key or info.tls_psk_key
         if identity and key:
             psk = tmp / f"client-{identity}-{key[:8]}.psk"
             psk.write_text(f"{identity}:{key}\n")
             h.set_tls_username(identity)
             h.set_tls_psk_file(str(psk))
-    if "socket" in data:
-        h.connect_unix(data["socket"])
+    if info.socket:
+        h.connect_unix(info.socket)
     else:
-        h.connect_tcp(data["host"], str(data["port"]))
+        h.connect_tcp(info.host, str(info.port))
     return h
 
 
-def refused(info: ConnectionInfo, tmp: Path, **kw: Any) -> bool:
+def refused(info: NbdInfo, tmp: Path, **kw: Any) -> bool:
     try:
         h = connect(info, tmp, **kw)
     except nbd.Error:
@@ -143,8 +141,8 @@ def test_written_blocks_reach_the_backing_file(make_target: Callable[..., QemuNb
     assert export.connectors == ("compute-a",) and export.secrets == {}
     assert Export.from_json(export.to_json()) == export
     info = target.connection_info(ref, export, HOST_A)
-    assert info.driver_volume_type == "nbd"
-    assert info.data["access_mode"] == "rw" and info.data["volume_id"] == ref.id
+    assert info.protocol == "nbd"
+    assert info.access_mode == "rw" and info.volume_id == ref.id
 
     h = connect(info, base)
     assert h.get_size() == SIZE
@@ -172,8 +170,8 @@ def test_connection_info_only_formats(make_target: Callable[..., QemuNbdTarget],
     infos = [target.connection_info(ref, export, HOST_A) for _ in range(100)]
     assert all(i == infos[0] for i in infos)
     assert qemu_nbd_pids(base) == pids and sorted(base.rglob("*")) == files
-    assert infos[0].data["tls_psk_identity"] == "compute-a"
-    assert infos[0].data["tls_psk_key"] == export.secrets["tls_psk_key:compute-a"]
+    assert infos[0].tls_psk_identity == "compute-a"
+    assert infos[0].tls_psk_key == export.secrets["tls_psk_key:compute-a"]
     with pytest.raises(Invalid):
         target.connection_info(ref, export, HOST_B)
 
@@ -321,7 +319,7 @@ def test_tcp_tls_lets_in_only_the_exported_connectors(
     assert nobody.connectors == () and nobody.secrets == {}
     assert refused(info_b, base)
     again = target.export(ref, path, HOST_A, nobody)      # re-export: a new key works
-    assert again.secrets["tls_psk_key:compute-a"] != info_a.data["tls_psk_key"]
+    assert again.secrets["tls_psk_key:compute-a"] != info_a.tls_psk_key
     assert not refused(target.connection_info(ref, again, HOST_A), base)
     assert pid_of(base) == pid
 

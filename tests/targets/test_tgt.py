@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 
-from blockyard.backends.base import Connector, VolumeRef
 from blockyard.errors import BackendError, Invalid
 from blockyard.exec import CommandFailed, run
+from blockyard.model import Connector, Export, VolumeRef
 from blockyard.targets import tgt as tgt_module
-from blockyard.targets.base import Export
 from blockyard.targets.daemon import DaemonRecord
 from blockyard.targets.tgt import LiveTarget, TgtTarget, parse_targets, show_system_argv
 from tests.support.server import free_port

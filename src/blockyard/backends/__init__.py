@@ -8,7 +8,7 @@ from blockyard.backends.base import DriverBase, VolumeDriver
 from blockyard.backends.file import FileDriver
 from blockyard.backends.rbd import RbdDriver
 from blockyard.errors import ConfigError
-from blockyard.targets.base import Target
+from blockyard.model import Target
 
 DRIVERS: dict[str, type[DriverBase]] = {
     "file": FileDriver,
@@ -17,9 +17,9 @@ DRIVERS: dict[str, type[DriverBase]] = {
 
 
 def load(backend_name: str, driver: str, options: dict[str, Any],
-         target: Target | None = None) -> VolumeDriver:
+         target: Target) -> VolumeDriver:
     """Instantiate the driver registered as `driver` for the backend `backend_name`, exporting
-    through `target` (None: local paths)."""
+    through `target` (the service builds the targets and composes each driver with its own)."""
     try:
         cls = DRIVERS[driver]
     except KeyError:

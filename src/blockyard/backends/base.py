@@ -1,8 +1,9 @@
 """The driver contract: what every backend implements, and the values it exchanges.
 
 Drivers do storage work only. They never see the database or HTTP: they take frozen references
-(`VolumeRef`, `SnapshotRef`, `Connector`) and return frozen results (`ModelUpdate`,
-`BackendStats`); the volume service persists what they return. Every method is synchronous and
+(`VolumeRef`, `SnapshotRef`, `Connector`, from `blockyard.model`) and return frozen results
+(`ModelUpdate`, a typed `ConnectionInfo`, `BackendStats`); the volume service persists what
+they return. Every method is synchronous and
 runs on a worker thread of its backend.
 
 Every mutating method must be idempotent, because a durable task that was interrupted by a crash
@@ -11,91 +12,27 @@ that is gone succeeds, extending to the current size does nothing.
 
 The export calls follow the seeds: `create_export(volume, connector)` does the export work once
 per connector and returns what must be stored; `initialize_connection` only formats what was
-stored and may be called any number of times.
+stored and may be called any number of times; `export_of` tells the service what an export
+allows without the service decoding provider_location itself.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from blockyard.errors import NotSupported
-
-if TYPE_CHECKING:
-    from blockyard.targets.base import Target
-
-GiB = 1024**3
-
-OpenMode = Literal["rb", "r+b"]
-
-
-@dataclass(frozen=True)
-class VolumeRef:
-    """The part of a volume a driver needs."""
-
-    id: str
-    size_gb: int
-    #: the backend object name; differs from `id` after a migration swapped identities
-    name_id: str | None = None
-    provider_location: str | None = None
-    provider_auth: str | None = None
-
-    @property
-    def name(self) -> str:
-        """The backend object name, e.g. the file name: ``volume-<uuid>``."""
-        return f"volume-{self.name_id or self.id}"
-
-    @property
-    def size_bytes(self) -> int:
-        return self.size_gb * GiB
-
-
-@dataclass(frozen=True)
-class SnapshotRef:
-    """The part of a snapshot a driver needs, with the volume it was taken of."""
-
-    id: str
-    volume: VolumeRef
-    size_gb: int
-    provider_location: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"snapshot-{self.id}"
-
-
-@dataclass(frozen=True)
-class Connector:
-    """Who attaches: the initiator side's properties, as os-brick's connector dict carries them."""
-
-    host: str | None = None
-    ip: str | None = None
-    initiator: str | None = None
-    platform: str | None = None
-    os_type: str | None = None
-    multipath: bool = False
-    nqn: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelUpdate:
-    """What a driver asks the service to store on the volume (None: leave unchanged)."""
-
-    provider_location: str | None = None
-    provider_auth: str | None = None
-
-
-@dataclass(frozen=True)
-class ConnectionInfo:
-    """Cinder's ``connection_info``: a protocol tag and its data."""
-
-    driver_volume_type: str
-    data: dict[str, Any]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"driver_volume_type": self.driver_volume_type, "data": dict(self.data)}
+from blockyard.model import (
+    ConnectionInfo,
+    Connector,
+    Export,
+    ModelUpdate,
+    OpenMode,
+    SnapshotRef,
+    Target,
+    VolumeRef,
+)
 
 
 @dataclass(frozen=True)
@@ -176,6 +113,8 @@ class VolumeDriver(Protocol):
 
     def remove_export(self, volume: VolumeRef) -> None: ...
 
+    def export_of(self, volume: VolumeRef) -> Export | None: ...
+
     def initialize_connection(self, volume: VolumeRef, connector: Connector) -> ConnectionInfo: ...
 
     def terminate_connection(
@@ -198,16 +137,12 @@ class DriverBase:
     A driver subclasses this and overrides what it supports, as Incus's drivers embed `common`.
     """
 
-    def __init__(self, backend_name: str, options: dict[str, Any],
-                 target: Target | None = None) -> None:
+    def __init__(self, backend_name: str, options: dict[str, Any], target: Target) -> None:
         self.backend_name = backend_name
         self.options = options
-        #: how volumes are exported (drivers with native protocols may ignore it)
-        if target is None:
-            from blockyard.targets.local import LocalTarget  # targets import this module
-
-            target = LocalTarget()
-        self.target: Target = target
+        #: how volumes are exported (drivers with native protocols may ignore it); the
+        #: service composes each driver with its target
+        self.target = target
 
     def info(self) -> DriverInfo:
         return DriverInfo()
@@ -256,6 +191,11 @@ class DriverBase:
         return None
 
     def remove_export(self, volume: VolumeRef) -> None:
+        return None
+
+    def export_of(self, volume: VolumeRef) -> Export | None:
+        """The export persisted with `volume` (in its provider_location, which only the driver
+        reads), or None: not exported, or connected natively without an export."""
         return None
 
     def initialize_connection(self, volume: VolumeRef, connector: Connector) -> ConnectionInfo:

@@ -3,16 +3,16 @@
 A driver mixes in `TargetExports`, says where a volume lives (`export_path`) and is given a
 `Target`; the export half of the driver contract is then the target's, with the export
 persisted in the volume's provider_location (addressing, allowed connectors: JSON) and
-provider_auth (the secrets: JSON), never anywhere else.
+provider_auth (the secrets: JSON), never anywhere else. Only this module decodes them: the
+service asks the driver (`export_of`) what an export still allows.
 """
 
 from __future__ import annotations
 
 import json
 
-from blockyard.backends.base import ConnectionInfo, Connector, ModelUpdate, VolumeRef
 from blockyard.errors import BackendError
-from blockyard.targets.base import Export, Target
+from blockyard.model import ConnectionInfo, Connector, Export, ModelUpdate, Target, VolumeRef
 
 
 def load_export(volume: VolumeRef) -> Export | None:
@@ -59,6 +59,9 @@ class TargetExports:
         export = load_export(volume)
         if export is not None:
             self.target.remove(volume, export)
+
+    def export_of(self, volume: VolumeRef) -> Export | None:
+        return load_export(volume)
 
     def initialize_connection(self, volume: VolumeRef, connector: Connector) -> ConnectionInfo:
         """Only formats the persisted export: no side effects, any number of calls."""

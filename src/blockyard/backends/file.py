@@ -21,21 +21,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from blockyard.backends.base import (
-    BackendStats,
-    DriverBase,
-    DriverInfo,
-    GiB,
-    ModelUpdate,
-    OpenMode,
-    PoolStats,
-    SnapshotRef,
-    VolumeRef,
-)
+from blockyard.backends.base import BackendStats, DriverBase, DriverInfo, PoolStats
 from blockyard.backends.exports import TargetExports
 from blockyard.backends.sparse import copy_sparse
 from blockyard.errors import BackendError, ConfigError, Invalid
-from blockyard.targets.base import Target
+from blockyard.model import GiB, ModelUpdate, OpenMode, SnapshotRef, Target, VolumeRef
 
 TMP_PREFIX = ".tmp-"
 
@@ -45,7 +35,7 @@ class FileDriver(TargetExports, DriverBase):
     iSCSI through tgt or NBD through qemu-nbd)."""
 
     def __init__(self, backend_name: str, options: dict[str, Any],
-                 target: Target | None = None) -> None:
+                 target: Target) -> None:
         super().__init__(backend_name, options, target)
         path = options.get("path")
         if not path or not isinstance(path, (str, os.PathLike)):

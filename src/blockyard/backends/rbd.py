@@ -35,22 +35,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from blockyard.backends.base import (
-    BackendStats,
-    ConnectionInfo,
+from blockyard.backends.base import BackendStats, DriverBase, DriverInfo, PoolStats
+from blockyard.errors import BackendError, ConfigError, Invalid
+from blockyard.model import (
     Connector,
-    DriverBase,
-    DriverInfo,
     GiB,
     ModelUpdate,
     OpenMode,
-    PoolStats,
+    RbdInfo,
     SnapshotRef,
+    Target,
     VolumeRef,
 )
-from blockyard.connectors.rbd import CONNECTION_CONF, RbdHandle
-from blockyard.errors import BackendError, ConfigError, Invalid
-from blockyard.targets.base import Target
+from blockyard.rbdimage import CONNECTION_CONF, RbdHandle
 
 try:  # Debian's python3-rados/python3-rbd (scripts/setup.sh)
     import rados  # type: ignore[import-not-found]
@@ -81,7 +78,7 @@ class RbdDriver(DriverBase):
     """
 
     def __init__(self, backend_name: str, options: dict[str, Any],
-                 target: Target | None = None) -> None:
+                 target: Target) -> None:
         super().__init__(backend_name, options, target)
         known = {"pool", "user", "conf", "keyring", "rados_connect_timeout",
                  "reserved_percentage", "max_over_subscription_ratio"}
@@ -303,34 +300,19 @@ class RbdDriver(DriverBase):
 
     # exports: native, nothing to set up
 
-    def initialize_connection(self, volume: VolumeRef, connector: Connector) -> ConnectionInfo:
-        """Cinder's RBD connection info, plus the cephx key for the attaching caller only."""
-        hosts, ports = self._monitors()
-        data: dict[str, Any] = {
-            "name": f"{self.pool}/{volume.name}",
-            "hosts": hosts,
-            "ports": ports,
-            "cluster_name": "ceph",
-            "auth_enabled": True,
-            "auth_username": self.user,
-            "secret_type": "ceph",
-            "secret_uuid": None,
-            "volume_id": volume.id,
-            "access_mode": "rw",
-            "discard": True,
-        }
-        key = self._key_of_user()
-        if key is not None:
-            data["key"] = key
-            data["keyring"] = f"[client.{self.user}]\n\tkey = {key}\n"
-        return ConnectionInfo("rbd", data)
+    def initialize_connection(self, volume: VolumeRef, connector: Connector) -> RbdInfo:
+        """Cinder's RBD connection info, plus the cephx key for the attaching caller only
+        (`RbdInfo.to_wire` adds a keyring holding it)."""
+        return RbdInfo(pool=self.pool, image=volume.name, monitors=self._monitors(),
+                       auth_enabled=True, auth_username=self.user, key=self._key_of_user(),
+                       cluster_name="ceph", discard=True, volume_id=volume.id,
+                       access_mode="rw")
 
-    def _monitors(self) -> tuple[list[str], list[str]]:
+    def _monitors(self) -> tuple[tuple[str, int], ...]:
         """The monitors' msgr v1 addresses from the connection's mon_host (what QEMU's
         ``server`` list and os-brick expect; v2-only monitors are given as they are)."""
         raw = str(self._connect().conf_get("mon_host") or "")
-        hosts: list[str] = []
-        ports: list[str] = []
+        monitors: list[tuple[str, int]] = []
         for group in re.findall(r"\[[^\]]*\]|[^\s,;\[\]]+", raw):
             addrs = [a for a in group.strip("[]").split(",") if a]
             v1 = [a[3:] for a in addrs if a.startswith("v1:")]
@@ -342,12 +324,11 @@ class RbdDriver(DriverBase):
             host, _, port = pick.rpartition(":")
             if not host or not port.isdigit():
                 host, port = pick, "6789"
-            hosts.append(host.strip("[]"))
-            ports.append(port)
-        if not hosts:
+            monitors.append((host.strip("[]"), int(port)))
+        if not monitors:
             raise BackendError(f"Backend {self.backend_name}: no monitor address in mon_host "
                                f"{raw!r}")
-        return hosts, ports
+        return tuple(monitors)
 
     def _key_of_user(self) -> str | None:
         """The cephx key of our user, from the keyring this driver authenticates with."""

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from blockyard.backends.sparse import iter_data_extents
-from blockyard.connectors.base import VolumeHandle
+from blockyard.model import VolumeHandle
 
 #: size of one read/write in the chunked path (large sequential I/O, few system calls)
 CHUNK = 8 * 1024 * 1024

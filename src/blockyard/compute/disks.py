@@ -23,15 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from blockyard.connectors.info import (
-    ConnectionInfoError,
-    IscsiInfo,
-    LocalInfo,
-    NbdInfo,
-    RbdInfo,
-    VolumeInfo,
-)
-from blockyard.errors import Invalid
+from blockyard.errors import ConnectionInfoError, Invalid
+from blockyard.model import ConnectionInfo, IscsiInfo, LocalInfo, NbdInfo, RbdInfo
 
 LocalDriver = Literal["file", "host_device"]
 
@@ -89,7 +82,7 @@ class QemuSource:
                 f"secrets={sorted(self.secrets)!r}, tls_psk={self.tls_psk!r})")
 
 
-def qemu_source(info: VolumeInfo, *, prefix: str, initiator: str | None = None,
+def qemu_source(info: ConnectionInfo, *, prefix: str, initiator: str | None = None,
                 local_driver: LocalDriver = "file") -> QemuSource:
     """Translate `info` for QEMU; the ids of the objects it needs start with `prefix`.
 

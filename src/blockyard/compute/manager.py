@@ -32,14 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from blockyard import failpoints
-from blockyard.connectors import (
-    Device,
-    VolumeInfo,
-    connector_for,
-    get_connector_properties,
-    parse,
-)
+from blockyard.connectors import Device, connector_for, get_connector_properties
 from blockyard.errors import BlockyardError, Conflict, Invalid, InvalidState, NotFound
+from blockyard.model import ConnectionInfo, parse
 
 from . import launcher
 from .config import ComputeConfig
@@ -243,7 +238,7 @@ class Agent:
                 undo.commit()
         return self.store.mapping(m.id)
 
-    async def _connect(self, m: Mapping, info: VolumeInfo) -> None:
+    async def _connect(self, m: Mapping, info: ConnectionInfo) -> None:
         """connect_volume on this host, once per volume: a multiattach volume in several
         guests here shares the first mapping's connection. iSCSI has none: QEMU logs in to
         the target itself (libiscsi), with the CHAP secret handed over QMP."""
@@ -259,7 +254,7 @@ class Agent:
             self.store.set_mapping(m.id, connected=True,
                                    device=asdict(device) if device else None)
 
-    async def _disconnect(self, mapping_id: str, info: VolumeInfo | None) -> None:
+    async def _disconnect(self, mapping_id: str, info: ConnectionInfo | None) -> None:
         """Drop this mapping's share of the host connection; disconnect with the last."""
         try:
             m = self.store.mapping(mapping_id)
@@ -273,7 +268,7 @@ class Agent:
                 await asyncio.to_thread(connector.disconnect_volume, info, Device(**m.device))
             self.store.set_mapping(m.id, connected=False, device=None)
 
-    async def _plug(self, hv: Hypervisor, m: Mapping, info: VolumeInfo, undo: Undo, *,
+    async def _plug(self, hv: Hypervisor, m: Mapping, info: ConnectionInfo, undo: Undo, *,
                     shared: bool) -> None:
         """Hand the volume to QEMU: secrets, the block node, the virtio-blk device (shared
         for writing with other guests when the volume is multiattach)."""
@@ -372,7 +367,7 @@ class Agent:
         failpoints.hit("compute.detach.attachment_deleted")
         self.store.remove_mapping(m.id)
 
-    async def _connection_info(self, caller: Caller, m: Mapping) -> VolumeInfo | None:
+    async def _connection_info(self, caller: Caller, m: Mapping) -> ConnectionInfo | None:
         if not m.attachment_id or not m.connected:
             return None
         try:

@@ -21,11 +21,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from blockyard.backends.base import OpenMode
+from blockyard.errors import ConnectorError
 from blockyard.exec import WaitTimeout, process_cmdline, process_gone, spawn, wait_until
+from blockyard.model import IscsiInfo, NbdInfo, OpenMode, VolumeHandle
 
-from .base import ConnectorError, Device, LoginRefused, VolumeHandle, check_mode
-from .info import IscsiInfo, NbdInfo
+from .base import Device, LoginRefused, check_mode
 from .nbd import NbdHandle, connect_handle
 from .util import host_lock, remove_quietly, write_private
 

@@ -8,10 +8,10 @@ import stat
 from collections.abc import Iterator
 from typing import Any
 
-from blockyard.backends.base import OpenMode
+from blockyard.errors import ConnectorError
+from blockyard.model import Extent, LocalInfo, OpenMode, VolumeHandle
 
-from .base import ConnectorError, Device, Extent, VolumeHandle, check_mode
-from .info import LocalInfo
+from .base import Device, check_mode
 
 
 def _size_of(path: str) -> int:

@@ -16,10 +16,10 @@ from typing import Any
 
 import nbd  # type: ignore[import-untyped]
 
-from blockyard.backends.base import OpenMode
+from blockyard.errors import ConnectorError
+from blockyard.model import Extent, NbdInfo, OpenMode, VolumeHandle
 
-from .base import ConnectorError, Device, Extent, VolumeHandle, check_mode
-from .info import NbdInfo
+from .base import Device, check_mode
 from .util import remove_quietly, write_private
 
 #: the largest request we send, whatever the server allows (qemu-nbd allows 32 MiB)

@@ -1,7 +1,7 @@
 """This host's connector properties: what an initiator tells the volume service on attach.
 
 `get_connector_properties` returns os-brick's dict (the wire shape Nova sends to Cinder);
-`to_connector` turns it into the typed `blockyard.backends.base.Connector` drivers take.
+`to_connector` turns it into the typed `blockyard.model.Connector` drivers take.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import secrets
 import socket
 from typing import Any
 
-from blockyard.backends.base import Connector
+from blockyard.model import Connector
 
 from .util import host_lock, write_private
 

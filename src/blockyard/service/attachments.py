@@ -24,10 +24,9 @@ from sqlalchemy import case, delete, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
-from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
-from blockyard.backends.exports import load_export
 from blockyard.db.models import Attachment, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
+from blockyard.model import ConnectionInfo, Connector, VolumeRef
 from blockyard.service import messages, volumes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.runtime import Runtime
@@ -59,9 +58,11 @@ def _props_of(connector: Connector) -> dict[str, Any]:
 
 
 def attachment_connection_info(info: ConnectionInfo, attachment_id: str) -> dict[str, Any]:
-    """The attachments API's connection_info: the driver's data with the protocol and the
-    attachment id folded in, as Cinder returns it."""
-    return {**info.data, "driver_volume_type": info.driver_volume_type,
+    """The attachments API's connection_info (stored with the attachment, in its wire shape):
+    the driver's data with the protocol and the attachment id folded in, as Cinder returns
+    it."""
+    wire = info.to_wire()
+    return {**wire["data"], "driver_volume_type": wire["driver_volume_type"],
             "attachment_id": attachment_id}
 
 
@@ -163,7 +164,7 @@ def _disconnect(rt: Runtime, volume_id: str, connector: Connector | None, *,
         return  # another attachment of this host still uses the connection: keep it
     model = driver.terminate_connection(ref, connector, force)
     values: dict[str, Any] = volumes.model_values(model)
-    still_allowed = load_export(VolumeRef(
+    still_allowed = driver.export_of(VolumeRef(
         id=ref.id, size_gb=ref.size_gb,
         provider_location=values.get("provider_location", ref.provider_location),
         provider_auth=values.get("provider_auth", ref.provider_auth)))

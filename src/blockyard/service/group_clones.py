@@ -17,7 +17,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from blockyard import failpoints, states
-from blockyard.backends.base import VolumeRef
 from blockyard.db.models import (
     Group,
     GroupSnapshot,
@@ -27,6 +26,7 @@ from blockyard.db.models import (
     utcnow,
 )
 from blockyard.errors import Invalid, InvalidState
+from blockyard.model import VolumeRef
 from blockyard.service import group_snapshots, groups, quotas, records, services, tasks
 from blockyard.service.identity import Identity
 from blockyard.service.runtime import Runtime

@@ -17,9 +17,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from blockyard import failpoints, states
-from blockyard.backends.base import SnapshotRef
 from blockyard.db.models import Group, GroupSnapshot, Snapshot, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
+from blockyard.model import SnapshotRef
 from blockyard.service import groups, quotas, records, services, tasks
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, filter_columns, paginate

@@ -18,7 +18,7 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
-from blockyard.backends.base import SnapshotRef, VolumeDriver, VolumeRef
+from blockyard.backends.base import VolumeDriver
 from blockyard.db.models import (
     Group,
     GroupSnapshot,
@@ -29,6 +29,7 @@ from blockyard.db.models import (
     utcnow,
 )
 from blockyard.errors import Invalid, InvalidState, NotFound
+from blockyard.model import SnapshotRef, VolumeRef
 from blockyard.service import group_types, quotas, records, scheduler, services, tasks
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize

@@ -17,12 +17,12 @@ import re
 
 from sqlalchemy import select
 
-from blockyard.backends.base import SnapshotRef, VolumeRef
 from blockyard.backends.exports import load_export
 from blockyard.config import Config
 from blockyard.db.engine import Database
 from blockyard.db.models import Snapshot, Volume
 from blockyard.errors import BlockyardError, NotSupported
+from blockyard.model import Export, SnapshotRef, VolumeRef
 from blockyard.service import attachments, compute_events, services
 from blockyard.service import group_clones as _group_clones  # noqa: F401  (task handlers)
 from blockyard.service import group_snapshots as _group_snapshots  # noqa: F401  (task handlers)
@@ -34,7 +34,6 @@ from blockyard.service import volumes as _volumes  # noqa: F401  (registers task
 from blockyard.service.runtime import Runtime, build_backends, build_targets
 from blockyard.service.tasks import TaskRunner
 from blockyard.service.volumes import volume_ref
-from blockyard.targets.base import Export
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +76,13 @@ def prune_exports(rt: Runtime) -> int:
     with rt.db.read() as s:
         for v in s.execute(select(Volume).where(Volume.provider_location.is_not(None))
                            ).scalars():
-            export = load_export(volume_ref(v))
+            backend = rt.backends.get(v.backend)
+            # the driver reads its own provider_location; with no driver configured, only
+            # the format every target-exporting driver persists (backends.exports) can be read
+            export = (backend.driver.export_of(volume_ref(v)) if backend
+                      else load_export(volume_ref(v)))
             if export is None:
                 continue
-            backend = rt.backends.get(v.backend)
             for protocol in [backend.config.target] if backend else list(kept):
                 kept.setdefault(protocol, []).append(export)
     removed = 0

@@ -48,9 +48,9 @@ from sqlalchemy.orm import Session
 
 from blockyard import states
 from blockyard.backends import transfer
-from blockyard.backends.base import ModelUpdate, VolumeRef
 from blockyard.db.models import GroupVolumeType, Snapshot, Volume, utcnow
 from blockyard.errors import BlockyardError, InUse, Invalid, InvalidState, NotFound
+from blockyard.model import ModelUpdate, VolumeRef
 from blockyard.service import quotas, records, scheduler, tasks
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize

@@ -14,7 +14,7 @@ from blockyard.backends.base import BackendStats, VolumeDriver
 from blockyard.config import BackendConfig, Config
 from blockyard.db.engine import Database
 from blockyard.errors import BackendError
-from blockyard.targets.base import Target
+from blockyard.model import Target
 
 if TYPE_CHECKING:
     from blockyard.service.tasks import TaskView
@@ -145,7 +145,7 @@ def build_targets(config: Config) -> dict[str, Target]:
 def build_backends(config: Config, built_targets: dict[str, Target]) -> dict[str, Backend]:
     result = {}
     for bc in config.backends:
-        driver = backends.load(bc.name, bc.driver, bc.options, built_targets.get(bc.target))
+        driver = backends.load(bc.name, bc.driver, bc.options, built_targets[bc.target])
         driver.do_setup()
         result[bc.name] = Backend(bc, driver, f"{config.host}@{bc.name}")
     return result

@@ -17,7 +17,6 @@ from sqlalchemy import Connection, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
-from blockyard.backends.base import ModelUpdate, SnapshotRef, VolumeRef
 from blockyard.db.models import (
     Attachment,
     Base,
@@ -30,6 +29,7 @@ from blockyard.db.models import (
     utcnow,
 )
 from blockyard.errors import InUse, Invalid, InvalidState, NotFound
+from blockyard.model import ModelUpdate, SnapshotRef, VolumeRef
 from blockyard.service import (
     compute_events,
     messages,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from blockyard.errors import ConfigError
-from blockyard.targets.base import Export, Target
+from blockyard.model import Target
 from blockyard.targets.local import LocalTarget
 from blockyard.targets.qemu_nbd import QemuNbdTarget
 from blockyard.targets.rbd import RbdTarget
@@ -27,7 +27,7 @@ TARGETS: dict[str, type[Any]] = {
 #: targets without daemons or options, built without a directory
 _PLAIN: tuple[type[Any], ...] = (LocalTarget, RbdTarget)
 
-__all__ = ["TARGETS", "Export", "Target", "build", "check_options", "teardown"]
+__all__ = ["TARGETS", "build", "check_options", "teardown"]
 
 
 def _run_dir(state_dir: Path, protocol: str) -> Path:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
-from blockyard.targets.base import Export
+from blockyard.model import Connector, Export, LocalInfo, VolumeRef
 
 PROTOCOL = "local"
 
@@ -53,9 +52,9 @@ class LocalTarget:
         """Nothing to remove."""
 
     def connection_info(self, volume: VolumeRef, export: Export,
-                        connector: Connector) -> ConnectionInfo:
-        return ConnectionInfo(PROTOCOL, {"device_path": export.data["device_path"],
-                                         "volume_id": volume.id, "access_mode": "rw"})
+                        connector: Connector) -> LocalInfo:
+        return LocalInfo(device_path=export.data["device_path"], volume_id=volume.id,
+                         access_mode="rw")
 
     def exports(self) -> list[str]:
         return []

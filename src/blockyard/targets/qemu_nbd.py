@@ -55,10 +55,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.errors import BackendError, ConfigError, Invalid
 from blockyard.exec import process_cmdline, spawn, wait_until
-from blockyard.targets.base import Export
+from blockyard.model import Connector, Export, NbdInfo, VolumeRef
 from blockyard.targets.daemon import DaemonRecord
 
 log = logging.getLogger(__name__)
@@ -268,21 +267,21 @@ class QemuNbdTarget:
             self._discard(name)
 
     def connection_info(self, volume: VolumeRef, export: Export,
-                        connector: Connector) -> ConnectionInfo:
+                        connector: Connector) -> NbdInfo:
         host = connector.host
         if host not in export.connectors:
             raise Invalid(f"Volume {volume.id} is not exported to {host!r}.")
         tls = bool(export.data.get("tls"))
-        data: dict[str, Any] = {"export_name": export.data["export_name"],
-                                "volume_id": volume.id, "access_mode": "rw", "tls": tls}
-        data.update({k: v for k, v in export.data.items() if k in ("socket", "host", "port")})
+        psk = None
         if tls:
             psk = export.secrets.get(SECRET_PREFIX + str(host))
             if psk is None:
                 raise Invalid(f"Volume {volume.id} has no TLS key for {host!r}.")
-            data["tls_psk_identity"] = host
-            data["tls_psk_key"] = psk
-        return ConnectionInfo(PROTOCOL, data)
+        return NbdInfo(export_name=export.data["export_name"],
+                       socket=export.data.get("socket"), host=export.data.get("host"),
+                       port=export.data.get("port"), tls=tls,
+                       tls_psk_identity=host if tls else None, tls_psk_key=psk,
+                       volume_id=volume.id, access_mode="rw")
 
     def exports(self) -> list[str]:
         return [name for name in self._names() if self._running(name)]

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.errors import Invalid
-from blockyard.targets.base import Export
+from blockyard.model import ConnectionInfo, Connector, Export, VolumeRef
 
 PROTOCOL = "rbd"
 

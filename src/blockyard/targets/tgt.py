@@ -47,10 +47,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.errors import BackendError, Invalid
 from blockyard.exec import CommandFailed, WaitTimeout, process_gone, run, spawn, wait_until
-from blockyard.targets.base import Export
+from blockyard.model import Connector, Export, IscsiInfo, VolumeRef
 from blockyard.targets.daemon import DaemonRecord, find_process
 
 if TYPE_CHECKING:  # the handle exec.spawn returns; commands run only through blockyard.exec
@@ -529,22 +528,15 @@ class TgtTarget:
                 self._delete_account(user)
 
     def connection_info(self, volume: VolumeRef, export: Export,
-                        connector: Connector) -> ConnectionInfo:
+                        connector: Connector) -> IscsiInfo:
         """Format the persisted export as Cinder's iSCSI connection_info; no tgtadm call."""
-        data = {
-            "target_discovered": False,
-            "target_iqn": export.data["target_iqn"],
-            "target_portal": export.data["target_portal"],
-            "target_lun": export.data["target_lun"],
-            "volume_id": volume.id,
-            "access_mode": "rw",
-            "encrypted": False,
-        }
-        if export.secrets:
-            data.update(auth_method=export.secrets["auth_method"],
-                        auth_username=export.secrets["auth_username"],
-                        auth_password=export.secrets["auth_password"])
-        return ConnectionInfo(PROTOCOL, data)
+        secrets = export.secrets
+        return IscsiInfo(target_iqn=export.data["target_iqn"],
+                         target_portal=export.data["target_portal"],
+                         target_lun=export.data["target_lun"], volume_id=volume.id,
+                         access_mode="rw", auth_method=secrets.get("auth_method"),
+                         auth_username=secrets.get("auth_username"),
+                         auth_password=secrets.get("auth_password"))
 
     def exports(self) -> list[str]:
         """IQNs of the targets our tgtd has now."""

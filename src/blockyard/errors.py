@@ -15,7 +15,7 @@ The tree::
     │   └── ConnectorError(message)       attaching/opening a volume failed on this host
     └── ConfigError(key, message)         the configuration file is wrong
 
-`blockyard.api.errors` maps each class to an HTTP status and Cinder fault name; nothing below the
+`blockyard.rest.errors` maps each class to an HTTP status and Cinder fault name; nothing below the
 API layer knows about HTTP.
 """
 

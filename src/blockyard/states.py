@@ -26,10 +26,15 @@ from sqlalchemy.orm import Session
 
 from blockyard.db.models import Attachment, Group, GroupSnapshot, Snapshot, Volume
 from blockyard.errors import InvalidState, NotFound
+from blockyard.statuses import ATTACH_RESET_STATUSES as ATTACH_RESET_STATUSES
+from blockyard.statuses import GROUP_RESET_STATUSES as GROUP_RESET_STATUSES
+from blockyard.statuses import GROUP_SNAPSHOT_RESET_STATUSES as GROUP_SNAPSHOT_RESET_STATUSES
 
 # the vocabulary lives in a leaf module (the DB models and the compute agent name statuses
 # too); it is re-exported here, where the tables that use it are
 from blockyard.statuses import PREVIOUS as PREVIOUS
+from blockyard.statuses import SNAPSHOT_RESET_STATUSES as SNAPSHOT_RESET_STATUSES
+from blockyard.statuses import VOLUME_RESET_STATUSES as VOLUME_RESET_STATUSES
 from blockyard.statuses import AttachStatus as AttachStatus
 from blockyard.statuses import GroupSnapshotStatus as GroupSnapshotStatus
 from blockyard.statuses import GroupStatus as GroupStatus
@@ -178,16 +183,6 @@ GROUP_SNAPSHOT_TRANSITIONS: dict[str, Transition] = {
     "clone": Transition((GS.AVAILABLE,), GS.AVAILABLE, None, None),
 }
 
-#: statuses an admin may set with os-reset_status
-VOLUME_RESET_STATUSES = frozenset(V)
-SNAPSHOT_RESET_STATUSES = frozenset(
-    {S.AVAILABLE, S.ERROR, S.CREATING, S.DELETING, S.ERROR_DELETING}
-)
-ATTACH_RESET_STATUSES = frozenset({AttachStatus.ATTACHED, AttachStatus.DETACHED})
-#: Cinder checks a group's reset status against the group *snapshot* statuses (its validator
-#: does so for both); the same set here, so the same requests pass
-GROUP_RESET_STATUSES = frozenset(GS)
-GROUP_SNAPSHOT_RESET_STATUSES = frozenset(GS)
 
 Row = type[Volume] | type[Snapshot] | type[Group] | type[GroupSnapshot]
 #: rows a copy may pin (see `pin`)

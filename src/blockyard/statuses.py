@@ -109,3 +109,16 @@ class Transition:
     busy: str
     ok: str | None
     error: str | None
+
+
+#: statuses an admin may set with os-reset_status
+VOLUME_RESET_STATUSES = frozenset(VolumeStatus)
+SNAPSHOT_RESET_STATUSES = frozenset(
+    {SnapshotStatus.AVAILABLE, SnapshotStatus.ERROR, SnapshotStatus.CREATING,
+     SnapshotStatus.DELETING, SnapshotStatus.ERROR_DELETING}
+)
+ATTACH_RESET_STATUSES = frozenset({AttachStatus.ATTACHED, AttachStatus.DETACHED})
+#: Cinder checks a group's reset status against the group *snapshot* statuses (its validator
+#: does so for both); the same set here, so the same requests pass
+GROUP_RESET_STATUSES = frozenset(GroupSnapshotStatus)
+GROUP_SNAPSHOT_RESET_STATUSES = frozenset(GroupSnapshotStatus)

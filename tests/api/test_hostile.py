@@ -43,8 +43,8 @@ from hypothesis import strategies as st
 from starlette.routing import Route
 
 from blockyard.api.app import ROUTES as VOLUME_ROUTES
-from blockyard.api.guard import MAX_BODY_BYTES
 from blockyard.compute.api import ROUTES as COMPUTE_ROUTES
+from blockyard.rest.guard import MAX_BODY_BYTES
 from tests.support.compute import ComputeServer, compute_config
 from tests.support.server import Server, free_port
 
@@ -642,7 +642,7 @@ def test_an_unexpected_error_is_a_500_fault_and_not_re_raised() -> None:
     from starlette.middleware import Middleware
     from starlette.requests import Request
 
-    from blockyard.api.guard import CatchAll, RequestLimits
+    from blockyard.rest.guard import CatchAll, RequestLimits
 
     async def broken(request: Request) -> Any:
         raise RuntimeError("boom")
@@ -686,7 +686,7 @@ def test_type_filter_literals_are_checked(stack: Stack, query: str) -> None:
 def test_text_that_cannot_be_utf8_is_still_rendered() -> None:
     """Rows written before input was checked (a lone surrogate in a QoS spec) must not make
     every later listing a 500: such text goes out \\u-escaped."""
-    from blockyard.api.errors import SafeJSONResponse, fault
+    from blockyard.rest.errors import SafeJSONResponse, fault
 
     assert SafeJSONResponse({"specs": {"k": "\ud800"}}).body == b'{"specs":{"k":"\\ud800"}}'
     assert json.loads(fault(400, "Value: \udfff").body) == \

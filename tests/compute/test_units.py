@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from blockyard.api.errors import ApiError
 from blockyard.compute import config as compute_config
 from blockyard.compute.api import _negotiate
 from blockyard.compute.store import MAPPING_TRANSITIONS, Instance, MappingStatus, Store
 from blockyard.compute.undo import Undo
 from blockyard.errors import ConfigError, Conflict, Invalid, InvalidState, NotFound
+from blockyard.rest.errors import ApiError
 
 
 def test_config_defaults_and_images(tmp_path: Path) -> None:

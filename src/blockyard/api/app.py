@@ -19,7 +19,6 @@ from blockyard.api import (
     attachments,
     availability_zones,
     encryption,
-    errors,
     extensions,
     group_snapshots,
     group_types,
@@ -37,9 +36,10 @@ from blockyard.api import (
     versions,
     volumes,
 )
-from blockyard.api.guard import CatchAll, RequestLimits
 from blockyard.api.wire import CinderMiddleware
 from blockyard.config import Config
+from blockyard.rest import errors
+from blockyard.rest.guard import CatchAll, RequestLimits
 from blockyard.service.lifecycle import build_runtime, close_runtime
 from blockyard.service.runtime import Runtime
 

@@ -13,10 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import listing, schema, validate, wire
-from blockyard.api.errors import ApiError
+from blockyard.api import listing, validate, wire
 from blockyard.api.views import iso
 from blockyard.db.models import Attachment
+from blockyard.rest import schema
+from blockyard.rest.errors import ApiError
 from blockyard.service import attachments
 from blockyard.service.attachments import connector_of
 

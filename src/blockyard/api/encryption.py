@@ -15,11 +15,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import schema, wire
-from blockyard.api.errors import ApiError
+from blockyard.api import wire
 from blockyard.api.types import admin_only
 from blockyard.api.views import iso
 from blockyard.errors import NotFound
+from blockyard.rest import schema
+from blockyard.rest.errors import ApiError
 from blockyard.service import encryption
 from blockyard.service.encryption import EncryptionSpecs
 

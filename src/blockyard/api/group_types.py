@@ -13,12 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import listing, schema, wire
-from blockyard.api.errors import ApiError
+from blockyard.api import listing, wire
 from blockyard.api.types import admin_only, is_public_filter
 from blockyard.api.validate import boolean
 from blockyard.db.models import GroupType
 from blockyard.errors import NotFound
+from blockyard.rest import schema
+from blockyard.rest.errors import ApiError
 from blockyard.service import group_types
 from blockyard.service.identity import Identity
 

@@ -9,13 +9,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard import states
-from blockyard.api import listing, schema, wire
-from blockyard.api.errors import ApiError
+from blockyard.api import listing, wire
 from blockyard.api.group_types import require_mv
 from blockyard.api.types import admin_only
 from blockyard.api.validate import boolean, query_bool
 from blockyard.api.views import iso
 from blockyard.db.models import Group
+from blockyard.rest import schema
+from blockyard.rest.errors import ApiError
 from blockyard.service import group_clones, groups
 
 #: microversions of the groups API (Cinder's GROUP_VOLUME, GROUP_SNAPSHOTS, ...)

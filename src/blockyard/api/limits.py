@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard.api import wire
-from blockyard.api.errors import ApiError
+from blockyard.rest.errors import ApiError
 from blockyard.service import quotas
 from blockyard.service.runtime import Runtime
 

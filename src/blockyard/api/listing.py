@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from blockyard.api import validate, wire
-from blockyard.api.errors import ApiError
+from blockyard.rest.errors import ApiError
 from blockyard.service.listing import MAX_LIMIT, ListParams, Page
 
 #: query keys that steer the listing itself, never filters

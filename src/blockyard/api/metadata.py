@@ -7,9 +7,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import schema, wire
-from blockyard.api.errors import ApiError
+from blockyard.api import wire
 from blockyard.errors import NotFound
+from blockyard.rest import schema
+from blockyard.rest.errors import ApiError
 from blockyard.service import metadata
 from blockyard.service.metadata import Owner
 

@@ -15,10 +15,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard.api import validate, wire
-from blockyard.api.errors import ApiError
 from blockyard.api.types import admin_only
 from blockyard.api.views import iso
 from blockyard.db.models import utcnow
+from blockyard.rest.errors import ApiError
 from blockyard.service import capabilities as caps
 from blockyard.service import services
 from blockyard.service import types as vtypes

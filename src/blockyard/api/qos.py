@@ -14,9 +14,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard.api import listing, validate, wire
-from blockyard.api.errors import ApiError
 from blockyard.api.types import admin_only
 from blockyard.db.models import QosSpecs
+from blockyard.rest.errors import ApiError
 from blockyard.service import qos
 
 

@@ -15,10 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import schema, wire
-from blockyard.api.errors import ApiError
+from blockyard.api import wire
 from blockyard.api.quotas import resources
 from blockyard.api.types import admin_only
+from blockyard.rest import schema
+from blockyard.rest.errors import ApiError
 from blockyard.service import quota_classes, quotas
 from blockyard.service.runtime import Runtime
 

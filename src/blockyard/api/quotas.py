@@ -23,9 +23,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard.api import validate, wire
-from blockyard.api.errors import ApiError
 from blockyard.api.types import admin_only
 from blockyard.db.models import Quota
+from blockyard.rest.errors import ApiError
 from blockyard.service import quotas, type_admin
 from blockyard.service.identity import Identity
 from blockyard.service.runtime import Runtime

@@ -16,12 +16,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard.api import wire
-from blockyard.api.errors import ApiError
-from blockyard.api.schema import check as check_body
-from blockyard.api.schema import cinder_host, nullable_string
 from blockyard.api.types import admin_only
 from blockyard.api.views import iso
 from blockyard.errors import NotFound
+from blockyard.rest.errors import ApiError
+from blockyard.rest.schema import check as check_body
+from blockyard.rest.schema import cinder_host, nullable_string
 from blockyard.service import capabilities as caps
 from blockyard.service import services as svc
 from blockyard.service.runtime import Runtime

@@ -8,11 +8,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import listing, metadata, schema, validate, wire
-from blockyard.api.errors import ApiError
+from blockyard.api import listing, metadata, validate, wire
 from blockyard.api.views import iso
 from blockyard.db.models import Snapshot
 from blockyard.errors import NotFound
+from blockyard.rest import schema
+from blockyard.rest.errors import ApiError
 from blockyard.service import snapshots
 
 # Cinder's snapshots.py schemas; unknown keys are refused from 3.53 on, as for volumes

@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import listing, schema, wire
+from blockyard.api import listing, wire
 from blockyard.api.views import iso
+from blockyard.rest import schema
 from blockyard.service import transfers
 from blockyard.service.transfers import TransferView
 

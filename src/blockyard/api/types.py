@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockyard.api import listing, schema, validate, wire
-from blockyard.api.errors import ApiError
+from blockyard.api import listing, validate, wire
 from blockyard.db.models import VolumeType
 from blockyard.errors import NotFound
+from blockyard.rest import schema
+from blockyard.rest.errors import ApiError
 from blockyard.service import type_admin
 from blockyard.service.identity import Identity
 

@@ -11,9 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockyard.api import attachments as attachment_api
-from blockyard.api import listing, metadata, schema, validate, views, wire
-from blockyard.api.errors import ApiError
+from blockyard.api import listing, metadata, validate, views, wire
 from blockyard.api.types import admin_only
+from blockyard.rest import schema
+from blockyard.rest.errors import ApiError
 from blockyard.service import migration, volumes
 
 # Cinder's volumes.py schemas: create (with group_id from 3.13, backup_id from 3.47, no

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from blockyard.api import guard
-from blockyard.api.errors import ApiError, SafeJSONResponse, fault
+from blockyard.rest import guard
+from blockyard.rest.errors import ApiError, SafeJSONResponse, fault
 from blockyard.service.identity import Identity, from_noauth
 from blockyard.service.request_context import REQUEST_ID
 from blockyard.service.runtime import Runtime

@@ -30,10 +30,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard import errors
-from blockyard.api import errors as http_errors
-from blockyard.api import guard, schema
-from blockyard.api.errors import ApiError, fault
 from blockyard.failpoints import InjectedFailure
+from blockyard.rest import errors as http_errors
+from blockyard.rest import guard, schema
+from blockyard.rest.errors import ApiError, fault
 
 from .config import ComputeConfig
 from .hypervisor import HypervisorError

@@ -28,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from blockyard.api.errors import ApiError, fault
+from blockyard.rest.errors import ApiError, fault
 
 log = logging.getLogger(__name__)
 

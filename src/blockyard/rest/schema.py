@@ -21,8 +21,8 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 from jsonschema import Draft4Validator, FormatChecker
 
-from blockyard import states
-from blockyard.api.errors import ApiError
+from blockyard import statuses
+from blockyard.rest.errors import ApiError
 
 #: the largest integer a Cinder column holds (DB_MAX_INT)
 DB_MAX_INT = 2**31 - 1
@@ -127,12 +127,12 @@ _formats.checks("description_non_mandatory_remove_white_spaces", raises=Refusal)
 _formats.checks("uuid")(_is_uuid)
 _formats.checks("name", raises=_BlankName)(_is_name)
 _formats.checks("printable")(_is_printable)
-_formats.checks("volume_status")(_one_of(states.VOLUME_RESET_STATUSES))
-_formats.checks("volume_attach_status")(_one_of(states.ATTACH_RESET_STATUSES))
+_formats.checks("volume_status")(_one_of(statuses.VOLUME_RESET_STATUSES))
+_formats.checks("volume_attach_status")(_one_of(statuses.ATTACH_RESET_STATUSES))
 # Cinder's VolumeMigrationStatus.ALL; "none" clears it. Never the internal "target:<id>".
 _formats.checks("volume_migration_status")(_one_of(
-    frozenset({*states.MigrationStatus, "none"})))
-_formats.checks("snapshot_status")(_one_of(states.SNAPSHOT_RESET_STATUSES, empty_ok=False))
+    frozenset({*statuses.MigrationStatus, "none"})))
+_formats.checks("snapshot_status")(_one_of(statuses.SNAPSHOT_RESET_STATUSES, empty_ok=False))
 _formats.checks("validate_volume_reset_body")(_is_reset_body)
 _formats.checks("progress")(_is_progress)
 

@@ -108,4 +108,4 @@ HANDLERS = {
     ApiError: handle_api_error,
     HTTPException: handle_http_error,
 }
-# Anything else is answered by `blockyard.api.guard.CatchAll`, which keeps the connection.
+# Anything else is answered by `blockyard.rest.guard.CatchAll`, which keeps the connection.

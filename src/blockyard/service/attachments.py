@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from blockyard import states
+from blockyard import failpoints, states
 from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.backends.exports import load_export
 from blockyard.db.models import Attachment, Volume, utcnow
@@ -31,7 +31,6 @@ from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import messages, volumes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.runtime import Runtime
-from blockyard.service.tasks import failpoint
 from blockyard.states import AttachStatus as A
 from blockyard.states import VolumeStatus as V
 
@@ -128,7 +127,7 @@ def _export_and_connect(rt: Runtime, volume_id: str, ref: VolumeRef, backend: st
     driver = rt.backend(backend).driver
     driver.validate_connector(connector)
     model = driver.create_export(ref, connector)
-    failpoint("attach.export_created")
+    failpoints.hit("attach.export_created")
     values = volumes.model_values(model)
     if values:
         with rt.db.write() as s:
@@ -228,10 +227,10 @@ def update_connector(rt: Runtime, who: Identity, attachment_id: str,
         if recorded.rowcount != 1:  # type: ignore[attr-defined]
             raise Invalid(f"Invalid attachment: attachment {attachment_id} is "
                           f"{att.attach_status}, it must be reserved to be updated.")
-    failpoint("attach.connector_recorded")
+    failpoints.hit("attach.connector_recorded")
     try:
         info = _connect(rt, att.volume_id, connector, messages.Action.UPDATE_ATTACHMENT)
-        failpoint("attach.exported")
+        failpoints.hit("attach.exported")
     except Exception:
         with rt.db.write() as s:
             s.execute(update(Attachment).where(Attachment.id == attachment_id)
@@ -272,10 +271,10 @@ def delete_attachment(rt: Runtime, who: Identity, attachment_id: str) -> None:
         states.set_attach_status(s, attachment_id, (A.RESERVED, A.ATTACHED, A.ATTACHING,
                                                     A.DETACHING, A.ERROR_ATTACHING),
                                  A.DETACHING)
-    failpoint("detach.detaching")
+    failpoints.hit("detach.detaching")
     if att.connector is not None:
         _disconnect_attachment(rt, att)
-    failpoint("detach.disconnected")
+    failpoints.hit("detach.disconnected")
     with rt.db.write() as s:
         s.execute(delete(Attachment).where(Attachment.id == attachment_id))
         states.derive_attach_status(s, att.volume_id)

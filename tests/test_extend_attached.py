@@ -419,3 +419,17 @@ def test_volume_extended_without_instances_or_url_sends_nothing() -> None:
     assert compute_events.volume_extended(configuration.ComputeEndpoint(url="http://127.0.0.1:1"),
                                           "v", []) is True
     assert compute_events.volume_extended(configuration.ComputeEndpoint(), "v", ["i"]) is False
+
+
+def test_events_go_to_compute_directly_whatever_proxy_the_environment_names(
+        fake: FakeCompute, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    endpoint = configuration.ComputeEndpoint(url=fake.url, timeout=5.0)
+    assert compute_events.volume_extended(endpoint, "vol-1", [INSTANCE_A]) is True
+    [got] = fake.wait(1)
+    assert got.path == "/v2.1" + compute_events.EVENTS_PATH
+    assert got.headers["x-openstack-nova-api-version"] == compute_events.MICROVERSION
+    assert got.body == compute_events.body("vol-1", [INSTANCE_A])

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from blockyard import failpoints, states
 from blockyard.backends.base import ConnectionInfo, Connector, VolumeRef
 from blockyard.backends.exports import load_export
+from blockyard.connectors.properties import to_connector
 from blockyard.db.models import Attachment, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import messages, volumes
@@ -35,21 +36,6 @@ from blockyard.states import AttachStatus as A
 from blockyard.states import VolumeStatus as V
 
 log = logging.getLogger(__name__)
-
-_CONNECTOR_FIELDS = ("host", "ip", "initiator", "platform", "os_type", "nqn")
-
-
-def connector_of(props: dict[str, Any]) -> Connector:
-    """The wire connector dict (os-brick's connector properties) as a typed Connector."""
-    multipath = props.get("multipath", False)
-    if isinstance(multipath, str):
-        multipath = multipath.strip().lower() in ("true", "1", "yes")
-    return Connector(
-        **{k: (str(props[k]) if props.get(k) is not None else None) for k in _CONNECTOR_FIELDS},
-        multipath=bool(multipath),
-        extra={k: v for k, v in props.items() if k not in _CONNECTOR_FIELDS + ("multipath",)},
-    )
-
 
 def _props_of(connector: Connector) -> dict[str, Any]:
     props = {k: v for k, v in asdict(connector).items() if k != "extra" and v is not None}
@@ -148,7 +134,7 @@ def _disconnect(rt: Runtime, volume_id: str, connector: Connector | None, *,
         if v is None:
             return
         ref, backend = volumes.volume_ref(v), v.backend
-        users = [connector_of(c or {}) for c in s.execute(
+        users = [to_connector(c or {}) for c in s.execute(
             select(Attachment.connector)
             .where(Attachment.volume_id == volume_id, Attachment.connection_info.is_not(None))
         ).scalars()]
@@ -286,7 +272,7 @@ def _disconnect_attachment(rt: Runtime, att: Attachment) -> None:
         s.execute(update(Attachment).where(Attachment.id == att.id)
                   .values(connection_info=None)
                   .execution_options(synchronize_session=False))
-    _disconnect(rt, att.volume_id, connector_of(att.connector or {}), force=True)
+    _disconnect(rt, att.volume_id, to_connector(att.connector or {}), force=True)
 
 
 # ---------------------------------------------------------------------------- legacy actions
@@ -425,8 +411,8 @@ def _settling(what: str, step: Callable[[Runtime, Any], None], rt: Runtime, row:
 
 
 def _undo_half_attach(rt: Runtime, att: Attachment) -> None:
-    _undo_unrecorded_export(rt, att.volume_id, connector_of(att.connector or {}))
-    _disconnect(rt, att.volume_id, connector_of(att.connector or {}), force=True)
+    _undo_unrecorded_export(rt, att.volume_id, to_connector(att.connector or {}))
+    _disconnect(rt, att.volume_id, to_connector(att.connector or {}), force=True)
     with rt.db.write() as s:
         s.execute(update(Attachment).where(Attachment.id == att.id)
                   .values(connector=None, attached_host=None)

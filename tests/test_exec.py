@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +144,15 @@ def test_start_time_identifies_a_process() -> None:
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_exec_is_the_one_place_that_signals_or_reads_processes() -> None:
+    """Stopping a process and reading ``/proc/PID`` go through this module (fail points kill
+    their own process, which is theirs to do)."""
+    src = Path(__file__).resolve().parents[1] / "src" / "blockyard"
+    allowed = {src / "exec.py", src / "failpoints.py"}
+    offenders = [f"{path.relative_to(src)}: {line.strip()}"
+                 for path in sorted(src.rglob("*.py")) if path not in allowed
+                 for line in path.read_text().splitlines()
+                 if re.search(r"os\.kill\(|os\.killpg\(|\.terminate\(\)|\.kill\(\)|/proc/\{", line)]
+    assert offenders == []

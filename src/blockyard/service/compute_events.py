@@ -22,6 +22,7 @@ The compute API is a peer on the service network: requests go to it directly, wh
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -68,8 +69,7 @@ def volume_extended(config: ComputeEndpoint, volume_id: str,
     instances = ", ".join(instance_uuids)
     try:
         # trust_env=False: no proxies from the environment; the system's CA store for https
-        with httpx.Client(timeout=config.timeout, trust_env=False,
-                          verify=ssl.create_default_context()) as client:
+        with httpx.Client(timeout=config.timeout, trust_env=False, verify=_tls()) as client:
             response = client.post(
                 config.url.rstrip("/") + EVENTS_PATH,
                 content=json.dumps(body(volume_id, instance_uuids)).encode(),
@@ -89,6 +89,13 @@ def volume_extended(config: ComputeEndpoint, volume_id: str,
         return _partial(volume_id, response.content)
     log.info("volume %s: compute told of its new size (instance(s) %s)", volume_id, instances)
     return True
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The system's CA store, as urllib used it; loaded once (it takes a while), so an event
+    goes out as soon as its extend settles."""
+    return ssl.create_default_context()
 
 
 def _partial(volume_id: str, raw: bytes) -> bool:

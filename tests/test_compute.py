@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from blockyard.compute.store import Mapping
+from blockyard.exec import exited, stop
 from tests.support.ceph import CephCluster, ceph  # noqa: F401  (fixture)
 from tests.support.compute import (
     ComputeServer,
@@ -452,8 +453,8 @@ def test_an_adopted_guest_gets_volumes_and_is_not_stopped(stack: Stack, tmp_path
         stack.nova.delete(server_id)  # forget it: the volume comes out, the guest stays up
         stack.api.wait_volume(vid, "available")
         console.wait_disk_gone(vid)
-        assert launcher.alive(guest.pid)
+        assert not exited(guest.process)
         assert console.check("echo still here").strip() == "still here"
     finally:
         console.close()
-        launcher.stop_process(guest.pid, guest.process)
+        stop(guest.process, launcher.STOP_TIMEOUT)

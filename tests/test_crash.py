@@ -316,7 +316,7 @@ def test_kill_at_failpoint(make_server: Callable[..., Server], template: Templat
     except subprocess.TimeoutExpired:
         pytest.fail(f"the server did not die at {fp}:\n{srv.log()}")
     assert rc == -9, f"the server exited with {rc} instead of dying at {fp}:\n{srv.log()}"
-    assert f"failpoint {fp}: killing the process" in srv.log()
+    assert f"fail point {fp}: killing the process" in srv.log()
     c.close()
 
     srv.start()

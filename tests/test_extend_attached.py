@@ -268,6 +268,7 @@ def test_compute_failures_never_fail_the_extend(server: Server, fake: FakeComput
     _wait_log(server, f"volume {vol['id']}", INSTANCE_A, logged)
     # the volume works on: a second extend, and a detach
     assert _extend(api, vol["id"], 3)["size"] == 3
+    assert len(fake.wait(2)) == 2  # its event too: none may reach the next test's fake
     assert api.delete(f"/attachments/{att}").status_code == 200
     assert_consistent(server.state_dir, api, log=server.log())
 
@@ -419,3 +420,17 @@ def test_volume_extended_without_instances_or_url_sends_nothing() -> None:
     assert compute_events.volume_extended(configuration.ComputeEndpoint(url="http://127.0.0.1:1"),
                                           "v", []) is True
     assert compute_events.volume_extended(configuration.ComputeEndpoint(), "v", ["i"]) is False
+
+
+def test_events_go_to_compute_directly_whatever_proxy_the_environment_names(
+        fake: FakeCompute, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    endpoint = configuration.ComputeEndpoint(url=fake.url, timeout=5.0)
+    assert compute_events.volume_extended(endpoint, "vol-1", [INSTANCE_A]) is True
+    [got] = fake.wait(1)
+    assert got.path == "/v2.1" + compute_events.EVENTS_PATH
+    assert got.headers["x-openstack-nova-api-version"] == compute_events.MICROVERSION
+    assert got.body == compute_events.body("vol-1", [INSTANCE_A])

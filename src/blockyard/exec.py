@@ -3,19 +3,23 @@
 Callers build argv lists and name exit codes in tiny predicates; this module runs them with a
 timeout, captures output, and turns failures into errors that keep everything needed to
 debug them. Nothing else in the package imports `subprocess` to run a command to completion;
-long-running daemons are started through `spawn`, watched with `process_gone` and
-`process_cmdline`, and waited for with `wait_until` (the one polling loop, shared by targets and
-connectors).
+long-running daemons are started through `spawn`, watched with `exited`, `process_gone`,
+`process_start_time` and `process_cmdline` (the one reader of ``/proc``), waited for with
+`wait_until` (the one polling loop) and ended with `stop` (the one SIGTERM-then-SIGKILL), shared
+by targets, connectors and the compute agent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from blockyard.errors import BackendError
 
@@ -138,12 +142,28 @@ def process_gone(pid: int) -> bool:
             return True
     except ChildProcessError:
         pass
+    fields = _stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
+
+
+def process_start_time(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (``/proc/PID/stat`` field 22): with
+    the pid, an identity the kernel does not reuse. None when it is gone or a zombie."""
+    fields = _stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])  # field 22 of stat; fields[0] is field 3
+
+
+def _stat(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` from field 3 (the state) on, or None when there is no such process.
+    Field 2, the command name in parentheses, may itself hold spaces and parentheses."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
+            fields = f.read().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
-        return True
-    return state in ("Z", "X")
+        return None
+    return fields or None
 
 
 def process_cmdline(pid: int) -> list[str]:
@@ -154,3 +174,58 @@ def process_cmdline(pid: int) -> list[str]:
     except (FileNotFoundError, ProcessLookupError):
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def process_ids() -> list[int]:
+    """The pids of every process this host shows us."""
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+class Child(Protocol):
+    """What `exited` and `stop` use of a child we spawned (a `subprocess.Popen`): reaping it
+    through its `poll` lets it know how it ended."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+
+#: a process to wait for or stop: our own child, or a bare pid (our child or not; ours is
+#: reaped with `waitpid`)
+Process = Child | int
+
+
+def exited(proc: Process) -> bool:
+    """True when `proc` has exited; reaps it when it is our child."""
+    if isinstance(proc, int):
+        return process_gone(proc)
+    return proc.poll() is not None
+
+
+def stop(proc: Process, timeout: float, *, force: bool = False,
+         ours: Callable[[], bool] | None = None, interval: float = 0.02) -> bool:
+    """End a process: SIGTERM, up to `timeout` s to exit, then SIGKILL and up to `timeout` s
+    more (`force`: SIGKILL at once). Only the process itself is signalled, never its group.
+    Returns whether it is gone; one that outlives SIGKILL (stuck in the kernel) is the
+    caller's to report. An already-gone process is fine, and our child is reaped either way.
+
+    `ours` guards a pid that is not our unreaped child (an adopted daemon, a bridge of an
+    earlier run): once such a process exits the kernel may give its pid to a stranger.
+    `ours` says whether the pid is still the process meant; it is asked before each signal
+    and while waiting, and once it says no there is nothing left to stop."""
+    pid = proc if isinstance(proc, int) else proc.pid
+
+    def ended() -> bool:
+        return exited(proc) or (ours is not None and not ours())
+
+    for sig in (signal.SIGKILL,) if force else (signal.SIGTERM, signal.SIGKILL):
+        if ended():
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        try:
+            wait_until(ended, timeout, interval, f"pid {pid} to exit")
+            return True
+        except WaitTimeout:
+            log.debug("pid %d did not exit within %g s of %s", pid, timeout, sig.name)
+    return False

@@ -1,10 +1,13 @@
 """Fail points: named places where tests make a process fail on purpose.
 
-A fail point is armed by naming it in ``BLOCKYARD_FAILPOINTS`` (comma separated, read once
-at start) or in the file named by ``BLOCKYARD_FAILPOINTS_FILE`` (re-read at every hit, so a
-test can arm and disarm points of a running process). ``name`` kills the process on the spot,
-as ``kill -9`` would (crash tests); ``name=error`` raises `InjectedFailure` there instead
-(rollback tests). Unarmed, a hit costs a set lookup, plus a stat when the file is used.
+The one mechanism for the service, its durable tasks and the compute agent. A point is
+declared where it sits, by its name: ``failpoints.hit("attach.exported")``. It is armed by
+naming it in ``BLOCKYARD_FAILPOINTS`` (comma separated, read once at start) or in the file
+named by ``BLOCKYARD_FAILPOINTS_FILE`` (re-read at every hit, so a test can arm and disarm
+points of a running process). ``name`` kills the process on the spot, as ``kill -9`` would
+(crash tests); ``name=error`` raises `InjectedFailure` there instead (rollback tests). A fault
+only its call site can make (corrupting a copy before it is verified) asks `armed` instead.
+Unarmed, a hit costs a set lookup, plus a stat when the file is used.
 """
 
 from __future__ import annotations
@@ -48,3 +51,9 @@ def hit(name: str) -> None:
     if name in armed:
         log.warning("fail point %s: killing the process", name)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def armed(name: str) -> bool:
+    """Is the point `name` armed? For a fault the call site injects itself, instead of the
+    kill or error `hit` makes."""
+    return name in _armed()

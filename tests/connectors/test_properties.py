@@ -7,8 +7,12 @@ import platform
 import socket
 import stat
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from blockyard.connectors import get_connector_properties, to_connector
+from blockyard.connectors.properties import as_bool
 from blockyard.model import Connector
 
 NONE = "/nonexistent/file"
@@ -68,3 +72,29 @@ def test_to_connector(tmp_path: Path) -> None:
     assert (c.host, c.ip, c.initiator, c.multipath) == (p["host"], p["ip"], p["initiator"],
                                                         False)
     assert c.extra == {"do_local_attach": False}
+
+
+@pytest.mark.parametrize(("wire", "multipath"), [
+    (True, True), (False, False), (None, False),           # os-brick sends booleans
+    ("true", True), ("false", False), ("True", True),      # the cinder CLI may send text
+    (" YES ", True), ("1", True), ("on", True), ("t", True), ("y", True),
+    ("no", False), ("0", False), ("off", False), ("", False), ("maybe", False),
+])
+def test_multipath_as_openstack_reads_it(wire: Any, multipath: bool) -> None:
+    assert to_connector({"host": "h", "multipath": wire}).multipath is multipath
+    assert as_bool(wire) is multipath
+
+
+def test_a_missing_multipath_is_false_and_never_extra() -> None:
+    assert to_connector({}) == Connector()
+    assert to_connector({"multipath": "false"}).extra == {}
+
+
+def test_text_fields_are_text_and_unknown_keys_go_to_extra() -> None:
+    c = to_connector({"host": "h1", "ip": "10.0.0.1", "initiator": "iqn.x", "platform": None,
+                      "os_type": "linux", "nqn": "nqn.y", "wwpns": ["50:01"],
+                      "do_local_attach": False, "mountpoint": "/dev/vdb"})
+    assert (c.host, c.ip, c.initiator, c.platform, c.os_type, c.nqn) == (
+        "h1", "10.0.0.1", "iqn.x", None, "linux", "nqn.y")
+    assert c.extra == {"wwpns": ["50:01"], "do_local_attach": False, "mountpoint": "/dev/vdb"}
+    assert to_connector({"host": 42}).host == "42"

@@ -15,11 +15,11 @@ from starlette.routing import Route
 
 from blockyard.api import listing, validate, wire
 from blockyard.api.views import iso
+from blockyard.connectors.properties import to_connector
 from blockyard.db.models import Attachment
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import attachments
-from blockyard.service.attachments import connector_of
 
 #: the attachments API appeared in 3.27; complete in 3.44; attach mode in 3.54
 MIN_MV, COMPLETE_MV, MODE_MV = 27, 44, 54
@@ -92,7 +92,7 @@ async def create(request: Request) -> Response:
     mode = spec.get("mode")
     connector = None
     if spec.get("connector"):
-        connector = connector_of(_connector_arg(spec["connector"]))
+        connector = to_connector(_connector_arg(spec["connector"]))
     att = await blocking(request, attachments.create, volume_id, instance_uuid, connector, mode)
     return wire.ok({"attachment": attachment_detail(att)})
 
@@ -120,7 +120,7 @@ async def update(request: Request) -> Response:
     _require(request)
     body = await wire.json_body(request)
     schema.check(body, UPDATE)
-    connector = connector_of(_connector_arg(body["attachment"]["connector"]))
+    connector = to_connector(_connector_arg(body["attachment"]["connector"]))
     att = await blocking(request, attachments.update_connector, request.path_params["id"],
                          connector)
     return wire.ok({"attachment": attachment_detail(att)})
@@ -190,14 +190,14 @@ def _state_step(step: Callable[..., None]) -> Callable[[Request, str, Any], Awai
 
 async def _initialize_connection(request: Request, volume_id: str, value: Any) -> Response:
     schema.check({"os-initialize_connection": value}, INITIALIZE_CONNECTION)
-    connector = connector_of(_connector_arg(value["connector"]))
+    connector = to_connector(_connector_arg(value["connector"]))
     info = await blocking(request, attachments.initialize_connection, volume_id, connector)
     return wire.ok({"connection_info": info.to_wire()})
 
 
 async def _terminate_connection(request: Request, volume_id: str, value: Any) -> Response:
     schema.check({"os-terminate_connection": value}, TERMINATE_CONNECTION)
-    connector = connector_of(_connector_arg(value["connector"]))
+    connector = to_connector(_connector_arg(value["connector"]))
     await blocking(request, attachments.terminate_connection, volume_id, connector)
     return wire.accepted()
 
@@ -224,7 +224,7 @@ async def _force_detach(request: Request, volume_id: str, value: Any) -> Respons
     schema.check({"os-force_detach": value}, FORCE_DETACH)
     args: dict[str, Any] = value
     attachment_id = args.get("attachment_id")
-    connector = connector_of(_connector_arg(args["connector"])) if args.get("connector") \
+    connector = to_connector(_connector_arg(args["connector"])) if args.get("connector") \
         else None
     await blocking(request, attachments.detach, volume_id, attachment_id, force=True,
                    connector=connector)

@@ -11,14 +11,18 @@ Acceleration: KVM where this host can run guests with it, else TCG (see `kvm_usa
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from blockyard.exec import WaitTimeout, stop, wait_until
+
 from .config import Flavor, Image, QemuConfig
+
+#: how long a guest gets to exit after SIGTERM, and again after SIGKILL (`blockyard.exec.stop`)
+STOP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -99,43 +103,10 @@ def launch(qemu: QemuConfig, image: Image, flavor: Flavor, *, name: str, directo
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     finally:
         log.close()
-    deadline = time.monotonic() + timeout
-    while not qmp.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_process(proc.pid, proc)
-            tail = (directory / "qemu.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"QEMU did not start: {tail.strip() or 'no output'}")
-        time.sleep(0.01)
+    with contextlib.suppress(WaitTimeout):
+        wait_until(lambda: qmp.exists() or proc.poll() is not None, timeout, 0.01)
+    if not qmp.exists():
+        stop(proc, STOP_TIMEOUT)
+        tail = (directory / "qemu.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"QEMU did not start: {tail.strip() or 'no output'}")
     return Launched(proc.pid, str(qmp), str(console), proc)
-
-
-def alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone for our purposes
-
-
-def stop_process(pid: int, proc: subprocess.Popen[bytes] | None = None,
-                 timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout`; reap it when it is our child."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + timeout
-        while alive(pid) and time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        if not alive(pid):
-            break
-    if proc is not None:
-        try:
-            proc.wait(1)
-        except subprocess.TimeoutExpired:
-            pass

@@ -34,6 +34,7 @@ from typing import Any
 from blockyard import failpoints
 from blockyard.connectors import Device, connector_for, get_connector_properties
 from blockyard.errors import BlockyardError, Conflict, Invalid, InvalidState, NotFound
+from blockyard.exec import stop
 from blockyard.model import ConnectionInfo, parse
 
 from . import launcher
@@ -182,8 +183,9 @@ class Agent:
                 await hv.quit()
             await self._drop_guest(instance_id)
             if inst.pid is not None and not inst.adopted:
-                await asyncio.to_thread(launcher.stop_process, inst.pid,
-                                        self._processes.pop(instance_id, None))
+                proc = self._processes.pop(instance_id, None)  # None once the agent restarted
+                await asyncio.to_thread(stop, proc if proc is not None else inst.pid,
+                                        launcher.STOP_TIMEOUT)
             for m in self.store.mappings(instance_id):
                 await self._release(m, self._service_caller(m.project_id))
             self.store.forget_instance(instance_id)

@@ -16,13 +16,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from blockyard.errors import ConnectorError
-from blockyard.exec import WaitTimeout, process_cmdline, process_gone, spawn, wait_until
+from blockyard.exec import WaitTimeout, process_cmdline, spawn, stop, wait_until
 from blockyard.model import IscsiInfo, NbdInfo, OpenMode, VolumeHandle
 
 from .base import Device, LoginRefused, check_mode
@@ -187,18 +186,11 @@ class IscsiConnector:
         return bridge
 
     def _stop_bridge(self, bridge: Bridge, force: bool = False) -> None:
-        # only signal the pid while it is still our bridge (its argv names our socket)
-        if any(bridge.socket in arg for arg in process_cmdline(bridge.pid)):
-            os.kill(bridge.pid, signal.SIGKILL if force else signal.SIGTERM)
-            try:
-                wait_until(lambda: process_gone(bridge.pid), STOP_TIMEOUT,
-                           what=f"qemu-nbd bridge {bridge.pid} to stop")
-            except WaitTimeout:
-                os.kill(bridge.pid, signal.SIGKILL)
-                wait_until(lambda: process_gone(bridge.pid), STOP_TIMEOUT,
-                           what=f"qemu-nbd bridge {bridge.pid} to die")
-        else:
-            process_gone(bridge.pid)  # reap it if it exited on its own
+        def ours() -> bool:  # signal the pid only while it is our bridge (argv names our socket)
+            return any(bridge.socket in arg for arg in process_cmdline(bridge.pid))
+
+        if not stop(bridge.pid, STOP_TIMEOUT, force=force, ours=ours):
+            raise WaitTimeout(f"qemu-nbd bridge {bridge.pid} to die", STOP_TIMEOUT)
         shutil.rmtree(bridge.dir, ignore_errors=True)
 
 

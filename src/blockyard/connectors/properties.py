@@ -1,7 +1,8 @@
 """This host's connector properties: what an initiator tells the volume service on attach.
 
 `get_connector_properties` returns os-brick's dict (the wire shape Nova sends to Cinder);
-`to_connector` turns it into the typed `blockyard.model.Connector` drivers take.
+`to_connector`, the one parser of that dict, turns it into the typed
+`blockyard.model.Connector` drivers take.
 """
 
 from __future__ import annotations
@@ -55,19 +56,36 @@ def get_connector_properties(
     return props
 
 
+#: the connector keys `Connector` has a text field for
+TEXT_FIELDS = ("host", "ip", "initiator", "platform", "os_type", "nqn")
+#: what oslo's ``strutils.bool_from_string`` reads as true (OpenStack's spelling of a boolean
+#: in text); any other string is false
+TRUE_STRINGS = frozenset({"1", "t", "true", "on", "y", "yes"})
+
+
 def to_connector(props: dict[str, Any]) -> Connector:
-    """The typed `Connector` for a properties dict; keys it has no field for go to `extra`."""
-    known = {"host", "ip", "initiator", "platform", "os_type", "multipath", "nqn"}
+    """The typed `Connector` of a connector dict: os-brick's properties as Nova sends them on
+    attach, or as the API recorded them. The one parser of that dict (the API, the service and
+    the compute agent all use it).
+
+    os-brick sends ``multipath`` as a boolean, the cinder CLI may send the strings "true" and
+    "false": both mean the same here (`as_bool`). Text fields are kept as text; keys `Connector`
+    has no field for go to `extra` unchanged."""
     return Connector(
-        host=props.get("host"),
-        ip=props.get("ip"),
-        initiator=props.get("initiator"),
-        platform=props.get("platform"),
-        os_type=props.get("os_type"),
-        multipath=bool(props.get("multipath", False)),
-        nqn=props.get("nqn"),
-        extra={k: v for k, v in props.items() if k not in known},
+        **{k: (str(props[k]) if props.get(k) is not None else None) for k in TEXT_FIELDS},
+        multipath=as_bool(props.get("multipath", False)),
+        extra={k: v for k, v in props.items() if k not in (*TEXT_FIELDS, "multipath")},
     )
+
+
+def as_bool(value: Any) -> bool:
+    """A wire flag as OpenStack reads it (oslo ``bool_from_string``): a boolean as is; text
+    true when it is one of `TRUE_STRINGS` (any case, outer blanks ignored); None false."""
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    return str(value).strip().lower() in TRUE_STRINGS
 
 
 def _primary_ip() -> str:

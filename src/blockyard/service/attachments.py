@@ -23,33 +23,18 @@ from typing import Any
 from sqlalchemy import case, delete, select, update
 from sqlalchemy.orm import Session
 
-from blockyard import states
+from blockyard import failpoints, states
+from blockyard.connectors.properties import to_connector
 from blockyard.db.models import Attachment, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.model import ConnectionInfo, Connector, VolumeRef
 from blockyard.service import messages, volumes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.runtime import Runtime
-from blockyard.service.tasks import failpoint
 from blockyard.states import AttachStatus as A
 from blockyard.states import VolumeStatus as V
 
 log = logging.getLogger(__name__)
-
-_CONNECTOR_FIELDS = ("host", "ip", "initiator", "platform", "os_type", "nqn")
-
-
-def connector_of(props: dict[str, Any]) -> Connector:
-    """The wire connector dict (os-brick's connector properties) as a typed Connector."""
-    multipath = props.get("multipath", False)
-    if isinstance(multipath, str):
-        multipath = multipath.strip().lower() in ("true", "1", "yes")
-    return Connector(
-        **{k: (str(props[k]) if props.get(k) is not None else None) for k in _CONNECTOR_FIELDS},
-        multipath=bool(multipath),
-        extra={k: v for k, v in props.items() if k not in _CONNECTOR_FIELDS + ("multipath",)},
-    )
-
 
 def _props_of(connector: Connector) -> dict[str, Any]:
     props = {k: v for k, v in asdict(connector).items() if k != "extra" and v is not None}
@@ -133,7 +118,7 @@ def _export_and_connect(rt: Runtime, volume_id: str, ref: VolumeRef, backend: st
     driver = rt.backend(backend).driver
     driver.validate_connector(connector)
     model = driver.create_export(ref, connector)
-    failpoint("attach.export_created")
+    failpoints.hit("attach.export_created")
     values = volumes.model_values(model)
     if values:
         with rt.db.write() as s:
@@ -154,7 +139,7 @@ def _disconnect(rt: Runtime, volume_id: str, connector: Connector | None, *,
         if v is None:
             return
         ref, backend = volumes.volume_ref(v), v.backend
-        users = [connector_of(c or {}) for c in s.execute(
+        users = [to_connector(c or {}) for c in s.execute(
             select(Attachment.connector)
             .where(Attachment.volume_id == volume_id, Attachment.connection_info.is_not(None))
         ).scalars()]
@@ -233,10 +218,10 @@ def update_connector(rt: Runtime, who: Identity, attachment_id: str,
                       f"{exc.current}, it must be reserved to be updated.") from exc
     except NotFound as exc:
         raise _attachment_not_found(attachment_id) from exc
-    failpoint("attach.connector_recorded")
+    failpoints.hit("attach.connector_recorded")
     try:
         info = _connect(rt, att.volume_id, connector, messages.Action.UPDATE_ATTACHMENT)
-        failpoint("attach.exported")
+        failpoints.hit("attach.exported")
     except Exception:
         with rt.db.write() as s:
             s.execute(update(Attachment).where(Attachment.id == attachment_id)
@@ -272,10 +257,10 @@ def delete_attachment(rt: Runtime, who: Identity, attachment_id: str) -> None:
     att = get(rt, who, attachment_id)
     with rt.db.write() as s:
         states.move_attachment(s, attachment_id, "delete")
-    failpoint("detach.detaching")
+    failpoints.hit("detach.detaching")
     if att.connector is not None:
         _disconnect_attachment(rt, att)
-    failpoint("detach.disconnected")
+    failpoints.hit("detach.disconnected")
     with rt.db.write() as s:
         s.execute(delete(Attachment).where(Attachment.id == attachment_id))
         states.derive_attach_status(s, att.volume_id, "leave")
@@ -287,7 +272,7 @@ def _disconnect_attachment(rt: Runtime, att: Attachment) -> None:
         s.execute(update(Attachment).where(Attachment.id == att.id)
                   .values(connection_info=None)
                   .execution_options(synchronize_session=False))
-    _disconnect(rt, att.volume_id, connector_of(att.connector or {}), force=True)
+    _disconnect(rt, att.volume_id, to_connector(att.connector or {}), force=True)
 
 
 # ---------------------------------------------------------------------------- legacy actions
@@ -422,8 +407,8 @@ def _settling(what: str, step: Callable[[Runtime, Any], None], rt: Runtime, row:
 
 
 def _undo_half_attach(rt: Runtime, att: Attachment) -> None:
-    _undo_unrecorded_export(rt, att.volume_id, connector_of(att.connector or {}))
-    _disconnect(rt, att.volume_id, connector_of(att.connector or {}), force=True)
+    _undo_unrecorded_export(rt, att.volume_id, to_connector(att.connector or {}))
+    _disconnect(rt, att.volume_id, to_connector(att.connector or {}), force=True)
     with rt.db.write() as s:
         s.execute(update(Attachment).where(Attachment.id == att.id)
                   .values(connector=None, attached_host=None)

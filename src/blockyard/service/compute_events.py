@@ -22,13 +22,14 @@ The compute API is a peer on the service network: requests go to it directly, wh
 
 from __future__ import annotations
 
-import http.client
+import functools
 import json
 import logging
-import urllib.error
-import urllib.request
+import ssl
 from collections.abc import Sequence
 from typing import Any
+
+import httpx
 
 from blockyard.config import ComputeEndpoint
 
@@ -40,9 +41,6 @@ MICROVERSION = "2.51"
 #: the noauth token of the admin (user "admin" of project "admin")
 TOKEN = "admin:admin"
 EVENT = "volume-extended"
-
-#: no proxies: the compute API is reached directly
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def announce(config: ComputeEndpoint) -> None:
@@ -69,29 +67,35 @@ def volume_extended(config: ComputeEndpoint, volume_id: str,
     if config.url is None:
         return False
     instances = ", ".join(instance_uuids)
-    request = urllib.request.Request(
-        config.url.rstrip("/") + EVENTS_PATH, method="POST",
-        data=json.dumps(body(volume_id, instance_uuids)).encode(),
-        headers={"Content-Type": "application/json", "Accept": "application/json",
-                 "X-Auth-Token": TOKEN, "X-OpenStack-Nova-API-Version": MICROVERSION})
     try:
-        with _OPENER.open(request, timeout=config.timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        log.warning("volume %s: compute answered %s to the volume-extended event for "
-                    "instance(s) %s: %s", volume_id, exc.code, instances, _error_text(exc))
-        return False
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        # URLError, refused connections and timeouts are OSErrors
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        # trust_env=False: no proxies from the environment; the system's CA store for https
+        with httpx.Client(timeout=config.timeout, trust_env=False, verify=_tls()) as client:
+            response = client.post(
+                config.url.rstrip("/") + EVENTS_PATH,
+                content=json.dumps(body(volume_id, instance_uuids)).encode(),
+                headers={"Content-Type": "application/json", "Accept": "application/json",
+                         "X-Auth-Token": TOKEN, "X-OpenStack-Nova-API-Version": MICROVERSION})
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # refused, timed out, not a URL...
         log.warning("volume %s: could not send the volume-extended event for instance(s) %s "
                     "to %s: %s", volume_id, instances, config.url,
-                    str(reason) or type(exc).__name__)
+                    str(exc) or type(exc).__name__)
         return False
-    if status == 207:  # some events failed (e.g. an instance compute does not know)
-        return _partial(volume_id, raw)
+    if not response.is_success:
+        log.warning("volume %s: compute answered %s to the volume-extended event for "
+                    "instance(s) %s: %s", volume_id, response.status_code, instances,
+                    _text(response.content) or response.reason_phrase)
+        return False
+    if response.status_code == 207:  # some events failed (e.g. an instance compute does not know)
+        return _partial(volume_id, response.content)
     log.info("volume %s: compute told of its new size (instance(s) %s)", volume_id, instances)
     return True
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """The system's CA store, as urllib used it; loaded once (it takes a while), so an event
+    goes out as soon as its extend settles."""
+    return ssl.create_default_context()
 
 
 def _partial(volume_id: str, raw: bytes) -> bool:
@@ -114,10 +118,3 @@ def _partial(volume_id: str, raw: bytes) -> bool:
 def _text(raw: bytes, limit: int = 300) -> str:
     return raw.decode(errors="replace").strip()[:limit]
 
-
-def _error_text(exc: urllib.error.HTTPError) -> str:
-    """The start of an error answer's body, or its reason when there is none to read."""
-    try:
-        return _text(exc.read()) or str(exc.reason)
-    except (OSError, http.client.HTTPException):
-        return str(exc.reason)

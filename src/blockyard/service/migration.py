@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import uuid
 from typing import Any
@@ -46,7 +45,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from blockyard import states
+from blockyard import failpoints, states
 from blockyard.backends import transfer
 from blockyard.db.models import GroupVolumeType, Snapshot, Volume, utcnow
 from blockyard.errors import BlockyardError, InUse, Invalid, InvalidState, NotFound
@@ -72,10 +71,6 @@ from blockyard.states import MigrationStatus as M
 from blockyard.states import VolumeStatus as V
 
 log = logging.getLogger(__name__)
-
-#: fault injection for the tests (with the fail points): corrupt the copy before verifying it
-_CORRUPT = "migrate_volume.corrupt_destination" in os.environ.get(
-    "BLOCKYARD_FAILPOINTS", "").split(",")
 
 #: the metadata key the API shows a running migration's progress under
 PROGRESS_KEY = "blockyard:migration_progress"
@@ -340,18 +335,18 @@ def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
 
     def progress(done: int, total: int) -> None:
         _set_progress(task.resource_id, done, total)
-        tasks.failpoint("migrate_volume.mid_copy")
+        failpoints.hit("migrate_volume.mid_copy")
 
     try:
         created = dst_drv.create_volume(dst_ref)
         dst_ref = dataclasses.replace(dst_ref, **model_values(created))
-        tasks.failpoint("migrate_volume.before_copy")
+        failpoints.hit("migrate_volume.before_copy")
         src = src_drv.open_volume(src_ref, "rb")
         try:
             dst = dst_drv.open_volume(dst_ref, "r+b")
             try:
                 stats = transfer.copy_volume(src, dst, length, progress)
-                if _CORRUPT:
+                if failpoints.armed("migrate_volume.corrupt_destination"):  # verify must fail
                     dst.seek(length // 2)
                     dst.write(b"\xff")
             finally:
@@ -372,7 +367,7 @@ def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
         log.info("migrated volume %s to %s: %d data bytes, %d written (%s), sha256 %s",
                  task.resource_id, task.payload["dest_backend"], stats.data_bytes,
                  stats.written_bytes, stats.method, digests[0])
-        tasks.failpoint("migrate_volume.after_verify")
+        failpoints.hit("migrate_volume.after_verify")
         return created
     except BaseException:
         try:

@@ -16,16 +16,14 @@ start runs it again from step 1. A crash after it leaves nothing to do. So a res
 stuck in a busy status, and the backend never keeps an object the database does not know or
 misses one the database promises.
 
-Fail points: with ``BLOCKYARD_FAILPOINTS=create_volume.after_run,...`` in the environment the
-process SIGKILLs itself at that point; the crash tests use this to kill the server exactly
-between the steps above.
+Fail points (`blockyard.failpoints`) sit between the steps above: ``KIND.before_run``,
+``KIND.after_run`` and ``KIND.after_settle`` (and ``api.after_commit`` after the submitting
+transaction); the crash tests kill the server exactly there.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +35,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from blockyard import failpoints
 from blockyard.db.models import Base, Task, utcnow
 from blockyard.service import messages
 from blockyard.service.request_context import current_request_id
@@ -48,16 +47,6 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 #: how often a transient database error while settling is retried before giving up until restart
 SETTLE_TRIES = 5
-
-_FAILPOINTS = frozenset(filter(None, os.environ.get("BLOCKYARD_FAILPOINTS", "").split(",")))
-
-
-def failpoint(name: str) -> None:
-    """Die here, as `kill -9` would, when the environment asks for it (crash tests only)."""
-    if name in _FAILPOINTS:
-        log.warning("failpoint %s: killing the process", name)
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 @dataclass(frozen=True)
 class TaskView:
@@ -120,7 +109,7 @@ def enqueue(session: Session, kind: str, backend: str, resource_id: str,
 
 def start(rt: Runtime, task: TaskView) -> None:
     """Hand a task to its backend's workers; call after the enqueuing transaction commits."""
-    failpoint("api.after_commit")
+    failpoints.hit("api.after_commit")
     assert rt.tasks is not None
     rt.tasks.submit(task)
 
@@ -194,14 +183,14 @@ class TaskRunner:
         if task.attempts > MAX_ATTEMPTS:
             error = RuntimeError(f"gave up after {MAX_ATTEMPTS} interrupted attempts")
         else:
-            failpoint(f"{task.kind}.before_run")
+            failpoints.hit(f"{task.kind}.before_run")
             try:
                 result = handler.run(self.rt, task)
             except Exception as exc:
                 log.warning("task %s (%s of %s) failed: %s", task.id, task.kind,
                             task.resource_id, exc)
                 error = exc
-            failpoint(f"{task.kind}.after_run")
+            failpoints.hit(f"{task.kind}.after_run")
         follow_up: FollowUp | None = None
         for attempt in range(SETTLE_TRIES):
             follow_up = None  # only the attempt that commits counts
@@ -220,7 +209,7 @@ class TaskRunner:
                     raise
                 log.warning("task %s: settling failed, retrying", task.id, exc_info=True)
                 time.sleep(0.1 * 2**attempt)
-        failpoint(f"{task.kind}.after_settle")
+        failpoints.hit(f"{task.kind}.after_settle")
         if follow_up is not None:
             try:
                 follow_up()

@@ -12,15 +12,13 @@ control port, an NBD greeting on the socket).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blockyard.exec import WaitTimeout, process_cmdline, process_gone, wait_until
+from blockyard.exec import process_cmdline, process_ids, process_start_time, stop
 
 #: seconds between checks while waiting for a process to exit
 POLL = 0.005
@@ -40,11 +38,11 @@ class DaemonRecord:
     @classmethod
     def of(cls, pid: int, argv: list[str], data: dict[str, Any] | None = None) -> DaemonRecord:
         """The record of a process just spawned (its start time read now)."""
-        return cls(pid, tuple(argv), start_time(pid) or 0, dict(data or {}))
+        return cls(pid, tuple(argv), process_start_time(pid) or 0, dict(data or {}))
 
     def alive(self) -> bool:
         """Is the recorded process still running, and still the one recorded?"""
-        return (start_time(self.pid) == self.started
+        return (process_start_time(self.pid) == self.started
                 and tuple(process_cmdline(self.pid)) == self.argv)
 
     def save(self, path: Path) -> None:
@@ -72,39 +70,16 @@ class DaemonRecord:
     def terminate(self, timeout: float) -> None:
         """SIGTERM the recorded process, SIGKILL it after `timeout`; only while it is still
         the recorded one. Our own child is reaped; someone else's is left to its parent."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if not self.alive():
-                return
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-            with contextlib.suppress(WaitTimeout):  # then SIGKILL, or leave it as it is
-                wait_until(self._ended, timeout, POLL, f"pid {self.pid} to exit")
-
-    def _ended(self) -> bool:
-        """Has the recorded process exited (our child is reaped on the way)?"""
-        return process_gone(self.pid) or not self.alive()
+        stop(self.pid, timeout, ours=self.alive, interval=POLL)
 
 
 def find_process(argv: list[str], data: dict[str, Any] | None = None) -> DaemonRecord | None:
     """A live process running exactly `argv`, as a record (for one started but not recorded:
     a crash right after the spawn, or a daemon of a version that kept no record)."""
     wanted = list(argv)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and process_cmdline(int(entry.name)) == wanted:
-            record = DaemonRecord.of(int(entry.name), wanted, data)
+    for pid in process_ids():
+        if process_cmdline(pid) == wanted:
+            record = DaemonRecord.of(pid, wanted, data)
             if record.started:
                 return record
     return None
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot; None when it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])  # field 22 of stat; fields[0] is field 3
-

@@ -49,14 +49,13 @@ import secrets
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from blockyard.errors import BackendError, ConfigError, Invalid
-from blockyard.exec import process_cmdline, spawn, wait_until
+from blockyard.exec import Child, WaitTimeout, process_cmdline, spawn, stop, wait_until
 from blockyard.model import Connector, Export, NbdInfo, VolumeRef
 from blockyard.targets.daemon import DaemonRecord
 
@@ -71,18 +70,6 @@ Mode = Literal["unix", "tcp"]
 Cache = Literal["auto", "none", "writeback"]
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-class _Process(Protocol):
-    """The part of a spawned child (a `subprocess.Popen`) this module uses."""
-
-    pid: int
-
-    def poll(self) -> int | None: ...
-
-    def terminate(self) -> None: ...
-
-    def kill(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -143,7 +130,7 @@ class QemuNbdTarget:
         self.qemu_nbd = qemu_nbd
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
-        self._children: dict[str, _Process] = {}
+        self._children: dict[str, Child] = {}
         #: guards the table of per-export locks, and stop()
         self._lock = threading.RLock()
         #: one lock per export: starting or stopping one qemu-nbd (tens of ms) never makes
@@ -401,27 +388,27 @@ class QemuNbdTarget:
         argv.append(path)
         log_path = self._log(name)
         _unlink(log_path)
-        proc: _Process = spawn(argv, log_path=str(log_path))
+        proc: Child = spawn(argv, log_path=str(log_path))
         self._children[name] = proc
         # recorded before it is even ready: a crash from here on leaves a process the next
         # start can find (and adopt, or stop)
         DaemonRecord.of(proc.pid, argv, {"address": address, "tls": tls}).save(
             self._record(name))
-        deadline = time.monotonic() + self.start_timeout
-        while _read_pid(pid_file) != proc.pid:
-            if proc.poll() is not None:
-                self._children.pop(name, None)
-                self._forget(name)
-                output = _tail(log_path)
-                if "Address already in use" in output:
-                    return False
-                raise BackendError(f"qemu-nbd for {name} exited with {proc.poll()}: {output}")
-            if time.monotonic() > deadline:
-                self._stop(name)
-                self._forget(name)
-                raise BackendError(f"qemu-nbd for {name} did not listen within "
-                                   f"{self.start_timeout} s: {_tail(log_path)}")
-            time.sleep(POLL)
+        try:
+            wait_until(lambda: _read_pid(pid_file) == proc.pid or proc.poll() is not None,
+                       self.start_timeout, POLL, f"qemu-nbd for {name} to listen")
+        except WaitTimeout:
+            self._stop(name)
+            self._forget(name)
+            raise BackendError(f"qemu-nbd for {name} did not listen within "
+                               f"{self.start_timeout} s: {_tail(log_path)}") from None
+        if _read_pid(pid_file) != proc.pid:  # it exited without listening
+            self._children.pop(name, None)
+            self._forget(name)
+            output = _tail(log_path)
+            if "Address already in use" in output:
+                return False
+            raise BackendError(f"qemu-nbd for {name} exited with {proc.poll()}: {output}")
         log.info("qemu-nbd %s serves %s (pid %d)", name, path, proc.pid)
         return True
 
@@ -446,7 +433,7 @@ class QemuNbdTarget:
         if record is not None:
             record.terminate(self.stop_timeout)
         if child is not None and (record is None or record.pid != child.pid):  # not recorded
-            DaemonRecord.of(child.pid, process_cmdline(child.pid)).terminate(self.stop_timeout)
+            stop(child, self.stop_timeout, interval=POLL)  # unreaped, so its pid is still ours
         if child is not None:  # a zombie leader may still have threads exiting: reap it
             wait_until(lambda: child.poll() is not None, self.stop_timeout, POLL,
                        f"qemu-nbd for {name} (pid {child.pid}) to be reaped")

@@ -38,7 +38,6 @@ import logging
 import os
 import re
 import secrets
-import signal
 import string
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -48,7 +47,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blockyard.errors import BackendError, Invalid
-from blockyard.exec import CommandFailed, WaitTimeout, process_gone, run, spawn, wait_until
+from blockyard.exec import (
+    CommandFailed,
+    Process,
+    WaitTimeout,
+    exited,
+    process_gone,
+    run,
+    spawn,
+    stop,
+    wait_until,
+)
 from blockyard.model import Connector, Export, IscsiInfo, VolumeRef
 from blockyard.targets.daemon import DaemonRecord, find_process
 
@@ -434,33 +443,23 @@ class TgtTarget:
                 f"instead; is the port taken?); stopped it: {self._log_tail()}")
 
     def _shut_down(self, pid: int) -> None:
+        # our own child is reaped through its Popen, so Popen never reports it running
+        proc: Process = self._proc if self._proc is not None and self._proc.pid == pid else pid
         try:
             self._ask_to_exit()
         except BackendError as exc:  # a wedged tgtd: SIGKILL below still ends it
             log.warning("tgtd (pid %s) did not take a clean shutdown: %s", pid, exc.message)
-        if not self._wait_gone(pid):
-            os.kill(pid, signal.SIGKILL)
-            if not self._wait_gone(pid):
-                raise BackendError(f"tgtd (pid {pid}) did not exit after SIGKILL")
+        try:
+            wait_until(lambda: exited(proc), _STOP_TIMEOUT, what=f"tgtd (pid {pid}) to exit")
+        except WaitTimeout:
+            if not stop(proc, _STOP_TIMEOUT, force=True):  # it ignores SIGTERM
+                raise BackendError(f"tgtd (pid {pid}) did not exit after SIGKILL") from None
 
     def _ask_to_exit(self) -> None:
         """``--op delete --mode system``, which tgtd refuses while it has targets."""
         for target in self._live_targets().values():
             self._delete_target(target.tid)
         self._tolerating(_no_daemon, delete_system_argv(self.control_port))
-
-    def _wait_gone(self, pid: int) -> bool:
-        proc = self._proc if self._proc is not None and self._proc.pid == pid else None
-
-        def gone() -> bool:
-            # our own child is reaped through its Popen, so Popen never reports it running
-            return proc.poll() is not None if proc is not None else process_gone(pid)
-
-        try:
-            wait_until(gone, _STOP_TIMEOUT, what=f"tgtd (pid {pid}) to exit")
-        except WaitTimeout:
-            return False
-        return True
 
     def _log_tail(self, lines: int = 5) -> str:
         try:

@@ -6,10 +6,12 @@ comparison on the sort keys, so page N costs the same as page 1 on an index, unl
 
 from __future__ import annotations
 
+import ast
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, func, literal_column, or_, select
+from sqlalchemy import Select, and_, exists, func, literal_column, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from blockyard.errors import Invalid, NotFound
@@ -142,6 +144,34 @@ def filter_columns(query: Any, filters: dict[str, str],
         if column is not None:
             query = query.where(like(column, value) if approx else column == value)
     return query
+
+
+def metadata_filter(value: str) -> dict[str, str]:
+    """The pairs of a ``metadata=`` filter: JSON, or a Python dict literal as Cinder takes."""
+    try:
+        parsed = json.loads(value)
+    except (ValueError, RecursionError):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            # TypeError: {[]: 1} (an unhashable key) is a literal Python cannot build
+            raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.") from None
+    if not isinstance(parsed, dict):
+        raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.")
+    pairs = {str(k): str(v) for k, v in parsed.items()}
+    try:  # "\ud800" escapes decode to text no database can store
+        "".join(pairs).encode("utf-8"), "".join(pairs.values()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.") from None
+    return pairs
+
+
+def has_metadata(value: str, owner_of_item: Any, owner_id: Any, item_key: Any,
+                 item_value: Any) -> list[Any]:
+    """One condition per pair of the ``metadata=`` filter `value`: the owner (`owner_id`)
+    has a metadata item (`owner_of_item`, `item_key`, `item_value`) with that key and value."""
+    return [exists().where(owner_of_item == owner_id, item_key == key, item_value == val)
+            for key, val in metadata_filter(value).items()]
 
 
 def like(column: InstrumentedAttribute[Any], text: str) -> Any:

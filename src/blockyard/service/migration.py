@@ -50,24 +50,12 @@ from blockyard import states
 from blockyard.backends import transfer
 from blockyard.backends.base import ModelUpdate, VolumeRef
 from blockyard.db.models import GroupVolumeType, Snapshot, Volume, utcnow
-from blockyard.errors import BlockyardError, InUse, Invalid, InvalidState, NotFound
-from blockyard.service import quotas, records, scheduler, tasks
+from blockyard.errors import BlockyardError, Invalid, NotFound
+from blockyard.service import quotas, records, scheduler, tasks, volume_ops
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.records import VolumeRecord
 from blockyard.service.runtime import Backend, Runtime
-from blockyard.service.volumes import (
-    FRESH_TRIES,
-    _no_snapshots,
-    _ref_from_payload,
-    _ref_payload,
-    _Stale,
-    _stale,
-    _visible,
-    _with_fresh,
-    insert_row,
-    model_values,
-)
 from blockyard.states import MigrationStatus as M
 from blockyard.states import VolumeStatus as V
 
@@ -166,33 +154,27 @@ def _accept(rt: Runtime, v: VolumeRecord, dest: Backend, action: str,
     type_id = new_type.id if new_type is not None else v.volume_type_id
     with rt.db.write() as s:
         task = tasks.enqueue(s, "migrate_volume", v.backend, v.id, {
-            **_ref_payload(v), "dest_id": dest_id, "dest_backend": dest.name,
+            **volume_ops.ref_payload(v), "dest_id": dest_id, "dest_backend": dest.name,
             "action": action, "new_type_id": new_type.id if new_type else None,
             "new_type_name": new_type.name if new_type else None})
-        try:
-            states.begin(s, Volume, v.id, action, task_id=task.id, values={
-                "migration_status": M.STARTING}, where=(
-                    Volume.size == v.size, Volume.pins == 0, _no_snapshots(v.id),
-                    Volume.group_id.is_(None),
-                    Volume.attach_status == states.AttachStatus.DETACHED,
-                    states.migration_may_become(M.STARTING)))
-        except InvalidState as exc:
-            if _stale(s, v):
-                raise _Stale() from exc
-            if exc.current in states.VOLUME_TRANSITIONS[action].allowed:
-                raise Invalid(f"Invalid volume: Volume {v.id} is busy (being copied, "
-                              f"snapshotted or changed); migrate it afterwards.") from exc
-            raise
+        volume_ops.begin_as_read(
+            s, v, action, task_id=task.id, values={"migration_status": M.STARTING},
+            where=(Volume.pins == 0, volume_ops.no_snapshots(v.id), Volume.group_id.is_(None),
+                   Volume.attach_status == states.AttachStatus.DETACHED,
+                   states.migration_may_become(M.STARTING)),
+            busy=Invalid(f"Invalid volume: Volume {v.id} is busy (being copied, "
+                         f"snapshotted or changed); migrate it afterwards."))
         if new_type is not None:  # the new type's share of quota, reserved up front
             quotas.consume(s, rt.config.quotas, v.project_id,
                            _type_deltas(new_type.name, 1, v.size))
-        insert_row(s, volume_id=dest_id, project_id=v.project_id, user_id=v.user_id,
-                   name=v.name, description=f"migration target of volume {v.id}", size=v.size,
-                   status=V.CREATING, availability_zone=dest.config.availability_zone,
-                   volume_type_id=type_id, backend=dest.name, bootable=v.bootable,
-                   readonly=v.readonly, multiattach=v.multiattach, task_id=task.id,
-                   created_at=utcnow(),
-                   migration_status=f"{states.MIGRATION_TARGET}{v.id}")
+        volume_ops.insert_volume(s, volume_ops.new_volume(
+            volume_id=dest_id, project_id=v.project_id, user_id=v.user_id, name=v.name,
+            description=f"migration target of volume {v.id}", size=v.size, status=V.CREATING,
+            availability_zone=dest.config.availability_zone, volume_type_id=type_id,
+            type_name=new_type.name if new_type is not None else v.type_name,
+            backend=dest.name, bootable=v.bootable, readonly=v.readonly,
+            multiattach=v.multiattach, migration_status=f"{states.MIGRATION_TARGET}{v.id}"),
+            task.id)
     return task
 
 
@@ -208,7 +190,7 @@ def migrate(rt: Runtime, who: Identity, volume_id: str, host: str, *,
                           "host.")
         return _accept(rt, v, dest, "migrate_locked" if lock_volume else "migrate")
 
-    _with_fresh(rt, who, volume_id, act)
+    volume_ops.act_on_fresh(rt, who, volume_id, act)
 
 
 def retype(rt: Runtime, who: Identity, volume_id: str, new_type: str, policy: str) -> None:
@@ -248,15 +230,7 @@ def retype(rt: Runtime, who: Identity, volume_id: str, new_type: str, policy: st
         dest = scheduler.pick(rt, vt, v.size, None)
         return _accept(rt, v, dest, "retype_migrate", vt)
 
-    for _ in range(FRESH_TRIES):
-        try:
-            task = act(*_visible(rt, who, volume_id))
-        except _Stale:
-            continue
-        if task is not None:
-            tasks.start(rt, task)
-        return
-    raise InUse(f"Invalid volume: Volume {volume_id} kept changing; try again.")
+    volume_ops.act_on_fresh(rt, who, volume_id, act)
 
 
 def _type_deltas(type_name: str, count: int, gigabytes: int) -> dict[str, int]:
@@ -275,7 +249,7 @@ def _retype_in_place(rt: Runtime, v: VolumeRecord, vt: vtypes.TypeInfo) -> None:
             .values(volume_type_id=vt.id, updated_at=utcnow())
             .execution_options(synchronize_session=False))
         if changed.rowcount != 1:
-            raise _Stale()
+            raise volume_ops.Stale()
         quotas.consume(s, rt.config.quotas, v.project_id, _type_deltas(vt.name, 1, v.size))
         quotas.consume(s, rt.config.quotas, v.project_id,
                        _type_deltas(v.type_name, -1, -v.size))
@@ -331,7 +305,7 @@ def _advance(rt: Runtime, task: tasks.TaskView, to: str) -> None:
 
 
 def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
-    src_ref = _ref_from_payload(task)
+    src_ref = volume_ops.ref_from_payload(task)
     src_drv = rt.backend(task.backend).driver
     dst_drv = rt.backend(str(task.payload["dest_backend"])).driver
     dst_ref = _dest_ref(task)
@@ -344,7 +318,7 @@ def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
 
     try:
         created = dst_drv.create_volume(dst_ref)
-        dst_ref = dataclasses.replace(dst_ref, **model_values(created))
+        dst_ref = dataclasses.replace(dst_ref, **volume_ops.model_values(created))
         tasks.failpoint("migrate_volume.before_copy")
         src = src_drv.open_volume(src_ref, "rb")
         try:
@@ -404,7 +378,7 @@ def _settle_migrate(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
         values: dict[str, Any] = {
             "backend": p["dest_backend"], "name_id": dst.name_id or dest_id,
             "provider_location": dst.provider_location, "provider_auth": dst.provider_auth,
-            "availability_zone": dst.availability_zone, **model_values(result)}
+            "availability_zone": dst.availability_zone, **volume_ops.model_values(result)}
         if p.get("new_type_id"):
             values["volume_type_id"] = p["new_type_id"]
         states.finish(s, Volume, vid, action, task_id=task.id, values=values)

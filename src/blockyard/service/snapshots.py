@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
@@ -13,9 +13,9 @@ from blockyard.db.models import Snapshot, SnapshotMetadata, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import metadata, quotas, records, services, tasks
 from blockyard.service.identity import Identity, authorize
-from blockyard.service.listing import ListParams, Page, like, paginate
+from blockyard.service.listing import ListParams, Page, has_metadata, like, paginate
 from blockyard.service.runtime import Runtime
-from blockyard.service.volumes import snapshot_ref
+from blockyard.service.volume_ops import snapshot_ref
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
 
@@ -236,11 +236,7 @@ def list_snapshots(rt: Runtime, who: Identity, params: ListParams, *, all_projec
                 column = getattr(Snapshot, base)
                 q = q.where(like(column, value) if approx else column == value)
             elif base == "metadata":
-                from blockyard.service.volumes import _metadata_filter
-
-                for mk, mv in _metadata_filter(value).items():
-                    q = q.where(exists().where(SnapshotMetadata.snapshot_id == Snapshot.id,
-                                               SnapshotMetadata.key == mk,
-                                               SnapshotMetadata.value == mv))
+                q = q.where(*has_metadata(value, SnapshotMetadata.snapshot_id, Snapshot.id,
+                                          SnapshotMetadata.key, SnapshotMetadata.value))
         return paginate(s, Snapshot, q, params, sortable=SORTABLE,
                         nullable={"name": "", "updated_at": Snapshot.created_at})

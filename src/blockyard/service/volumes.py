@@ -7,20 +7,16 @@ long work is handed to a durable task (blockyard.service.tasks) after the transa
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
 from blockyard.backends.base import ModelUpdate, SnapshotRef, VolumeRef
 from blockyard.db.models import (
     Attachment,
-    Base,
     Group,
     GroupVolumeType,
     Snapshot,
@@ -39,6 +35,7 @@ from blockyard.service import (
     scheduler,
     services,
     tasks,
+    volume_ops,
 )
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
@@ -46,10 +43,6 @@ from blockyard.service.records import VolumeRecord
 from blockyard.service.runtime import Runtime
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
-
-#: prebuilt inserts of the create path: the values come as parameters, nothing is coerced
-_INSERT_VOLUME = insert(Base.metadata.tables["volumes"])
-_INSERT_METADATA = insert(Base.metadata.tables["volume_metadata"])
 
 #: the `backend` of a volume no backend would take (created in `error`; nothing to remove)
 UNSCHEDULED = ""
@@ -71,36 +64,6 @@ class VolumeCreate:
     bootable: bool = False
     #: the generic volume group to join (3.13)
     group_id: str | None = None
-
-
-# ---------------------------------------------------------------------------- references
-
-
-def volume_ref(v: Volume | VolumeRecord) -> VolumeRef:
-    return VolumeRef(
-        id=v.id,
-        size_gb=v.size,
-        name_id=v.name_id,
-        provider_location=v.provider_location,
-        provider_auth=v.provider_auth,
-    )
-
-
-def snapshot_ref(s: Snapshot, volume: Volume) -> SnapshotRef:
-    return SnapshotRef(
-        id=s.id, volume=volume_ref(volume), size_gb=s.size, provider_location=s.provider_location
-    )
-
-
-def model_values(update_: ModelUpdate | None) -> dict[str, Any]:
-    if update_ is None:
-        return {}
-    values = {}
-    if update_.provider_location is not None:
-        values["provider_location"] = update_.provider_location
-    if update_.provider_auth is not None:
-        values["provider_auth"] = update_.provider_auth
-    return values
 
 
 # ---------------------------------------------------------------------------- reads
@@ -126,10 +89,6 @@ def show(rt: Runtime, who: Identity, volume_id: str) -> VolumeRecord:
 
 
 METADATA = metadata.Owner(Volume, VolumeMetadata, "volume_id", get)
-
-
-def _no_snapshots(volume_id: str) -> Any:
-    return ~exists().where(Snapshot.volume_id == volume_id)
 
 
 # ---------------------------------------------------------------------------- create
@@ -217,17 +176,13 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
             return _create_unscheduled(rt, who, req, size, vt, exc)
     type_id, type_name, multiattach = vt.id, vt.name, vtypes.is_multiattach(vt)
 
-    record = VolumeRecord(
-        id=str(uuid.uuid4()), project_id=who.project_id, user_id=who.user_id, name=req.name,
+    record = volume_ops.new_volume(
+        project_id=who.project_id, user_id=who.user_id, name=req.name,
         description=req.description, size=size, status=V.CREATING,
-        attach_status=states.AttachStatus.DETACHED,
         availability_zone=backend.config.availability_zone, volume_type_id=type_id,
         type_name=type_name, backend=backend.name, snapshot_id=req.snapshot_id,
-        source_volid=req.source_volid, bootable=req.bootable, readonly=False,
-        multiattach=multiattach, name_id=None, migration_status=None, created_at=utcnow(),
-        updated_at=None, provider_location=None, provider_auth=None, group_id=req.group_id,
-        meta=dict(req.metadata),
-    )
+        source_volid=req.source_volid, bootable=req.bootable, multiattach=multiattach,
+        group_id=req.group_id, meta=req.metadata)
     with rt.db.write() as s:
         if req.group_id is not None:
             _hold_group_for_new_member(s, req.group_id)
@@ -248,48 +203,9 @@ def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
                 raise
         task = tasks.enqueue(s, "create_volume", backend.name, record.id, {
             "size": size, "snapshot_id": req.snapshot_id, "source_volid": req.source_volid})
-        _insert(s, record, task.id)
+        volume_ops.insert_volume(s, record, task.id)
     tasks.start(rt, task)
     return record
-
-
-def _insert(s: Session, record: VolumeRecord, task_id: int | None) -> None:
-    """Insert a new volume's row and its metadata, as `record` describes them."""
-    insert_row(s, volume_id=record.id, project_id=record.project_id, user_id=record.user_id,
-               name=record.name, description=record.description, size=record.size,
-               status=record.status, attach_status=record.attach_status,
-               availability_zone=record.availability_zone,
-               volume_type_id=record.volume_type_id, backend=record.backend,
-               snapshot_id=record.snapshot_id, source_volid=record.source_volid,
-               bootable=record.bootable, readonly=record.readonly,
-               multiattach=record.multiattach, migration_status=record.migration_status,
-               group_id=record.group_id, task_id=task_id, created_at=record.created_at)
-    if record.meta:
-        s.connection().execute(_INSERT_METADATA, [
-            {"volume_id": record.id, "key": k, "value": v} for k, v in record.meta.items()])
-
-
-def insert_row(s: Session, *, volume_id: str, project_id: str, user_id: str, size: int,
-               status: str, availability_zone: str, volume_type_id: str, backend: str,
-               task_id: int | None, created_at: datetime, name: str | None = None,
-               description: str | None = None,
-               attach_status: str = states.AttachStatus.DETACHED,
-               snapshot_id: str | None = None, source_volid: str | None = None,
-               bootable: bool = False, readonly: bool = False, multiattach: bool = False,
-               migration_status: str | None = None, group_id: str | None = None) -> None:
-    """Insert one new volume row: the one place that lists every column a volume starts
-    with (create, the destination of a migration, the members of a cloned group). A new
-    volume has no export, no pins and no previous status yet."""
-    s.connection().execute(_INSERT_VOLUME, {
-        "id": volume_id, "project_id": project_id, "user_id": user_id, "name": name,
-        "description": description, "size": size, "status": status, "previous_status": None,
-        "attach_status": attach_status, "availability_zone": availability_zone,
-        "volume_type_id": volume_type_id, "backend": backend, "snapshot_id": snapshot_id,
-        "source_volid": source_volid, "bootable": bootable, "readonly": readonly,
-        "multiattach": multiattach, "task_id": task_id, "pins": 0, "created_at": created_at,
-        "updated_at": None, "provider_location": None, "provider_auth": None, "name_id": None,
-        "migration_status": migration_status, "group_id": group_id,
-    })
 
 
 def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int,
@@ -299,20 +215,15 @@ def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int
     backend (``host`` is null), counted against quota until it is deleted, and a user message
     says why. The request itself succeeds: the failure is the volume's, not the request's."""
     zone = req.availability_zone or min(scheduler.availability_zones(rt))
-    record = VolumeRecord(
-        id=str(uuid.uuid4()), project_id=who.project_id, user_id=who.user_id, name=req.name,
-        description=req.description, size=size, status=V.ERROR,
-        attach_status=states.AttachStatus.DETACHED, availability_zone=zone,
-        volume_type_id=vt.id, type_name=vt.name, backend=UNSCHEDULED, snapshot_id=None,
-        source_volid=None, bootable=req.bootable, readonly=False,
-        multiattach=vtypes.is_multiattach(vt), name_id=None, migration_status=None,
-        created_at=utcnow(), updated_at=None, provider_location=None, provider_auth=None,
-        group_id=None, meta=dict(req.metadata),
-    )
+    record = volume_ops.new_volume(
+        project_id=who.project_id, user_id=who.user_id, name=req.name,
+        description=req.description, size=size, status=V.ERROR, availability_zone=zone,
+        volume_type_id=vt.id, type_name=vt.name, backend=UNSCHEDULED, bootable=req.bootable,
+        multiattach=vtypes.is_multiattach(vt), meta=req.metadata)
     with rt.db.write() as s:
         quotas.consume(s, rt.config.quotas, who.project_id,
                        quotas.volume_deltas(vt.name, 1, size))
-        _insert(s, record, None)
+        volume_ops.insert_volume(s, record, None)
         messages.record(s, rt.config.message_ttl, project_id=who.project_id,
                         resource_type=messages.Resource.VOLUME, resource_uuid=record.id,
                         action=messages.Action.SCHEDULE_ALLOCATE_VOLUME,
@@ -359,11 +270,11 @@ def _refs_of_sources(rt: Runtime, snapshot_id: str | None,
             assert snap is not None
             parent = s.get(Volume, snap.volume_id)
             assert parent is not None
-            return snapshot_ref(snap, parent), None
+            return volume_ops.snapshot_ref(snap, parent), None
         if source_volid is not None:
             src = s.get(Volume, source_volid)
             assert src is not None
-            return None, volume_ref(src)
+            return None, volume_ops.volume_ref(src)
     return None, None
 
 
@@ -387,68 +298,12 @@ def _settle_create(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
         states.unpin(s, Volume, task.payload["source_volid"])
     if error is None:
         states.finish(s, Volume, task.resource_id, "create", task_id=task.id,
-                      values=model_values(result))
+                      values=volume_ops.model_values(result))
     else:
         states.fail(s, Volume, task.resource_id, "create", task_id=task.id)
 
 
 tasks.register("create_volume", tasks.Handler(_run_create, _settle_create))
-
-
-def _ref_payload(v: VolumeRecord) -> dict[str, Any]:
-    """What a task needs to rebuild the volume's VolumeRef without reading it again (the row
-    cannot change under the task that owns it)."""
-    return {"size": v.size, "name_id": v.name_id, "provider_location": v.provider_location,
-            "provider_auth": v.provider_auth, "project_id": v.project_id,
-            "type_name": v.type_name}
-
-
-def _ref_from_payload(task: tasks.TaskView) -> VolumeRef:
-    p = task.payload
-    return VolumeRef(id=task.resource_id, size_gb=int(p["size"]), name_id=p.get("name_id"),
-                     provider_location=p.get("provider_location"),
-                     provider_auth=p.get("provider_auth"))
-
-
-def _visible(rt: Runtime, who: Identity, volume_id: str) -> tuple[VolumeRecord, int]:
-    """Read a volume (and its project's per-volume size limit) before a write transaction
-    that re-checks what matters by condition."""
-    with rt.db.reading() as conn:
-        v = records.fetch_volume(conn, volume_id)
-        if v is None:
-            raise NotFound("Volume", volume_id)
-        authorize(who, "volume:get", v.project_id)
-        per_volume = quotas.limit_of(conn, rt.config.quotas, v.project_id,
-                                     "per_volume_gigabytes")
-    return v, per_volume
-
-
-class _Stale(Exception):
-    """The volume changed between the read and the write transaction (it was extended)."""
-
-
-#: how often an action re-reads a volume that changed under it before giving up
-FRESH_TRIES = 5
-
-
-def _stale(s: Session, v: VolumeRecord) -> bool:
-    """Did the write lose its compare-and-swap only because the size changed since the read?"""
-    size = s.connection().execute(select(Volume.size).where(Volume.id == v.id)).scalar()
-    return size is not None and size != v.size
-
-
-def _with_fresh(rt: Runtime, who: Identity, volume_id: str,
-                act: Callable[[VolumeRecord, int], tasks.TaskView]) -> None:
-    """Read the volume, act on what was read under conditions that it still holds, and read
-    again when it did not; then start the task the action queued."""
-    for _ in range(FRESH_TRIES):
-        try:
-            task = act(*_visible(rt, who, volume_id))
-        except _Stale:
-            continue
-        tasks.start(rt, task)
-        return
-    raise InUse(f"Invalid volume: Volume {volume_id} kept changing; try again.")
 
 
 # ---------------------------------------------------------------------------- delete
@@ -459,12 +314,12 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
     """Accept a delete: mark the volume (and with `cascade` its snapshots) deleting."""
 
     def act(v: VolumeRecord, _per_volume: int) -> tasks.TaskView:
-        # the size as read goes into the task (it releases that much quota): it must hold
-        # a group's member goes with its group (delete-volumes), as in Cinder
-        conditions: list[Any] = [Volume.pins == 0, Volume.size == v.size,
-                                 Volume.group_id.is_(None)]
+        # the size as read goes into the task (it releases that much quota): begin_as_read
+        # makes sure it holds; a group's member goes with its group (delete-volumes), as in
+        # Cinder
+        conditions: list[Any] = [Volume.pins == 0, Volume.group_id.is_(None)]
         if not cascade:
-            conditions.append(_no_snapshots(volume_id))
+            conditions.append(volume_ops.no_snapshots(volume_id))
         else:  # a member of a group snapshot goes with its group snapshot
             conditions.append(~exists().where(Snapshot.volume_id == volume_id,
                                               Snapshot.group_snapshot_id.is_not(None)))
@@ -475,13 +330,11 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
             # a volume on no backend has nothing to remove: any backend's workers settle it
             task = tasks.enqueue(s, "delete_volume", v.backend or min(rt.backends), volume_id,
                                  {"cascade": cascade, "unscheduled": not v.backend,
-                                  **_ref_payload(v)})
+                                  **volume_ops.ref_payload(v)})
             try:
-                states.begin(s, Volume, volume_id, "force_delete" if force else "delete",
-                             task_id=task.id, where=tuple(conditions))
+                volume_ops.begin_as_read(s, v, "force_delete" if force else "delete",
+                                         task_id=task.id, where=tuple(conditions))
             except InvalidState as exc:
-                if _stale(s, v):
-                    raise _Stale() from exc
                 raise Invalid(
                     "Invalid volume: Volume status must be available or error or "
                     "error_restoring or error_extending or error_managing and must not be "
@@ -496,7 +349,7 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
                                  task_id=task.id, where=(Snapshot.pins == 0,))
         return task
 
-    _with_fresh(rt, who, volume_id, act)
+    volume_ops.act_on_fresh(rt, who, volume_id, act)
 
 
 def _cascaded_snapshots(conn: Connection, task_id: int) -> list[tuple[str, str, int, Any]]:
@@ -509,7 +362,7 @@ def _cascaded_snapshots(conn: Connection, task_id: int) -> list[tuple[str, str, 
 def _run_delete(rt: Runtime, task: tasks.TaskView) -> None:
     if task.payload.get("unscheduled"):
         return
-    ref = _ref_from_payload(task)
+    ref = volume_ops.ref_from_payload(task)
     driver = rt.backend(task.backend).driver
     if task.payload.get("cascade"):
         with rt.db.reading() as conn:
@@ -589,28 +442,22 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
         with rt.db.write() as s:
             task = tasks.enqueue(s, "extend_volume", v.backend, volume_id, {
                 "new_size": new_size, "old_size": v.size, "action": action,
-                **_ref_payload(v)})
-            try:
-                # size as read: nothing grew it meanwhile; pins == 0: no snapshot or clone is
-                # copying the volume while it grows under it
-                states.begin(s, Volume, volume_id, action, task_id=task.id,
-                             where=(Volume.size == v.size, Volume.pins == 0))
-            except InvalidState as exc:
-                if _stale(s, v):
-                    raise _Stale() from exc
-                if exc.current in states.VOLUME_TRANSITIONS[action].allowed:
-                    raise InUse(f"Invalid volume: Volume {volume_id} is being copied by a "
-                                f"snapshot or clone in progress; extend it afterwards.") from exc
-                raise
+                **volume_ops.ref_payload(v)})
+            # size as read: nothing grew it meanwhile; pins == 0: no snapshot or clone is
+            # copying the volume while it grows under it
+            volume_ops.begin_as_read(
+                s, v, action, task_id=task.id, where=(Volume.pins == 0,),
+                busy=InUse(f"Invalid volume: Volume {volume_id} is being copied by a "
+                           f"snapshot or clone in progress; extend it afterwards."))
             quotas.consume(s, rt.config.quotas, v.project_id,
                            {"gigabytes": grow, f"gigabytes_{v.type_name}": grow})
         return task
 
-    _with_fresh(rt, who, volume_id, act)
+    volume_ops.act_on_fresh(rt, who, volume_id, act)
 
 
 def _run_extend(rt: Runtime, task: tasks.TaskView) -> None:
-    rt.backend(task.backend).driver.extend_volume(_ref_from_payload(task),
+    rt.backend(task.backend).driver.extend_volume(volume_ops.ref_from_payload(task),
                                                   int(task.payload["new_size"]))
 
 
@@ -703,31 +550,9 @@ SORTABLE = {
 }
 
 
-def _metadata_filter(value: str) -> dict[str, str]:
-    import ast
-    import json
-
-    try:
-        parsed = json.loads(value)
-    except (ValueError, RecursionError):
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            # TypeError: {[]: 1} (an unhashable key) is a literal Python cannot build
-            raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.") from None
-    if not isinstance(parsed, dict):
-        raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.")
-    pairs = {str(k): str(v) for k, v in parsed.items()}
-    try:  # "\ud800" escapes decode to text no database can store
-        "".join(pairs).encode("utf-8"), "".join(pairs.values()).encode("utf-8")
-    except UnicodeEncodeError:
-        raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.") from None
-    return pairs
-
-
 def _filtered_query(who: Identity, filters: dict[str, str], all_projects: bool,
                     like_allowed: bool) -> Any:
-    from blockyard.service.listing import like
+    from blockyard.service.listing import has_metadata, like
 
     # a migration's temporary destination is no volume of anyone's (Cinder hides it too)
     q = select(Volume.id).where(states.not_migration_target())
@@ -757,9 +582,8 @@ def _filtered_query(who: Identity, filters: dict[str, str], all_projects: bool,
             q = q.where(Volume.bootable == (value.strip().lower() in
                                             ("true", "1", "yes", "t", "y", "on")))
         elif base == "metadata":
-            for mk, mv in _metadata_filter(value).items():
-                q = q.where(exists().where(VolumeMetadata.volume_id == Volume.id,
-                                           VolumeMetadata.key == mk, VolumeMetadata.value == mv))
+            q = q.where(*has_metadata(value, VolumeMetadata.volume_id, Volume.id,
+                                      VolumeMetadata.key, VolumeMetadata.value))
         elif base == "volume_type":
             q = q.where(Volume.volume_type.has(
                 (VolumeType.name == value) | (VolumeType.id == value)))

@@ -40,7 +40,7 @@ from blockyard.service import (
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.records import VolumeRecord
-from blockyard.service.runtime import Runtime
+from blockyard.service.runtime import Backend, Runtime
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
 
@@ -97,115 +97,182 @@ METADATA = metadata.Owner(Volume, VolumeMetadata, "volume_id", get)
 def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
     """Accept a volume: insert it `creating` with its task, then start the task.
 
-    Everything that can be decided from a read is decided before the write transaction; the
-    transaction itself holds only the quota increment, the pins of the source (which re-check
-    what was read) and two inserts, because SQLite runs one writer at a time.
+    Three steps: `_resolve` decides from one read everything a read can decide (source, group,
+    size, type, limits); `_place` picks the backend; `_insert_creating` runs the write
+    transaction, which holds only the quota increment, the pins of the source (which re-check
+    what was read) and two inserts, because SQLite runs one writer at a time. When no backend
+    may take the volume it is created in `error` instead (`_create_unscheduled`).
     """
+    plan = _resolve(rt, who, req)
+    try:
+        backend = _place(rt, req, plan)
+    except scheduler.NoValidBackend as exc:
+        return _create_unscheduled(rt, who, req, plan.size, plan.vt, exc)
+    return _insert_creating(rt, who, req, plan, backend)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a new volume copies (a snapshot or a volume), as far as creating it cares."""
+
+    #: the new volume's size: the source's, unless a larger one was asked for
+    size: int
+    #: the source's backend: the copy is made there
+    backend: str
+    #: the source's type: the new volume's unless another was asked for
+    volume_type_id: str
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What `_resolve` decided for a new volume."""
+
+    size: int
+    vt: vtypes.TypeInfo
+    #: the backend the volume must live on (its source's or its group's); None: any
+    backend: str | None
+
+
+def _snapshot_source(conn: Connection, who: Identity, snapshot_id: str,
+                     size: int | None) -> _Source:
+    snap = conn.execute(
+        select(Snapshot.project_id, Snapshot.status, Snapshot.size,
+               Snapshot.volume_type_id, Volume.backend)
+        .join(Volume, Volume.id == Snapshot.volume_id)
+        .where(Snapshot.id == snapshot_id)).first()
+    if snap is None:
+        raise NotFound("Snapshot", snapshot_id)
+    authorize(who, "snapshot:get", snap.project_id)
+    if snap.status != S.AVAILABLE:
+        raise Invalid("Invalid snapshot: Originating snapshot status must be one of "
+                      "'available' values")
+    size = snap.size if size is None else size
+    if size < snap.size:
+        raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
+                      f"smaller than the snapshot size {snap.size}GB. They must be >= "
+                      f"original snapshot size.")
+    return _Source(size, snap.backend, snap.volume_type_id)
+
+
+def _volume_source(conn: Connection, who: Identity, source_volid: str,
+                   size: int | None) -> _Source:
+    src = conn.execute(
+        select(Volume.project_id, Volume.size, Volume.backend, Volume.volume_type_id)
+        .where(Volume.id == source_volid)).first()
+    if src is None:
+        raise NotFound("Volume", source_volid)
+    authorize(who, "volume:get", src.project_id)
+    size = src.size if size is None else size
+    if size < src.size:
+        raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
+                      f"smaller than original volume size {src.size}GB. They must be "
+                      f">= original volume size.")
+    return _Source(size, src.backend, src.volume_type_id)
+
+
+def _resolve_source(conn: Connection, who: Identity, req: VolumeCreate) -> _Source | None:
+    """The snapshot or volume the new volume copies, if any (the API refuses both at once)."""
+    if req.snapshot_id is not None:
+        return _snapshot_source(conn, who, req.snapshot_id, req.size)
+    if req.source_volid is not None:
+        return _volume_source(conn, who, req.source_volid, req.size)
+    return None
+
+
+def _resolve(rt: Runtime, who: Identity, req: VolumeCreate) -> _Plan:
+    """Step 1 of `create`: the source, group, size and type of the new volume, checked
+    against the limits, in one read."""
     with rt.db.reading() as conn:
-        source_backend: str | None = None
-        size = req.size
-        type_ident = req.volume_type
-        if req.snapshot_id is not None:
-            snap = conn.execute(
-                select(Snapshot.project_id, Snapshot.status, Snapshot.size,
-                       Snapshot.volume_type_id, Volume.backend)
-                .join(Volume, Volume.id == Snapshot.volume_id)
-                .where(Snapshot.id == req.snapshot_id)).first()
-            if snap is None:
-                raise NotFound("Snapshot", req.snapshot_id)
-            authorize(who, "snapshot:get", snap.project_id)
-            if snap.status != S.AVAILABLE:
-                raise Invalid("Invalid snapshot: Originating snapshot status must be one of "
-                              "'available' values")
-            size = snap.size if size is None else size
-            if size < snap.size:
-                raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
-                              f"smaller than the snapshot size {snap.size}GB. They must be >= "
-                              f"original snapshot size.")
-            source_backend = snap.backend
-            type_ident = type_ident or snap.volume_type_id
-        if req.source_volid is not None:
-            src = conn.execute(
-                select(Volume.project_id, Volume.size, Volume.backend, Volume.volume_type_id)
-                .where(Volume.id == req.source_volid)).first()
-            if src is None:
-                raise NotFound("Volume", req.source_volid)
-            authorize(who, "volume:get", src.project_id)
-            size = src.size if size is None else size
-            if size < src.size:
-                raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
-                              f"smaller than original volume size {src.size}GB. They must be "
-                              f">= original volume size.")
-            source_backend = src.backend
-            type_ident = type_ident or src.volume_type_id
+        source = _resolve_source(conn, who, req)
         group = _membership(conn, who, req.group_id) if req.group_id is not None else None
+        size = source.size if source is not None else req.size
         if size is None:
             raise Invalid("Invalid input received: Size is required for a new volume.")
         if size > rt.config.max_volume_size_gb:
             raise Invalid(f"Invalid input received: Volume size {size}GB exceeds the maximum "
                           f"of {rt.config.max_volume_size_gb}GB.")
+        type_ident = req.volume_type or (source.volume_type_id if source is not None else None)
         vt = vtypes.resolve(conn, type_ident or rt.config.default_volume_type, who)
         per_volume = quotas.limit_of(conn, rt.config.quotas, who.project_id,
                                      "per_volume_gigabytes")
     if 0 <= per_volume < size:
         raise Invalid(f"Volume size {size}G exceeds the allowed per volume quota of "
                       f"{per_volume}G.")
+    backend = source.backend if source is not None else None
     if group is not None:
-        if vt.id not in group.volume_type_ids:
-            raise Invalid(f"Invalid input received: Invalid volume_type provided: {vt.name} "
-                          f"(requested type must be supported by this group).")
-        if source_backend is not None and source_backend != group.backend:
-            raise Invalid(f"Invalid input received: the source lives on backend "
-                          f"{source_backend}, but the volumes of group {group.group_id} live "
-                          f"on {group.backend}.")
-        source_backend = group.backend
-    if source_backend is not None:
-        backend = rt.backend(source_backend)
-        if req.availability_zone and req.availability_zone != backend.config.availability_zone:
-            raise Invalid("Invalid input received: Availability zone of the source must "
-                          "match the requested one.")
-        if backend.name in services.unschedulable(rt):
-            # the only backend it may go to is disabled or frozen: Cinder's scheduler finds
-            # no valid backend for it either
-            return _create_unscheduled(rt, who, req, size, vt, scheduler.NoValidBackend(
-                "No valid backend was found. No weighed backends available"))
-    else:
-        try:
-            backend = scheduler.pick(rt, vt, size, req.availability_zone)
-        except scheduler.NoValidBackend as exc:
-            return _create_unscheduled(rt, who, req, size, vt, exc)
-    type_id, type_name, multiattach = vt.id, vt.name, vtypes.is_multiattach(vt)
+        backend = _agree_with_group(group, vt, backend)
+    return _Plan(size, vt, backend)
 
+
+def _agree_with_group(group: _Membership, vt: vtypes.TypeInfo, source_backend: str | None) -> str:
+    """A new member must have a type of its group and live on the group's backend, which is
+    the backend it goes to."""
+    if vt.id not in group.volume_type_ids:
+        raise Invalid(f"Invalid input received: Invalid volume_type provided: {vt.name} "
+                      f"(requested type must be supported by this group).")
+    if source_backend is not None and source_backend != group.backend:
+        raise Invalid(f"Invalid input received: the source lives on backend "
+                      f"{source_backend}, but the volumes of group {group.group_id} live "
+                      f"on {group.backend}.")
+    return group.backend
+
+
+def _place(rt: Runtime, req: VolumeCreate, plan: _Plan) -> Backend:
+    """Step 2 of `create`: the backend the volume goes to, or NoValidBackend."""
+    if plan.backend is None:
+        return scheduler.pick(rt, plan.vt, plan.size, req.availability_zone)
+    backend = rt.backend(plan.backend)
+    if req.availability_zone and req.availability_zone != backend.config.availability_zone:
+        raise Invalid("Invalid input received: Availability zone of the source must "
+                      "match the requested one.")
+    if backend.name in services.unschedulable(rt):
+        # the only backend it may go to is disabled or frozen: Cinder's scheduler finds
+        # no valid backend for it either
+        raise scheduler.NoValidBackend("No valid backend was found. No weighed backends "
+                                       "available")
+    return backend
+
+
+def _insert_creating(rt: Runtime, who: Identity, req: VolumeCreate, plan: _Plan,
+                     backend: Backend) -> VolumeRecord:
+    """Step 3 of `create`: in one write transaction, hold the group, take the quota, pin the
+    source, queue the task and insert the volume `creating`; then start the task."""
+    size, type_name = plan.size, plan.vt.name
     record = volume_ops.new_volume(
         project_id=who.project_id, user_id=who.user_id, name=req.name,
         description=req.description, size=size, status=V.CREATING,
-        availability_zone=backend.config.availability_zone, volume_type_id=type_id,
+        availability_zone=backend.config.availability_zone, volume_type_id=plan.vt.id,
         type_name=type_name, backend=backend.name, snapshot_id=req.snapshot_id,
-        source_volid=req.source_volid, bootable=req.bootable, multiattach=multiattach,
-        group_id=req.group_id, meta=req.metadata)
+        source_volid=req.source_volid, bootable=req.bootable,
+        multiattach=vtypes.is_multiattach(plan.vt), group_id=req.group_id, meta=req.metadata)
     with rt.db.write() as s:
         if req.group_id is not None:
             _hold_group_for_new_member(s, req.group_id)
         quotas.consume(s, rt.config.quotas, who.project_id,
                        quotas.volume_deltas(type_name, 1, size))
-        if req.snapshot_id is not None:
-            states.pin(s, Snapshot, req.snapshot_id, (S.AVAILABLE,), "create a volume from")
-        if req.source_volid is not None:
-            try:
-                # the size read above must still hold: an extend may have finished since
-                states.pin(s, Volume, req.source_volid, COPYABLE, "clone",
-                           where=(Volume.size <= size,))
-            except InvalidState as exc:
-                if exc.current in COPYABLE:
-                    raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
-                                  f"smaller than original volume size, which grew meanwhile. "
-                                  f"They must be >= original volume size.") from exc
-                raise
+        _pin_source(s, req, size)
         task = tasks.enqueue(s, "create_volume", backend.name, record.id, {
             "size": size, "snapshot_id": req.snapshot_id, "source_volid": req.source_volid})
         volume_ops.insert_volume(s, record, task.id)
     tasks.start(rt, task)
     return record
+
+
+def _pin_source(s: Session, req: VolumeCreate, size: int) -> None:
+    """Pin what the new volume copies, re-checking by condition what `_resolve` read."""
+    if req.snapshot_id is not None:
+        states.pin(s, Snapshot, req.snapshot_id, (S.AVAILABLE,), "create a volume from")
+    if req.source_volid is not None:
+        try:
+            # the size read above must still hold: an extend may have finished since
+            states.pin(s, Volume, req.source_volid, COPYABLE, "clone",
+                       where=(Volume.size <= size,))
+        except InvalidState as exc:
+            if exc.current in COPYABLE:
+                raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
+                              f"smaller than original volume size, which grew meanwhile. "
+                              f"They must be >= original volume size.") from exc
+            raise
 
 
 def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int,

@@ -7,6 +7,7 @@ long work is handed to a durable task (blockyard.service.tasks) after the transa
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from blockyard.db.models import (
 from blockyard.errors import InUse, Invalid, InvalidState, NotFound
 from blockyard.service import (
     compute_events,
+    listing,
     messages,
     metadata,
     quotas,
@@ -617,54 +619,67 @@ SORTABLE = {
 }
 
 
+#: filters that compare one column, exactly or (``key~=value``) as `listing.like`
+_COLUMN_FILTERS: dict[str, Any] = {
+    "name": Volume.name, "display_name": Volume.name, "status": Volume.status,
+    "availability_zone": Volume.availability_zone, "volume_type_id": Volume.volume_type_id,
+    "user_id": Volume.user_id, "migration_status": Volume.migration_status,
+    "description": Volume.description, "group_id": Volume.group_id,
+}
+
+
+def _size_is(value: str) -> list[Any]:
+    # ASCII digits only (int() takes "٣"), and no number a column cannot hold
+    if not re.fullmatch(r"[0-9]{1,10}", value.strip()) or int(value) > MAX_SIZE_FILTER:
+        raise Invalid(f"Invalid input received: size must be an integer, got {value!r}.")
+    return [Volume.size == int(value)]
+
+
+def _bootable_is(value: str) -> list[Any]:
+    return [Volume.bootable == (value.strip().lower() in ("true", "1", "yes", "t", "y", "on"))]
+
+
+def _has_metadata(value: str) -> list[Any]:
+    return listing.has_metadata(value, VolumeMetadata.volume_id, Volume.id,
+                                VolumeMetadata.key, VolumeMetadata.value)
+
+
+def _of_type(value: str) -> list[Any]:
+    return [Volume.volume_type.has((VolumeType.name == value) | (VolumeType.id == value))]
+
+
+#: filters whose value is parsed: they always match exactly, also written ``key~=value``
+_VALUE_FILTERS: dict[str, Callable[[str], list[Any]]] = {
+    "size": _size_is, "bootable": _bootable_is, "metadata": _has_metadata,
+    "volume_type": _of_type,
+}
+
+
 def _filtered_query(who: Identity, filters: dict[str, str], all_projects: bool,
                     like_allowed: bool) -> Any:
-    from blockyard.service.listing import has_metadata, like
-
+    """The ids of the volumes `filters` select among those `who` may list; other keys are
+    ignored, as Cinder ignores them, and so is ``key~=value`` where `like_allowed` is not."""
     # a migration's temporary destination is no volume of anyone's (Cinder hides it too)
     q = select(Volume.id).where(states.not_migration_target())
-    project = filters.get("project_id") if all_projects else None
     if not all_projects:
         q = q.where(Volume.project_id == who.project_id)
-    elif project:
-        q = q.where(Volume.project_id == project)
+    elif filters.get("project_id"):
+        q = q.where(Volume.project_id == filters["project_id"])
+    q = listing.filter_columns(q, filters, _COLUMN_FILTERS, like_allowed=like_allowed)
     for key, value in filters.items():
-        base, approx = (key[:-1], True) if key.endswith("~") else (key, False)
-        if approx and not like_allowed:
-            continue
-        if base == "display_name":
-            base = "name"
-        if base in ("name", "status", "availability_zone", "volume_type_id", "user_id",
-                    "migration_status", "description", "group_id"):
-            column = getattr(Volume, base)
-            q = q.where(like(column, value) if approx else column == value)
-        elif base == "size":
-            # ASCII digits only (int() takes "٣"), and no number a column cannot hold
-            if not re.fullmatch(r"[0-9]{1,10}", value.strip()) or \
-                    int(value) > MAX_SIZE_FILTER:
-                raise Invalid(f"Invalid input received: size must be an integer, got "
-                              f"{value!r}.")
-            q = q.where(Volume.size == int(value))
-        elif base == "bootable":
-            q = q.where(Volume.bootable == (value.strip().lower() in
-                                            ("true", "1", "yes", "t", "y", "on")))
-        elif base == "metadata":
-            q = q.where(*has_metadata(value, VolumeMetadata.volume_id, Volume.id,
-                                      VolumeMetadata.key, VolumeMetadata.value))
-        elif base == "volume_type":
-            q = q.where(Volume.volume_type.has(
-                (VolumeType.name == value) | (VolumeType.id == value)))
+        approx = key.endswith("~")
+        conditions = _VALUE_FILTERS.get(key[:-1] if approx else key)
+        if conditions is not None and (like_allowed or not approx):
+            q = q.where(*conditions(value))
     return q
 
 
 def list_volumes(rt: Runtime, who: Identity, params: Any, *, all_projects: bool,
                  like_allowed: bool) -> Any:
     """One page of the caller's volumes (every project's with `all_projects`)."""
-    from blockyard.service.listing import paginate
-
     with rt.db.read() as s:
         q = _filtered_query(who, params.filters, all_projects and who.is_admin, like_allowed)
-        page = paginate(s, Volume, q, params, sortable=SORTABLE,
+        page = listing.paginate(s, Volume, q, params, sortable=SORTABLE,
                         nullable={"name": "", "updated_at": Volume.created_at})
         page.rows = records.fetch_volumes(s.connection(), page.rows)
         return page

@@ -36,11 +36,14 @@ migration through the compute agent's block mirror is a later step).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import os
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import select, update
@@ -48,7 +51,7 @@ from sqlalchemy.orm import Session
 
 from blockyard import states
 from blockyard.backends import transfer
-from blockyard.backends.base import ModelUpdate, VolumeRef
+from blockyard.backends.base import ModelUpdate, OpenMode, VolumeDriver, VolumeRef
 from blockyard.db.models import GroupVolumeType, Snapshot, Volume, utcnow
 from blockyard.errors import BlockyardError, Invalid, NotFound
 from blockyard.service import quotas, records, scheduler, tasks, volume_ops
@@ -304,12 +307,50 @@ def _advance(rt: Runtime, task: tasks.TaskView, to: str) -> None:
                         to)
 
 
+@contextlib.contextmanager
+def _opened(driver: VolumeDriver, ref: VolumeRef, mode: OpenMode) -> Iterator[io.RawIOBase]:
+    """The volume `ref` open through `driver`, closed again however the block ends."""
+    handle = driver.open_volume(ref, mode)
+    try:
+        yield handle
+    finally:
+        driver.close_volume(ref, handle)
+
+
+def _copy(src_drv: VolumeDriver, src_ref: VolumeRef, dst_drv: VolumeDriver,
+          dst_ref: VolumeRef, progress: transfer.Progress) -> transfer.CopyStats:
+    """Copy the source volume into the destination (sparse-aware), both open only meanwhile."""
+    length = src_ref.size_bytes
+    with _opened(src_drv, src_ref, "rb") as src, _opened(dst_drv, dst_ref, "r+b") as dst:
+        stats = transfer.copy_volume(src, dst, length, progress)
+        if _CORRUPT:
+            dst.seek(length // 2)
+            dst.write(b"\xff")
+    return stats
+
+
+def _verify(volume_id: str, src_drv: VolumeDriver, src_ref: VolumeRef,
+            dst_drv: VolumeDriver, dst_ref: VolumeRef) -> str:
+    """The sha256 both sides agree on over the volume's full size, or MigrationFailed."""
+    length = src_ref.size_bytes
+    digests = []
+    for drv, ref in ((src_drv, src_ref), (dst_drv, dst_ref)):
+        with _opened(drv, ref, "rb") as handle:
+            digests.append(transfer.checksum(handle, length))
+    if digests[0] != digests[1]:
+        raise MigrationFailed(f"the copy of volume {volume_id} does not verify: "
+                              f"source sha256 {digests[0]}, destination {digests[1]}")
+    return digests[0]
+
+
 def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
+    """Step 2 (module docstring): create the destination object, copy, verify. Any failure,
+    a kill included, leaves no destination object behind the task does not own: it is
+    removed here, else by the delete task settling queues."""
     src_ref = volume_ops.ref_from_payload(task)
     src_drv = rt.backend(task.backend).driver
     dst_drv = rt.backend(str(task.payload["dest_backend"])).driver
     dst_ref = _dest_ref(task)
-    length = src_ref.size_bytes
     _advance(rt, task, M.MIGRATING)
 
     def progress(done: int, total: int) -> None:
@@ -320,43 +361,27 @@ def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
         created = dst_drv.create_volume(dst_ref)
         dst_ref = dataclasses.replace(dst_ref, **volume_ops.model_values(created))
         tasks.failpoint("migrate_volume.before_copy")
-        src = src_drv.open_volume(src_ref, "rb")
-        try:
-            dst = dst_drv.open_volume(dst_ref, "r+b")
-            try:
-                stats = transfer.copy_volume(src, dst, length, progress)
-                if _CORRUPT:
-                    dst.seek(length // 2)
-                    dst.write(b"\xff")
-            finally:
-                dst_drv.close_volume(dst_ref, dst)
-        finally:
-            src_drv.close_volume(src_ref, src)
+        stats = _copy(src_drv, src_ref, dst_drv, dst_ref, progress)
         _advance(rt, task, M.COMPLETING)
-        digests = []
-        for drv, ref in ((src_drv, src_ref), (dst_drv, dst_ref)):
-            handle = drv.open_volume(ref, "rb")
-            try:
-                digests.append(transfer.checksum(handle, length))
-            finally:
-                drv.close_volume(ref, handle)
-        if digests[0] != digests[1]:
-            raise MigrationFailed(f"the copy of volume {task.resource_id} does not verify: "
-                                  f"source sha256 {digests[0]}, destination {digests[1]}")
+        digest = _verify(task.resource_id, src_drv, src_ref, dst_drv, dst_ref)
         log.info("migrated volume %s to %s: %d data bytes, %d written (%s), sha256 %s",
                  task.resource_id, task.payload["dest_backend"], stats.data_bytes,
-                 stats.written_bytes, stats.method, digests[0])
+                 stats.written_bytes, stats.method, digest)
         tasks.failpoint("migrate_volume.after_verify")
         return created
     except BaseException:
-        try:
-            dst_drv.delete_volume(dst_ref)
-        except Exception:  # the delete task queued when settling removes it, durably
-            log.warning("migration of %s: could not remove the destination yet",
-                        task.resource_id, exc_info=True)
+        _remove_destination(task, dst_drv, dst_ref)
         raise
     finally:
         _clear_progress(task.resource_id)
+
+
+def _remove_destination(task: tasks.TaskView, driver: VolumeDriver, ref: VolumeRef) -> None:
+    try:
+        driver.delete_volume(ref)
+    except Exception:  # the delete task queued when settling removes it, durably
+        log.warning("migration of %s: could not remove the destination yet",
+                    task.resource_id, exc_info=True)
 
 
 def _row(s: Session, volume_id: str) -> Any:

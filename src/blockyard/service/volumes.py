@@ -474,6 +474,23 @@ tasks.register("delete_volume", tasks.Handler(_run_delete, _settle_delete))
 # ---------------------------------------------------------------------------- extend
 
 
+def _extend_attached(rt: Runtime, v: VolumeRecord, attached_ok: bool) -> str:
+    """The action extending the attached volume `v`, if the request (`attached_ok`, 3.42),
+    its driver and its export target allow one."""
+    if not attached_ok:
+        raise InvalidState("Volume", v.id, v.status, (V.AVAILABLE,), "extend")
+    if not rt.backend(v.backend).driver.info().online_extend:
+        raise Invalid(f"Invalid volume: backend {v.backend} cannot extend an "
+                      f"attached volume.")
+    # the driver may grow the volume, but could the attached consumer see it grow?
+    target = rt.target_of(v.backend)
+    if not target.online_resize:
+        raise Invalid(f"Invalid volume: volumes exported over {target.protocol} cannot "
+                      f"be extended while attached ({target.online_resize_blocker}); "
+                      f"detach it first.")
+    return "extend_attached"
+
+
 def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
            attached_ok: bool = False) -> None:
     """Accept an extend: reserve the extra gigabytes and mark the volume extending.
@@ -493,20 +510,7 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
         if 0 <= per_volume < new_size:
             raise Invalid(f"Volume size {new_size}G exceeds the allowed per volume quota of "
                           f"{per_volume}G.")
-        action = "extend"
-        if v.status == V.IN_USE:
-            if not attached_ok:
-                raise InvalidState("Volume", volume_id, v.status, (V.AVAILABLE,), "extend")
-            if not rt.backend(v.backend).driver.info().online_extend:
-                raise Invalid(f"Invalid volume: backend {v.backend} cannot extend an "
-                              f"attached volume.")
-            # the driver may grow the volume, but could the attached consumer see it grow?
-            target = rt.target_of(v.backend)
-            if not target.online_resize:
-                raise Invalid(f"Invalid volume: volumes exported over {target.protocol} cannot "
-                              f"be extended while attached ({target.online_resize_blocker}); "
-                              f"detach it first.")
-            action = "extend_attached"
+        action = _extend_attached(rt, v, attached_ok) if v.status == V.IN_USE else "extend"
         grow = new_size - v.size
         with rt.db.write() as s:
             task = tasks.enqueue(s, "extend_volume", v.backend, volume_id, {

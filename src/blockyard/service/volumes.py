@@ -148,12 +148,7 @@ def _snapshot_source(conn: Connection, who: Identity, snapshot_id: str,
     if snap.status != S.AVAILABLE:
         raise Invalid("Invalid snapshot: Originating snapshot status must be one of "
                       "'available' values")
-    size = snap.size if size is None else size
-    if size < snap.size:
-        raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
-                      f"smaller than the snapshot size {snap.size}GB. They must be >= "
-                      f"original snapshot size.")
-    return _Source(size, snap.backend, snap.volume_type_id)
+    return _copy_of(snap, size, "snapshot", "the snapshot size")
 
 
 def _volume_source(conn: Connection, who: Identity, source_volid: str,
@@ -164,12 +159,19 @@ def _volume_source(conn: Connection, who: Identity, source_volid: str,
     if src is None:
         raise NotFound("Volume", source_volid)
     authorize(who, "volume:get", src.project_id)
-    size = src.size if size is None else size
-    if size < src.size:
-        raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
-                      f"smaller than original volume size {src.size}GB. They must be "
-                      f">= original volume size.")
-    return _Source(size, src.backend, src.volume_type_id)
+    return _copy_of(src, size, "volume", "original volume size")
+
+
+def _copy_of(source: Any, size: int | None, kind: str, its_size: str) -> _Source:
+    """A copy of `source` (a row with size, backend, volume_type_id): as large as the source
+    unless `size` asks for more, never smaller (Cinder's wording names the source's size
+    `its_size`)."""
+    size = source.size if size is None else size
+    if size < source.size:
+        raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be smaller "
+                      f"than {its_size} {source.size}GB. They must be >= original {kind} "
+                      f"size.")
+    return _Source(size, source.backend, source.volume_type_id)
 
 
 def _resolve_source(conn: Connection, who: Identity, req: VolumeCreate) -> _Source | None:

@@ -14,6 +14,7 @@ exported, and its export is undone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from blockyard.connectors.properties import to_connector
 from blockyard.db.models import Attachment, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.model import ConnectionInfo, Connector, VolumeRef
-from blockyard.service import messages, volumes
+from blockyard.service import messages, volume_ops, volumes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.runtime import Runtime
 from blockyard.states import AttachStatus as A
@@ -100,7 +101,7 @@ def _connect(rt: Runtime, volume_id: str, connector: Connector,
     with rt.db.read() as s:
         v = s.get(Volume, volume_id)
         assert v is not None
-        ref, backend, project = volumes.volume_ref(v), v.backend, v.project_id
+        ref, backend, project = volume_ops.volume_ref(v), v.backend, v.project_id
     try:
         return _export_and_connect(rt, volume_id, ref, backend, connector)
     except Invalid:
@@ -119,15 +120,8 @@ def _export_and_connect(rt: Runtime, volume_id: str, ref: VolumeRef, backend: st
     driver.validate_connector(connector)
     model = driver.create_export(ref, connector)
     failpoints.hit("attach.export_created")
-    values = volumes.model_values(model)
-    if values:
-        with rt.db.write() as s:
-            s.execute(update(Volume).where(Volume.id == volume_id).values(**values)
-                      .execution_options(synchronize_session=False))
-        ref = VolumeRef(id=ref.id, size_gb=ref.size_gb, name_id=ref.name_id,
-                        provider_location=values.get("provider_location", ref.provider_location),
-                        provider_auth=values.get("provider_auth", ref.provider_auth))
-    return driver.initialize_connection(ref, connector)
+    values = volume_ops.persist_model_update(rt, volume_id, model)
+    return driver.initialize_connection(dataclasses.replace(ref, **values), connector)
 
 
 def _disconnect(rt: Runtime, volume_id: str, connector: Connector | None, *,
@@ -138,7 +132,7 @@ def _disconnect(rt: Runtime, volume_id: str, connector: Connector | None, *,
         v = s.get(Volume, volume_id)
         if v is None:
             return
-        ref, backend = volumes.volume_ref(v), v.backend
+        ref, backend = volume_ops.volume_ref(v), v.backend
         users = [to_connector(c or {}) for c in s.execute(
             select(Attachment.connector)
             .where(Attachment.volume_id == volume_id, Attachment.connection_info.is_not(None))
@@ -148,19 +142,16 @@ def _disconnect(rt: Runtime, volume_id: str, connector: Connector | None, *,
     if connector is not None and any(_same_host(connector, u) for u in users):
         return  # another attachment of this host still uses the connection: keep it
     model = driver.terminate_connection(ref, connector, force)
-    values: dict[str, Any] = volumes.model_values(model)
+    values = volume_ops.model_values(model)
     still_allowed = driver.export_of(VolumeRef(
         id=ref.id, size_gb=ref.size_gb,
         provider_location=values.get("provider_location", ref.provider_location),
         provider_auth=values.get("provider_auth", ref.provider_auth)))
     if remaining == 0 and not (still_allowed and still_allowed.connectors):
         driver.remove_export(ref)
-        # the export is gone: the next connection starts from nothing, not from a stale record
-        values = {"provider_location": None, "provider_auth": None}
-    if values:
-        with rt.db.write() as s:
-            s.execute(update(Volume).where(Volume.id == volume_id).values(**values)
-                      .execution_options(synchronize_session=False))
+        volume_ops.forget_export(rt, volume_id)
+    else:
+        volume_ops.persist_model_update(rt, volume_id, model)
 
 
 def _same_host(a: Connector, b: Connector) -> bool:
@@ -365,12 +356,9 @@ def _undo_unrecorded_export(rt: Runtime, volume_id: str, connector: Connector) -
         v = s.get(Volume, volume_id)
         if v is None or v.provider_location:
             return
-        ref, backend = volumes.volume_ref(v), v.backend
-    values = volumes.model_values(rt.backend(backend).driver.create_export(ref, connector))
-    if values:
-        with rt.db.write() as s:
-            s.execute(update(Volume).where(Volume.id == volume_id).values(**values)
-                      .execution_options(synchronize_session=False))
+        ref, backend = volume_ops.volume_ref(v), v.backend
+    volume_ops.persist_model_update(rt, volume_id,
+                                    rt.backend(backend).driver.create_export(ref, connector))
 
 
 def reconcile(rt: Runtime) -> None:
@@ -427,8 +415,5 @@ def _finish_detach(rt: Runtime, att: Attachment) -> None:
 
 
 def _ensure_export(rt: Runtime, v: Volume) -> None:
-    values = volumes.model_values(rt.backend(v.backend).driver.ensure_export(volumes.volume_ref(v)))
-    if values:
-        with rt.db.write() as s:
-            s.execute(update(Volume).where(Volume.id == v.id).values(**values)
-                      .execution_options(synchronize_session=False))
+    volume_ops.persist_model_update(
+        rt, v.id, rt.backend(v.backend).driver.ensure_export(volume_ops.volume_ref(v)))

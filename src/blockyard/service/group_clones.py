@@ -30,13 +30,14 @@ from blockyard.model import VolumeRef
 from blockyard.service import group_snapshots, groups, quotas, records, services, tasks
 from blockyard.service.identity import Identity
 from blockyard.service.runtime import Runtime
-from blockyard.service.volumes import (
-    COPYABLE,
-    insert_row,
+from blockyard.service.volume_ops import (
+    insert_volume,
     model_values,
+    new_volume,
     snapshot_ref,
     volume_ref,
 )
+from blockyard.service.volumes import COPYABLE
 from blockyard.states import GroupStatus as G
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
@@ -115,8 +116,8 @@ def create_from_src(rt: Runtime, who: Identity, *, name: str | None, description
             group_type_id = template.group_type_id
         services.assert_not_frozen(s, template.backend)
         deltas: dict[str, int] = {"groups": 1}
-        for src in sources:
-            type_name = records.type_name(s, src.volume.volume_type_id)
+        type_names = [records.type_name(s, src.volume.volume_type_id) for src in sources]
+        for src, type_name in zip(sources, type_names, strict=True):
             for k, d in quotas.volume_deltas(type_name, 1, src.size).items():
                 deltas[k] = deltas.get(k, 0) + d
         quotas.consume(s, rt.config.quotas, who.project_id, deltas)
@@ -132,16 +133,15 @@ def create_from_src(rt: Runtime, who: Identity, *, name: str | None, description
                                   for i, t in enumerate(template.volume_type_ids)])
         s.add(group)
         s.flush()
-        for src in sources:
+        for src, type_name in zip(sources, type_names, strict=True):
             v = src.volume
-            insert_row(s, volume_id=str(uuid.uuid4()), project_id=who.project_id,
-                       user_id=who.user_id, size=src.size, status=V.CREATING,
-                       availability_zone=v.availability_zone,
-                       volume_type_id=v.volume_type_id, backend=v.backend,
-                       snapshot_id=src.snapshot_id,
-                       source_volid=None if src.snapshot_id else v.id, bootable=v.bootable,
-                       multiattach=v.multiattach, task_id=task.id, created_at=now,
-                       group_id=new_id)
+            insert_volume(s, new_volume(
+                project_id=who.project_id, user_id=who.user_id, size=src.size,
+                status=V.CREATING, availability_zone=v.availability_zone,
+                volume_type_id=v.volume_type_id, type_name=type_name, backend=v.backend,
+                snapshot_id=src.snapshot_id, source_volid=None if src.snapshot_id else v.id,
+                bootable=v.bootable, multiattach=v.multiattach, created_at=now,
+                group_id=new_id), task.id)
     tasks.start(rt, task)
     return group
 

@@ -24,7 +24,8 @@ from blockyard.service import groups, quotas, records, services, tasks
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, filter_columns, paginate
 from blockyard.service.runtime import Runtime
-from blockyard.service.volumes import COPYABLE, snapshot_ref
+from blockyard.service.volume_ops import snapshot_ref
+from blockyard.service.volumes import COPYABLE
 from blockyard.states import GroupSnapshotStatus as GS
 from blockyard.states import SnapshotStatus as S
 

@@ -35,7 +35,7 @@ from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, filter_columns, paginate
 from blockyard.service.runtime import Backend, Runtime
-from blockyard.service.volumes import volume_ref
+from blockyard.service.volume_ops import volume_ref
 from blockyard.states import GroupStatus as G
 from blockyard.states import VolumeStatus as V
 

@@ -33,7 +33,7 @@ from blockyard.service import types as vtypes
 from blockyard.service import volumes as _volumes  # noqa: F401  (registers task handlers)
 from blockyard.service.runtime import Runtime, build_backends, build_targets
 from blockyard.service.tasks import TaskRunner
-from blockyard.service.volumes import volume_ref
+from blockyard.service.volume_ops import volume_ref
 
 log = logging.getLogger(__name__)
 

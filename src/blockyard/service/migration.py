@@ -36,10 +36,13 @@ migration through the compute agent's block mirror is a later step).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import select, update
@@ -47,26 +50,15 @@ from sqlalchemy.orm import Session
 
 from blockyard import failpoints, states
 from blockyard.backends import transfer
+from blockyard.backends.base import VolumeDriver
 from blockyard.db.models import GroupVolumeType, Snapshot, Volume, utcnow
-from blockyard.errors import BlockyardError, InUse, Invalid, InvalidState, NotFound
-from blockyard.model import ModelUpdate, VolumeRef
-from blockyard.service import quotas, records, scheduler, tasks
+from blockyard.errors import BlockyardError, Invalid, NotFound
+from blockyard.model import ModelUpdate, OpenMode, VolumeRef
+from blockyard.service import quotas, records, scheduler, tasks, volume_ops
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.records import VolumeRecord
 from blockyard.service.runtime import Backend, Runtime
-from blockyard.service.volumes import (
-    FRESH_TRIES,
-    _no_snapshots,
-    _ref_from_payload,
-    _ref_payload,
-    _Stale,
-    _stale,
-    _visible,
-    _with_fresh,
-    insert_row,
-    model_values,
-)
 from blockyard.states import MigrationStatus as M
 from blockyard.states import VolumeStatus as V
 
@@ -161,33 +153,27 @@ def _accept(rt: Runtime, v: VolumeRecord, dest: Backend, action: str,
     type_id = new_type.id if new_type is not None else v.volume_type_id
     with rt.db.write() as s:
         task = tasks.enqueue(s, "migrate_volume", v.backend, v.id, {
-            **_ref_payload(v), "dest_id": dest_id, "dest_backend": dest.name,
+            **volume_ops.ref_payload(v), "dest_id": dest_id, "dest_backend": dest.name,
             "action": action, "new_type_id": new_type.id if new_type else None,
             "new_type_name": new_type.name if new_type else None})
-        try:
-            states.begin(s, Volume, v.id, action, task_id=task.id, values={
-                "migration_status": M.STARTING}, where=(
-                    Volume.size == v.size, Volume.pins == 0, _no_snapshots(v.id),
-                    Volume.group_id.is_(None),
-                    Volume.attach_status == states.AttachStatus.DETACHED,
-                    states.migration_may_become(M.STARTING)))
-        except InvalidState as exc:
-            if _stale(s, v):
-                raise _Stale() from exc
-            if exc.current in states.VOLUME_TRANSITIONS[action].allowed:
-                raise Invalid(f"Invalid volume: Volume {v.id} is busy (being copied, "
-                              f"snapshotted or changed); migrate it afterwards.") from exc
-            raise
+        volume_ops.begin_as_read(
+            s, v, action, task_id=task.id, values={"migration_status": M.STARTING},
+            where=(Volume.pins == 0, volume_ops.no_snapshots(v.id), Volume.group_id.is_(None),
+                   Volume.attach_status == states.AttachStatus.DETACHED,
+                   states.migration_may_become(M.STARTING)),
+            busy=Invalid(f"Invalid volume: Volume {v.id} is busy (being copied, "
+                         f"snapshotted or changed); migrate it afterwards."))
         if new_type is not None:  # the new type's share of quota, reserved up front
             quotas.consume(s, rt.config.quotas, v.project_id,
                            _type_deltas(new_type.name, 1, v.size))
-        insert_row(s, volume_id=dest_id, project_id=v.project_id, user_id=v.user_id,
-                   name=v.name, description=f"migration target of volume {v.id}", size=v.size,
-                   status=V.CREATING, availability_zone=dest.config.availability_zone,
-                   volume_type_id=type_id, backend=dest.name, bootable=v.bootable,
-                   readonly=v.readonly, multiattach=v.multiattach, task_id=task.id,
-                   created_at=utcnow(),
-                   migration_status=f"{states.MIGRATION_TARGET}{v.id}")
+        volume_ops.insert_volume(s, volume_ops.new_volume(
+            volume_id=dest_id, project_id=v.project_id, user_id=v.user_id, name=v.name,
+            description=f"migration target of volume {v.id}", size=v.size, status=V.CREATING,
+            availability_zone=dest.config.availability_zone, volume_type_id=type_id,
+            type_name=new_type.name if new_type is not None else v.type_name,
+            backend=dest.name, bootable=v.bootable, readonly=v.readonly,
+            multiattach=v.multiattach, migration_status=f"{states.MIGRATION_TARGET}{v.id}"),
+            task.id)
     return task
 
 
@@ -203,7 +189,7 @@ def migrate(rt: Runtime, who: Identity, volume_id: str, host: str, *,
                           "host.")
         return _accept(rt, v, dest, "migrate_locked" if lock_volume else "migrate")
 
-    _with_fresh(rt, who, volume_id, act)
+    volume_ops.act_on_fresh(rt, who, volume_id, act)
 
 
 def retype(rt: Runtime, who: Identity, volume_id: str, new_type: str, policy: str) -> None:
@@ -243,15 +229,7 @@ def retype(rt: Runtime, who: Identity, volume_id: str, new_type: str, policy: st
         dest = scheduler.pick(rt, vt, v.size, None)
         return _accept(rt, v, dest, "retype_migrate", vt)
 
-    for _ in range(FRESH_TRIES):
-        try:
-            task = act(*_visible(rt, who, volume_id))
-        except _Stale:
-            continue
-        if task is not None:
-            tasks.start(rt, task)
-        return
-    raise InUse(f"Invalid volume: Volume {volume_id} kept changing; try again.")
+    volume_ops.act_on_fresh(rt, who, volume_id, act)
 
 
 def _type_deltas(type_name: str, count: int, gigabytes: int) -> dict[str, int]:
@@ -270,7 +248,7 @@ def _retype_in_place(rt: Runtime, v: VolumeRecord, vt: vtypes.TypeInfo) -> None:
             .values(volume_type_id=vt.id, updated_at=utcnow())
             .execution_options(synchronize_session=False))
         if changed.rowcount != 1:
-            raise _Stale()
+            raise volume_ops.Stale()
         quotas.consume(s, rt.config.quotas, v.project_id, _type_deltas(vt.name, 1, v.size))
         quotas.consume(s, rt.config.quotas, v.project_id,
                        _type_deltas(v.type_name, -1, -v.size))
@@ -325,12 +303,50 @@ def _advance(rt: Runtime, task: tasks.TaskView, to: str) -> None:
                         to)
 
 
+@contextlib.contextmanager
+def _opened(driver: VolumeDriver, ref: VolumeRef, mode: OpenMode) -> Iterator[io.RawIOBase]:
+    """The volume `ref` open through `driver`, closed again however the block ends."""
+    handle = driver.open_volume(ref, mode)
+    try:
+        yield handle
+    finally:
+        driver.close_volume(ref, handle)
+
+
+def _copy(src_drv: VolumeDriver, src_ref: VolumeRef, dst_drv: VolumeDriver,
+          dst_ref: VolumeRef, progress: transfer.Progress) -> transfer.CopyStats:
+    """Copy the source volume into the destination (sparse-aware), both open only meanwhile."""
+    length = src_ref.size_bytes
+    with _opened(src_drv, src_ref, "rb") as src, _opened(dst_drv, dst_ref, "r+b") as dst:
+        stats = transfer.copy_volume(src, dst, length, progress)
+        if failpoints.armed("migrate_volume.corrupt_destination"):  # verify must fail
+            dst.seek(length // 2)
+            dst.write(b"\xff")
+    return stats
+
+
+def _verify(volume_id: str, src_drv: VolumeDriver, src_ref: VolumeRef,
+            dst_drv: VolumeDriver, dst_ref: VolumeRef) -> str:
+    """The sha256 both sides agree on over the volume's full size, or MigrationFailed."""
+    length = src_ref.size_bytes
+    digests = []
+    for drv, ref in ((src_drv, src_ref), (dst_drv, dst_ref)):
+        with _opened(drv, ref, "rb") as handle:
+            digests.append(transfer.checksum(handle, length))
+    if digests[0] != digests[1]:
+        raise MigrationFailed(f"the copy of volume {volume_id} does not verify: "
+                              f"source sha256 {digests[0]}, destination {digests[1]}")
+    return digests[0]
+
+
 def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
-    src_ref = _ref_from_payload(task)
+    """Step 2 (module docstring): create the destination object, copy, verify. Any failure,
+    a kill included, leaves no destination object behind the task does not own: it is
+    removed here, else by the delete task settling queues."""
+    src_ref = volume_ops.ref_from_payload(task)
     src_drv = rt.backend(task.backend).driver
     dst_drv = rt.backend(str(task.payload["dest_backend"])).driver
     dst_ref = _dest_ref(task)
-    length = src_ref.size_bytes
     _advance(rt, task, M.MIGRATING)
 
     def progress(done: int, total: int) -> None:
@@ -339,45 +355,29 @@ def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
 
     try:
         created = dst_drv.create_volume(dst_ref)
-        dst_ref = dataclasses.replace(dst_ref, **model_values(created))
+        dst_ref = dataclasses.replace(dst_ref, **volume_ops.model_values(created))
         failpoints.hit("migrate_volume.before_copy")
-        src = src_drv.open_volume(src_ref, "rb")
-        try:
-            dst = dst_drv.open_volume(dst_ref, "r+b")
-            try:
-                stats = transfer.copy_volume(src, dst, length, progress)
-                if failpoints.armed("migrate_volume.corrupt_destination"):  # verify must fail
-                    dst.seek(length // 2)
-                    dst.write(b"\xff")
-            finally:
-                dst_drv.close_volume(dst_ref, dst)
-        finally:
-            src_drv.close_volume(src_ref, src)
+        stats = _copy(src_drv, src_ref, dst_drv, dst_ref, progress)
         _advance(rt, task, M.COMPLETING)
-        digests = []
-        for drv, ref in ((src_drv, src_ref), (dst_drv, dst_ref)):
-            handle = drv.open_volume(ref, "rb")
-            try:
-                digests.append(transfer.checksum(handle, length))
-            finally:
-                drv.close_volume(ref, handle)
-        if digests[0] != digests[1]:
-            raise MigrationFailed(f"the copy of volume {task.resource_id} does not verify: "
-                                  f"source sha256 {digests[0]}, destination {digests[1]}")
+        digest = _verify(task.resource_id, src_drv, src_ref, dst_drv, dst_ref)
         log.info("migrated volume %s to %s: %d data bytes, %d written (%s), sha256 %s",
                  task.resource_id, task.payload["dest_backend"], stats.data_bytes,
-                 stats.written_bytes, stats.method, digests[0])
+                 stats.written_bytes, stats.method, digest)
         failpoints.hit("migrate_volume.after_verify")
         return created
     except BaseException:
-        try:
-            dst_drv.delete_volume(dst_ref)
-        except Exception:  # the delete task queued when settling removes it, durably
-            log.warning("migration of %s: could not remove the destination yet",
-                        task.resource_id, exc_info=True)
+        _remove_destination(task, dst_drv, dst_ref)
         raise
     finally:
         _clear_progress(task.resource_id)
+
+
+def _remove_destination(task: tasks.TaskView, driver: VolumeDriver, ref: VolumeRef) -> None:
+    try:
+        driver.delete_volume(ref)
+    except Exception:  # the delete task queued when settling removes it, durably
+        log.warning("migration of %s: could not remove the destination yet",
+                    task.resource_id, exc_info=True)
 
 
 def _row(s: Session, volume_id: str) -> Any:
@@ -399,7 +399,7 @@ def _settle_migrate(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
         values: dict[str, Any] = {
             "backend": p["dest_backend"], "name_id": dst.name_id or dest_id,
             "provider_location": dst.provider_location, "provider_auth": dst.provider_auth,
-            "availability_zone": dst.availability_zone, **model_values(result)}
+            "availability_zone": dst.availability_zone, **volume_ops.model_values(result)}
         if p.get("new_type_id"):
             values["volume_type_id"] = p["new_type_id"]
         states.finish(s, Volume, vid, action, task_id=task.id, values=values)

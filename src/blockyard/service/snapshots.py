@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
@@ -13,9 +13,15 @@ from blockyard.db.models import Snapshot, SnapshotMetadata, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import metadata, quotas, records, services, tasks
 from blockyard.service.identity import Identity, authorize
-from blockyard.service.listing import ListParams, Page, like, paginate
+from blockyard.service.listing import (
+    ListParams,
+    Page,
+    filter_columns,
+    has_metadata,
+    paginate,
+)
 from blockyard.service.runtime import Runtime
-from blockyard.service.volumes import snapshot_ref
+from blockyard.service.volume_ops import snapshot_ref
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
 
@@ -23,6 +29,13 @@ SORTABLE = {
     "created_at": "created_at", "updated_at": "updated_at", "id": "id", "name": "name",
     "display_name": "name", "status": "status", "size": "size", "volume_id": "volume_id",
     "project_id": "project_id",
+}
+
+
+#: filters that compare one column, exactly or (``key~=value``) as `listing.like`
+_COLUMN_FILTERS: dict[str, Any] = {
+    "name": Snapshot.name, "display_name": Snapshot.name, "status": Snapshot.status,
+    "volume_id": Snapshot.volume_id, "description": Snapshot.description,
 }
 
 
@@ -226,21 +239,11 @@ def list_snapshots(rt: Runtime, who: Identity, params: ListParams, *, all_projec
             q = q.where(Snapshot.project_id == who.project_id)
         elif params.filters.get("project_id"):
             q = q.where(Snapshot.project_id == params.filters["project_id"])
+        q = filter_columns(q, params.filters, _COLUMN_FILTERS, like_allowed=like_allowed)
         for key, value in params.filters.items():
-            base, approx = (key[:-1], True) if key.endswith("~") else (key, False)
-            if approx and not like_allowed:
-                continue
-            if base == "display_name":
-                base = "name"
-            if base in ("name", "status", "volume_id", "description"):
-                column = getattr(Snapshot, base)
-                q = q.where(like(column, value) if approx else column == value)
-            elif base == "metadata":
-                from blockyard.service.volumes import _metadata_filter
-
-                for mk, mv in _metadata_filter(value).items():
-                    q = q.where(exists().where(SnapshotMetadata.snapshot_id == Snapshot.id,
-                                               SnapshotMetadata.key == mk,
-                                               SnapshotMetadata.value == mv))
+            # metadata always matches exactly, also written metadata~=
+            if key == "metadata" or (key == "metadata~" and like_allowed):
+                q = q.where(*has_metadata(value, SnapshotMetadata.snapshot_id, Snapshot.id,
+                                          SnapshotMetadata.key, SnapshotMetadata.value))
         return paginate(s, Snapshot, q, params, sortable=SORTABLE,
                         nullable={"name": "", "updated_at": Snapshot.created_at})

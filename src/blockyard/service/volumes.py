@@ -7,19 +7,16 @@ long work is handed to a durable task (blockyard.service.tasks) after the transa
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
 from blockyard.db.models import (
     Attachment,
-    Base,
     Group,
     GroupVolumeType,
     Snapshot,
@@ -32,6 +29,7 @@ from blockyard.errors import InUse, Invalid, InvalidState, NotFound
 from blockyard.model import ModelUpdate, SnapshotRef, VolumeRef
 from blockyard.service import (
     compute_events,
+    listing,
     messages,
     metadata,
     quotas,
@@ -39,17 +37,14 @@ from blockyard.service import (
     scheduler,
     services,
     tasks,
+    volume_ops,
 )
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.records import VolumeRecord
-from blockyard.service.runtime import Runtime
+from blockyard.service.runtime import Backend, Runtime
 from blockyard.states import SnapshotStatus as S
 from blockyard.states import VolumeStatus as V
-
-#: prebuilt inserts of the create path: the values come as parameters, nothing is coerced
-_INSERT_VOLUME = insert(Base.metadata.tables["volumes"])
-_INSERT_METADATA = insert(Base.metadata.tables["volume_metadata"])
 
 #: the `backend` of a volume no backend would take (created in `error`; nothing to remove)
 UNSCHEDULED = ""
@@ -71,36 +66,6 @@ class VolumeCreate:
     bootable: bool = False
     #: the generic volume group to join (3.13)
     group_id: str | None = None
-
-
-# ---------------------------------------------------------------------------- references
-
-
-def volume_ref(v: Volume | VolumeRecord) -> VolumeRef:
-    return VolumeRef(
-        id=v.id,
-        size_gb=v.size,
-        name_id=v.name_id,
-        provider_location=v.provider_location,
-        provider_auth=v.provider_auth,
-    )
-
-
-def snapshot_ref(s: Snapshot, volume: Volume) -> SnapshotRef:
-    return SnapshotRef(
-        id=s.id, volume=volume_ref(volume), size_gb=s.size, provider_location=s.provider_location
-    )
-
-
-def model_values(update_: ModelUpdate | None) -> dict[str, Any]:
-    if update_ is None:
-        return {}
-    values = {}
-    if update_.provider_location is not None:
-        values["provider_location"] = update_.provider_location
-    if update_.provider_auth is not None:
-        values["provider_auth"] = update_.provider_auth
-    return values
 
 
 # ---------------------------------------------------------------------------- reads
@@ -128,168 +93,190 @@ def show(rt: Runtime, who: Identity, volume_id: str) -> VolumeRecord:
 METADATA = metadata.Owner(Volume, VolumeMetadata, "volume_id", get)
 
 
-def _no_snapshots(volume_id: str) -> Any:
-    return ~exists().where(Snapshot.volume_id == volume_id)
-
-
 # ---------------------------------------------------------------------------- create
 
 
 def create(rt: Runtime, who: Identity, req: VolumeCreate) -> VolumeRecord:
     """Accept a volume: insert it `creating` with its task, then start the task.
 
-    Everything that can be decided from a read is decided before the write transaction; the
-    transaction itself holds only the quota increment, the pins of the source (which re-check
-    what was read) and two inserts, because SQLite runs one writer at a time.
+    Three steps: `_resolve` decides from one read everything a read can decide (source, group,
+    size, type, limits); `_place` picks the backend; `_insert_creating` runs the write
+    transaction, which holds only the quota increment, the pins of the source (which re-check
+    what was read) and two inserts, because SQLite runs one writer at a time. When no backend
+    may take the volume it is created in `error` instead (`_create_unscheduled`).
     """
+    plan = _resolve(rt, who, req)
+    try:
+        backend = _place(rt, req, plan)
+    except scheduler.NoValidBackend as exc:
+        return _create_unscheduled(rt, who, req, plan.size, plan.vt, exc)
+    return _insert_creating(rt, who, req, plan, backend)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a new volume copies (a snapshot or a volume), as far as creating it cares."""
+
+    #: the new volume's size: the source's, unless a larger one was asked for
+    size: int
+    #: the source's backend: the copy is made there
+    backend: str
+    #: the source's type: the new volume's unless another was asked for
+    volume_type_id: str
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What `_resolve` decided for a new volume."""
+
+    size: int
+    vt: vtypes.TypeInfo
+    #: the backend the volume must live on (its source's or its group's); None: any
+    backend: str | None
+
+
+def _snapshot_source(conn: Connection, who: Identity, snapshot_id: str,
+                     size: int | None) -> _Source:
+    snap = conn.execute(
+        select(Snapshot.project_id, Snapshot.status, Snapshot.size,
+               Snapshot.volume_type_id, Volume.backend)
+        .join(Volume, Volume.id == Snapshot.volume_id)
+        .where(Snapshot.id == snapshot_id)).first()
+    if snap is None:
+        raise NotFound("Snapshot", snapshot_id)
+    authorize(who, "snapshot:get", snap.project_id)
+    if snap.status != S.AVAILABLE:
+        raise Invalid("Invalid snapshot: Originating snapshot status must be one of "
+                      "'available' values")
+    return _copy_of(snap, size, "snapshot", "the snapshot size")
+
+
+def _volume_source(conn: Connection, who: Identity, source_volid: str,
+                   size: int | None) -> _Source:
+    src = conn.execute(
+        select(Volume.project_id, Volume.size, Volume.backend, Volume.volume_type_id)
+        .where(Volume.id == source_volid)).first()
+    if src is None:
+        raise NotFound("Volume", source_volid)
+    authorize(who, "volume:get", src.project_id)
+    return _copy_of(src, size, "volume", "original volume size")
+
+
+def _copy_of(source: Any, size: int | None, kind: str, its_size: str) -> _Source:
+    """A copy of `source` (a row with size, backend, volume_type_id): as large as the source
+    unless `size` asks for more, never smaller (Cinder's wording names the source's size
+    `its_size`)."""
+    size = source.size if size is None else size
+    if size < source.size:
+        raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be smaller "
+                      f"than {its_size} {source.size}GB. They must be >= original {kind} "
+                      f"size.")
+    return _Source(size, source.backend, source.volume_type_id)
+
+
+def _resolve_source(conn: Connection, who: Identity, req: VolumeCreate) -> _Source | None:
+    """The snapshot or volume the new volume copies, if any (the API refuses both at once)."""
+    if req.snapshot_id is not None:
+        return _snapshot_source(conn, who, req.snapshot_id, req.size)
+    if req.source_volid is not None:
+        return _volume_source(conn, who, req.source_volid, req.size)
+    return None
+
+
+def _resolve(rt: Runtime, who: Identity, req: VolumeCreate) -> _Plan:
+    """Step 1 of `create`: the source, group, size and type of the new volume, checked
+    against the limits, in one read."""
     with rt.db.reading() as conn:
-        source_backend: str | None = None
-        size = req.size
-        type_ident = req.volume_type
-        if req.snapshot_id is not None:
-            snap = conn.execute(
-                select(Snapshot.project_id, Snapshot.status, Snapshot.size,
-                       Snapshot.volume_type_id, Volume.backend)
-                .join(Volume, Volume.id == Snapshot.volume_id)
-                .where(Snapshot.id == req.snapshot_id)).first()
-            if snap is None:
-                raise NotFound("Snapshot", req.snapshot_id)
-            authorize(who, "snapshot:get", snap.project_id)
-            if snap.status != S.AVAILABLE:
-                raise Invalid("Invalid snapshot: Originating snapshot status must be one of "
-                              "'available' values")
-            size = snap.size if size is None else size
-            if size < snap.size:
-                raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
-                              f"smaller than the snapshot size {snap.size}GB. They must be >= "
-                              f"original snapshot size.")
-            source_backend = snap.backend
-            type_ident = type_ident or snap.volume_type_id
-        if req.source_volid is not None:
-            src = conn.execute(
-                select(Volume.project_id, Volume.size, Volume.backend, Volume.volume_type_id)
-                .where(Volume.id == req.source_volid)).first()
-            if src is None:
-                raise NotFound("Volume", req.source_volid)
-            authorize(who, "volume:get", src.project_id)
-            size = src.size if size is None else size
-            if size < src.size:
-                raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
-                              f"smaller than original volume size {src.size}GB. They must be "
-                              f">= original volume size.")
-            source_backend = src.backend
-            type_ident = type_ident or src.volume_type_id
+        source = _resolve_source(conn, who, req)
         group = _membership(conn, who, req.group_id) if req.group_id is not None else None
+        size = source.size if source is not None else req.size
         if size is None:
             raise Invalid("Invalid input received: Size is required for a new volume.")
         if size > rt.config.max_volume_size_gb:
             raise Invalid(f"Invalid input received: Volume size {size}GB exceeds the maximum "
                           f"of {rt.config.max_volume_size_gb}GB.")
+        type_ident = req.volume_type or (source.volume_type_id if source is not None else None)
         vt = vtypes.resolve(conn, type_ident or rt.config.default_volume_type, who)
         per_volume = quotas.limit_of(conn, rt.config.quotas, who.project_id,
                                      "per_volume_gigabytes")
     if 0 <= per_volume < size:
         raise Invalid(f"Volume size {size}G exceeds the allowed per volume quota of "
                       f"{per_volume}G.")
+    backend = source.backend if source is not None else None
     if group is not None:
-        if vt.id not in group.volume_type_ids:
-            raise Invalid(f"Invalid input received: Invalid volume_type provided: {vt.name} "
-                          f"(requested type must be supported by this group).")
-        if source_backend is not None and source_backend != group.backend:
-            raise Invalid(f"Invalid input received: the source lives on backend "
-                          f"{source_backend}, but the volumes of group {group.group_id} live "
-                          f"on {group.backend}.")
-        source_backend = group.backend
-    if source_backend is not None:
-        backend = rt.backend(source_backend)
-        if req.availability_zone and req.availability_zone != backend.config.availability_zone:
-            raise Invalid("Invalid input received: Availability zone of the source must "
-                          "match the requested one.")
-        if backend.name in services.unschedulable(rt):
-            # the only backend it may go to is disabled or frozen: Cinder's scheduler finds
-            # no valid backend for it either
-            return _create_unscheduled(rt, who, req, size, vt, scheduler.NoValidBackend(
-                "No valid backend was found. No weighed backends available"))
-    else:
-        try:
-            backend = scheduler.pick(rt, vt, size, req.availability_zone)
-        except scheduler.NoValidBackend as exc:
-            return _create_unscheduled(rt, who, req, size, vt, exc)
-    type_id, type_name, multiattach = vt.id, vt.name, vtypes.is_multiattach(vt)
+        backend = _agree_with_group(group, vt, backend)
+    return _Plan(size, vt, backend)
 
-    record = VolumeRecord(
-        id=str(uuid.uuid4()), project_id=who.project_id, user_id=who.user_id, name=req.name,
+
+def _agree_with_group(group: _Membership, vt: vtypes.TypeInfo, source_backend: str | None) -> str:
+    """A new member must have a type of its group and live on the group's backend, which is
+    the backend it goes to."""
+    if vt.id not in group.volume_type_ids:
+        raise Invalid(f"Invalid input received: Invalid volume_type provided: {vt.name} "
+                      f"(requested type must be supported by this group).")
+    if source_backend is not None and source_backend != group.backend:
+        raise Invalid(f"Invalid input received: the source lives on backend "
+                      f"{source_backend}, but the volumes of group {group.group_id} live "
+                      f"on {group.backend}.")
+    return group.backend
+
+
+def _place(rt: Runtime, req: VolumeCreate, plan: _Plan) -> Backend:
+    """Step 2 of `create`: the backend the volume goes to, or NoValidBackend."""
+    if plan.backend is None:
+        return scheduler.pick(rt, plan.vt, plan.size, req.availability_zone)
+    backend = rt.backend(plan.backend)
+    if req.availability_zone and req.availability_zone != backend.config.availability_zone:
+        raise Invalid("Invalid input received: Availability zone of the source must "
+                      "match the requested one.")
+    if backend.name in services.unschedulable(rt):
+        # the only backend it may go to is disabled or frozen: Cinder's scheduler finds
+        # no valid backend for it either
+        raise scheduler.NoValidBackend("No valid backend was found. No weighed backends "
+                                       "available")
+    return backend
+
+
+def _insert_creating(rt: Runtime, who: Identity, req: VolumeCreate, plan: _Plan,
+                     backend: Backend) -> VolumeRecord:
+    """Step 3 of `create`: in one write transaction, hold the group, take the quota, pin the
+    source, queue the task and insert the volume `creating`; then start the task."""
+    size, type_name = plan.size, plan.vt.name
+    record = volume_ops.new_volume(
+        project_id=who.project_id, user_id=who.user_id, name=req.name,
         description=req.description, size=size, status=V.CREATING,
-        attach_status=states.AttachStatus.DETACHED,
-        availability_zone=backend.config.availability_zone, volume_type_id=type_id,
+        availability_zone=backend.config.availability_zone, volume_type_id=plan.vt.id,
         type_name=type_name, backend=backend.name, snapshot_id=req.snapshot_id,
-        source_volid=req.source_volid, bootable=req.bootable, readonly=False,
-        multiattach=multiattach, name_id=None, migration_status=None, created_at=utcnow(),
-        updated_at=None, provider_location=None, provider_auth=None, group_id=req.group_id,
-        meta=dict(req.metadata),
-    )
+        source_volid=req.source_volid, bootable=req.bootable,
+        multiattach=vtypes.is_multiattach(plan.vt), group_id=req.group_id, meta=req.metadata)
     with rt.db.write() as s:
         if req.group_id is not None:
             _hold_group_for_new_member(s, req.group_id)
         quotas.consume(s, rt.config.quotas, who.project_id,
                        quotas.volume_deltas(type_name, 1, size))
-        if req.snapshot_id is not None:
-            states.pin(s, Snapshot, req.snapshot_id, (S.AVAILABLE,), "create a volume from")
-        if req.source_volid is not None:
-            try:
-                # the size read above must still hold: an extend may have finished since
-                states.pin(s, Volume, req.source_volid, COPYABLE, "clone",
-                           where=(Volume.size <= size,))
-            except InvalidState as exc:
-                if exc.current in COPYABLE:
-                    raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
-                                  f"smaller than original volume size, which grew meanwhile. "
-                                  f"They must be >= original volume size.") from exc
-                raise
+        _pin_source(s, req, size)
         task = tasks.enqueue(s, "create_volume", backend.name, record.id, {
             "size": size, "snapshot_id": req.snapshot_id, "source_volid": req.source_volid})
-        _insert(s, record, task.id)
+        volume_ops.insert_volume(s, record, task.id)
     tasks.start(rt, task)
     return record
 
 
-def _insert(s: Session, record: VolumeRecord, task_id: int | None) -> None:
-    """Insert a new volume's row and its metadata, as `record` describes them."""
-    insert_row(s, volume_id=record.id, project_id=record.project_id, user_id=record.user_id,
-               name=record.name, description=record.description, size=record.size,
-               status=record.status, attach_status=record.attach_status,
-               availability_zone=record.availability_zone,
-               volume_type_id=record.volume_type_id, backend=record.backend,
-               snapshot_id=record.snapshot_id, source_volid=record.source_volid,
-               bootable=record.bootable, readonly=record.readonly,
-               multiattach=record.multiattach, migration_status=record.migration_status,
-               group_id=record.group_id, task_id=task_id, created_at=record.created_at)
-    if record.meta:
-        s.connection().execute(_INSERT_METADATA, [
-            {"volume_id": record.id, "key": k, "value": v} for k, v in record.meta.items()])
-
-
-def insert_row(s: Session, *, volume_id: str, project_id: str, user_id: str, size: int,
-               status: str, availability_zone: str, volume_type_id: str, backend: str,
-               task_id: int | None, created_at: datetime, name: str | None = None,
-               description: str | None = None,
-               attach_status: str = states.AttachStatus.DETACHED,
-               snapshot_id: str | None = None, source_volid: str | None = None,
-               bootable: bool = False, readonly: bool = False, multiattach: bool = False,
-               migration_status: str | None = None, group_id: str | None = None) -> None:
-    """Insert one new volume row: the one place that lists every column a volume starts
-    with (create, the destination of a migration, the members of a cloned group). A new
-    volume has no export, no pins and no previous status yet."""
-    s.connection().execute(_INSERT_VOLUME, {
-        "id": volume_id, "project_id": project_id, "user_id": user_id, "name": name,
-        "description": description, "size": size, "status": status, "previous_status": None,
-        "attach_status": attach_status, "availability_zone": availability_zone,
-        "volume_type_id": volume_type_id, "backend": backend, "snapshot_id": snapshot_id,
-        "source_volid": source_volid, "bootable": bootable, "readonly": readonly,
-        "multiattach": multiattach, "task_id": task_id, "pins": 0, "created_at": created_at,
-        "updated_at": None, "provider_location": None, "provider_auth": None, "name_id": None,
-        "migration_status": migration_status, "group_id": group_id,
-    })
+def _pin_source(s: Session, req: VolumeCreate, size: int) -> None:
+    """Pin what the new volume copies, re-checking by condition what `_resolve` read."""
+    if req.snapshot_id is not None:
+        states.pin(s, Snapshot, req.snapshot_id, (S.AVAILABLE,), "create a volume from")
+    if req.source_volid is not None:
+        try:
+            # the size read above must still hold: an extend may have finished since
+            states.pin(s, Volume, req.source_volid, COPYABLE, "clone",
+                       where=(Volume.size <= size,))
+        except InvalidState as exc:
+            if exc.current in COPYABLE:
+                raise Invalid(f"Invalid input received: Volume size '{size}'GB cannot be "
+                              f"smaller than original volume size, which grew meanwhile. "
+                              f"They must be >= original volume size.") from exc
+            raise
 
 
 def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int,
@@ -299,20 +286,15 @@ def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int
     backend (``host`` is null), counted against quota until it is deleted, and a user message
     says why. The request itself succeeds: the failure is the volume's, not the request's."""
     zone = req.availability_zone or min(scheduler.availability_zones(rt))
-    record = VolumeRecord(
-        id=str(uuid.uuid4()), project_id=who.project_id, user_id=who.user_id, name=req.name,
-        description=req.description, size=size, status=V.ERROR,
-        attach_status=states.AttachStatus.DETACHED, availability_zone=zone,
-        volume_type_id=vt.id, type_name=vt.name, backend=UNSCHEDULED, snapshot_id=None,
-        source_volid=None, bootable=req.bootable, readonly=False,
-        multiattach=vtypes.is_multiattach(vt), name_id=None, migration_status=None,
-        created_at=utcnow(), updated_at=None, provider_location=None, provider_auth=None,
-        group_id=None, meta=dict(req.metadata),
-    )
+    record = volume_ops.new_volume(
+        project_id=who.project_id, user_id=who.user_id, name=req.name,
+        description=req.description, size=size, status=V.ERROR, availability_zone=zone,
+        volume_type_id=vt.id, type_name=vt.name, backend=UNSCHEDULED, bootable=req.bootable,
+        multiattach=vtypes.is_multiattach(vt), meta=req.metadata)
     with rt.db.write() as s:
         quotas.consume(s, rt.config.quotas, who.project_id,
                        quotas.volume_deltas(vt.name, 1, size))
-        _insert(s, record, None)
+        volume_ops.insert_volume(s, record, None)
         messages.record(s, rt.config.message_ttl, project_id=who.project_id,
                         resource_type=messages.Resource.VOLUME, resource_uuid=record.id,
                         action=messages.Action.SCHEDULE_ALLOCATE_VOLUME,
@@ -359,11 +341,11 @@ def _refs_of_sources(rt: Runtime, snapshot_id: str | None,
             assert snap is not None
             parent = s.get(Volume, snap.volume_id)
             assert parent is not None
-            return snapshot_ref(snap, parent), None
+            return volume_ops.snapshot_ref(snap, parent), None
         if source_volid is not None:
             src = s.get(Volume, source_volid)
             assert src is not None
-            return None, volume_ref(src)
+            return None, volume_ops.volume_ref(src)
     return None, None
 
 
@@ -387,68 +369,12 @@ def _settle_create(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
         states.unpin(s, Volume, task.payload["source_volid"])
     if error is None:
         states.finish(s, Volume, task.resource_id, "create", task_id=task.id,
-                      values=model_values(result))
+                      values=volume_ops.model_values(result))
     else:
         states.fail(s, Volume, task.resource_id, "create", task_id=task.id)
 
 
 tasks.register("create_volume", tasks.Handler(_run_create, _settle_create))
-
-
-def _ref_payload(v: VolumeRecord) -> dict[str, Any]:
-    """What a task needs to rebuild the volume's VolumeRef without reading it again (the row
-    cannot change under the task that owns it)."""
-    return {"size": v.size, "name_id": v.name_id, "provider_location": v.provider_location,
-            "provider_auth": v.provider_auth, "project_id": v.project_id,
-            "type_name": v.type_name}
-
-
-def _ref_from_payload(task: tasks.TaskView) -> VolumeRef:
-    p = task.payload
-    return VolumeRef(id=task.resource_id, size_gb=int(p["size"]), name_id=p.get("name_id"),
-                     provider_location=p.get("provider_location"),
-                     provider_auth=p.get("provider_auth"))
-
-
-def _visible(rt: Runtime, who: Identity, volume_id: str) -> tuple[VolumeRecord, int]:
-    """Read a volume (and its project's per-volume size limit) before a write transaction
-    that re-checks what matters by condition."""
-    with rt.db.reading() as conn:
-        v = records.fetch_volume(conn, volume_id)
-        if v is None:
-            raise NotFound("Volume", volume_id)
-        authorize(who, "volume:get", v.project_id)
-        per_volume = quotas.limit_of(conn, rt.config.quotas, v.project_id,
-                                     "per_volume_gigabytes")
-    return v, per_volume
-
-
-class _Stale(Exception):
-    """The volume changed between the read and the write transaction (it was extended)."""
-
-
-#: how often an action re-reads a volume that changed under it before giving up
-FRESH_TRIES = 5
-
-
-def _stale(s: Session, v: VolumeRecord) -> bool:
-    """Did the write lose its compare-and-swap only because the size changed since the read?"""
-    size = s.connection().execute(select(Volume.size).where(Volume.id == v.id)).scalar()
-    return size is not None and size != v.size
-
-
-def _with_fresh(rt: Runtime, who: Identity, volume_id: str,
-                act: Callable[[VolumeRecord, int], tasks.TaskView]) -> None:
-    """Read the volume, act on what was read under conditions that it still holds, and read
-    again when it did not; then start the task the action queued."""
-    for _ in range(FRESH_TRIES):
-        try:
-            task = act(*_visible(rt, who, volume_id))
-        except _Stale:
-            continue
-        tasks.start(rt, task)
-        return
-    raise InUse(f"Invalid volume: Volume {volume_id} kept changing; try again.")
 
 
 # ---------------------------------------------------------------------------- delete
@@ -459,12 +385,12 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
     """Accept a delete: mark the volume (and with `cascade` its snapshots) deleting."""
 
     def act(v: VolumeRecord, _per_volume: int) -> tasks.TaskView:
-        # the size as read goes into the task (it releases that much quota): it must hold
-        # a group's member goes with its group (delete-volumes), as in Cinder
-        conditions: list[Any] = [Volume.pins == 0, Volume.size == v.size,
-                                 Volume.group_id.is_(None)]
+        # the size as read goes into the task (it releases that much quota): begin_as_read
+        # makes sure it holds; a group's member goes with its group (delete-volumes), as in
+        # Cinder
+        conditions: list[Any] = [Volume.pins == 0, Volume.group_id.is_(None)]
         if not cascade:
-            conditions.append(_no_snapshots(volume_id))
+            conditions.append(volume_ops.no_snapshots(volume_id))
         else:  # a member of a group snapshot goes with its group snapshot
             conditions.append(~exists().where(Snapshot.volume_id == volume_id,
                                               Snapshot.group_snapshot_id.is_not(None)))
@@ -475,13 +401,11 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
             # a volume on no backend has nothing to remove: any backend's workers settle it
             task = tasks.enqueue(s, "delete_volume", v.backend or min(rt.backends), volume_id,
                                  {"cascade": cascade, "unscheduled": not v.backend,
-                                  **_ref_payload(v)})
+                                  **volume_ops.ref_payload(v)})
             try:
-                states.begin(s, Volume, volume_id, "force_delete" if force else "delete",
-                             task_id=task.id, where=tuple(conditions))
+                volume_ops.begin_as_read(s, v, "force_delete" if force else "delete",
+                                         task_id=task.id, where=tuple(conditions))
             except InvalidState as exc:
-                if _stale(s, v):
-                    raise _Stale() from exc
                 raise Invalid(
                     "Invalid volume: Volume status must be available or error or "
                     "error_restoring or error_extending or error_managing and must not be "
@@ -496,7 +420,7 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
                                  task_id=task.id, where=(Snapshot.pins == 0,))
         return task
 
-    _with_fresh(rt, who, volume_id, act)
+    volume_ops.act_on_fresh(rt, who, volume_id, act)
 
 
 def _cascaded_snapshots(conn: Connection, task_id: int) -> list[tuple[str, str, int, Any]]:
@@ -509,7 +433,7 @@ def _cascaded_snapshots(conn: Connection, task_id: int) -> list[tuple[str, str, 
 def _run_delete(rt: Runtime, task: tasks.TaskView) -> None:
     if task.payload.get("unscheduled"):
         return
-    ref = _ref_from_payload(task)
+    ref = volume_ops.ref_from_payload(task)
     driver = rt.backend(task.backend).driver
     if task.payload.get("cascade"):
         with rt.db.reading() as conn:
@@ -552,6 +476,23 @@ tasks.register("delete_volume", tasks.Handler(_run_delete, _settle_delete))
 # ---------------------------------------------------------------------------- extend
 
 
+def _extend_attached(rt: Runtime, v: VolumeRecord, attached_ok: bool) -> str:
+    """The action extending the attached volume `v`, if the request (`attached_ok`, 3.42),
+    its driver and its export target allow one."""
+    if not attached_ok:
+        raise InvalidState("Volume", v.id, v.status, (V.AVAILABLE,), "extend")
+    if not rt.backend(v.backend).driver.info().online_extend:
+        raise Invalid(f"Invalid volume: backend {v.backend} cannot extend an "
+                      f"attached volume.")
+    # the driver may grow the volume, but could the attached consumer see it grow?
+    target = rt.target_of(v.backend)
+    if not target.online_resize:
+        raise Invalid(f"Invalid volume: volumes exported over {target.protocol} cannot "
+                      f"be extended while attached ({target.online_resize_blocker}); "
+                      f"detach it first.")
+    return "extend_attached"
+
+
 def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
            attached_ok: bool = False) -> None:
     """Accept an extend: reserve the extra gigabytes and mark the volume extending.
@@ -571,46 +512,27 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
         if 0 <= per_volume < new_size:
             raise Invalid(f"Volume size {new_size}G exceeds the allowed per volume quota of "
                           f"{per_volume}G.")
-        action = "extend"
-        if v.status == V.IN_USE:
-            if not attached_ok:
-                raise InvalidState("Volume", volume_id, v.status, (V.AVAILABLE,), "extend")
-            if not rt.backend(v.backend).driver.info().online_extend:
-                raise Invalid(f"Invalid volume: backend {v.backend} cannot extend an "
-                              f"attached volume.")
-            # the driver may grow the volume, but could the attached consumer see it grow?
-            target = rt.target_of(v.backend)
-            if not target.online_resize:
-                raise Invalid(f"Invalid volume: volumes exported over {target.protocol} cannot "
-                              f"be extended while attached ({target.online_resize_blocker}); "
-                              f"detach it first.")
-            action = "extend_attached"
+        action = _extend_attached(rt, v, attached_ok) if v.status == V.IN_USE else "extend"
         grow = new_size - v.size
         with rt.db.write() as s:
             task = tasks.enqueue(s, "extend_volume", v.backend, volume_id, {
                 "new_size": new_size, "old_size": v.size, "action": action,
-                **_ref_payload(v)})
-            try:
-                # size as read: nothing grew it meanwhile; pins == 0: no snapshot or clone is
-                # copying the volume while it grows under it
-                states.begin(s, Volume, volume_id, action, task_id=task.id,
-                             where=(Volume.size == v.size, Volume.pins == 0))
-            except InvalidState as exc:
-                if _stale(s, v):
-                    raise _Stale() from exc
-                if exc.current in states.VOLUME_TRANSITIONS[action].allowed:
-                    raise InUse(f"Invalid volume: Volume {volume_id} is being copied by a "
-                                f"snapshot or clone in progress; extend it afterwards.") from exc
-                raise
+                **volume_ops.ref_payload(v)})
+            # size as read: nothing grew it meanwhile; pins == 0: no snapshot or clone is
+            # copying the volume while it grows under it
+            volume_ops.begin_as_read(
+                s, v, action, task_id=task.id, where=(Volume.pins == 0,),
+                busy=InUse(f"Invalid volume: Volume {volume_id} is being copied by a "
+                           f"snapshot or clone in progress; extend it afterwards."))
             quotas.consume(s, rt.config.quotas, v.project_id,
                            {"gigabytes": grow, f"gigabytes_{v.type_name}": grow})
         return task
 
-    _with_fresh(rt, who, volume_id, act)
+    volume_ops.act_on_fresh(rt, who, volume_id, act)
 
 
 def _run_extend(rt: Runtime, task: tasks.TaskView) -> None:
-    rt.backend(task.backend).driver.extend_volume(_ref_from_payload(task),
+    rt.backend(task.backend).driver.extend_volume(volume_ops.ref_from_payload(task),
                                                   int(task.payload["new_size"]))
 
 
@@ -703,77 +625,67 @@ SORTABLE = {
 }
 
 
-def _metadata_filter(value: str) -> dict[str, str]:
-    import ast
-    import json
+#: filters that compare one column, exactly or (``key~=value``) as `listing.like`
+_COLUMN_FILTERS: dict[str, Any] = {
+    "name": Volume.name, "display_name": Volume.name, "status": Volume.status,
+    "availability_zone": Volume.availability_zone, "volume_type_id": Volume.volume_type_id,
+    "user_id": Volume.user_id, "migration_status": Volume.migration_status,
+    "description": Volume.description, "group_id": Volume.group_id,
+}
 
-    try:
-        parsed = json.loads(value)
-    except (ValueError, RecursionError):
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            # TypeError: {[]: 1} (an unhashable key) is a literal Python cannot build
-            raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.") from None
-    if not isinstance(parsed, dict):
-        raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.")
-    pairs = {str(k): str(v) for k, v in parsed.items()}
-    try:  # "\ud800" escapes decode to text no database can store
-        "".join(pairs).encode("utf-8"), "".join(pairs.values()).encode("utf-8")
-    except UnicodeEncodeError:
-        raise Invalid(f"Invalid input received: Invalid metadata filter {value!r}.") from None
-    return pairs
+
+def _size_is(value: str) -> list[Any]:
+    # ASCII digits only (int() takes "٣"), and no number a column cannot hold
+    if not re.fullmatch(r"[0-9]{1,10}", value.strip()) or int(value) > MAX_SIZE_FILTER:
+        raise Invalid(f"Invalid input received: size must be an integer, got {value!r}.")
+    return [Volume.size == int(value)]
+
+
+def _bootable_is(value: str) -> list[Any]:
+    return [Volume.bootable == (value.strip().lower() in ("true", "1", "yes", "t", "y", "on"))]
+
+
+def _has_metadata(value: str) -> list[Any]:
+    return listing.has_metadata(value, VolumeMetadata.volume_id, Volume.id,
+                                VolumeMetadata.key, VolumeMetadata.value)
+
+
+def _of_type(value: str) -> list[Any]:
+    return [Volume.volume_type.has((VolumeType.name == value) | (VolumeType.id == value))]
+
+
+#: filters whose value is parsed: they always match exactly, also written ``key~=value``
+_VALUE_FILTERS: dict[str, Callable[[str], list[Any]]] = {
+    "size": _size_is, "bootable": _bootable_is, "metadata": _has_metadata,
+    "volume_type": _of_type,
+}
 
 
 def _filtered_query(who: Identity, filters: dict[str, str], all_projects: bool,
                     like_allowed: bool) -> Any:
-    from blockyard.service.listing import like
-
+    """The ids of the volumes `filters` select among those `who` may list; other keys are
+    ignored, as Cinder ignores them, and so is ``key~=value`` where `like_allowed` is not."""
     # a migration's temporary destination is no volume of anyone's (Cinder hides it too)
     q = select(Volume.id).where(states.not_migration_target())
-    project = filters.get("project_id") if all_projects else None
     if not all_projects:
         q = q.where(Volume.project_id == who.project_id)
-    elif project:
-        q = q.where(Volume.project_id == project)
+    elif filters.get("project_id"):
+        q = q.where(Volume.project_id == filters["project_id"])
+    q = listing.filter_columns(q, filters, _COLUMN_FILTERS, like_allowed=like_allowed)
     for key, value in filters.items():
-        base, approx = (key[:-1], True) if key.endswith("~") else (key, False)
-        if approx and not like_allowed:
-            continue
-        if base == "display_name":
-            base = "name"
-        if base in ("name", "status", "availability_zone", "volume_type_id", "user_id",
-                    "migration_status", "description", "group_id"):
-            column = getattr(Volume, base)
-            q = q.where(like(column, value) if approx else column == value)
-        elif base == "size":
-            # ASCII digits only (int() takes "٣"), and no number a column cannot hold
-            if not re.fullmatch(r"[0-9]{1,10}", value.strip()) or \
-                    int(value) > MAX_SIZE_FILTER:
-                raise Invalid(f"Invalid input received: size must be an integer, got "
-                              f"{value!r}.")
-            q = q.where(Volume.size == int(value))
-        elif base == "bootable":
-            q = q.where(Volume.bootable == (value.strip().lower() in
-                                            ("true", "1", "yes", "t", "y", "on")))
-        elif base == "metadata":
-            for mk, mv in _metadata_filter(value).items():
-                q = q.where(exists().where(VolumeMetadata.volume_id == Volume.id,
-                                           VolumeMetadata.key == mk, VolumeMetadata.value == mv))
-        elif base == "volume_type":
-            q = q.where(Volume.volume_type.has(
-                (VolumeType.name == value) | (VolumeType.id == value)))
+        approx = key.endswith("~")
+        conditions = _VALUE_FILTERS.get(key[:-1] if approx else key)
+        if conditions is not None and (like_allowed or not approx):
+            q = q.where(*conditions(value))
     return q
 
 
 def list_volumes(rt: Runtime, who: Identity, params: Any, *, all_projects: bool,
                  like_allowed: bool) -> Any:
     """One page of the caller's volumes (every project's with `all_projects`)."""
-    from blockyard.service.listing import paginate
-
     with rt.db.read() as s:
         q = _filtered_query(who, params.filters, all_projects and who.is_admin, like_allowed)
-        page = paginate(s, Volume, q, params, sortable=SORTABLE,
+        page = listing.paginate(s, Volume, q, params, sortable=SORTABLE,
                         nullable={"name": "", "updated_at": Volume.created_at})
         page.rows = records.fetch_volumes(s.connection(), page.rows)
         return page

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from blockyard.exec import wait_until
 from tests.support.consistency import (
     DbState,
     GiB,
@@ -492,6 +493,12 @@ snapshots = 25
 """
 
 
+def _accepted(ledger: Ledger) -> int:
+    """How many operations the service has accepted (202) so far."""
+    with ledger.lock:
+        return sum(1 for s in ledger.statuses if s[1] == 202)
+
+
 def test_random_kills_keep_consistency(make_server: Callable[..., Server]) -> None:
     rng = random.Random(0xB10C)
     srv = make_server("state", config=RANDOM_QUOTA).start()
@@ -508,6 +515,9 @@ def test_random_kills_keep_consistency(make_server: Callable[..., Server]) -> No
         for t in threads:
             t.start()
         started.wait(30)  # the streams are issuing operations: kill at a random moment
+        # once this round had an operation accepted, so a loaded machine still checks work
+        wait_until(lambda n=_accepted(ledger): _accepted(ledger) > n, 60,
+                   what="an accepted operation in this round")
         time.sleep(rng.uniform(0.0, 0.3))
         srv.kill()
         stop.set()
@@ -525,7 +535,7 @@ def test_random_kills_keep_consistency(make_server: Callable[..., Server]) -> No
             raise AssertionError(f"round {round_}: {exc}\n--- server log ---\n"
                                  f"{srv.log()[-3000:]}") from None
     # the streams did something worth checking
-    accepted = sum(1 for s in ledger.statuses if s[1] == 202)
+    accepted = _accepted(ledger)
     assert accepted >= 5, f"only {accepted} operations were accepted: {ledger.statuses}"
     final = read_db(srv.state_dir)
     assert not final.tasks

@@ -43,70 +43,126 @@ from blockyard.statuses import SnapshotStatus as SnapshotStatus
 from blockyard.statuses import Transition as Transition
 from blockyard.statuses import VolumeStatus as VolumeStatus
 
-V = VolumeStatus
-S = SnapshotStatus
-
 VOLUME_TRANSITIONS: dict[str, Transition] = {
     # a new row is inserted as `creating`; create only finishes or fails
-    "create": Transition((V.CREATING,), V.CREATING, V.AVAILABLE, V.ERROR),
+    "create": Transition(
+        (VolumeStatus.CREATING,), VolumeStatus.CREATING, VolumeStatus.AVAILABLE, VolumeStatus.ERROR
+    ),
     "delete": Transition(
-        (V.AVAILABLE, V.ERROR, V.ERROR_RESTORING, V.ERROR_EXTENDING, V.ERROR_MANAGING),
-        V.DELETING,
+        (
+            VolumeStatus.AVAILABLE,
+            VolumeStatus.ERROR,
+            VolumeStatus.ERROR_RESTORING,
+            VolumeStatus.ERROR_EXTENDING,
+            VolumeStatus.ERROR_MANAGING,
+        ),
+        VolumeStatus.DELETING,
         None,
-        V.ERROR_DELETING,
+        VolumeStatus.ERROR_DELETING,
     ),
     # force-delete also takes rows that are stuck half-way, `deleting` included (as Cinder,
     # which drops every status condition when forced); a delete whose task still runs is not
     # taken over, since `begin` only moves rows that no task owns
-    "force_delete": Transition(tuple(V), V.DELETING, None, V.ERROR_DELETING),
-    "extend": Transition((V.AVAILABLE,), V.EXTENDING, PREVIOUS, V.ERROR_EXTENDING),
-    "extend_attached": Transition((V.IN_USE,), V.EXTENDING, PREVIOUS, V.ERROR_EXTENDING),
+    "force_delete": Transition(
+        tuple(VolumeStatus), VolumeStatus.DELETING, None, VolumeStatus.ERROR_DELETING
+    ),
+    "extend": Transition(
+        (VolumeStatus.AVAILABLE,), VolumeStatus.EXTENDING, PREVIOUS, VolumeStatus.ERROR_EXTENDING
+    ),
+    "extend_attached": Transition(
+        (VolumeStatus.IN_USE,), VolumeStatus.EXTENDING, PREVIOUS, VolumeStatus.ERROR_EXTENDING
+    ),
     # legacy attach flow (os-reserve ... os-detach) and the attachments API; these are single
     # steps (no task): `begin` moves the volume, and leaving an attach state goes through
     # `derive_attach_status`, which looks at the attachments that remain
-    "reserve": Transition((V.AVAILABLE,), V.ATTACHING, None, None),
-    "reserve_multiattach": Transition((V.AVAILABLE, V.IN_USE, V.RESERVED, V.ATTACHING),
-                                      V.ATTACHING, None, None),
-    "attachment_reserve": Transition((V.AVAILABLE,), V.RESERVED, None, None),
+    "reserve": Transition((VolumeStatus.AVAILABLE,), VolumeStatus.ATTACHING, None, None),
+    "reserve_multiattach": Transition(
+        (
+            VolumeStatus.AVAILABLE,
+            VolumeStatus.IN_USE,
+            VolumeStatus.RESERVED,
+            VolumeStatus.ATTACHING,
+        ),
+        VolumeStatus.ATTACHING,
+        None,
+        None,
+    ),
+    "attachment_reserve": Transition((VolumeStatus.AVAILABLE,), VolumeStatus.RESERVED, None, None),
     "attachment_reserve_multiattach": Transition(
-        (V.AVAILABLE, V.IN_USE, V.RESERVED, V.ATTACHING), V.RESERVED, None, None),
-    "attach": Transition((V.ATTACHING, V.RESERVED, V.IN_USE), V.IN_USE, None, None),
-    "begin_detaching": Transition((V.IN_USE,), V.DETACHING, None, None),
-    "roll_detaching": Transition((V.DETACHING,), V.IN_USE, None, None),
+        (
+            VolumeStatus.AVAILABLE,
+            VolumeStatus.IN_USE,
+            VolumeStatus.RESERVED,
+            VolumeStatus.ATTACHING,
+        ),
+        VolumeStatus.RESERVED,
+        None,
+        None,
+    ),
+    "attach": Transition(
+        (VolumeStatus.ATTACHING, VolumeStatus.RESERVED, VolumeStatus.IN_USE),
+        VolumeStatus.IN_USE,
+        None,
+        None,
+    ),
+    "begin_detaching": Transition((VolumeStatus.IN_USE,), VolumeStatus.DETACHING, None, None),
+    "roll_detaching": Transition((VolumeStatus.DETACHING,), VolumeStatus.IN_USE, None, None),
     # a migration between backends (os-migrate_volume): like Cinder, the status stays what it
     # was (the task's ownership of the row refuses every other action meanwhile), or becomes
     # `maintenance` with lock_volume; either way it returns to the previous status at the end,
     # and migration_status (MIGRATION_STEPS) tells how the migration went
-    "migrate": Transition((V.AVAILABLE,), V.AVAILABLE, PREVIOUS, PREVIOUS),
-    "migrate_locked": Transition((V.AVAILABLE,), V.MAINTENANCE, PREVIOUS, PREVIOUS),
+    "migrate": Transition((VolumeStatus.AVAILABLE,), VolumeStatus.AVAILABLE, PREVIOUS, PREVIOUS),
+    "migrate_locked": Transition(
+        (VolumeStatus.AVAILABLE,), VolumeStatus.MAINTENANCE, PREVIOUS, PREVIOUS
+    ),
     # os-retype that needs a migration: `retyping` until the data moved and the type changed
-    "retype_migrate": Transition((V.AVAILABLE,), V.RETYPING, PREVIOUS, PREVIOUS),
+    "retype_migrate": Transition(
+        (VolumeStatus.AVAILABLE,), VolumeStatus.RETYPING, PREVIOUS, PREVIOUS
+    ),
     # volume transfers are single steps: offering parks the volume in `awaiting-transfer`
     # (nothing else may start on it); accepting hands it, in the same statement, to the new
     # project (`values`), cancelling gives it back to its owner as it was
-    "offer_transfer": Transition((V.AVAILABLE,), V.AWAITING_TRANSFER, None, None),
-    "accept_transfer": Transition((V.AWAITING_TRANSFER,), V.AVAILABLE, None, None),
-    "cancel_transfer": Transition((V.AWAITING_TRANSFER,), V.AVAILABLE, None, None),
+    "offer_transfer": Transition(
+        (VolumeStatus.AVAILABLE,), VolumeStatus.AWAITING_TRANSFER, None, None
+    ),
+    "accept_transfer": Transition(
+        (VolumeStatus.AWAITING_TRANSFER,), VolumeStatus.AVAILABLE, None, None
+    ),
+    "cancel_transfer": Transition(
+        (VolumeStatus.AWAITING_TRANSFER,), VolumeStatus.AVAILABLE, None, None
+    ),
 }
 
-M = MigrationStatus
 
 #: migration_status → the values it may be reached from (None: never migrated). `migrating`
 #: is re-entered from every active value because an interrupted migration task starts over.
 MIGRATION_STEPS: dict[str, tuple[str | None, ...]] = {
-    M.STARTING: (None, M.SUCCESS, M.ERROR),
-    M.MIGRATING: (M.STARTING, M.MIGRATING, M.COMPLETING),
-    M.COMPLETING: (M.MIGRATING,),
-    M.SUCCESS: (M.COMPLETING,),
-    M.ERROR: (M.STARTING, M.MIGRATING, M.COMPLETING),
+    MigrationStatus.STARTING: (None, MigrationStatus.SUCCESS, MigrationStatus.ERROR),
+    MigrationStatus.MIGRATING: (
+        MigrationStatus.STARTING,
+        MigrationStatus.MIGRATING,
+        MigrationStatus.COMPLETING,
+    ),
+    MigrationStatus.COMPLETING: (MigrationStatus.MIGRATING,),
+    MigrationStatus.SUCCESS: (MigrationStatus.COMPLETING,),
+    MigrationStatus.ERROR: (
+        MigrationStatus.STARTING,
+        MigrationStatus.MIGRATING,
+        MigrationStatus.COMPLETING,
+    ),
 }
 #: a volume with one of these is part of a migration in progress
-MIGRATION_ACTIVE = (M.STARTING, M.MIGRATING, M.COMPLETING)
+MIGRATION_ACTIVE = (MigrationStatus.STARTING, MigrationStatus.MIGRATING, MigrationStatus.COMPLETING)
 #: prefix of the migration_status of a migration's temporary destination row
 MIGRATION_TARGET = "target:"
 
 #: statuses a volume may leave through `derive_attach_status`
-ATTACH_STATES = (V.ATTACHING, V.RESERVED, V.IN_USE, V.DETACHING)
+ATTACH_STATES = (
+    VolumeStatus.ATTACHING,
+    VolumeStatus.RESERVED,
+    VolumeStatus.IN_USE,
+    VolumeStatus.DETACHING,
+)
 
 #: the ways a volume leaves an attach state (`derive_attach_status`) → the statuses each may
 #: start from; the status it ends in is derived from the attachments that remain
@@ -114,11 +170,11 @@ LEAVE_ATTACH: dict[str, tuple[str, ...]] = {
     # an attachment was removed, or its reservation dropped with a failed connection
     "leave": ATTACH_STATES,
     # legacy os-unreserve: only a reservation that no attach completed
-    "unreserve": (V.ATTACHING,),
+    "unreserve": (VolumeStatus.ATTACHING,),
     # legacy os-detach
-    "detach": (V.DETACHING, V.IN_USE, V.ATTACHING),
+    "detach": (VolumeStatus.DETACHING, VolumeStatus.IN_USE, VolumeStatus.ATTACHING),
     # os-force_detach: also from a volume an error or a lost attachment left behind
-    "force_detach": (*ATTACH_STATES, V.ERROR, V.AVAILABLE),
+    "force_detach": (*ATTACH_STATES, VolumeStatus.ERROR, VolumeStatus.AVAILABLE),
 }
 
 #: the ``busy`` status of an attachment step that keeps the attachment's status as it is
@@ -132,55 +188,103 @@ ATTACHMENT_TRANSITIONS: dict[str, Transition] = {
     # attachment nobody is deleting
     "connect": Transition((AttachStatus.RESERVED, AttachStatus.ATTACHED), UNCHANGED, None, None),
     # the host is connected (attachment_complete; again on an attached one is harmless)
-    "complete": Transition((AttachStatus.RESERVED, AttachStatus.ATTACHED),
-                           AttachStatus.ATTACHED, None, None),
+    "complete": Transition(
+        (AttachStatus.RESERVED, AttachStatus.ATTACHED), AttachStatus.ATTACHED, None, None
+    ),
     # a delete takes every live status, `detaching` included: a delete that a crash
     # interrupted is simply deleted again
-    "delete": Transition((AttachStatus.RESERVED, AttachStatus.ATTACHED, AttachStatus.ATTACHING,
-                          AttachStatus.DETACHING, AttachStatus.ERROR_ATTACHING),
-                         AttachStatus.DETACHING, None, None),
+    "delete": Transition(
+        (
+            AttachStatus.RESERVED,
+            AttachStatus.ATTACHED,
+            AttachStatus.ATTACHING,
+            AttachStatus.DETACHING,
+            AttachStatus.ERROR_ATTACHING,
+        ),
+        AttachStatus.DETACHING,
+        None,
+        None,
+    ),
 }
 
 SNAPSHOT_TRANSITIONS: dict[str, Transition] = {
-    "create": Transition((S.CREATING,), S.CREATING, S.AVAILABLE, S.ERROR),
-    "delete": Transition((S.AVAILABLE, S.ERROR), S.DELETING, None, S.ERROR_DELETING),
+    "create": Transition(
+        (SnapshotStatus.CREATING,),
+        SnapshotStatus.CREATING,
+        SnapshotStatus.AVAILABLE,
+        SnapshotStatus.ERROR,
+    ),
+    "delete": Transition(
+        (SnapshotStatus.AVAILABLE, SnapshotStatus.ERROR),
+        SnapshotStatus.DELETING,
+        None,
+        SnapshotStatus.ERROR_DELETING,
+    ),
     "force_delete": Transition(
-        tuple(s for s in S if s != S.DELETED), S.DELETING, None, S.ERROR_DELETING
+        tuple(s for s in SnapshotStatus if s != SnapshotStatus.DELETED),
+        SnapshotStatus.DELETING,
+        None,
+        SnapshotStatus.ERROR_DELETING,
     ),
 }
 
 #: os-update_snapshot_status (what a driver or Nova reports about a snapshot it is making or
 #: removing): current status → the statuses it may be set to, as Cinder's status_map
 SNAPSHOT_STATUS_UPDATES: dict[str, tuple[str, ...]] = {
-    S.CREATING: (S.CREATING, S.AVAILABLE, S.ERROR),
-    S.DELETING: (S.DELETING, S.ERROR_DELETING),
+    SnapshotStatus.CREATING: (
+        SnapshotStatus.CREATING,
+        SnapshotStatus.AVAILABLE,
+        SnapshotStatus.ERROR,
+    ),
+    SnapshotStatus.DELETING: (SnapshotStatus.DELETING, SnapshotStatus.ERROR_DELETING),
 }
 
-G = GroupStatus
-GS = GroupSnapshotStatus
 
 GROUP_TRANSITIONS: dict[str, Transition] = {
     # a plain group needs no backend work and is inserted `available`; a group created from a
     # source is inserted `creating` with the task that clones the members
-    "create": Transition((G.CREATING,), G.CREATING, G.AVAILABLE, G.ERROR),
-    "delete": Transition((G.AVAILABLE, G.ERROR), G.DELETING, None, G.ERROR_DELETING),
+    "create": Transition(
+        (GroupStatus.CREATING,), GroupStatus.CREATING, GroupStatus.AVAILABLE, GroupStatus.ERROR
+    ),
+    "delete": Transition(
+        (GroupStatus.AVAILABLE, GroupStatus.ERROR),
+        GroupStatus.DELETING,
+        None,
+        GroupStatus.ERROR_DELETING,
+    ),
     # delete-volumes: Cinder then takes the group whatever its status (unless a task owns it)
-    "delete_with_volumes": Transition(tuple(s for s in G if s != G.DELETING), G.DELETING,
-                                      None, G.ERROR_DELETING),
+    "delete_with_volumes": Transition(
+        tuple(s for s in GroupStatus if s != GroupStatus.DELETING),
+        GroupStatus.DELETING,
+        None,
+        GroupStatus.ERROR_DELETING,
+    ),
     # guards that keep the status: a membership change, a volume joining at create, a group
     # snapshot or a clone of the group taken in the same transaction need an available group
-    "update": Transition((G.AVAILABLE,), G.AVAILABLE, None, None),
-    "add_volume": Transition((G.AVAILABLE,), G.AVAILABLE, None, None),
-    "snapshot": Transition((G.AVAILABLE,), G.AVAILABLE, None, None),
-    "clone": Transition((G.AVAILABLE,), G.AVAILABLE, None, None),
+    "update": Transition((GroupStatus.AVAILABLE,), GroupStatus.AVAILABLE, None, None),
+    "add_volume": Transition((GroupStatus.AVAILABLE,), GroupStatus.AVAILABLE, None, None),
+    "snapshot": Transition((GroupStatus.AVAILABLE,), GroupStatus.AVAILABLE, None, None),
+    "clone": Transition((GroupStatus.AVAILABLE,), GroupStatus.AVAILABLE, None, None),
 }
 
 GROUP_SNAPSHOT_TRANSITIONS: dict[str, Transition] = {
     # inserted `creating` with the task that snapshots every member
-    "create": Transition((GS.CREATING,), GS.CREATING, GS.AVAILABLE, GS.ERROR),
-    "delete": Transition((GS.AVAILABLE, GS.ERROR), GS.DELETING, None, GS.ERROR_DELETING),
+    "create": Transition(
+        (GroupSnapshotStatus.CREATING,),
+        GroupSnapshotStatus.CREATING,
+        GroupSnapshotStatus.AVAILABLE,
+        GroupSnapshotStatus.ERROR,
+    ),
+    "delete": Transition(
+        (GroupSnapshotStatus.AVAILABLE, GroupSnapshotStatus.ERROR),
+        GroupSnapshotStatus.DELETING,
+        None,
+        GroupSnapshotStatus.ERROR_DELETING,
+    ),
     # a group is being created from it (same transaction, keeps the status)
-    "clone": Transition((GS.AVAILABLE,), GS.AVAILABLE, None, None),
+    "clone": Transition(
+        (GroupSnapshotStatus.AVAILABLE,), GroupSnapshotStatus.AVAILABLE, None, None
+    ),
 }
 
 
@@ -326,16 +430,20 @@ def reset(
         raise InvalidState(kind, ident, f"{current} (a task is in progress)", ("any",), "reset")
 
 
-def update_snapshot_status(session: Session, ident: str, status: str,
-                           values: dict[str, Any] | None = None) -> None:
+def update_snapshot_status(
+    session: Session, ident: str, status: str, values: dict[str, Any] | None = None
+) -> None:
     """os-update_snapshot_status: `status` from a current status that SNAPSHOT_STATUS_UPDATES
     allows it from. One conditional update; the status only changes on a row no task owns
     (a report that keeps the status, e.g. progress, is taken either way)."""
     sources = [cur for cur, targets in SNAPSHOT_STATUS_UPDATES.items() if status in targets]
     stmt = (
         update(Snapshot)
-        .where(Snapshot.id == ident, Snapshot.status.in_(sources),
-               or_(Snapshot.task_id.is_(None), Snapshot.status == status))
+        .where(
+            Snapshot.id == ident,
+            Snapshot.status.in_(sources),
+            or_(Snapshot.task_id.is_(None), Snapshot.status == status),
+        )
         .values(status=status, updated_at=_now(), **(values or {}))
         .execution_options(synchronize_session=False)
     )
@@ -343,8 +451,7 @@ def update_snapshot_status(session: Session, ident: str, status: str,
         _lost(session, Snapshot, ident, tuple(sources), f"be set to {status}")
 
 
-def move_attachment(session: Session, attachment_id: str, action: str,
-                    **values: Any) -> None:
+def move_attachment(session: Session, attachment_id: str, action: str, **values: Any) -> None:
     """One step of an attachment (ATTACHMENT_TRANSITIONS): from one of the action's allowed
     statuses to its busy one, with `values` written in the same statement; or raise
     `InvalidState` (or `NotFound` when the attachment is gone)."""
@@ -357,13 +464,18 @@ def move_attachment(session: Session, attachment_id: str, action: str,
         .execution_options(synchronize_session=False)
     )
     if _exec(session, stmt).rowcount != 1:
-        current = _exec(session,
-            select(Attachment.attach_status).where(Attachment.id == attachment_id)
+        current = _exec(
+            session, select(Attachment.attach_status).where(Attachment.id == attachment_id)
         ).scalar()
         if current is None:
             raise NotFound("Attachment", attachment_id)
-        raise InvalidState("Attachment", attachment_id, current, t.allowed,
-                           action if t.busy == UNCHANGED else t.busy)
+        raise InvalidState(
+            "Attachment",
+            attachment_id,
+            current,
+            t.allowed,
+            action if t.busy == UNCHANGED else t.busy,
+        )
 
 
 def mark_attached(session: Session, volume_id: str) -> None:
@@ -399,11 +511,12 @@ def pin(
 
 
 def unpin(session: Session, model: Pinnable, ident: str) -> None:
-    _exec(session,
+    _exec(
+        session,
         update(model)
         .where(model.id == ident, model.pins > 0)
         .values(pins=model.pins - 1)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
 
 
@@ -416,16 +529,19 @@ def derive_attach_status(session: Session, volume_id: str, action: str = "leave"
     allowed = LEAVE_ATTACH[action]
 
     def having(*statuses: str) -> ColumnElement[bool]:
-        return exists().where(Attachment.volume_id == volume_id,
-                              Attachment.attach_status.in_(statuses))
+        return exists().where(
+            Attachment.volume_id == volume_id, Attachment.attach_status.in_(statuses)
+        )
 
     derived = case(
-        (having(AttachStatus.ATTACHED, AttachStatus.DETACHING), V.IN_USE.value),
-        (having(AttachStatus.RESERVED, AttachStatus.ATTACHING), V.RESERVED.value),
-        else_=V.AVAILABLE.value,
+        (having(AttachStatus.ATTACHED, AttachStatus.DETACHING), VolumeStatus.IN_USE.value),
+        (having(AttachStatus.RESERVED, AttachStatus.ATTACHING), VolumeStatus.RESERVED.value),
+        else_=VolumeStatus.AVAILABLE.value,
     )
-    attached = case((having(AttachStatus.ATTACHED, AttachStatus.DETACHING),
-                     AttachStatus.ATTACHED.value), else_=AttachStatus.DETACHED.value)
+    attached = case(
+        (having(AttachStatus.ATTACHED, AttachStatus.DETACHING), AttachStatus.ATTACHED.value),
+        else_=AttachStatus.DETACHED.value,
+    )
     stmt = (
         update(Volume)
         .where(Volume.id == volume_id, Volume.status.in_(allowed), Volume.task_id.is_(None))
@@ -435,8 +551,13 @@ def derive_attach_status(session: Session, volume_id: str, action: str = "leave"
     status = _exec(session, stmt).scalar()
     if status is None:
         # the wording the API has always given: legacy os-detach names itself
-        _lost(session, Volume, volume_id, allowed,
-              "detach" if action == "detach" else "update attachments of")
+        _lost(
+            session,
+            Volume,
+            volume_id,
+            allowed,
+            "detach" if action == "detach" else "update attachments of",
+        )
     return str(status)
 
 
@@ -453,15 +574,18 @@ def migration_may_become(to: str) -> ColumnElement[bool]:
 
 def not_migrating() -> ColumnElement[bool]:
     """The volume is not part of a migration in progress (as source or as destination)."""
-    return or_(Volume.migration_status.is_(None),
-               ~Volume.migration_status.in_(MIGRATION_ACTIVE)
-               & ~Volume.migration_status.startswith(MIGRATION_TARGET))
+    return or_(
+        Volume.migration_status.is_(None),
+        ~Volume.migration_status.in_(MIGRATION_ACTIVE)
+        & ~Volume.migration_status.startswith(MIGRATION_TARGET),
+    )
 
 
 def not_migration_target() -> ColumnElement[bool]:
     """The row is a real volume, not a migration's temporary destination (lists, quota)."""
-    return or_(Volume.migration_status.is_(None),
-               ~Volume.migration_status.startswith(MIGRATION_TARGET))
+    return or_(
+        Volume.migration_status.is_(None), ~Volume.migration_status.startswith(MIGRATION_TARGET)
+    )
 
 
 def advance_migration(session: Session, volume_id: str, to: str, *, task_id: int) -> bool:

@@ -14,8 +14,7 @@ from blockyard.db.engine import Database
 from blockyard.db.models import Attachment, Group, GroupSnapshot, GroupType, Snapshot, Volume
 from blockyard.errors import InvalidState, NotFound
 from blockyard.service import types as vtypes
-from blockyard.states import AttachStatus
-from blockyard.states import VolumeStatus as V
+from blockyard.states import AttachStatus, VolumeStatus
 
 
 @pytest.fixture
@@ -26,7 +25,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database.dispose()
 
 
-def _volume(db: Database, status: str = V.AVAILABLE, **kw: object) -> str:
+def _volume(db: Database, status: str = VolumeStatus.AVAILABLE, **kw: object) -> str:
     with db.write() as s:
         vt = vtypes.ensure_default_type(s, "__DEFAULT__")
         s.add(Volume(id="v1", project_id="p", user_id="u", size=1, status=status,
@@ -55,7 +54,7 @@ def test_extend_sequence_returns_to_previous_status(db: Database) -> None:
 
 
 def test_attached_extend_goes_back_to_in_use(db: Database) -> None:
-    vid = _volume(db, V.IN_USE)
+    vid = _volume(db, VolumeStatus.IN_USE)
     with db.write() as s:
         states.begin(s, Volume, vid, "extend_attached", task_id=1)
     with db.write() as s:
@@ -64,7 +63,7 @@ def test_attached_extend_goes_back_to_in_use(db: Database) -> None:
 
 
 def test_begin_from_wrong_status_raises_and_changes_nothing(db: Database) -> None:
-    vid = _volume(db, V.ERROR)
+    vid = _volume(db, VolumeStatus.ERROR)
     with db.write() as s, pytest.raises(InvalidState) as info:
         states.begin(s, Volume, vid, "extend", task_id=1)
     assert info.value.current == "error"
@@ -113,7 +112,7 @@ def test_reset_is_refused_while_a_task_runs(db: Database) -> None:
 
 
 def test_reset_without_status_keeps_it(db: Database) -> None:
-    vid = _volume(db, V.ERROR)
+    vid = _volume(db, VolumeStatus.ERROR)
     with db.write() as s:
         states.reset(s, Volume, vid, None, values={"attach_status": "detached"})
     assert _status(db, vid)[0] == "error"
@@ -129,7 +128,7 @@ def test_missing_row_is_not_found(db: Database) -> None:
 def test_where_conditions_are_part_of_the_swap(db: Database) -> None:
     vid = _volume(db)
     with db.write() as s:
-        states.pin(s, Volume, vid, (V.AVAILABLE,), "clone")
+        states.pin(s, Volume, vid, (VolumeStatus.AVAILABLE,), "clone")
     with db.write() as s, pytest.raises(InvalidState):
         states.begin(s, Volume, vid, "delete", task_id=1, where=(Volume.pins == 0,))
     with db.write() as s:
@@ -139,9 +138,9 @@ def test_where_conditions_are_part_of_the_swap(db: Database) -> None:
 
 
 def test_pin_needs_an_allowed_status(db: Database) -> None:
-    vid = _volume(db, V.ERROR)
+    vid = _volume(db, VolumeStatus.ERROR)
     with db.write() as s, pytest.raises(InvalidState):
-        states.pin(s, Volume, vid, (V.AVAILABLE,), "clone")
+        states.pin(s, Volume, vid, (VolumeStatus.AVAILABLE,), "clone")
 
 
 def test_every_transition_names_known_statuses() -> None:
@@ -204,7 +203,7 @@ def _race(*calls: Callable[[], object]) -> list[BaseException | None]:
 
 
 def test_attachment_steps_follow_the_table(db: Database) -> None:
-    _volume(db, V.RESERVED)
+    _volume(db, VolumeStatus.RESERVED)
     aid = _attachment(db, AttachStatus.RESERVED)
     with db.write() as s:  # connect keeps the status and writes its columns
         states.move_attachment(s, aid, "connect", attached_host="h1")
@@ -227,7 +226,7 @@ def test_attachment_steps_follow_the_table(db: Database) -> None:
 ])
 def test_attachment_step_outside_the_table_is_refused(db: Database, status: str,
                                                       action: str) -> None:
-    _volume(db, V.IN_USE)
+    _volume(db, VolumeStatus.IN_USE)
     aid = _attachment(db, status)
     with db.write() as s, pytest.raises(InvalidState) as info:
         states.move_attachment(s, aid, action, attached_host="h1")
@@ -239,7 +238,7 @@ def test_attachment_step_outside_the_table_is_refused(db: Database, status: str,
 
 
 def test_a_complete_racing_a_delete_never_revives_the_attachment(db: Database) -> None:
-    _volume(db, V.RESERVED)
+    _volume(db, VolumeStatus.RESERVED)
     aid = _attachment(db, AttachStatus.RESERVED)
 
     def step(action: str) -> Callable[[], None]:
@@ -257,7 +256,7 @@ def test_a_complete_racing_a_delete_never_revives_the_attachment(db: Database) -
 
 
 def test_leaving_an_attach_state_follows_leave_attach(db: Database) -> None:
-    _volume(db, V.AVAILABLE)
+    _volume(db, VolumeStatus.AVAILABLE)
     with db.write() as s, pytest.raises(InvalidState) as info:  # legacy detach: not attached
         states.derive_attach_status(s, "v1", "detach")
     assert info.value.action == "detach"
@@ -269,7 +268,7 @@ def test_leaving_an_attach_state_follows_leave_attach(db: Database) -> None:
 
 
 def test_racing_unreserves_exactly_one_wins(db: Database) -> None:
-    _volume(db, V.ATTACHING)
+    _volume(db, VolumeStatus.ATTACHING)
 
     def unreserve() -> None:
         with db.write() as s:

@@ -14,7 +14,7 @@ from blockyard.errors import InUse, InvalidState
 from blockyard.service import records, volume_ops
 from blockyard.service import types as vtypes
 from blockyard.service.records import VolumeRecord
-from blockyard.states import VolumeStatus as V
+from blockyard.states import VolumeStatus
 
 
 @pytest.fixture
@@ -29,7 +29,8 @@ def _inserted(db: Database, *, bootable: bool = False) -> VolumeRecord:
     with db.write() as s:
         vt = vtypes.ensure_default_type(s, "__DEFAULT__")
         record = volume_ops.new_volume(
-            project_id="p", user_id="u", size=2, status=V.AVAILABLE, availability_zone="nova",
+            project_id="p", user_id="u", size=2, status=VolumeStatus.AVAILABLE,
+            availability_zone="nova",
             volume_type_id=vt.id, type_name=vt.name, backend="b", multiattach=False,
             name="n", meta={"k": "v"}, bootable=bootable)
         volume_ops.insert_volume(s, record, None)
@@ -74,6 +75,6 @@ def test_a_failed_condition_is_the_callers_refusal_a_wrong_status_invalid_state(
                                  busy=busy)
     assert raised.value is busy
     with db.write() as s:
-        s.execute(update(Volume).where(Volume.id == record.id).values(status=V.ERROR))
+        s.execute(update(Volume).where(Volume.id == record.id).values(status=VolumeStatus.ERROR))
     with db.write() as s, pytest.raises(InvalidState):
         volume_ops.begin_as_read(s, record, "extend", task_id=3, busy=busy)

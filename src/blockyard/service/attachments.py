@@ -32,8 +32,7 @@ from blockyard.model import ConnectionInfo, Connector, VolumeRef
 from blockyard.service import messages, volume_ops, volumes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.runtime import Runtime
-from blockyard.states import AttachStatus as A
-from blockyard.states import VolumeStatus as V
+from blockyard.states import AttachStatus, VolumeStatus
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +178,7 @@ def create(rt: Runtime, who: Identity, volume_id: str, instance_uuid: str | None
                           f"downloading to reserve, but the current status is "
                           f"{exc.current}.") from exc
         s.add(Attachment(id=attachment_id, volume_id=volume_id, project_id=v.project_id,
-                         instance_uuid=instance_uuid, attach_status=A.RESERVED,
+                         instance_uuid=instance_uuid, attach_status=AttachStatus.RESERVED,
                          attach_mode=mode or "null", created_at=utcnow()))
     if connector is not None:
         try:
@@ -286,7 +285,8 @@ def initialize_connection(rt: Runtime, who: Identity, volume_id: str,
                           connector: Connector) -> ConnectionInfo:
     with rt.db.read() as s:
         v = _volume(s, who, volume_id)
-        if v.task_id is not None or v.status in (V.CREATING, V.DELETING, V.ERROR_DELETING):
+        if v.task_id is not None or v.status in (
+                VolumeStatus.CREATING, VolumeStatus.DELETING, VolumeStatus.ERROR_DELETING):
             raise Invalid(f"Invalid volume: Volume {volume_id} is {v.status} and cannot be "
                           f"connected.")
     return _connect(rt, volume_id, connector)
@@ -306,7 +306,8 @@ def attach(rt: Runtime, who: Identity, volume_id: str, *, instance_uuid: str | N
         states.mark_attached(s, volume_id)
         s.add(Attachment(id=str(uuid.uuid4()), volume_id=volume_id, project_id=v.project_id,
                          instance_uuid=instance_uuid, attached_host=host_name,
-                         mountpoint=mountpoint, attach_status=A.ATTACHED, attach_mode=mode,
+                         mountpoint=mountpoint, attach_status=AttachStatus.ATTACHED,
+                         attach_mode=mode,
                          attach_time=utcnow(), created_at=utcnow()))
 
 
@@ -371,9 +372,9 @@ def reconcile(rt: Runtime) -> None:
         half = list(s.execute(select(Attachment).where(
             Attachment.connector.is_not(None), Attachment.connection_info.is_(None))).scalars())
         leaving = list(s.execute(select(Attachment).where(
-            Attachment.attach_status == A.DETACHING)).scalars())
+            Attachment.attach_status == AttachStatus.DETACHING)).scalars())
     for att in half:
-        if att.attach_status != A.DETACHING:
+        if att.attach_status != AttachStatus.DETACHING:
             _settling(f"undo the export of attachment {att.id}", _undo_half_attach, rt, att)
     for att in leaving:
         _settling(f"finish detaching attachment {att.id}", _finish_detach, rt, att)

@@ -38,9 +38,7 @@ from blockyard.service.volume_ops import (
     volume_ref,
 )
 from blockyard.service.volumes import COPYABLE
-from blockyard.states import GroupStatus as G
-from blockyard.states import SnapshotStatus as S
-from blockyard.states import VolumeStatus as V
+from blockyard.states import GroupStatus, SnapshotStatus, VolumeStatus
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ def _sources_from_snapshot(s: Session, who: Identity,
     out = []
     for snap in snaps:
         try:
-            states.pin(s, Snapshot, snap.id, (S.AVAILABLE,), "create a group from")
+            states.pin(s, Snapshot, snap.id, (SnapshotStatus.AVAILABLE,), "create a group from")
         except InvalidState as exc:
             raise Invalid(f"Invalid snapshot: Snapshot {snap.id} of the group snapshot must be "
                           f"available, but current status is: {exc.current}.") from exc
@@ -124,7 +122,7 @@ def create_from_src(rt: Runtime, who: Identity, *, name: str | None, description
         task = tasks.enqueue(s, "create_group_from_src", template.backend, new_id)
         now = utcnow()
         group = Group(id=new_id, project_id=who.project_id, user_id=who.user_id, name=name,
-                      description=description, status=G.CREATING,
+                      description=description, status=GroupStatus.CREATING,
                       group_type_id=group_type_id,
                       availability_zone=template.availability_zone, backend=template.backend,
                       group_snapshot_id=group_snapshot_id, source_group_id=source_group_id,
@@ -137,7 +135,7 @@ def create_from_src(rt: Runtime, who: Identity, *, name: str | None, description
             v = src.volume
             insert_volume(s, new_volume(
                 project_id=who.project_id, user_id=who.user_id, size=src.size,
-                status=V.CREATING, availability_zone=v.availability_zone,
+                status=VolumeStatus.CREATING, availability_zone=v.availability_zone,
                 volume_type_id=v.volume_type_id, type_name=type_name, backend=v.backend,
                 snapshot_id=src.snapshot_id, source_volid=None if src.snapshot_id else v.id,
                 bootable=v.bootable, multiattach=v.multiattach, created_at=now,

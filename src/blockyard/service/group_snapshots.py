@@ -26,8 +26,7 @@ from blockyard.service.listing import ListParams, Page, filter_columns, paginate
 from blockyard.service.runtime import Runtime
 from blockyard.service.volume_ops import snapshot_ref
 from blockyard.service.volumes import COPYABLE
-from blockyard.states import GroupSnapshotStatus as GS
-from blockyard.states import SnapshotStatus as S
+from blockyard.states import GroupSnapshotStatus, SnapshotStatus
 
 SORTABLE = {"created_at": "created_at", "updated_at": "updated_at", "id": "id", "name": "name",
             "status": "status", "group_id": "group_id", "project_id": "project_id"}
@@ -97,13 +96,14 @@ def create(rt: Runtime, who: Identity, group_id: str, *, name: str | None,
         now = utcnow()
         gs = GroupSnapshot(id=gs_id, project_id=who.project_id, user_id=who.user_id,
                            group_id=group.id, group_type_id=group.group_type_id, name=name,
-                           description=description, status=GS.CREATING, task_id=task.id,
+                           description=description, status=GroupSnapshotStatus.CREATING,
+                           task_id=task.id,
                            created_at=now)
         s.add(gs)
         for v in members:
             s.add(Snapshot(id=str(uuid.uuid4()), project_id=who.project_id,
                            user_id=who.user_id, volume_id=v.id, name=name,
-                           description=description, size=v.size, status=S.CREATING,
+                           description=description, size=v.size, status=SnapshotStatus.CREATING,
                            progress="0%", volume_type_id=v.volume_type_id, task_id=task.id,
                            pins=0, group_snapshot_id=gs_id, created_at=now,
                            metadata_items=[]))

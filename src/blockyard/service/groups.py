@@ -36,16 +36,16 @@ from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, filter_columns, paginate
 from blockyard.service.runtime import Backend, Runtime
 from blockyard.service.volume_ops import volume_ref
-from blockyard.states import GroupStatus as G
-from blockyard.states import VolumeStatus as V
+from blockyard.states import GroupStatus, VolumeStatus
 
 log = logging.getLogger(__name__)
 
 Ref = TypeVar("Ref", VolumeRef, SnapshotRef)
 
 #: statuses a volume may leave or join a group in (Cinder's VALID_*_GROUP_STATUS)
-REMOVABLE = (V.AVAILABLE, V.IN_USE, V.ERROR, V.ERROR_DELETING)
-ADDABLE = (V.AVAILABLE, V.IN_USE)
+REMOVABLE = (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE, VolumeStatus.ERROR,
+             VolumeStatus.ERROR_DELETING)
+ADDABLE = (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE)
 
 SORTABLE = {"created_at": "created_at", "updated_at": "updated_at", "id": "id", "name": "name",
             "status": "status", "availability_zone": "availability_zone",
@@ -123,7 +123,7 @@ def create(rt: Runtime, who: Identity, *, name: str | None, description: str | N
                 vts.append(vt)
     backend = _place(rt, vts, availability_zone)
     group = Group(id=str(uuid.uuid4()), project_id=who.project_id, user_id=who.user_id,
-                  name=name, description=description, status=G.AVAILABLE,
+                  name=name, description=description, status=GroupStatus.AVAILABLE,
                   group_type_id=gt.id, availability_zone=backend.config.availability_zone,
                   backend=backend.name, created_at=utcnow(),
                   type_items=[GroupVolumeType(volume_type_id=vt.id, position=i)
@@ -239,7 +239,7 @@ def reset_status(rt: Runtime, who: Identity, group_id: str, status: str) -> None
 
 def creating_from(column: Any, ident: str) -> Any:
     """A group is being created from `ident` (a source group or a group snapshot)."""
-    return exists().where(column == ident, Group.status == G.CREATING,
+    return exists().where(column == ident, Group.status == GroupStatus.CREATING,
                           Group.task_id.is_not(None))
 
 

@@ -59,8 +59,7 @@ from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.records import VolumeRecord
 from blockyard.service.runtime import Backend, Runtime
-from blockyard.states import MigrationStatus as M
-from blockyard.states import VolumeStatus as V
+from blockyard.states import MigrationStatus, VolumeStatus
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +117,13 @@ def find_backend(rt: Runtime, host: str) -> Backend:
 
 def _refuse_unless_migratable(v: VolumeRecord, *, snapshots: bool) -> None:
     """Cinder's checks and wording, in Cinder's order."""
-    if v.status == V.IN_USE or v.attach_status != states.AttachStatus.DETACHED:
+    if v.status == VolumeStatus.IN_USE or v.attach_status != states.AttachStatus.DETACHED:
         raise Invalid(f"Invalid volume: Volume {v.id} is attached; migrating an attached "
                       f"volume is not supported yet: detach it first.")
     if v.migration_status in states.MIGRATION_ACTIVE or (
             v.migration_status or "").startswith(states.MIGRATION_TARGET):
         raise Invalid(f"Invalid volume: Volume {v.id} is already part of an active migration.")
-    if v.status != V.AVAILABLE:
+    if v.status != VolumeStatus.AVAILABLE:
         raise Invalid(f"Invalid volume: Volume {v.id} status must be available or in-use, but "
                       f"current status is: {v.status}.")
     if snapshots:
@@ -157,10 +156,10 @@ def _accept(rt: Runtime, v: VolumeRecord, dest: Backend, action: str,
             "action": action, "new_type_id": new_type.id if new_type else None,
             "new_type_name": new_type.name if new_type else None})
         volume_ops.begin_as_read(
-            s, v, action, task_id=task.id, values={"migration_status": M.STARTING},
+            s, v, action, task_id=task.id, values={"migration_status": MigrationStatus.STARTING},
             where=(Volume.pins == 0, volume_ops.no_snapshots(v.id), Volume.group_id.is_(None),
                    Volume.attach_status == states.AttachStatus.DETACHED,
-                   states.migration_may_become(M.STARTING)),
+                   states.migration_may_become(MigrationStatus.STARTING)),
             busy=Invalid(f"Invalid volume: Volume {v.id} is busy (being copied, "
                          f"snapshotted or changed); migrate it afterwards."))
         if new_type is not None:  # the new type's share of quota, reserved up front
@@ -168,7 +167,8 @@ def _accept(rt: Runtime, v: VolumeRecord, dest: Backend, action: str,
                            _type_deltas(new_type.name, 1, v.size))
         volume_ops.insert_volume(s, volume_ops.new_volume(
             volume_id=dest_id, project_id=v.project_id, user_id=v.user_id, name=v.name,
-            description=f"migration target of volume {v.id}", size=v.size, status=V.CREATING,
+            description=f"migration target of volume {v.id}", size=v.size,
+            status=VolumeStatus.CREATING,
             availability_zone=dest.config.availability_zone, volume_type_id=type_id,
             type_name=new_type.name if new_type is not None else v.type_name,
             backend=dest.name, bootable=v.bootable, readonly=v.readonly,
@@ -197,7 +197,7 @@ def retype(rt: Runtime, who: Identity, volume_id: str, new_type: str, policy: st
     (only with ``migration_policy=on-demand``)."""
 
     def act(v: VolumeRecord, _per_volume: int) -> tasks.TaskView | None:
-        if v.status not in (V.AVAILABLE, V.IN_USE):
+        if v.status not in (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE):
             raise Invalid(f"Invalid volume: Unable to update type due to incorrect status: "
                           f"{v.status} on volume: {v.id}. Volume status must be available or "
                           f"in-use.")
@@ -243,7 +243,8 @@ def _retype_in_place(rt: Runtime, v: VolumeRecord, vt: vtypes.TypeInfo) -> None:
         changed = s.connection().execute(
             update(Volume)
             .where(Volume.id == v.id, Volume.volume_type_id == v.volume_type_id,
-                   Volume.task_id.is_(None), Volume.status.in_((V.AVAILABLE, V.IN_USE)),
+                   Volume.task_id.is_(None),
+                   Volume.status.in_((VolumeStatus.AVAILABLE, VolumeStatus.IN_USE)),
                    states.not_migrating())
             .values(volume_type_id=vt.id, updated_at=utcnow())
             .execution_options(synchronize_session=False))
@@ -347,7 +348,7 @@ def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
     src_drv = rt.backend(task.backend).driver
     dst_drv = rt.backend(str(task.payload["dest_backend"])).driver
     dst_ref = _dest_ref(task)
-    _advance(rt, task, M.MIGRATING)
+    _advance(rt, task, MigrationStatus.MIGRATING)
 
     def progress(done: int, total: int) -> None:
         _set_progress(task.resource_id, done, total)
@@ -358,7 +359,7 @@ def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
         dst_ref = dataclasses.replace(dst_ref, **volume_ops.model_values(created))
         failpoints.hit("migrate_volume.before_copy")
         stats = _copy(src_drv, src_ref, dst_drv, dst_ref, progress)
-        _advance(rt, task, M.COMPLETING)
+        _advance(rt, task, MigrationStatus.COMPLETING)
         digest = _verify(task.resource_id, src_drv, src_ref, dst_drv, dst_ref)
         log.info("migrated volume %s to %s: %d data bytes, %d written (%s), sha256 %s",
                  task.resource_id, task.payload["dest_backend"], stats.data_bytes,
@@ -392,7 +393,8 @@ def _settle_migrate(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
     p = task.payload
     vid, dest_id, action = task.resource_id, str(p["dest_id"]), str(p["action"])
     src, dst = _row(s, vid), _row(s, dest_id)
-    ok = error is None and states.advance_migration(s, vid, M.SUCCESS, task_id=task.id)
+    ok = error is None and states.advance_migration(s, vid, MigrationStatus.SUCCESS,
+                                                    task_id=task.id)
     type_name = str(p["type_name"])
     new_type = p.get("new_type_name")
     if ok:
@@ -416,7 +418,7 @@ def _settle_migrate(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
                            _type_deltas(type_name, -1, -int(p["size"])))
     else:
         log.warning("migration of volume %s failed: %s", vid, error)
-        states.advance_migration(s, vid, M.ERROR, task_id=task.id)
+        states.advance_migration(s, vid, MigrationStatus.ERROR, task_id=task.id)
         states.fail(s, Volume, vid, action, task_id=task.id)
         states.fail(s, Volume, dest_id, "create", task_id=task.id)
         doomed = VolumeRef(id=dest_id, size_gb=int(p["size"]),

@@ -22,8 +22,7 @@ from blockyard.service.listing import (
 )
 from blockyard.service.runtime import Runtime
 from blockyard.service.volume_ops import snapshot_ref
-from blockyard.states import SnapshotStatus as S
-from blockyard.states import VolumeStatus as V
+from blockyard.states import SnapshotStatus, VolumeStatus
 
 SORTABLE = {
     "created_at": "created_at", "updated_at": "updated_at", "id": "id", "name": "name",
@@ -67,7 +66,8 @@ def create(rt: Runtime, who: Identity, volume_id: str, *, name: str | None,
             raise NotFound("Volume", volume_id)
         authorize(who, "volume:get", v.project_id)
         services.assert_not_frozen(s, v.backend)
-        allowed = (V.AVAILABLE, V.IN_USE) if force else (V.AVAILABLE,)
+        allowed = ((VolumeStatus.AVAILABLE, VolumeStatus.IN_USE) if force
+                   else (VolumeStatus.AVAILABLE,))
         if v.status not in allowed:
             raise Invalid(f"Invalid volume: Volume {volume_id} status must be available, but "
                           f"current status is: {v.status}.")
@@ -87,7 +87,7 @@ def create(rt: Runtime, who: Identity, volume_id: str, *, name: str | None,
             name=name,
             description=description,
             size=v.size,
-            status=S.CREATING,
+            status=SnapshotStatus.CREATING,
             progress="0%",
             volume_type_id=v.volume_type_id,
             task_id=task.id,

@@ -30,8 +30,7 @@ from blockyard.service import quotas, records
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.listing import ListParams, Page, paginate
 from blockyard.service.runtime import Runtime
-from blockyard.states import SnapshotStatus as S
-from blockyard.states import VolumeStatus as V
+from blockyard.states import SnapshotStatus, VolumeStatus
 
 #: characters of the auth key handed out (Cinder's volume_transfer_key_length: hex digits a
 #: person can type)
@@ -90,7 +89,7 @@ def key_matches(salt: str, stored: str, auth_key: str) -> bool:
 def _busy_snapshot(volume_id: str) -> tuple[Any, ...]:
     """A snapshot of the volume that is anything but `available` and idle."""
     return (Snapshot.volume_id == volume_id,
-            (Snapshot.status != S.AVAILABLE) | Snapshot.task_id.is_not(None))
+            (Snapshot.status != SnapshotStatus.AVAILABLE) | Snapshot.task_id.is_not(None))
 
 
 def _snapshots_settled(volume_id: str) -> Any:
@@ -133,7 +132,7 @@ def create(rt: Runtime, who: Identity, volume_id: str, name: str | None,
 
 
 def _why_not_offered(s: Session, volume_id: str, exc: InvalidState) -> Invalid:
-    if exc.current != V.AVAILABLE:
+    if exc.current != VolumeStatus.AVAILABLE:
         return Invalid(f"Invalid volume: status must be available, but current status is: "
                        f"{exc.current}.")
     busy = s.execute(select(Snapshot.id).where(*_busy_snapshot(volume_id))).scalar()
@@ -258,11 +257,11 @@ def _move_snapshots(s: Session, volume_id: str, giver: str, who: Identity) -> li
                      .where(Snapshot.volume_id == volume_id,
                             Snapshot.project_id == giver)).all()
     for sid, _size, status, task_id in rows:
-        if status != S.AVAILABLE or task_id is not None:
+        if status != SnapshotStatus.AVAILABLE or task_id is not None:
             raise Invalid(f"Invalid snapshot: snapshot: {sid} status must be available")
     s.execute(update(Snapshot)
               .where(Snapshot.volume_id == volume_id, Snapshot.project_id == giver,
-                     Snapshot.status == S.AVAILABLE, Snapshot.task_id.is_(None))
+                     Snapshot.status == SnapshotStatus.AVAILABLE, Snapshot.task_id.is_(None))
               .values(project_id=who.project_id, user_id=who.user_id, updated_at=utcnow())
               .execution_options(synchronize_session=False))
     return [int(size) for _sid, size, _status, _task in rows]

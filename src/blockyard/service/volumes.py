@@ -43,14 +43,13 @@ from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
 from blockyard.service.records import VolumeRecord
 from blockyard.service.runtime import Backend, Runtime
-from blockyard.states import SnapshotStatus as S
-from blockyard.states import VolumeStatus as V
+from blockyard.states import SnapshotStatus, VolumeStatus
 
 #: the `backend` of a volume no backend would take (created in `error`; nothing to remove)
 UNSCHEDULED = ""
 
 #: statuses a volume may be copied from (clone source, snapshot source)
-COPYABLE = (V.AVAILABLE, V.IN_USE)
+COPYABLE = (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE)
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ def _snapshot_source(conn: Connection, who: Identity, snapshot_id: str,
     if snap is None:
         raise NotFound("Snapshot", snapshot_id)
     authorize(who, "snapshot:get", snap.project_id)
-    if snap.status != S.AVAILABLE:
+    if snap.status != SnapshotStatus.AVAILABLE:
         raise Invalid("Invalid snapshot: Originating snapshot status must be one of "
                       "'available' values")
     return _copy_of(snap, size, "snapshot", "the snapshot size")
@@ -244,7 +243,7 @@ def _insert_creating(rt: Runtime, who: Identity, req: VolumeCreate, plan: _Plan,
     size, type_name = plan.size, plan.vt.name
     record = volume_ops.new_volume(
         project_id=who.project_id, user_id=who.user_id, name=req.name,
-        description=req.description, size=size, status=V.CREATING,
+        description=req.description, size=size, status=VolumeStatus.CREATING,
         availability_zone=backend.config.availability_zone, volume_type_id=plan.vt.id,
         type_name=type_name, backend=backend.name, snapshot_id=req.snapshot_id,
         source_volid=req.source_volid, bootable=req.bootable,
@@ -265,7 +264,8 @@ def _insert_creating(rt: Runtime, who: Identity, req: VolumeCreate, plan: _Plan,
 def _pin_source(s: Session, req: VolumeCreate, size: int) -> None:
     """Pin what the new volume copies, re-checking by condition what `_resolve` read."""
     if req.snapshot_id is not None:
-        states.pin(s, Snapshot, req.snapshot_id, (S.AVAILABLE,), "create a volume from")
+        states.pin(s, Snapshot, req.snapshot_id, (SnapshotStatus.AVAILABLE,),
+                   "create a volume from")
     if req.source_volid is not None:
         try:
             # the size read above must still hold: an extend may have finished since
@@ -288,7 +288,7 @@ def _create_unscheduled(rt: Runtime, who: Identity, req: VolumeCreate, size: int
     zone = req.availability_zone or min(scheduler.availability_zones(rt))
     record = volume_ops.new_volume(
         project_id=who.project_id, user_id=who.user_id, name=req.name,
-        description=req.description, size=size, status=V.ERROR, availability_zone=zone,
+        description=req.description, size=size, status=VolumeStatus.ERROR, availability_zone=zone,
         volume_type_id=vt.id, type_name=vt.name, backend=UNSCHEDULED, bootable=req.bootable,
         multiattach=vtypes.is_multiattach(vt), meta=req.metadata)
     with rt.db.write() as s:
@@ -480,7 +480,7 @@ def _extend_attached(rt: Runtime, v: VolumeRecord, attached_ok: bool) -> str:
     """The action extending the attached volume `v`, if the request (`attached_ok`, 3.42),
     its driver and its export target allow one."""
     if not attached_ok:
-        raise InvalidState("Volume", v.id, v.status, (V.AVAILABLE,), "extend")
+        raise InvalidState("Volume", v.id, v.status, (VolumeStatus.AVAILABLE,), "extend")
     if not rt.backend(v.backend).driver.info().online_extend:
         raise Invalid(f"Invalid volume: backend {v.backend} cannot extend an "
                       f"attached volume.")
@@ -512,7 +512,8 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
         if 0 <= per_volume < new_size:
             raise Invalid(f"Volume size {new_size}G exceeds the allowed per volume quota of "
                           f"{per_volume}G.")
-        action = _extend_attached(rt, v, attached_ok) if v.status == V.IN_USE else "extend"
+        action = (_extend_attached(rt, v, attached_ok) if v.status == VolumeStatus.IN_USE
+                  else "extend")
         grow = new_size - v.size
         with rt.db.write() as s:
             task = tasks.enqueue(s, "extend_volume", v.backend, volume_id, {

@@ -290,6 +290,7 @@ def test_connection_info_is_native_rbd(driver: RbdDriver, ceph: CephCluster) -> 
     assert data["volume_id"] == v.id
 
 
+@pytest.mark.ceph
 def test_data_survives_a_cluster_restart_and_the_driver_reconnects(tmp_path: Any) -> None:
     """A cluster of its own, stopped and started again on the same data (a Ceph host reboot
     while blockyard keeps running): the same driver, whose connection saw the cluster go,

@@ -11,6 +11,9 @@ import pytest
 
 from tests.support.server import Api, Server
 
+#: fixtures every module gets by name: real qemu-nbd, tgtd and QEMU processes
+pytest_plugins = ["tests.support.daemons"]
+
 #: markers by fixture: a test using one (directly or through another fixture) is marked
 MARKS_BY_FIXTURE = {
     "ceph": ("ceph",),  # tests/support/ceph.py: the session's cluster

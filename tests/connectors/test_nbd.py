@@ -9,7 +9,7 @@ import os
 import pytest
 
 from blockyard.connectors import ConnectorError, NbdInfo, connector_for, parse
-from tests.connectors.conftest import MiB, NbdExport
+from tests.support.daemons import MiB, NbdExport
 
 # (offset, data): aligned, unaligned, across a 4 KiB boundary, one byte, a large run
 PATTERN = [

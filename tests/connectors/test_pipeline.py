@@ -11,7 +11,7 @@ import pytest
 
 from blockyard.connectors import ConnectorError, IscsiConnector, connector_for, parse
 from blockyard.connectors import nbd as nbd_connector
-from tests.connectors.conftest import IscsiTarget, MiB, NbdExport, processes_mentioning
+from tests.support.daemons import IscsiTarget, MiB, NbdExport, processes_mentioning
 
 
 def sha(data: bytes | bytearray) -> str:

@@ -24,9 +24,8 @@ from blockyard.connectors import rbd as rbd_connector
 from blockyard.connectors.base import ConnectorError
 from blockyard.connectors.info import ConnectionInfoError
 from blockyard.exec import process_cmdline
-from tests.compute.test_hypervisor import Qemu, qemu, run  # noqa: F401  (fixture)
-from tests.connectors.conftest import short_dir  # noqa: F401  (fixture)
 from tests.support.ceph import CephCluster, ceph  # noqa: F401  (fixture)
+from tests.support.daemons import Qemu, run
 
 MiB = 1024**2
 
@@ -258,7 +257,7 @@ def test_a_missing_image_is_refused(
 
 def test_qemu_hot_plugs_an_rbd_volume(
         volume: tuple[RbdDriver, VolumeRef, dict[str, Any]],
-        qemu: Qemu) -> None:  # noqa: F811  (QEMU, named last, is stopped before the delete)
+        qemu: Qemu) -> None:  # (QEMU, named last, is stopped before the delete)
     """blockdev-add driver=rbd with the key as a secret object, device_add, query, resize."""
     driver, v, info_wire = volume
     info = parse(info_wire)

@@ -126,8 +126,8 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
         yield Case(fake, lambda: sorted(n for n, hosts in fake.exports.items() if hosts))
 
 
-def vol(size_gb: int = 1, **kw: str) -> VolumeRef:
-    return VolumeRef(id=str(uuid.uuid4()), size_gb=size_gb, **kw)  # type: ignore[arg-type]
+def vol(size_gb: int = 1, name_id: str | None = None) -> VolumeRef:
+    return VolumeRef(id=str(uuid.uuid4()), size_gb=size_gb, name_id=name_id)
 
 
 def snap(volume: VolumeRef) -> SnapshotRef:

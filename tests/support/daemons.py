@@ -22,22 +22,34 @@ from dataclasses import dataclass
 import pytest
 
 from blockyard.compute.hypervisor import Hypervisor
-from blockyard.exec import CommandFailed, process_cmdline, process_gone, spawn, wait_until
+from blockyard.exec import CommandFailed, process_cmdline, spawn, wait_until
 from blockyard.exec import run as command
 from tests.support.server import free_port
 
 MiB = 1024 * 1024
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """Live (non-zombie) processes whose argv mentions `text`."""
+def processes_mentioning(text: str, program: str = "") -> list[int]:
+    """Live (non-zombie) processes whose argv mentions `text`, and whose program's name starts
+    with `program` when given ("qemu-nbd", "qemu-system"). Only looks: reaps nothing."""
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and not process_gone(int(entry)) and any(
-            text in arg for arg in process_cmdline(int(entry))
-        ):
+        if not entry.isdigit():
+            continue
+        argv = process_cmdline(int(entry))
+        if argv and os.path.basename(argv[0]).startswith(program) \
+                and any(text in arg for arg in argv) and _alive(int(entry)):
             pids.append(int(entry))
-    return pids
+    return sorted(pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.server import Api, Server, free_port, free_tgt_control_port
 from tests.support.daemons import processes_mentioning
+from tests.support.server import Api, Server, free_port, free_tgt_control_port
 
 CONNECTOR = {"initiator": "iqn.1993-08.org.debian:01:crash", "host": "h1", "ip": "127.0.0.1"}
 

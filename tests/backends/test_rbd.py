@@ -20,6 +20,7 @@ from blockyard.backends.rbd import RbdDriver
 from blockyard.connectors.base import VolumeHandle
 from blockyard.errors import BackendError, ConfigError
 from tests.support.ceph import CephCluster, ceph, missing_packages  # noqa: F401  (the fixture)
+from tests.support.drivers import read_at, write_at
 
 MiB = 1024**2
 
@@ -59,24 +60,6 @@ def image_info(ceph: CephCluster, name: str) -> dict[str, Any]:  # noqa: F811
             parent = None
         return {"size": image.size(), "snaps": [s["name"] for s in image.list_snaps()],
                 "parent": parent}
-
-
-def write_at(driver: RbdDriver, volume: VolumeRef, offset: int, data: bytes) -> None:
-    handle = driver.open_volume(volume, "r+b")
-    try:
-        handle.seek(offset)
-        assert handle.write(data) == len(data)
-    finally:
-        driver.close_volume(volume, handle)
-
-
-def read_at(driver: RbdDriver, volume: VolumeRef, offset: int, size: int) -> bytes:
-    handle = driver.open_volume(volume)
-    try:
-        handle.seek(offset)
-        return handle.read(size) or b""
-    finally:
-        driver.close_volume(volume, handle)
 
 
 # ------------------------------------------------------------------ configuration

@@ -39,6 +39,7 @@ from blockyard.backends.transfer import checksum, data_extents
 from blockyard.errors import BackendError, Invalid, NotSupported
 from blockyard.targets.base import Target
 from tests.support.ceph import CephCluster, ceph  # noqa: F401  (the fixture)
+from tests.support.drivers import read_at, size_of, write_at
 from tests.support.server import free_port, free_tgt_control_port
 
 MiB = 1024**2
@@ -140,32 +141,6 @@ def stored(volume: VolumeRef, update: ModelUpdate | None) -> VolumeRef:
         return volume
     changes = {k: v for k, v in dataclasses.asdict(update).items() if v is not None}
     return dataclasses.replace(volume, **changes)
-
-
-def write_at(drv: VolumeDriver, volume: VolumeRef, offset: int, data: bytes) -> None:
-    handle = drv.open_volume(volume, "r+b")
-    try:
-        handle.seek(offset)
-        assert handle.write(data) == len(data)
-    finally:
-        drv.close_volume(volume, handle)
-
-
-def read_at(drv: VolumeDriver, volume: VolumeRef, offset: int, size: int) -> bytes:
-    handle = drv.open_volume(volume)
-    try:
-        handle.seek(offset)
-        return handle.read(size) or b""
-    finally:
-        drv.close_volume(volume, handle)
-
-
-def size_of(drv: VolumeDriver, volume: VolumeRef) -> int:
-    handle = drv.open_volume(volume)
-    try:
-        return handle.seek(0, io.SEEK_END)
-    finally:
-        drv.close_volume(volume, handle)
 
 
 # ------------------------------------------------------------------ volumes
@@ -320,9 +295,11 @@ def test_ensure_export_brings_back_a_persisted_export(case: Case) -> None:
     v = vol()
     drv.create_volume(v)
     v = stored(v, drv.create_export(v, HOST_A))
-    info = drv.initialize_connection(v, HOST_A)
+    info, exported = drv.initialize_connection(v, HOST_A), case.live_exports()
     drv.remove_export(v)  # what a lost daemon looks like
+    assert case.live_exports() == []
     v = stored(v, drv.ensure_export(v))
+    assert case.live_exports() == exported
     assert drv.initialize_connection(v, HOST_A).driver_volume_type == info.driver_volume_type
     drv.remove_export(v)
     assert case.live_exports() == []

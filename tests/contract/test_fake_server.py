@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.support.resources import available_snapshot, available_volume
-from tests.support.server import Server
+from tests.support.server import Api, Server
 
 CONFIG = """[backends.mem]
 driver = "fake"
@@ -31,6 +31,7 @@ def test_a_server_runs_the_volume_life_cycle_on_the_fake_driver(
         r = api.post(f"/volumes/{vol['id']}/action", {"os-extend": {"new_size": 4}})
         assert r.status_code == 202, r.text
         assert api.wait_volume(vol["id"], "available")["size"] == 4
+        _attach_and_detach(api, clone["id"])
         assert api.delete(f"/snapshots/{snap['id']}").status_code == 202
         api.wait_snapshot(snap["id"], "deleted")
         for v in (from_snap, clone, vol):
@@ -39,3 +40,18 @@ def test_a_server_runs_the_volume_life_cycle_on_the_fake_driver(
         assert "ERROR" not in srv.log()
     finally:
         api.close()
+
+
+def _attach_and_detach(api: Api, volume_id: str) -> None:
+    r = api.post("/attachments", {"attachment": {
+        "volume_uuid": volume_id, "instance_uuid": "0a3c1d4e-5f60-4718-8a9b-c0d1e2f3a4b5",
+        "connector": {"host": "h1", "initiator": "iqn.1994-05.com.redhat:h1"}}})
+    assert r.status_code == 200, r.text
+    attachment = r.json()["attachment"]
+    assert attachment["connection_info"]["driver_volume_type"] == "fake"
+    assert api.post(f"/attachments/{attachment['id']}/action",
+                    {"os-complete": None}).status_code == 204
+    shown = api.wait_volume(volume_id, "in-use")
+    assert [a["attachment_id"] for a in shown["attachments"]] == [attachment["id"]]
+    assert api.delete(f"/attachments/{attachment['id']}").status_code == 200
+    assert api.wait_volume(volume_id, "available")["attachments"] == []

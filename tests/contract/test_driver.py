@@ -16,7 +16,6 @@ import dataclasses
 import io
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -71,15 +70,6 @@ def _file_case(root: Path, target: Target | None) -> Iterator[Case]:
         target.teardown()
 
 
-def _short_dir() -> Iterator[Path]:
-    """A short private directory: unix socket paths allow 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="byk-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _needs(*binaries: str, root: bool = False) -> list[pytest.MarkDecorator]:
     missing = [b for b in binaries if shutil.which(b) is None]
     reason = f"needs {', '.join(binaries)}{' and root' if root else ''}"
@@ -104,8 +94,8 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
     elif kind == "file-nbd":
         from blockyard.targets.qemu_nbd import QemuNbdTarget
 
-        for short in _short_dir():
-            yield from _file_case(tmp_path, QemuNbdTarget(tmp_path / "nbd", run_dir=short))
+        short = request.getfixturevalue("short_dir")  # also: no qemu-nbd outlives the test
+        yield from _file_case(tmp_path, QemuNbdTarget(tmp_path / "nbd", run_dir=short))
     elif kind == "file-iscsi":
         from blockyard.targets.tgt import TgtTarget
 

@@ -24,8 +24,10 @@ MARKS_BY_FIXTURE = {
     "iscsi_target": ("qemu",),  # tgtd, and the iSCSI connector's qemu-nbd bridge
 }
 
-#: markers by module, for modules whose every test needs the same (a shared server stack)
+#: markers by module (or by directory, ending in "/"), for those whose every test needs the
+#: same (a shared server stack, a real client's command line)
 MARKS_BY_MODULE = {
+    "tests/clients/": ("slow",),  # each step runs a real client (a Python process) or CLI
     "tests/test_compute.py": ("qemu", "slow"),  # guests under a real compute agent
     "tests/test_exports_outlive_restarts.py": ("qemu", "slow"),
     "tests/test_attach_targets.py": ("qemu",),  # connectors over qemu-nbd exports
@@ -44,7 +46,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         names: set[str] = set()
         for fixture in getattr(item, "fixturenames", ()):
             names.update(MARKS_BY_FIXTURE.get(fixture, ()))
-        names.update(MARKS_BY_MODULE.get(item.nodeid.split("::", 1)[0], ()))
+        module = item.nodeid.split("::", 1)[0]
+        for where, marks in MARKS_BY_MODULE.items():
+            if module == where or (where.endswith("/") and module.startswith(where)):
+                names.update(marks)
         for name in sorted(names - {m.name for m in item.iter_markers()}):
             item.add_marker(name)
 

@@ -37,6 +37,8 @@ MARKS_BY_MODULE = {
     "tests/test_crash.py": ("slow",),
     "tests/test_attach_crash.py": ("slow",),
     "tests/test_group_crash.py": ("slow",),
+    "tests/test_migration.py": ("slow",),  # a crash matrix, and copies of 1 and 4 GiB
+    "tests/test_races.py": ("slow",),  # many rounds of concurrent requests
 }
 
 

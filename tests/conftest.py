@@ -1,4 +1,6 @@
-"""Shared fixtures: a real blockyard server per test module (or per test where needed)."""
+"""Shared fixtures: a real blockyard server per test module (or per test where needed); and
+the markers of the layers (`ceph`, `qemu`, `slow`), given by what a test uses, so that
+``pytest -m "not slow and not ceph and not qemu"`` runs the fast layer."""
 
 from __future__ import annotations
 
@@ -8,6 +10,50 @@ from pathlib import Path
 import pytest
 
 from tests.support.server import Api, Server
+
+#: fixtures every module gets by name: real qemu-nbd, tgtd and QEMU processes
+pytest_plugins = ["tests.support.daemons"]
+
+#: markers by fixture: a test using one (directly or through another fixture) is marked
+MARKS_BY_FIXTURE = {
+    "ceph": ("ceph",),  # tests/support/ceph.py: the session's cluster
+    "qemu": ("qemu",),  # a stopped QEMU (tests/support/daemons.py)
+    "guest": ("qemu", "slow"),  # a booted test guest
+    "nbd_tls": ("qemu",),
+    "nbd_export": ("qemu",),
+    "iscsi_target": ("qemu",),  # tgtd, and the iSCSI connector's qemu-nbd bridge
+}
+
+#: markers by module (or by directory, ending in "/"), for those whose every test needs the
+#: same (a shared server stack, a real client's command line)
+MARKS_BY_MODULE = {
+    "tests/clients/": ("slow",),  # each step runs a real client (a Python process) or CLI
+    "tests/test_compute.py": ("qemu", "slow"),  # guests under a real compute agent
+    "tests/test_exports_outlive_restarts.py": ("qemu", "slow"),
+    "tests/test_attach_targets.py": ("qemu",),  # connectors over qemu-nbd exports
+    "tests/targets/test_qemu_nbd.py": ("qemu",),
+    "tests/test_tempest.py": ("slow",),
+    "tests/api/test_hostile.py": ("slow",),
+    "tests/test_crash.py": ("slow",),
+    "tests/test_attach_crash.py": ("slow",),
+    "tests/test_group_crash.py": ("slow",),
+    "tests/test_migration.py": ("slow",),  # a crash matrix, and copies of 1 and 4 GiB
+    "tests/test_races.py": ("slow",),  # many rounds of concurrent requests
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by the fixtures and the module it uses (see the two tables above)."""
+    for item in items:
+        names: set[str] = set()
+        for fixture in getattr(item, "fixturenames", ()):
+            names.update(MARKS_BY_FIXTURE.get(fixture, ()))
+        module = item.nodeid.split("::", 1)[0]
+        for where, marks in MARKS_BY_MODULE.items():
+            if module == where or (where.endswith("/") and module.startswith(where)):
+                names.update(marks)
+        for name in sorted(names - {m.name for m in item.iter_markers()}):
+            item.add_marker(name)
 
 
 @pytest.fixture(scope="module")

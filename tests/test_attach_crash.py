@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.daemons import processes_mentioning
 from tests.support.server import Api, Server, free_port, free_tgt_control_port
-from tests.test_attach_targets import _qemu_nbd_of
 
 CONNECTOR = {"initiator": "iqn.1993-08.org.debian:01:crash", "host": "h1", "ip": "127.0.0.1"}
 
@@ -57,7 +57,7 @@ def _exported(srv: Server, protocol: str, volume_id: str) -> bool:
             capture_output=True, text=True, check=True).stdout
         return f"volume-{volume_id}" in shown
     if protocol == "nbd":
-        return bool(_qemu_nbd_of(srv))
+        return bool(processes_mentioning(str(srv.state_dir), "qemu-nbd"))
     return False
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from blockyard.connectors import LoginRefused, connector_for
 from blockyard.model import ConnectionInfo, IscsiInfo, parse
+from tests.support.daemons import processes_mentioning
 from tests.support.server import (
     Api,
     Server,
@@ -53,19 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def _qemu_nbd_of(srv: Server) -> list[int]:
     """Live qemu-nbd processes serving this server's volumes."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-        except OSError:
-            continue
-        if state != "Z" and cmd and cmd[0].endswith(b"qemu-nbd") and \
-                any(str(srv.state_dir).encode() in part for part in cmd):
-            found.append(int(pid))
-    return found
+    return processes_mentioning(str(srv.state_dir), "qemu-nbd")
 
 
 def _tgt_targets(srv: Server) -> str:

@@ -28,6 +28,7 @@ from tests.support.compute import (
     build_test_guest,
     compute_config,
 )
+from tests.support.daemons import processes_mentioning
 from tests.support.server import Api, Server, exported_backends_config, free_port
 
 GiB = 1024**3
@@ -121,16 +122,7 @@ url = "http://127.0.0.1:{agent_port}/v2.1"
 
 
 def _qemu_of(base: Path) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and b"qemu-system" in cmd and str(base).encode() in cmd:
-            found.append(int(pid))
-    return found
+    return processes_mentioning(str(base), "qemu-system")
 
 
 def _write_pattern(console: GuestConsole, device: str) -> str:

@@ -27,6 +27,7 @@ from blockyard.service import compute_events
 from tests.support.consistency import assert_consistent, read_db
 from tests.support.resources import available_volume
 from tests.support.server import Api, Server, exported_backends_config, free_port
+from tests.support.waits import poll
 
 INSTANCE_A = "11111111-2222-3333-4444-555555555555"
 INSTANCE_B = "66666666-7777-8888-9999-000000000000"
@@ -174,13 +175,8 @@ def _gigabytes_in_use(api: Api) -> int:
 
 
 def _wait_log(srv: Server, *needles: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = srv.log()
-        if all(n in log for n in needles):
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{needles} not all in the server log:\n{srv.log()[-3000:]}")
+    return poll(srv.log, lambda log: all(n in log for n in needles), timeout=timeout,
+                what=f"{needles} all in the server log")
 
 
 # ---------------------------------------------------------------------------- the events

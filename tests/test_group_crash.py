@@ -35,11 +35,6 @@ def _ok(r: httpx.Response, status: int = 202) -> dict[str, Any]:
     return r.json() if r.content else {}
 
 
-def _wait_status(c: Api, path: str, key: str, status: str) -> None:
-    """Poll `path` until its `key` has `status` ("deleted": until it 404s): Api's own poll."""
-    c._wait(path, key, {status}, 30.0)
-
-
 def _setup(srv: Server, *, group_snapshot: bool) -> dict[str, Any]:
     """A group with two members holding patterns SEEDS (and a group snapshot of it)."""
     c = srv.client()
@@ -59,7 +54,7 @@ def _setup(srv: Server, *, group_snapshot: bool) -> dict[str, Any]:
         gs = _ok(c.post("/group_snapshots", {"group_snapshot": {"group_id": g,
                                                                 "name": "base"}})
                  )["group_snapshot"]["id"]
-        _wait_status(c, f"/group_snapshots/{gs}", "group_snapshot", "available")
+        c.wait_status(f"/group_snapshots/{gs}", "group_snapshot", "available")
         ctx["group_snapshot"] = gs
     c.close()
     return ctx

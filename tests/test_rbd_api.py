@@ -137,6 +137,7 @@ def test_the_server_log_has_no_key(rbd_server: Server, ceph: CephCluster) -> Non
     assert ceph.client_key() not in rbd_server.log()
 
 
+@pytest.mark.ceph
 def test_a_cluster_leaves_no_process_behind() -> None:
     """Start and stop a second cluster: every daemon it started is gone (and reaped)."""
     reason = missing_packages()

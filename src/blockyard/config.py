@@ -440,10 +440,16 @@ DRIVER_OPTIONS: dict[str, Schema] = {
         "reserved_percentage": _PERCENT,
         "max_over_subscription_ratio": _RATIO,
     },
+    "fake": {  # in memory, for tests
+        "total_capacity_gb": Option(float, between(0)),
+        "online_extend": Option(bool),
+        "multiattach": Option(bool),
+    },
 }
 DRIVER_TARGETS: dict[str, tuple[str, ...]] = {
     "file": ("local", "iscsi", "nbd"),
     "rbd": ("local", "rbd"),  # native connections: "local" means the same as "rbd"
+    "fake": ("local",),
 }
 
 #: [targets.<protocol>]: the keyword arguments of each target class (blockyard.targets.TARGETS);

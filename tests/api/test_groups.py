@@ -17,6 +17,7 @@ from tempest.lib.api_schema.response.volume import group_types as gt_schema
 from tempest.lib.api_schema.response.volume import groups as g_schema
 from tempest.lib.api_schema.response.volume import volumes as v_schema
 
+from tests.support.checks import check
 from tests.support.consistency import (
     assert_consistent,
     pattern_problems,
@@ -30,19 +31,6 @@ from tests.support.server import Api, Server
 # ---------------------------------------------------------------------------- helpers
 
 
-def _check(schema: dict[str, Any], r: Any) -> dict[str, Any]:
-    assert r.status_code in schema["status_code"], r.text
-    body: dict[str, Any] = r.json() if r.content else {}
-    if "response_body" in schema:
-        jsonschema.validate(body, schema["response_body"])
-    return body
-
-
-def _wait(api: Api, path: str, key: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Poll `path` until its `key` has `status` ("deleted": until it 404s): Api's own poll."""
-    return api._wait(path, key, {status}, timeout)
-
-
 def _volume_type(api: Api, name: str) -> str:
     r = api.post("/types", {"volume_type": {"name": name}})
     assert r.status_code == 200, r.text
@@ -51,16 +39,16 @@ def _volume_type(api: Api, name: str) -> str:
 
 def _group_type(api: Api, name: str, **extra: Any) -> str:
     r = api.post("/group_types", {"group_type": {"name": name, **extra}})
-    body = _check(gt_schema.create_group_type, r)
+    body = check(gt_schema.create_group_type, r)
     return str(body["group_type"]["id"])
 
 
 def _group(api: Api, group_type: str, volume_types: list[str], name: str = "g") -> str:
     r = api.post("/groups", {"group": {"name": name, "group_type": group_type,
                                        "volume_types": volume_types}})
-    body = _check(g_schema.create_group, r)
+    body = check(g_schema.create_group, r)
     gid = str(body["group"]["id"])
-    _wait(api, f"/groups/{gid}", "group", "available")
+    api.wait_status(f"/groups/{gid}", "group", "available")
     return gid
 
 
@@ -74,7 +62,7 @@ def _member(api: Api, group_id: str, volume_type: str, size: int = 1) -> dict[st
 
 def _group_snapshot(api: Api, group_id: str, name: str = "gs") -> str:
     r = api.post("/group_snapshots", {"group_snapshot": {"group_id": group_id, "name": name}})
-    body = _check(gs_schema.create_group_snapshot, r)
+    body = check(gs_schema.create_group_snapshot, r)
     return str(body["group_snapshot"]["id"])
 
 
@@ -90,8 +78,8 @@ def _snapshots_of(api: Api, group_snapshot_id: str) -> list[dict[str, Any]]:
 
 def _delete_group(api: Api, group_id: str, delete_volumes: bool = True) -> None:
     r = api.post(f"/groups/{group_id}/action", {"delete": {"delete-volumes": delete_volumes}})
-    _check(g_schema.delete_group, r)
-    _wait(api, f"/groups/{group_id}", "group", "deleted")
+    check(g_schema.delete_group, r)
+    api.wait_status(f"/groups/{group_id}", "group", "deleted")
 
 
 @pytest.fixture
@@ -108,39 +96,39 @@ def test_group_types_and_specs_round_trip(api: Api) -> None:
     r = api.post("/group_types", {"group_type": {
         "name": "gt-round", "description": "d", "is_public": True,
         "group_specs": {"consistent_group_snapshot_enabled": "<is> False"}}})
-    gt = _check(gt_schema.create_group_type, r)["group_type"]
+    gt = check(gt_schema.create_group_type, r)["group_type"]
     assert gt["group_specs"] == {"consistent_group_snapshot_enabled": "<is> False"}
     gid = gt["id"]
     assert api.post("/group_types", {"group_type": {"name": "gt-round"}}).status_code == 409
-    updated = _check(gt_schema.update_group_type, api.put(
+    updated = check(gt_schema.update_group_type, api.put(
         f"/group_types/{gid}", {"group_type": {"name": "gt-round2", "description": "e"}}))
     assert updated["group_type"]["name"] == "gt-round2"
-    shown = _check(gt_schema.show_group_type, api.get(f"/group_types/{gid}"))["group_type"]
+    shown = check(gt_schema.show_group_type, api.get(f"/group_types/{gid}"))["group_type"]
     assert (shown["name"], shown["description"], shown["is_public"]) == ("gt-round2", "e", True)
 
-    specs = _check(gt_schema.create_or_update_group_type_specs, api.post(
+    specs = check(gt_schema.create_or_update_group_type_specs, api.post(
         f"/group_types/{gid}/group_specs", {"group_specs": {"key1": "v1", "key2": "v2"}}))
     assert specs["group_specs"] == {"key1": "v1", "key2": "v2"}
-    item = _check(gt_schema.update_group_type_specs_item,
+    item = check(gt_schema.update_group_type_specs_item,
                   api.put(f"/group_types/{gid}/group_specs/key2", {"key2": "v2b"}))
     assert item == {"key2": "v2b"}
-    assert _check(gt_schema.show_group_type_specs_item,
+    assert check(gt_schema.show_group_type_specs_item,
                   api.get(f"/group_types/{gid}/group_specs/key2")) == {"key2": "v2b"}
-    listed = _check(gt_schema.list_group_type_specs, api.get(f"/group_types/{gid}/group_specs"))
+    listed = check(gt_schema.list_group_type_specs, api.get(f"/group_types/{gid}/group_specs"))
     assert listed["group_specs"] == {"consistent_group_snapshot_enabled": "<is> False",
                                      "key1": "v1", "key2": "v2b"}
-    _check(gt_schema.delete_group_type_specs_item,
+    check(gt_schema.delete_group_type_specs_item,
            api.delete(f"/group_types/{gid}/group_specs/key1"))
     assert api.get(f"/group_types/{gid}/group_specs/key1").status_code == 404
     assert api.delete(f"/group_types/{gid}/group_specs/key1").status_code == 404
-    _check(gt_schema.delete_group_type, api.delete(f"/group_types/{gid}"))
+    check(gt_schema.delete_group_type, api.delete(f"/group_types/{gid}"))
     assert api.get(f"/group_types/{gid}").status_code == 404
 
 
 def test_group_type_list_sort_and_visibility(api: Api) -> None:
     a = _group_type(api, "a_gt_vis", is_public=True)
     b = _group_type(api, "b_gt_vis", is_public=False)
-    names = [t["name"] for t in _check(gt_schema.list_group_types, api.get(
+    names = [t["name"] for t in check(gt_schema.list_group_types, api.get(
         "/group_types", params={"sort": "name:asc", "is_public": "None"}))["group_types"]]
     assert names.index("a_gt_vis") < names.index("b_gt_vis")
     names = [t["name"] for t in api.get("/group_types", params={
@@ -177,11 +165,11 @@ def test_group_create_show_list_members_and_delete(v313: Api, api: Api) -> None:
     assert vol["group_id"] == g1
     jsonschema.validate(v313.get(f"/volumes/{vol['id']}").json(),
                         v_schema.show_volume["response_body"])
-    shown = _check(g_schema.show_group, v313.get(f"/groups/{g1}"))["group"]
+    shown = check(g_schema.show_group, v313.get(f"/groups/{g1}"))["group"]
     assert (shown["name"], shown["group_type"], shown["volume_types"]) == ("group1", gt, [vt])
-    listed = _check(g_schema.list_groups_with_detail, v313.get("/groups/detail"))["groups"]
+    listed = check(g_schema.list_groups_with_detail, v313.get("/groups/detail"))["groups"]
     assert {g1, g2} <= {g["id"] for g in listed}
-    _check(g_schema.list_groups_no_detail, v313.get("/groups"))
+    check(g_schema.list_groups_no_detail, v313.get("/groups"))
     # 3.25: the members on request; 3.58: the project for admins (not in Tempest's schema)
     v325 = Api(v313.endpoint, project="admin", user="admin", version="3.25")
     members = v325.get(f"/groups/{g1}", params={"list_volume": "True"}).json()["group"]
@@ -210,11 +198,11 @@ def test_group_update_moves_members_in_and_out(v313: Api, api: Api) -> None:
     v1, v2 = _member(v313, g, vt), _member(v313, g, vt)
     r = v313.put(f"/groups/{g}", {"group": {"name": "new", "description": "desc",
                                              "remove_volumes": v2["id"]}})
-    _check(g_schema.update_group, r)
-    shown = _wait(v313, f"/groups/{g}", "group", "available")
+    check(g_schema.update_group, r)
+    shown = v313.wait_status(f"/groups/{g}", "group", "available")
     assert (shown["name"], shown["description"]) == ("new", "desc")
     assert [v["id"] for v in _members_of(v313, g)] == [v1["id"]]
-    _check(g_schema.update_group, v313.put(f"/groups/{g}", {"group": {"add_volumes":
+    check(g_schema.update_group, v313.put(f"/groups/{g}", {"group": {"add_volumes":
                                                                        v2["id"]}}))
     assert {v["id"] for v in _members_of(v313, g)} == {v1["id"], v2["id"]}
     # refused changes leave the membership alone (all or nothing)
@@ -241,7 +229,7 @@ def test_reset_group_status_is_admin_and_validated(server: Server, api: Api) -> 
     g = _group(c, gt, [vt])
     for status in ("creating", "available", "error"):
         r = c.post(f"/groups/{g}/action", {"reset_status": {"status": status}})
-        _check(g_schema.reset_group_status, r)
+        check(g_schema.reset_group_status, r)
         assert c.get(f"/groups/{g}").json()["group"]["status"] == status
     r = c.post(f"/groups/{g}/action", {"reset_status": {"status": "bogus"}})
     assert r.status_code == 400 and "is invalid" in r.text
@@ -346,7 +334,7 @@ def test_group_snapshot_takes_every_member_and_clones_from_it(server: Server,
     write_pattern(volume_file(server.state_dir, v1["id"]), 1)
     write_pattern(volume_file(server.state_dir, v2["id"]), 2)
     gs = _group_snapshot(c, g, "gsnap")
-    shown = _wait(c, f"/group_snapshots/{gs}", "group_snapshot", "available")
+    shown = c.wait_status(f"/group_snapshots/{gs}", "group_snapshot", "available")
     jsonschema.validate({"group_snapshot": shown}, gs_schema.show_group_snapshot["response_body"])
     assert (shown["group_id"], shown["group_type_id"], shown["name"]) == (g, gt, "gsnap")
     members = _snapshots_of(c, gs)
@@ -355,8 +343,8 @@ def test_group_snapshot_takes_every_member_and_clones_from_it(server: Server,
     by_volume = {s["volume_id"]: s["id"] for s in members}
     assert not pattern_problems(snapshot_file(server.state_dir, by_volume[v1["id"]]), 1)
     assert not pattern_problems(snapshot_file(server.state_dir, by_volume[v2["id"]]), 2)
-    _check(gs_schema.list_group_snapshots_with_detail, c.get("/group_snapshots/detail"))
-    _check(gs_schema.list_group_snapshots_no_detail, c.get("/group_snapshots"))
+    check(gs_schema.list_group_snapshots_with_detail, c.get("/group_snapshots/detail"))
+    check(gs_schema.list_group_snapshots_no_detail, c.get("/group_snapshots"))
     # a member snapshot goes only with its group snapshot; the group only without them
     assert c.delete(f"/snapshots/{by_volume[v1['id']]}").status_code == 400
     r = c.post(f"/groups/{g}/action", {"delete": {"delete-volumes": True}})
@@ -365,8 +353,8 @@ def test_group_snapshot_takes_every_member_and_clones_from_it(server: Server,
     # a new group from the group snapshot: one new volume per member, with its data
     r = c.post("/groups/action", {"create-from-src": {"group_snapshot_id": gs,
                                                       "name": "from-snap"}})
-    g2 = _check(g_schema.create_group_from_source, r)["group"]["id"]
-    _wait(c, f"/groups/{g2}", "group", "available")
+    g2 = check(g_schema.create_group_from_source, r)["group"]["id"]
+    c.wait_status(f"/groups/{g2}", "group", "available")
     shown2 = c.get(f"/groups/{g2}").json()["group"]
     assert (shown2["group_snapshot_id"], shown2["group_type"]) == (gs, gt)
     copies = _members_of(c, g2)
@@ -379,22 +367,22 @@ def test_group_snapshot_takes_every_member_and_clones_from_it(server: Server,
 
     # and one from the group itself
     r = c.post("/groups/action", {"create-from-src": {"source_group_id": g, "name": "clone"}})
-    g3 = _check(g_schema.create_group_from_source, r)["group"]["id"]
-    _wait(c, f"/groups/{g3}", "group", "available")
+    g3 = check(g_schema.create_group_from_source, r)["group"]["id"]
+    c.wait_status(f"/groups/{g3}", "group", "available")
     clones = _members_of(c, g3)
     assert sorted(v["source_volid"] for v in clones) == sorted([v1["id"], v2["id"]])
 
     # reset-status of a group snapshot (3.19)
     c19 = server.client(version="3.19")
     for status in ("creating", "available", "error", "available"):
-        _check(gs_schema.reset_group_snapshot_status, c19.post(
+        check(gs_schema.reset_group_snapshot_status, c19.post(
             f"/group_snapshots/{gs}/action", {"reset_status": {"status": status}}))
         assert c19.get(f"/group_snapshots/{gs}").json()["group_snapshot"]["status"] == status
 
     for gid in (g3, g2):
         _delete_group(c, gid)
-    _check(gs_schema.delete_group_snapshot, c.delete(f"/group_snapshots/{gs}"))
-    _wait(c, f"/group_snapshots/{gs}", "group_snapshot", "deleted")
+    check(gs_schema.delete_group_snapshot, c.delete(f"/group_snapshots/{gs}"))
+    c.wait_status(f"/group_snapshots/{gs}", "group_snapshot", "deleted")
     for sid in by_volume.values():
         c.wait_snapshot(sid, "deleted")
         assert not snapshot_file(server.state_dir, sid).exists()
@@ -414,7 +402,7 @@ def test_a_frozen_backend_refuses_group_operations(make_server: Any) -> None:
     g = _group(c, _group_type(c, "gt-frozen"), [vt])
     _member(c, g, vt)
     gs = _group_snapshot(c, g)
-    _wait(c, f"/group_snapshots/{gs}", "group_snapshot", "available")
+    c.wait_status(f"/group_snapshots/{gs}", "group_snapshot", "available")
     host = next(s["host"] for s in c.get("/os-services").json()["services"]
                 if s["binary"] == "cinder-volume")
     assert c.put("/os-services/freeze", {"host": host}).status_code == 200
@@ -441,7 +429,7 @@ def test_a_frozen_backend_refuses_group_operations(make_server: Any) -> None:
     assert c.delete(f"/volumes/{stray['id']}").status_code == 202
     c.wait_volume(stray["id"], "deleted")
     assert c.delete(f"/group_snapshots/{gs}").status_code == 202
-    _wait(c, f"/group_snapshots/{gs}", "group_snapshot", "deleted")
+    c.wait_status(f"/group_snapshots/{gs}", "group_snapshot", "deleted")
     _delete_group(c, g)
     assert_consistent(srv.state_dir, c, log=srv.log())
     c.close()
@@ -482,7 +470,7 @@ def test_group_snapshot_killed_between_members_finishes_after_restart(
     armed.write_text("")
     srv.start()
     c = srv.client()
-    _wait(c, f"/group_snapshots/{gs}", "group_snapshot", "available")
+    c.wait_status(f"/group_snapshots/{gs}", "group_snapshot", "available")
     members = _snapshots_of(c, gs)
     assert {s["status"] for s in members} == {"available"} and len(members) == 3
     for s in members:
@@ -499,7 +487,7 @@ def test_group_snapshot_failing_midway_leaves_no_member(make_server: Any,
     quota_before = c.get("/os-quota-sets/admin", params={"usage": "True"}).json()["quota_set"]
     armed.write_text("create_group_snapshot.between_members=error")
     gs = _group_snapshot(c, g)
-    _wait(c, f"/group_snapshots/{gs}", "group_snapshot", "error")
+    c.wait_status(f"/group_snapshots/{gs}", "group_snapshot", "error")
     armed.write_text("")
     assert _snapshots_of(c, gs) == []
     assert not list((srv.state_dir / "volumes" / "default").glob("snapshot-*"))
@@ -509,7 +497,7 @@ def test_group_snapshot_failing_midway_leaves_no_member(make_server: Any,
     assert_consistent(srv.state_dir, c, log=srv.log())
     # the group snapshot in error can go, and then the group with its volumes
     assert c.delete(f"/group_snapshots/{gs}").status_code == 202
-    _wait(c, f"/group_snapshots/{gs}", "group_snapshot", "deleted")
+    c.wait_status(f"/group_snapshots/{gs}", "group_snapshot", "deleted")
     _delete_group(c, g)
     for vid in vids:
         c.wait_volume(vid, "deleted")
@@ -524,7 +512,7 @@ def test_group_clone_failing_midway_leaves_no_volume(make_server: Any, tmp_path:
     r = c.post("/groups/action", {"create-from-src": {"source_group_id": g}})
     assert r.status_code == 202, r.text
     g2 = r.json()["group"]["id"]
-    _wait(c, f"/groups/{g2}", "group", "error")
+    c.wait_status(f"/groups/{g2}", "group", "error")
     armed.write_text("")
     assert _members_of(c, g2) == []
     assert len(list((srv.state_dir / "volumes" / "default").glob("volume-*"))) == len(vids)

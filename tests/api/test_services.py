@@ -21,23 +21,13 @@ from tempest.lib.api_schema.response.volume import hosts as hosts_schema
 from tempest.lib.api_schema.response.volume import scheduler_stats as pools_schema
 from tempest.lib.api_schema.response.volume import services as services_schema
 from tempest.lib.api_schema.response.volume.v3_7 import services as services_schema_3_7
-from tempest.lib.common.jsonschema_validator import FORMAT_CHECKER, JSONSCHEMA_VALIDATOR
 
-from tests.support.checks import fault
+from tests.support.checks import check, fault
 from tests.support.server import Api, Server, exported_backends_config
 
 HOST = socket.gethostname()
 BACKEND = f"{HOST}@default"
 VOLUME = "cinder-volume"
-
-
-def check(schema: dict[str, Any], r: httpx.Response) -> Any:
-    assert r.status_code in schema["status_code"], r.text
-    body = r.json() if r.content else None
-    if "response_body" in schema:
-        JSONSCHEMA_VALIDATOR(schema["response_body"], format_checker=FORMAT_CHECKER).validate(
-            body)
-    return body
 
 
 def unschedulable(api: Api, r: httpx.Response) -> None:

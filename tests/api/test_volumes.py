@@ -11,6 +11,7 @@ import pytest
 from tempest.lib.api_schema.response.volume import volumes as schema_3_0
 from tempest.lib.api_schema.response.volume.v3_69 import volumes as schema_3_69
 
+from tests.support.checks import fault
 from tests.support.server import Api, Server
 
 
@@ -23,14 +24,6 @@ def _create(api: Api, **spec: Any) -> dict[str, Any]:
 
 def _count(api: Api) -> int:
     return len(api.get("/volumes").json()["volumes"])
-
-
-def _fault(r: httpx.Response, status: int, name: str) -> str:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert list(body) == [name], body
-    assert body[name]["code"] == status
-    return str(body[name]["message"])
 
 
 def test_version_headers_and_request_ids(api: Api) -> None:
@@ -54,13 +47,12 @@ def test_versions_documents(server: Server) -> None:
 
 
 @pytest.mark.parametrize(
-    ("header", "status", "fault"),
-    [("volume abc", 400, "badRequest"), ("volume 3.99", 406, "computeFault"),
-     ("volume 4.0", 406, "computeFault"), ("volume 3.", 400, "badRequest")],
+    ("header", "status"),
+    [("volume abc", 400), ("volume 3.99", 406), ("volume 4.0", 406), ("volume 3.", 400)],
 )
-def test_bad_microversions(server: Server, header: str, status: int, fault: str) -> None:
+def test_bad_microversions(server: Server, header: str, status: int) -> None:
     r = httpx.get(server.endpoint + "/volumes", headers={"OpenStack-API-Version": header})
-    _fault(r, status, fault)
+    fault(r, status)  # 400 badRequest, 406 computeFault
     assert r.headers["Vary"] == "OpenStack-API-Version"
 
 
@@ -126,7 +118,7 @@ def test_malformed_bodies(api: Api, body: bytes, message: str) -> None:
     before = _count(api)
     r = api.request("POST", "/volumes", content=body,
                     headers={"Content-Type": "application/json"})
-    assert _fault(r, 400, "badRequest") == message
+    assert fault(r, 400) == message
     assert _count(api) == before
 
 
@@ -156,7 +148,7 @@ def test_bad_create_input_is_400_and_creates_nothing(api: Api, spec: dict[str, A
 
 def test_size_error_words_as_cinder(api: Api) -> None:
     r = api.post("/volumes", {"volume": {"size": -1}})
-    assert _fault(r, 400, "badRequest") == \
+    assert fault(r, 400) == \
         "Invalid input for field/attribute size. Value: -1. -1 is less than the minimum of 1"
 
 
@@ -170,17 +162,16 @@ def test_unknown_keys_are_accepted_before_3_53(server: Server) -> None:
 def test_missing_references_are_404(api: Api) -> None:
     ghost = str(uuid.uuid4())
     for spec in ({"snapshot_id": ghost}, {"source_volid": ghost}):
-        _fault(api.post("/volumes", {"volume": {"size": 1, **spec}}), 404, "itemNotFound")
-    _fault(api.post("/volumes", {"volume": {"size": 1, "volume_type": "nope"}}), 404,
-           "itemNotFound")
+        fault(api.post("/volumes", {"volume": {"size": 1, **spec}}), 404)
+    fault(api.post("/volumes", {"volume": {"size": 1, "volume_type": "nope"}}), 404)
 
 
 def test_show_by_name_is_404_like_cinder(api: Api) -> None:
     _create(api, name="g1")
     r = api.get("/volumes/g1")
-    assert _fault(r, 404, "itemNotFound") == "Volume g1 could not be found."
+    assert fault(r, 404) == "Volume g1 could not be found."
     ghost = "00000000-0000-0000-0000-000000000000"
-    assert _fault(api.get(f"/volumes/{ghost}"), 404, "itemNotFound") == \
+    assert fault(api.get(f"/volumes/{ghost}"), 404) == \
         f"Volume {ghost} could not be found."
 
 
@@ -202,7 +193,7 @@ def test_project_id_in_url(server: Server) -> None:
 def test_unknown_action(api: Api) -> None:
     vol = _create(api)
     r = api.post(f"/volumes/{vol['id']}/action", {"os-nonsense": {}})
-    assert _fault(r, 400, "badRequest") == (
+    assert fault(r, 400) == (
         "There is no such action: os-nonsense. Verify the request body and Content-Type "
         "header and try again.")
 
@@ -213,7 +204,7 @@ def test_extend_and_shrink(api: Api) -> None:
                     {"os-extend": {"new_size": "2"}}).status_code == 202
     assert api.wait_volume(vol["id"], "available")["size"] == 2
     r = api.post(f"/volumes/{vol['id']}/action", {"os-extend": {"new_size": 1}})
-    assert _fault(r, 400, "badRequest") == (
+    assert fault(r, 400) == (
         "Invalid input received: New size for extend must be greater than current size. "
         "(current: 2, extended: 1).")
     for bad in ({"new_size": -3}, {"new_size": "x"}, {}, None, "str"):
@@ -257,7 +248,7 @@ def test_delete_with_snapshot_then_cascade(api: Api) -> None:
     r = api.post("/snapshots", {"snapshot": {"volume_id": vol["id"], "name": "s"}})
     assert r.status_code == 202
     snap = api.wait_snapshot(r.json()["snapshot"]["id"], "available")
-    msg = _fault(api.delete(f"/volumes/{vol['id']}"), 400, "badRequest")
+    msg = fault(api.delete(f"/volumes/{vol['id']}"), 400)
     assert msg.startswith("Invalid volume: Volume status must be available or error")
     assert api.delete(f"/volumes/{vol['id']}?cascade=true").status_code == 202
     api.wait_volume(vol["id"], "deleted")

@@ -20,8 +20,9 @@ from cinderclient import exceptions as cinder_exc
 from cinderclient.contrib.noauth import CinderNoAuthPlugin  # type: ignore[import-untyped]
 from keystoneauth1 import session as ks_session
 
-from tests.clients import BIN, PROJECTS, poll, schemas
+from tests.clients import BIN, PROJECTS, schemas
 from tests.support.server import Api, Server
+from tests.support.waits import poll
 
 MV = "3.71"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"

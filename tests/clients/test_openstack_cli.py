@@ -11,8 +11,9 @@ import os
 import subprocess
 from typing import Any
 
-from tests.clients import BIN, PROJECTS, poll, schemas
+from tests.clients import BIN, PROJECTS, schemas
 from tests.support.server import Api, Server
+from tests.support.waits import poll
 
 MV = "3.71"
 

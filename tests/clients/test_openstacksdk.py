@@ -15,8 +15,9 @@ import openstack
 import pytest
 from openstack import exceptions as sdk_exc
 
-from tests.clients import PROJECTS, poll, schemas
+from tests.clients import PROJECTS, schemas
 from tests.support.server import Server
+from tests.support.waits import poll
 
 MV = "3.71"
 

@@ -1,5 +1,6 @@
 """Hypervisor against a real QEMU (TCG, stopped with -S: no guest OS is needed to add, resize
-and query block devices), real qemu-nbd exports and a real tgtd.
+and query block devices), real qemu-nbd exports and a real tgtd (the fixtures `qemu`,
+`iscsi_target` and `short_dir` are tests/support/daemons.py's).
 
 Every QEMU and qemu-nbd is a child of the test, never daemonized, and is killed and reaped in
 its fixture's teardown; `short_dir` then checks no process mentioning its directory is left.
@@ -13,8 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import pytest
 from qemu.qmp import Message
@@ -32,59 +32,12 @@ from blockyard.compute.hypervisor import (
 )
 from blockyard.exec import process_cmdline, spawn, wait_until
 from blockyard.model import NbdInfo, parse
-from tests.connectors.conftest import (  # noqa: F401  (fixtures)
-    INITIATOR,
-    IscsiTarget,
-    iscsi_target,
-    short_dir,
-)
 from tests.support.compute import GuestConsole, build_test_guest
+from tests.support.daemons import INITIATOR, IscsiTarget, Qemu, run
+from tests.support.daemons import kill as stop
 
 MiB = 1024 * 1024
 KEY = "5e" * 32
-
-
-@dataclass
-class Qemu:
-    proc: subprocess.Popen[bytes]
-    qmp: str
-    dir: str
-
-    def log(self) -> str:
-        with open(os.path.join(self.dir, "qemu.log"), errors="replace") as f:
-            return f.read()
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Kill and reap a child of ours (PID 1 here reaps no orphans)."""
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
-
-
-@pytest.fixture
-def qemu(short_dir: str) -> Iterator[Qemu]:  # noqa: F811
-    qmp = os.path.join(short_dir, "qmp.sock")
-    proc = spawn(["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-m", "64",
-                  "-nodefaults", "-display", "none", "-no-user-config",
-                  "-qmp", f"unix:{qmp},server=on,wait=off", "-S"],
-                 log_path=os.path.join(short_dir, "qemu.log"))
-    try:
-        vm = Qemu(proc, qmp, short_dir)
-        wait_until(lambda: os.path.exists(qmp) or proc.poll() is not None, 10,
-                   what="QEMU to listen")
-        assert proc.poll() is None, vm.log()
-        yield vm
-    finally:
-        stop(proc)
-
-
-def run(qemu: Qemu, body: Callable[[Hypervisor], Awaitable[None]], timeout: float = 5) -> None:
-    """Connect to `qemu` in a fresh event loop and run `body` with the connection."""
-    async def main() -> None:
-        async with await Hypervisor.connect(qemu.qmp, timeout=timeout) as hv:
-            await body(hv)
-    asyncio.run(main())
 
 
 def sparse(path: str, size: int) -> str:
@@ -94,7 +47,7 @@ def sparse(path: str, size: int) -> str:
 
 
 @pytest.fixture
-def nbd_tls(short_dir: str) -> Iterator[NbdInfo]:  # noqa: F811
+def nbd_tls(short_dir: str) -> Iterator[NbdInfo]:
     """qemu-nbd serving an 8 MiB file over a unix socket, TLS with a pre-shared key."""
     image = sparse(os.path.join(short_dir, "nbd.raw"), 8 * MiB)
     sock, keys = os.path.join(short_dir, "nbd.sock"), os.path.join(short_dir, "psk")
@@ -129,7 +82,7 @@ def test_connect_reports_status_and_pid(qemu: Qemu) -> None:
     run(qemu, body)
 
 
-def test_connect_to_nothing_is_gone(short_dir: str) -> None:  # noqa: F811
+def test_connect_to_nothing_is_gone(short_dir: str) -> None:
     with pytest.raises(HypervisorGone) as err:
         asyncio.run(Hypervisor.connect(os.path.join(short_dir, "none.sock"), timeout=2))
     assert err.value.command == "connect"
@@ -359,7 +312,7 @@ def test_tls_psk_file_is_read_when_the_object_is_made(qemu: Qemu) -> None:
     run(qemu, body)
 
 
-def test_iscsi_lun_with_chap(qemu: Qemu, iscsi_target: IscsiTarget) -> None:  # noqa: F811
+def test_iscsi_lun_with_chap(qemu: Qemu, iscsi_target: IscsiTarget) -> None:
     info = parse(iscsi_target.wire())
     source = qemu_source(info, prefix="vol-1", initiator=INITIATOR)
     bad = qemu_source(parse(iscsi_target.wire(auth_password="wrong-password")),
@@ -387,7 +340,7 @@ def test_iscsi_lun_with_chap(qemu: Qemu, iscsi_target: IscsiTarget) -> None:  # 
 
 # ---------------------------------------------------------------- with a guest OS
 @pytest.fixture
-def guest(short_dir: str) -> Iterator[tuple[Qemu, GuestConsole]]:  # noqa: F811
+def guest(short_dir: str) -> Iterator[tuple[Qemu, GuestConsole]]:
     """The tiny TCG test guest (scripts/build-test-guest), booted, its console attached."""
     try:
         image = build_test_guest()

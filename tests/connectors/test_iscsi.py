@@ -15,7 +15,7 @@ from blockyard.connectors import (
     get_connector_properties,
 )
 from blockyard.model import parse
-from tests.connectors.conftest import IscsiTarget, MiB, processes_mentioning
+from tests.support.daemons import IscsiTarget, MiB, processes_mentioning
 
 PATTERN = [(0, b"Z" * 512), (MiB + 3, os.urandom(70_001)), (31 * MiB - 9, b"near-the-end")]
 

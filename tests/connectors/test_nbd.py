@@ -11,7 +11,7 @@ import pytest
 from blockyard.connectors import connector_for
 from blockyard.errors import ConnectorError
 from blockyard.model import NbdInfo, parse
-from tests.connectors.conftest import MiB, NbdExport
+from tests.support.daemons import MiB, NbdExport
 
 # (offset, data): aligned, unaligned, across a 4 KiB boundary, one byte, a large run
 PATTERN = [

@@ -13,7 +13,7 @@ from blockyard.connectors import IscsiConnector, connector_for
 from blockyard.connectors import nbd as nbd_connector
 from blockyard.errors import ConnectorError
 from blockyard.model import parse
-from tests.connectors.conftest import IscsiTarget, MiB, NbdExport, processes_mentioning
+from tests.support.daemons import IscsiTarget, MiB, NbdExport, processes_mentioning
 
 
 def sha(data: bytes | bytearray) -> str:

@@ -21,9 +21,8 @@ from blockyard.exec import process_cmdline
 from blockyard.model import Connector, GiB, RbdInfo, VolumeRef, parse
 from blockyard.rbdimage import RbdHandle
 from blockyard.targets.rbd import RbdTarget
-from tests.compute.test_hypervisor import Qemu, qemu, run  # noqa: F401  (fixture)
-from tests.connectors.conftest import short_dir  # noqa: F401  (fixture)
 from tests.support.ceph import CephCluster, ceph  # noqa: F401  (fixture)
+from tests.support.daemons import Qemu, run
 
 MiB = 1024**2
 
@@ -166,7 +165,7 @@ def test_a_missing_image_is_refused(
 
 def test_qemu_hot_plugs_an_rbd_volume(
         volume: tuple[RbdDriver, VolumeRef, dict[str, Any]],
-        qemu: Qemu) -> None:  # noqa: F811  (QEMU, named last, is stopped before the delete)
+        qemu: Qemu) -> None:  # (QEMU, named last, is stopped before the delete)
     """blockdev-add driver=rbd with the key as a secret object, device_add, query, resize."""
     driver, v, info_wire = volume
     info = parse(info_wire)

@@ -176,15 +176,16 @@ class Api:
     def wait_volume(self, volume_id: str, statuses: set[str] | str,
                     timeout: float = 30.0) -> dict[str, Any]:
         """Poll until the volume reaches one of `statuses` ("deleted": until it 404s)."""
-        wanted = {statuses} if isinstance(statuses, str) else statuses
-        return self._wait(f"/volumes/{volume_id}", "volume", wanted, timeout)
+        return self.wait_status(f"/volumes/{volume_id}", "volume", statuses, timeout)
 
     def wait_snapshot(self, snapshot_id: str, statuses: set[str] | str,
                       timeout: float = 30.0) -> dict[str, Any]:
-        wanted = {statuses} if isinstance(statuses, str) else statuses
-        return self._wait(f"/snapshots/{snapshot_id}", "snapshot", wanted, timeout)
+        return self.wait_status(f"/snapshots/{snapshot_id}", "snapshot", statuses, timeout)
 
-    def _wait(self, path: str, key: str, wanted: set[str], timeout: float) -> dict[str, Any]:
+    def wait_status(self, path: str, key: str, statuses: set[str] | str,
+                    timeout: float = 30.0) -> dict[str, Any]:
+        """Poll `path` until its `key` has one of `statuses` ("deleted": until it 404s)."""
+        wanted = {statuses} if isinstance(statuses, str) else statuses
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:

@@ -18,6 +18,7 @@ import pytest
 from blockyard.errors import Invalid
 from blockyard.model import Connector, Export, NbdInfo, VolumeRef
 from blockyard.targets.qemu_nbd import QemuNbdTarget
+from tests.support.daemons import processes_mentioning
 
 MiB = 1024**2
 SIZE = 64 * MiB
@@ -27,17 +28,7 @@ HOST_B = Connector(host="compute-b", ip="127.0.0.1")
 
 def qemu_nbd_pids(under: Path) -> list[int]:
     """Live (not zombie) qemu-nbd processes whose command line mentions `under`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if os.path.basename(argv[0]) == "qemu-nbd" and any(str(under) in a for a in argv):
-            pids.append(int(entry.name))
-    return sorted(pids)
+    return processes_mentioning(str(under), "qemu-nbd")
 
 
 @pytest.fixture

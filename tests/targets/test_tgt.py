@@ -385,6 +385,7 @@ def _qemu_io(target: TgtTarget, export: Export, initiator: str, password: str,
                 "-c", command], timeout=30, ok_codes=(0, 1))
 
 
+@pytest.mark.qemu
 @pytest.mark.skipif(shutil.which("qemu-io") is None
                     or not os.path.exists("/usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so"),
                     reason="needs qemu-io with qemu-block-extra's iscsi driver")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from blockyard.backends.base import DriverBase, VolumeDriver
+from blockyard.backends.fake import FakeDriver
 from blockyard.backends.file import FileDriver
 from blockyard.backends.rbd import RbdDriver
 from blockyard.errors import ConfigError
@@ -13,6 +14,8 @@ from blockyard.model import Target
 DRIVERS: dict[str, type[DriverBase]] = {
     "file": FileDriver,
     "rbd": RbdDriver,
+    #: in memory, for tests (backends/fake.py)
+    "fake": FakeDriver,
 }
 
 

@@ -1,54 +1,66 @@
-"""Fixtures with real daemons: qemu-nbd over a sparse file, tgtd with one CHAP-protected LUN.
+"""Real daemons for the connector and hypervisor tests: qemu-nbd over a sparse file, tgtd with
+one CHAP-protected LUN, a stopped QEMU to talk QMP to. A pytest plugin (tests/conftest.py loads
+it), so every test module gets the fixtures by name.
 
-Every daemon is started through `blockyard.exec.spawn` and stopped in the fixture's teardown,
-which also asserts that no process mentioning the fixture's private directory is left.
+Every daemon is a child of the test, started through `blockyard.exec.spawn` (never daemonized:
+PID 1 here reaps no orphans) and stopped and reaped in its fixture's teardown; `short_dir` then
+asserts that no process mentioning the fixture's private directory is left.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from blockyard.exec import CommandFailed, process_cmdline, process_gone, run, spawn, wait_until
+from blockyard.compute.hypervisor import Hypervisor
+from blockyard.exec import CommandFailed, process_cmdline, spawn, wait_until
+from blockyard.exec import run as command
+from tests.support.server import free_port
 
 MiB = 1024 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Live (non-zombie) processes whose argv mentions `text`."""
+def processes_mentioning(text: str, program: str = "") -> list[int]:
+    """Live (non-zombie) processes whose argv mentions `text`, and whose program's name starts
+    with `program` when given ("qemu-nbd", "qemu-system"). Only looks: reaps nothing."""
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and not process_gone(int(entry)) and any(
-            text in arg for arg in process_cmdline(int(entry))
-        ):
+        if not entry.isdigit():
+            continue
+        argv = process_cmdline(int(entry))
+        if argv and os.path.basename(argv[0]).startswith(program) \
+                and any(text in arg for arg in argv) and _alive(int(entry)):
             pids.append(int(entry))
-    return pids
+    return sorted(pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; always reaped."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(10)
+    proc.wait(10)
 
 
 @pytest.fixture
@@ -62,6 +74,9 @@ def short_dir() -> Iterator[str]:
     finally:
         shutil.rmtree(path, ignore_errors=True)
     assert processes_mentioning(path) == []
+
+
+# ---------------------------------------------------------------------- qemu-nbd
 
 
 @dataclass
@@ -91,6 +106,9 @@ def nbd_export(short_dir: str) -> Iterator[NbdExport]:
         yield NbdExport(image, sock, 64 * MiB)
     finally:
         stop(proc)
+
+
+# ---------------------------------------------------------------------- tgtd
 
 
 @dataclass
@@ -132,7 +150,7 @@ def iscsi_target(short_dir: str) -> Iterator[IscsiTarget]:
     def up() -> bool:
         assert proc.poll() is None, open(os.path.join(short_dir, "tgtd.log")).read()
         try:
-            run([*tgtadm, "--mode", "target", "--op", "show"], timeout=5)
+            command([*tgtadm, "--mode", "target", "--op", "show"], timeout=5)
         except CommandFailed:
             return False
         return True
@@ -141,16 +159,64 @@ def iscsi_target(short_dir: str) -> Iterator[IscsiTarget]:
     try:
         wait_until(up, 10, what="tgtd to answer")
         target = ["--mode", "target", "--tid", "1"]
-        run([*tgtadm, "--op", "new", *target, "--targetname", iqn])
-        run([*tgtadm, "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
-             "--backing-store", image])
-        run([*tgtadm, "--op", "bind", *target, "--initiator-name", INITIATOR])
-        run([*tgtadm, "--op", "new", "--mode", "account", "--user", "alice",
-             "--password", "s3cret-chap-pw"])
-        run([*tgtadm, "--op", "bind", "--mode", "account", "--tid", "1", "--user", "alice"])
+        command([*tgtadm, "--op", "new", *target, "--targetname", iqn])
+        command([*tgtadm, "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
+                 "--backing-store", image])
+        command([*tgtadm, "--op", "bind", *target, "--initiator-name", INITIATOR])
+        command([*tgtadm, "--op", "new", "--mode", "account", "--user", "alice",
+                 "--password", "s3cret-chap-pw"])
+        command([*tgtadm, "--op", "bind", "--mode", "account", "--tid", "1", "--user", "alice"])
         yield IscsiTarget(image, f"127.0.0.1:{port}", iqn, INITIATOR, "alice",
                           "s3cret-chap-pw", 32 * MiB)
     finally:
         # tgtd -f waits ~10 s on SIGTERM; it keeps no state worth a clean exit here
         proc.kill()
         proc.wait(10)
+
+
+# ---------------------------------------------------------------------- QEMU
+
+
+@dataclass
+class Qemu:
+    proc: subprocess.Popen[bytes]
+    qmp: str
+    dir: str
+
+    def log(self) -> str:
+        with open(os.path.join(self.dir, "qemu.log"), errors="replace") as f:
+            return f.read()
+
+
+@pytest.fixture
+def qemu(short_dir: str) -> Iterator[Qemu]:
+    """A QEMU (TCG) stopped with -S, its QMP on a unix socket: no guest OS is needed to add,
+    resize and query block devices."""
+    qmp = os.path.join(short_dir, "qmp.sock")
+    proc = spawn(["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-m", "64",
+                  "-nodefaults", "-display", "none", "-no-user-config",
+                  "-qmp", f"unix:{qmp},server=on,wait=off", "-S"],
+                 log_path=os.path.join(short_dir, "qemu.log"))
+    try:
+        vm = Qemu(proc, qmp, short_dir)
+        wait_until(lambda: os.path.exists(qmp) or proc.poll() is not None, 10,
+                   what="QEMU to listen")
+        assert proc.poll() is None, vm.log()
+        yield vm
+    finally:
+        kill(proc)
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill and reap (a QEMU of ours keeps nothing worth a clean exit)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+def run(qemu: Qemu, body: Callable[[Hypervisor], Awaitable[None]], timeout: float = 5) -> None:
+    """Connect to `qemu` in a fresh event loop and run `body` with the connection."""
+    async def main() -> None:
+        async with await Hypervisor.connect(qemu.qmp, timeout=timeout) as hv:
+            await body(hv)
+    asyncio.run(main())

@@ -410,7 +410,7 @@ def test_the_optional_calls_default_to_not_supported() -> None:
     class Bare(DriverBase):
         pass
 
-    drv, v = Bare("bare", {}), vol()
+    drv, v = Bare("bare", {}, LocalTarget()), vol()
     s = snap(v)
     calls: list[Callable[[], object]] = [
         lambda: drv.create_snapshot(s), lambda: drv.delete_snapshot(s),

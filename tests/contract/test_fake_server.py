@@ -48,7 +48,9 @@ def _attach_and_detach(api: Api, volume_id: str) -> None:
         "connector": {"host": "h1", "initiator": "iqn.1994-05.com.redhat:h1"}}})
     assert r.status_code == 200, r.text
     attachment = r.json()["attachment"]
-    assert attachment["connection_info"]["driver_volume_type"] == "fake"
+    info = attachment["connection_info"]
+    assert info["driver_volume_type"] == "local"  # a path nothing can open: fake://mem/…
+    assert info["data"]["device_path"].startswith("fake://mem/volume-")
     assert api.post(f"/attachments/{attachment['id']}/action",
                     {"os-complete": None}).status_code == 204
     shown = api.wait_volume(volume_id, "in-use")

@@ -1,10 +1,11 @@
 """Shared fixtures: a real blockyard server per test module (or per test where needed).
 
-Under pytest-xdist (scripts/test runs `-n 2 --dist loadgroup`), `pytest_collection_modifyitems`
-below makes each module one unit of work, so its module-scoped servers start once."""
+Under pytest-xdist (scripts/test runs `-n 2 --dist loadfile`), each module is one unit of work,
+so its module-scoped servers start once; `pytest_collection_modifyitems` below orders them."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,23 @@ from tests.support.server import Api, Server
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For `--dist loadgroup`: one xdist group per module (a module's tests share its
-    module-scoped servers and guests, and some rely on running in file order). Without that
-    option, nothing changes."""
-    if config.getoption("dist", "no") != "loadgroup":
+    """On a pytest-xdist worker (scripts/test: `--dist loadfile --no-loadscope-reorder`, each
+    module one unit of work, handed out in collection order): the longest units first, so
+    that none starts last. The Tempest run first, then the modules using the session's Ceph
+    cluster one after another (so mostly one worker starts a cluster), then the others by
+    their number of tests. A run without xdist keeps pytest's order."""
+    if not hasattr(config, "workerinput"):
         return
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    module_of = {item: item.nodeid.split("::", 1)[0] for item in items}
+    size = Counter(module_of.values())
+    tempest = {module_of[item] for item in items if "tempest_run" in item.fixturenames}
+    ceph = {module_of[item] for item in items if "ceph" in item.fixturenames}
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        module = module_of[item]
+        return (0 if module in tempest else 1 if module in ceph else 2, -size[module])
+
+    items.sort(key=rank)  # stable: a module's tests keep their order
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -36,6 +36,7 @@ from tests.support.compute import (
     Nova,
     build_test_guest,
     compute_config,
+    short_alias,
 )
 from tests.support.server import (
     BLOCKYARD,
@@ -138,7 +139,7 @@ class Writers:
 @pytest.fixture
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, ComputeServer,
                                                                        Nova]]:
-    tmp_path = tmp_path_factory.mktemp("xr")  # short: QEMU's sockets live below
+    tmp_path = short_alias(tmp_path_factory.mktemp("xr"))  # QEMU's sockets live below
     image = build_test_guest()
     agent_port = free_port()
     volumes = Server(tmp_path / "volumes", config=exported_backends_config(

@@ -420,6 +420,12 @@ def _stream(srv: Server, seed: int, stop: threading.Event, started: threading.Ev
         c.close()
 
 
+def _accepted(ledger: Ledger) -> int:
+    """How many operations the server accepted (202) so far."""
+    with ledger.lock:
+        return sum(1 for s in ledger.statuses if s[1] == 202)
+
+
 def _content_of(st: DbState, known: dict[str, int | None], vid: str) -> int | None | str:
     """The data pattern a volume must hold: a seed, None (zeros) or "?" (unknown lineage)."""
     if vid in known:
@@ -507,7 +513,13 @@ def test_random_kills_keep_consistency(make_server: Callable[..., Server]) -> No
                                                           started, ledger)) for _ in range(4)]
         for t in threads:
             t.start()
-        started.wait(30)  # the streams are issuing operations: kill at a random moment
+        started.wait(30)  # the streams are issuing operations
+        # once one more operation was accepted, kill at a random moment: every round then
+        # has something to check however slow the machine (the bound only guards a hang)
+        accepted = _accepted(ledger)
+        deadline = time.monotonic() + 30
+        while _accepted(ledger) == accepted and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.3))
         srv.kill()
         stop.set()
@@ -525,7 +537,7 @@ def test_random_kills_keep_consistency(make_server: Callable[..., Server]) -> No
             raise AssertionError(f"round {round_}: {exc}\n--- server log ---\n"
                                  f"{srv.log()[-3000:]}") from None
     # the streams did something worth checking
-    accepted = sum(1 for s in ledger.statuses if s[1] == 202)
+    accepted = _accepted(ledger)
     assert accepted >= 5, f"only {accepted} operations were accepted: {ledger.statuses}"
     final = read_db(srv.state_dir)
     assert not final.tasks

@@ -19,8 +19,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """On a pytest-xdist worker (scripts/test: `--dist loadfile --no-loadscope-reorder`, each
     module one unit of work, handed out in collection order): the longest units first, so
     that none starts last. The Tempest run first, then the modules using the session's Ceph
-    cluster one after another (so mostly one worker starts a cluster), then the others by
-    their number of tests. A run without xdist keeps pytest's order."""
+    cluster one after another (so mostly one worker starts a cluster), then the real clients'
+    (tests/clients: their CLIs hold the longest single test), then the others by their number
+    of tests. A run without xdist keeps pytest's order."""
     if not hasattr(config, "workerinput"):
         return
     module_of = {item: item.nodeid.split("::", 1)[0] for item in items}
@@ -30,7 +31,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def rank(item: pytest.Item) -> tuple[int, int]:
         module = module_of[item]
-        return (0 if module in tempest else 1 if module in ceph else 2, -size[module])
+        slow_clis = module.startswith("tests/clients/")  # one CLI process per step
+        return (0 if module in tempest else 1 if module in ceph else 2 if slow_clis else 3,
+                -size[module])
 
     items.sort(key=rank)  # stable: a module's tests keep their order
 

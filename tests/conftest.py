@@ -1,11 +1,16 @@
 """Shared fixtures: a real blockyard server per test module (or per test where needed); and
 the markers of the layers (`ceph`, `qemu`, `slow`), given by what a test uses, so that
-``pytest -m "not slow and not ceph and not qemu"`` runs the fast layer."""
+``pytest -m "not slow and not ceph and not qemu"`` runs the fast layer.
+
+Under pytest-xdist (scripts/test runs `-n 2 --dist loadfile`), each module is one unit of work,
+so its module-scoped servers start once; `pytest_collection_modifyitems` below orders them."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +48,13 @@ MARKS_BY_MODULE = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests (`_mark_layers`), then, on an xdist worker, order them
+    (`_longest_modules_first`)."""
+    _mark_layers(items)
+    _longest_modules_first(config, items)
+
+
+def _mark_layers(items: list[pytest.Item]) -> None:
     """Mark each test by the fixtures and the module it uses (see the two tables above)."""
     for item in items:
         names: set[str] = set()
@@ -54,6 +66,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 names.update(marks)
         for name in sorted(names - {m.name for m in item.iter_markers()}):
             item.add_marker(name)
+
+
+def _longest_modules_first(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a pytest-xdist worker (scripts/test: `--dist loadfile --no-loadscope-reorder`, each
+    module one unit of work, handed out in collection order): the longest units first, so
+    that none starts last. The Tempest run first, then the modules using the session's Ceph
+    cluster one after another (so mostly one worker starts a cluster), then the real clients'
+    (tests/clients: their CLIs hold the longest single test), then the others by their number
+    of tests. A run without xdist keeps pytest's order."""
+    if not hasattr(config, "workerinput"):
+        return
+    module_of = {item: item.nodeid.split("::", 1)[0] for item in items}
+    size = Counter(module_of.values())
+    tempest = {module_of[item] for item in items if "tempest_run" in item.fixturenames}
+    ceph = {module_of[item] for item in items if "ceph" in item.fixturenames}
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        module = module_of[item]
+        slow_clis = module.startswith("tests/clients/")  # one CLI process per step
+        return (0 if module in tempest else 1 if module in ceph else 2 if slow_clis else 3,
+                -size[module])
+
+    items.sort(key=rank)  # stable: a module's tests keep their order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the xdist controller: print what a worker left to say (the Tempest run's counts,
+    tests/test_tempest.py), which its own terminal output would have shown without xdist."""
+    report = node.workeroutput.get("tempest_report") if hasattr(node, "workeroutput") else None
+    if report:
+        terminal = node.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            terminal.write_line("\n" + report)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from tests.support.compute import (
     Nova,
     build_test_guest,
     compute_config,
+    short_alias,
 )
 from tests.support.daemons import processes_mentioning
 from tests.support.server import Api, Server, exported_backends_config, free_port
@@ -76,7 +77,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
           ceph: CephCluster) -> Iterator[Stack]:  # noqa: F811
     image = build_test_guest()
     rbd = ceph.driver_options()
-    base = tmp_path_factory.mktemp("compute")
+    base = short_alias(tmp_path_factory.mktemp("compute"))
     agent_port = free_port()
     volumes = Server(base / "volumes", config=exported_backends_config(local=True, extra=f"""
 [quota]

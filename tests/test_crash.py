@@ -421,6 +421,12 @@ def _stream(srv: Server, seed: int, stop: threading.Event, started: threading.Ev
         c.close()
 
 
+def _accepted(ledger: Ledger) -> int:
+    """How many operations the server accepted (202) so far."""
+    with ledger.lock:
+        return sum(1 for s in ledger.statuses if s[1] == 202)
+
+
 def _content_of(st: DbState, known: dict[str, int | None], vid: str) -> int | None | str:
     """The data pattern a volume must hold: a seed, None (zeros) or "?" (unknown lineage)."""
     if vid in known:
@@ -491,12 +497,6 @@ RANDOM_QUOTA = """
 volumes = 25
 snapshots = 25
 """
-
-
-def _accepted(ledger: Ledger) -> int:
-    """How many operations the service has accepted (202) so far."""
-    with ledger.lock:
-        return sum(1 for s in ledger.statuses if s[1] == 202)
 
 
 def test_random_kills_keep_consistency(make_server: Callable[..., Server]) -> None:

@@ -36,6 +36,7 @@ from tests.support.compute import (
     Nova,
     build_test_guest,
     compute_config,
+    short_alias,
 )
 from tests.support.server import (
     BLOCKYARD,
@@ -103,8 +104,9 @@ class Writers:
                 f"dd of={device} bs={BLOCK} seek=$n conv=sync,notrunc,fsync "
                 f"2>>/tmp/dd-{tag} || {{ echo FAIL $n >>/tmp/acked-{tag}; break; }}; "
                 f"echo $n >>/tmp/acked-{tag}; n=$((n+1)); done")
-        self.console.check(f"rm -f /tmp/stop /tmp/acked-{tag}; touch /tmp/acked-{tag}; "
-                           f"( {loop} ) </dev/null >/dev/null 2>&1 &")
+        self.console.check(f"rm -f /tmp/stop /tmp/acked-{tag} /tmp/ended-{tag}; "
+                           f"touch /tmp/acked-{tag}; "
+                           f"( {loop}; touch /tmp/ended-{tag} ) </dev/null >/dev/null 2>&1 &")
 
     def acked(self, tag: str) -> list[str]:
         return self.console.check(f"cat /tmp/acked-{tag}").split()
@@ -126,14 +128,18 @@ class Writers:
             assert time.monotonic() < deadline, f"writes stalled: {counts}, wanted {goal}"
             time.sleep(0.5)
 
-    def stop(self) -> None:
-        self.console.check("touch /tmp/stop; sleep 2")
+    def stop(self, tags: tuple[str, ...]) -> None:
+        """Ask every loop to stop, and wait until each has (its last block written)."""
+        self.console.check("touch /tmp/stop")
+        ended = " && ".join(f"test -e /tmp/ended-{tag}" for tag in tags)
+        wait_until(lambda: self.console.run(ended)[0] == 0, 60.0,
+                   what=f"the writers {tags} to stop")
 
 
 @pytest.fixture
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, ComputeServer,
                                                                        Nova]]:
-    tmp_path = tmp_path_factory.mktemp("xr")  # short: QEMU's sockets live below
+    tmp_path = short_alias(tmp_path_factory.mktemp("xr"))  # QEMU's sockets live below
     image = build_test_guest()
     agent_port = free_port()
     volumes = Server(tmp_path / "volumes", config=exported_backends_config(
@@ -194,7 +200,7 @@ def test_a_guest_writes_on_through_service_restarts(
     assert replaced["tgtd.json"] == daemons["tgtd.json"]
     assert replaced[f"volume-{vids['nbd']}.json"].pid != nbd.pid
 
-    writers.stop()
+    writers.stop(PROTOCOLS)
     errors = console.check("dmesg | grep -i -e 'I/O error' -e 'blk_update_request' "
                            "-e 'lost .* write' || true")
     assert errors.strip() == "", f"the guest saw I/O errors:\n{errors}"

@@ -31,6 +31,8 @@ from tests.support.waits import poll
 
 INSTANCE_A = "11111111-2222-3333-4444-555555555555"
 INSTANCE_B = "66666666-7777-8888-9999-000000000000"
+#: the instance of the volume whose event marks "everything sent before has arrived"
+BARRIER = "99999999-8888-7777-6666-555555555555"
 CONNECTOR = {"initiator": "iqn.1993-08.org.debian:01:abc", "host": "h1", "ip": "127.0.0.1",
              "platform": "x86_64", "os_type": "linux", "multipath": False}
 
@@ -103,14 +105,33 @@ class FakeCompute:
             self.received.clear()
         self.status, self.answer, self.delay = status, answer, delay
 
-    def wait(self, count: int, timeout: float = 10.0) -> list[Received]:
-        """Wait until `count` POSTs arrived, then a little longer to catch any extra one."""
+    def wait_for_instance(self, instance: str, timeout: float = 10.0) -> list[Received]:
+        """Wait until a POST with an event for `instance` arrived; returns every POST so far."""
+
+        def came() -> bool:
+            return any(e.get("server_uuid") == instance for r in self.received
+                       for e in r.body.get("events", []))
+
         with self._arrived:
-            assert self._arrived.wait_for(lambda: len(self.received) >= count, timeout), \
-                f"compute received {len(self.received)} POST(s), wanted {count}"
-        time.sleep(0.3)
-        with self._arrived:
+            assert self._arrived.wait_for(came, timeout), \
+                f"no event for {instance} among {len(self.received)} POST(s)"
             return list(self.received)
+
+    def sent_before_barrier(self, api: Api, volume_type: str | None = None) -> list[Received]:
+        """The POSTs that arrived before a known last one, instead of a sleep waiting for
+        "nothing more came": a volume attached to the BARRIER instance is extended and its
+        event awaited. Whatever an earlier request made the service send was on its way
+        before this extend was even asked for, so it arrived first."""
+        vol = available_volume(api, volume_type=volume_type)
+        att = _attach(api, vol["id"], BARRIER, dict(CONNECTOR, host="barrier"))
+        assert _extend(api, vol["id"], 2)["size"] == 2
+        received = self.wait_for_instance(BARRIER)
+        assert api.delete(f"/attachments/{att}").status_code == 200
+        assert api.delete(f"/volumes/{vol['id']}").status_code == 202  # quota: 10 volumes
+        api.wait_volume(vol["id"], "deleted")
+        [last] = [i for i, r in enumerate(received)
+                  if any(e.get("server_uuid") == BARRIER for e in r.body.get("events", []))]
+        return received[:last]
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +218,7 @@ def test_extend_attached_volume_sends_one_event_per_instance(server: Server,
     assert (shown["status"], shown["size"]) == ("in-use", 3)
     assert _gigabytes_in_use(api) == used + 2
 
-    [post] = fake.wait(1)
+    [post] = fake.sent_before_barrier(api)
     assert post.path == "/v2.1/os-server-external-events"
     assert post.headers["x-auth-token"] == "admin:admin"
     assert post.headers["x-openstack-nova-api-version"] == "2.51"
@@ -217,8 +238,7 @@ def test_extend_of_a_detached_volume_sends_nothing(server: Server, fake: FakeCom
     vol = available_volume(api)
     shown = _extend(api, vol["id"], 2)
     assert (shown["status"], shown["size"]) == ("available", 2)
-    time.sleep(0.5)
-    assert fake.received == []
+    assert fake.sent_before_barrier(api) == []
 
 
 def test_extend_attached_before_3_42_is_refused_and_sends_nothing(server: Server,
@@ -231,8 +251,7 @@ def test_extend_attached_before_3_42_is_refused_and_sends_nothing(server: Server
     assert r.status_code == 400, r.text
     shown = api.get(f"/volumes/{vol['id']}").json()["volume"]
     assert (shown["status"], shown["size"]) == ("in-use", 1)
-    time.sleep(0.3)
-    assert fake.received == []
+    assert fake.sent_before_barrier(api) == []
     assert api.delete(f"/attachments/{att}").status_code == 200
 
 
@@ -260,7 +279,7 @@ def test_compute_failures_never_fail_the_extend(server: Server, fake: FakeComput
     shown = _extend(api, vol["id"], 2)
     assert (shown["status"], shown["size"]) == ("in-use", 2)
     assert _gigabytes_in_use(api) == used + 1
-    assert len(fake.wait(1)) == 1
+    assert len(fake.sent_before_barrier(api)) == 1
     _wait_log(server, f"volume {vol['id']}", INSTANCE_A, logged)
     # the volume works on: a second extend, and a detach
     assert _extend(api, vol["id"], 3)["size"] == 3
@@ -302,12 +321,13 @@ def test_no_compute_configured_extend_attached_works(make_server: Callable[..., 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, compute: FakeCompute) -> Iterator[Server]:
-    """File backends exported over tgt (iscsi) and qemu-nbd (nbd), with a compute url."""
+    """File backends exported over tgt (iscsi) and qemu-nbd (nbd), with a compute url; and
+    a local one, which extends attached volumes (for `sent_before_barrier`)."""
     srv = Server(tmp_path_factory.mktemp("exported") / "state",
-                 config=exported_backends_config(extra=f'[compute]\nurl = "{compute.url}"\n')
-                 ).start()
+                 config=exported_backends_config(
+                     local=True, extra=f'[compute]\nurl = "{compute.url}"\n')).start()
     api = srv.client()
-    for name in ("iscsi", "nbd"):
+    for name in ("iscsi", "nbd", "local"):
         r = api.post("/types", {"volume_type": {
             "name": name, "extra_specs": {"volume_backend_name": name}}})
         assert r.status_code == 200, r.text
@@ -345,8 +365,7 @@ def test_attached_volume_over_nbd_or_iscsi_is_not_extended(exported: Server, fak
     assert after.tasks == []
     assert after.usages == before.usages
     assert after.volumes[vol["id"]] == before.volumes[vol["id"]]
-    time.sleep(0.3)
-    assert fake.received == []
+    assert fake.sent_before_barrier(api, volume_type="local") == []
 
     # detached, it extends
     assert api.delete(f"/attachments/{att['id']}").status_code == 200

@@ -82,6 +82,10 @@ def _report(config: pytest.Config, run: Run, facts: dict[str, str], workspace: P
         f"  workspace {workspace} (results.subunit, logs/tempest.log); server log "
         f"{server.log_path}",
     ]
+    worker_output = getattr(config, "workeroutput", None)
+    if worker_output is not None:  # a pytest-xdist worker: the controller prints it (conftest)
+        worker_output["tempest_report"] = "\n".join(lines)
+        return
     capture = config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         print("\n" + "\n".join(lines), flush=True)

@@ -261,18 +261,19 @@ def state_of(stack: Stack) -> dict[str, Any]:
 
 
 def settled(stack: Stack, timeout: float = 10.0) -> dict[str, Any]:
-    """The state once background work started by an accepted request is over."""
+    """The state once background work started by an accepted request is over: nothing in a
+    busy status, and two reads in a row the same. It sleeps only while something changes,
+    not a fixed time after every request."""
     deadline = time.monotonic() + timeout
     last = state_of(stack)
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
+    while True:
         now = state_of(stack)
         busy = [o for key in ("volumes", "snapshots", "groups", "group_snapshots")
                 for o in now[key] if o.get("status") in _BUSY]
-        if now == last and not busy:
+        if (now == last and not busy) or time.monotonic() > deadline:
             return now
         last = now
-    return last
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------- strategies

@@ -185,3 +185,19 @@ class GuestConsole:
             if time.monotonic() > deadline:
                 raise AssertionError(f"guest still has disk {serial}")
             time.sleep(0.05)
+
+
+def short_alias(path: Path) -> Path:
+    """A short path to the directory `path` (a symlink in /tmp, removed at exit), to put an
+    agent's state dir under: its guests' QMP and console sockets live below it, a Unix socket
+    path holds at most 107 bytes, and pytest's temporary directories (one level deeper under
+    pytest-xdist, popen-gwN/) leave too little room for `agent/instances/<uuid>/console.sock`."""
+    import atexit
+    import shutil
+    import tempfile
+
+    holder = Path(tempfile.mkdtemp(prefix="by-", dir="/tmp"))
+    atexit.register(shutil.rmtree, holder, ignore_errors=True)
+    link = holder / "d"
+    link.symlink_to(path, target_is_directory=True)
+    return link

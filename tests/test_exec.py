@@ -97,8 +97,8 @@ def test_stop_by_pid_reaps_our_child() -> None:
 def test_force_sigkills_at_once() -> None:
     proc = _ignoring_sigterm()
     started = time.monotonic()
-    assert stop(proc, 5.0, force=True)
-    assert time.monotonic() - started < 2.0
+    assert stop(proc, 60.0, force=True)
+    assert time.monotonic() - started < 30.0  # not the 60 s SIGTERM grace: SIGKILL at once
     assert proc.returncode == -signal.SIGKILL
 
 

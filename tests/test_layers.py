@@ -35,7 +35,8 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 #: bottom first; a unit may import units of lower layers, and units of its own layer unless
 #: the layer is of siblings
 LAYERS: list[tuple[frozenset[str], bool]] = [  # (units, siblings)
-    (frozenset({"errors", "model", "exec", "failpoints", "rbdimage", "statuses"}), False),
+    (frozenset({"errors", "model", "exec", "failpoints", "rbdimage", "statuses", "identity",
+                "policy"}), False),
     (frozenset({"backends", "targets", "connectors"}), True),
     (frozenset({"config"}), False),
     (frozenset({"db"}), False),

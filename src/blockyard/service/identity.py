@@ -6,31 +6,10 @@ place that will need a real policy check, so the Keystone issue only changes thi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from blockyard.errors import NotFound
+from blockyard.identity import Identity, from_noauth
 
-
-@dataclass(frozen=True)
-class Identity:
-    user_id: str
-    project_id: str
-    roles: frozenset[str] = field(default_factory=lambda: frozenset({"admin"}))
-
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.roles
-
-
-def from_noauth(token: str | None, user_id: str | None, project_id: str | None) -> Identity:
-    """Cinder's noauth: a token 'user:project' (or a bare 'name' for both); headers win."""
-    tok_user = tok_project = None
-    if token:
-        tok_user, _, tok_project = token.partition(":")
-        tok_project = tok_project or tok_user
-    user = user_id or tok_user or "admin"
-    project = project_id or tok_project or user
-    return Identity(user_id=user, project_id=project)
+__all__ = ["Identity", "authorize", "can_see_all", "from_noauth"]
 
 
 def authorize(who: Identity, action: str, project_id: str | None = None) -> None:

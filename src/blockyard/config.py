@@ -23,6 +23,23 @@ Example::
     portal = "127.0.0.1:3260"
     control_port = 3261
 
+    [auth]                    # who may call (default: noauth, for loopback only)
+    strategy = "keystone"     # tokens validated by keystonemiddleware against Keystone
+    policy_file = "/etc/blockyard/policy.yaml"   # Cinder's policy.yaml overrides (optional)
+
+    [keystone_authtoken]      # keystonemiddleware's options, by its names
+    www_authenticate_uri = "http://keystone:5000/v3"
+    auth_url = "http://keystone:5000/v3"
+    username = "cinder"
+    password = "..."
+    project_name = "service"
+
+    [service_user]            # this service's own credentials for calls it makes
+    auth_url = "http://keystone:5000/v3"    # (default: those of [keystone_authtoken])
+    username = "cinder"
+    password = "..."
+    project_name = "service"
+
     [compute]                 # where to send Nova's volume-extended events (optional)
     url = "http://127.0.0.1:8774/v2.1"    # the compute API base; without it none are sent
     timeout = 10                          # seconds per request
@@ -100,6 +117,27 @@ class ComputeEndpoint:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """How callers are authenticated and authorised, and how this service authenticates its
+    own calls to others. Shared by the volume service and the compute agent."""
+
+    #: "noauth" (Cinder's: every caller an admin; loopback only) or "keystone"
+    strategy: str = "noauth"
+    #: keystonemiddleware ``auth_token`` options (its own names), for strategy "keystone"
+    keystone_authtoken: Mapping[str, Any] = field(default_factory=dict)
+    #: keystoneauth1 password-plugin options of this service's own user (auth_url,
+    #: username, password, project_name, user_domain_name, project_domain_name); None
+    #: under noauth
+    service_user: Mapping[str, str] | None = None
+    #: an oslo.policy file (YAML or JSON) overriding rule defaults, as Cinder's policy.yaml
+    policy_file: Path | None = None
+
+    @property
+    def keystone(self) -> bool:
+        return self.strategy == "keystone"
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str
     listen_port: int
@@ -119,6 +157,8 @@ class Config:
     compute: ComputeEndpoint = field(default_factory=ComputeEndpoint)
     #: seconds a user message is kept (Cinder's message_ttl)
     message_ttl: int = DEFAULT_MESSAGE_TTL
+    #: [auth], [keystone_authtoken], [service_user]
+    auth: AuthConfig = field(default_factory=lambda: AuthConfig())
 
 
 # -- the vocabulary: options and the checks of their values ------------------------------------
@@ -399,6 +439,9 @@ TOP: Schema = {
     "targets": Option(dict),
     "compute": Option(dict),
     "message_ttl": Option(int, between(1, 10 * 365 * 86400, " seconds")),
+    "auth": Option(dict),
+    "keystone_authtoken": Option(dict),
+    "service_user": Option(dict),
 }
 
 QUOTA: Schema = {name: Option(int, between(-1, INT_MAX, " (-1: unlimited)"))
@@ -578,7 +621,97 @@ def build(
         default_group_type=top.get("default_group_type") or None,
         compute=ComputeEndpoint(**compute),
         message_ttl=top.get("message_ttl", DEFAULT_MESSAGE_TTL),
+        auth=read_auth(top),
     )
+
+
+# -- [auth], [keystone_authtoken], [service_user] ----------------------------------------------
+
+AUTH: Schema = {
+    "strategy": Option(str, one_of("noauth", "keystone"), default="noauth"),
+    "policy_file": Option(str, a_path),
+}
+
+#: [service_user]: a keystoneauth1 password plugin's options
+SERVICE_USER: Schema = {
+    "auth_url": Option(str, http_url, required=True),
+    "username": Option(str, text(), required=True),
+    "password": Option(str, required=True),
+    "project_name": Option(str, text(), required=True),
+    "user_domain_name": Option(str, text(), default="Default"),
+    "project_domain_name": Option(str, text(), default="Default"),
+}
+
+#: [keystone_authtoken] options whose absence makes every token fail to validate
+_AUTHTOKEN_REQUIRED = ("www_authenticate_uri", "auth_url", "username", "password")
+
+
+def _authtoken_options(auth_type: str, key: str) -> dict[str, Any]:
+    """The options keystonemiddleware knows, plus those of the auth plugin it will load,
+    by name (imported only when keystone is configured)."""
+    from keystoneauth1 import exceptions as ksa_exceptions
+    from keystoneauth1 import loading
+    from keystonemiddleware import auth_token
+
+    known: dict[str, Any] = {}
+    for _group, opts in auth_token.list_opts():
+        known.update({opt.dest: opt for opt in opts})
+    try:
+        loader: Any = loading.get_plugin_loader(auth_type)
+    except ksa_exceptions.NoMatchingPlugin:
+        raise ConfigError(f"{key}.auth_type", f"no keystoneauth plugin named {auth_type!r} "
+                                              f"(e.g. 'password', 'v3password')") from None
+    known.update({opt.dest: opt for opt in loader.get_options()})
+    known.update({"auth_type": None, "auth_section": None})
+    return known
+
+
+def read_authtoken(raw: Any, key: str = "keystone_authtoken") -> dict[str, Any]:
+    """[keystone_authtoken]: keys checked against keystonemiddleware's and the auth plugin's
+    option names (a typo is an error naming it, not an option silently ignored)."""
+    table: dict[str, Any] = dict(typed(raw, dict, key))
+    table.setdefault("auth_type", "password")
+    known = _authtoken_options(str(table["auth_type"]), key)
+    for name, value in table.items():
+        if name not in known:
+            raise ConfigError(f"{key}.{name}", _unknown_key(name, known))
+        if isinstance(value, dict):
+            raise ConfigError(f"{key}.{name}", "must be a value, got a table")
+    for name in _AUTHTOKEN_REQUIRED:
+        if name not in table:
+            raise ConfigError(f"{key}.{name}", "is required when [auth] strategy is "
+                                               "\"keystone\"")
+    for name in ("www_authenticate_uri", "auth_url"):
+        checked(table[name], Option(str, http_url), f"{key}.{name}")
+    return table
+
+
+def _service_user_from(authtoken: Mapping[str, Any]) -> dict[str, Any]:
+    """[service_user] defaults to the credentials keystonemiddleware uses."""
+    return {name: authtoken[name] for name in SERVICE_USER if name in authtoken}
+
+
+def read_auth(top: Mapping[str, Any]) -> AuthConfig:
+    """[auth] with [keystone_authtoken] and [service_user], checked together."""
+    auth = read_table(top.get("auth", {}), AUTH, "auth")
+    policy_file = Path(auth["policy_file"]) if "policy_file" in auth else None
+    if policy_file is not None and not policy_file.is_file():
+        raise ConfigError("auth.policy_file", f"no such file: {policy_file}")
+    if auth["strategy"] == "noauth":
+        for table in ("keystone_authtoken", "service_user"):
+            if table in top:
+                raise ConfigError(table, "is only used when [auth] strategy is \"keystone\"")
+        return AuthConfig(strategy="noauth", policy_file=policy_file)
+    authtoken = read_authtoken(top.get("keystone_authtoken", {}))
+    raw_user = top.get("service_user")
+    if raw_user is None:
+        raw_user = _service_user_from(authtoken)
+        where = "keystone_authtoken"
+    else:
+        where = "service_user"
+    service_user = read_table(raw_user, SERVICE_USER, where)
+    return AuthConfig(strategy="keystone", keystone_authtoken=authtoken,
+                      service_user=service_user, policy_file=policy_file)
 
 
 def read_toml(path: str) -> dict[str, Any]:

@@ -26,8 +26,9 @@ SERVICE = "service"
 class Identity:
     """The caller, as a policy check needs it (the fields oslo.context gives oslo.policy).
 
-    `project_id` is empty for a system- or domain-scoped token (oslo.policy is given None). `service_*` describe the
-    service token (`X-Service-Token`) that came with the user's, when one did.
+    `project_id` is empty for a system- or domain-scoped token (oslo.policy is given None).
+    `service_*` describe the service token (`X-Service-Token`) that came with the user's,
+    when one did.
     """
 
     user_id: str

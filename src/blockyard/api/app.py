@@ -37,8 +37,9 @@ from blockyard.api import (
     volumes,
 )
 from blockyard.api.wire import CinderMiddleware
-from blockyard.config import Config
+from blockyard.config import AuthConfig, Config
 from blockyard.rest import errors
+from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.guard import CatchAll, RequestLimits
 from blockyard.service.lifecycle import build_runtime, close_runtime
 from blockyard.service.runtime import Runtime
@@ -48,8 +49,20 @@ log = logging.getLogger(__name__)
 #: threads that run requests' blocking work (database, backend calls made inline)
 REQUEST_THREADS = 2
 
-#: outermost first: version and request-id headers go on every answer, the catch-all's too
-MIDDLEWARE = [Middleware(CinderMiddleware), Middleware(CatchAll), Middleware(RequestLimits)]
+#: what answers without authentication: version discovery (as in Cinder's paste pipeline)
+PUBLIC_PATHS = frozenset({"/", "/v3", "/v3/"})
+
+
+def is_public(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and path in PUBLIC_PATHS
+
+
+def middleware(auth: AuthConfig) -> list[Middleware]:
+    """Outermost first: version and request-id headers go on every answer (a 401 and the
+    catch-all's too); authentication comes after the size limits and before any endpoint."""
+    validator = KeystoneValidator(auth.keystone_authtoken) if auth.keystone else None
+    return [Middleware(CinderMiddleware), Middleware(CatchAll), Middleware(RequestLimits),
+            Middleware(Authenticate, validator=validator, public=is_public)]
 
 ROUTES = [
     *versions.routes,
@@ -92,7 +105,7 @@ def create_app(config: Config) -> Starlette:
 
     return Starlette(
         routes=ROUTES,
-        middleware=MIDDLEWARE,
+        middleware=middleware(config.auth),
         exception_handlers=errors.HANDLERS,
         lifespan=lifespan,
     )
@@ -102,7 +115,7 @@ def create_app_with_runtime(rt: Runtime) -> Starlette:
     """An app around an already built runtime (in-process tests)."""
     app = Starlette(
         routes=ROUTES,
-        middleware=MIDDLEWARE,
+        middleware=middleware(rt.config.auth),
         exception_handlers=errors.HANDLERS,
     )
     app.state.runtime = rt

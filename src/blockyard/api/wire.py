@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from blockyard.identity import Identity
 from blockyard.rest import guard
 from blockyard.rest.errors import ApiError, SafeJSONResponse, fault
-from blockyard.service.identity import Identity, from_noauth
 from blockyard.service.request_context import REQUEST_ID
 from blockyard.service.runtime import Runtime
 
@@ -149,16 +149,9 @@ def require_since(request: Request, minor: int) -> None:
         raise ApiError(404, "The resource could not be found.")
 
 
-#: the longest user or project id a request may name (Keystone's are 64; the columns 255)
-MAX_ID_LENGTH = 255
-
-
 def identity(request: Request) -> Identity:
-    h = request.headers
-    who = from_noauth(h.get("x-auth-token"), h.get("x-user-id"), h.get("x-project-id"))
-    if len(who.user_id) > MAX_ID_LENGTH or len(who.project_id) > MAX_ID_LENGTH:
-        raise ApiError(400, f"Invalid input received: user and project ids may be at most "
-                            f"{MAX_ID_LENGTH} characters.")
+    """The caller, as `blockyard.rest.auth.Authenticate` established it."""
+    who: Identity = request.state.identity
     return who
 
 

@@ -1,0 +1,191 @@
+"""Who is calling: the authentication edge both servers (volume API, compute agent) share.
+
+Every request passes `Authenticate` before any endpoint runs; it stores the caller's
+`Identity` in the request scope (``request.state.identity``) or answers 401 itself.
+
+Two strategies, chosen in config (``[auth] strategy``):
+
+* ``keystone``: the token is validated by keystonemiddleware's ``auth_token`` (the same code
+  Cinder and Nova run, with the same ``[keystone_authtoken]`` options and token cache), and the
+  identity is read from the headers it sets. ``X-Service-Token`` is validated the same way.
+  blockyard does no token parsing of its own.
+* ``noauth``: Cinder's convention for a single trusted user (token ``user:project``; every
+  caller an admin). For local use and tests only: the CLI refuses to listen beyond loopback
+  with it unless told so explicitly.
+
+keystonemiddleware is WSGI code. Rather than wrap the whole ASGI app in a WSGI bridge, each
+request's auth headers are put in a minimal WSGI environ and handed to ``AuthProtocol`` around
+an inner app that only records what it was given: validation, caching, revocation checks and
+the 401 with ``WWW-Authenticate`` stay keystonemiddleware's. It runs on a worker thread because
+a cache miss is an HTTP call to Keystone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from blockyard.identity import Identity, from_noauth
+from blockyard.rest.errors import fault
+
+log = logging.getLogger(__name__)
+
+NOAUTH, KEYSTONE = "noauth", "keystone"
+STRATEGIES = (NOAUTH, KEYSTONE)
+
+#: the longest user or project id a request may name (Keystone's are 64; the columns 255)
+MAX_ID_LENGTH = 255
+
+#: request headers keystonemiddleware reads; nothing else of the request reaches it
+_TOKEN_HEADERS = ("x-auth-token", "x-service-token", "x-storage-token")
+
+_Environ = dict[str, Any]
+_StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class KeystoneValidator:
+    """keystonemiddleware's ``auth_token`` used as a function: token headers in, the
+    identity it vouches for (or the response it refuses with) out.
+
+    `options` are ``[keystone_authtoken]`` options by keystonemiddleware's names (auth_url,
+    www_authenticate_uri, auth_type, username, password, token_cache_time, ...). They are
+    given to it as paste-deploy options on a private oslo.config object, so nothing touches
+    the process-wide ``cfg.CONF``.
+    """
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        from keystonemiddleware import auth_token
+        from oslo_config import cfg
+
+        conf = cfg.ConfigOpts()
+        conf([], project="blockyard", default_config_files=[], default_config_dirs=[])
+        values: dict[str, Any] = {k: _paste_value(v) for k, v in options.items()}
+        values["oslo_config_config"] = conf
+        values.setdefault("delay_auth_decision", "false")
+        values.setdefault("log_name", "blockyard.auth")
+        self._protocol = auth_token.AuthProtocol(_record_environ, values)
+
+    def validate(self, headers: Mapping[str, str]) -> tuple[Identity | None, Response | None]:
+        """Blocking: validate the tokens in `headers` (one HTTP call to Keystone on a cache
+        miss). Returns the identity, or keystonemiddleware's own refusal."""
+        environ: _Environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/",
+            "SERVER_NAME": "blockyard",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": None,
+        }
+        for name in _TOKEN_HEADERS:
+            value = headers.get(name)
+            if value is not None:
+                environ["HTTP_" + name.upper().replace("-", "_")] = value
+        status: list[str] = []
+        response_headers: list[tuple[str, str]] = []
+
+        def start_response(status_line: str, hdrs: list[tuple[str, str]], *_: Any) -> None:
+            status.append(status_line)
+            response_headers.extend(hdrs)
+
+        body = b"".join(self._protocol(environ, start_response))
+        if environ.get("blockyard.passed"):
+            return identity_from_headers(environ), None
+        code = int(status[0].split(" ", 1)[0]) if status else 500
+        kept = {k: v for k, v in response_headers
+                if k.lower() in ("www-authenticate", "content-type")}
+        return None, Response(body, status_code=code, headers=kept)
+
+
+def _record_environ(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
+    """The app keystonemiddleware guards: it only marks that the request got through."""
+    environ["blockyard.passed"] = True
+    start_response("204 No Content", [])
+    return []
+
+
+def _paste_value(value: Any) -> str:
+    """keystonemiddleware converts paste-deploy options from text itself."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _roles(value: str | None) -> frozenset[str]:
+    return frozenset(r.strip() for r in (value or "").split(",") if r.strip())
+
+
+def identity_from_headers(environ: Mapping[str, Any]) -> Identity:
+    """The identity keystonemiddleware put in the environ's ``X-*`` headers for a valid
+    token (the same headers Cinder's keystonecontext middleware reads)."""
+
+    def get(name: str) -> str | None:
+        value = environ.get("HTTP_" + name)
+        return str(value) if value else None
+
+    return Identity(
+        user_id=get("X_USER_ID") or "",
+        project_id=get("X_PROJECT_ID") or "",
+        roles=_roles(get("X_ROLES")),
+        user_domain_id=get("X_USER_DOMAIN_ID"),
+        project_domain_id=get("X_PROJECT_DOMAIN_ID"),
+        domain_id=get("X_DOMAIN_ID"),
+        system_scope=get("OPENSTACK_SYSTEM_SCOPE"),
+        is_admin_project=(get("X_IS_ADMIN_PROJECT") or "True").lower() == "true",
+        service_user_id=get("X_SERVICE_USER_ID"),
+        service_project_id=get("X_SERVICE_PROJECT_ID"),
+        service_roles=_roles(get("X_SERVICE_ROLES")),
+        auth_token=get("X_AUTH_TOKEN"),
+    )
+
+
+def noauth_identity(headers: Headers) -> Identity:
+    """Cinder's noauth identity, with the id lengths bounded (a 400, not a database error)."""
+    who = from_noauth(headers.get("x-auth-token"), headers.get("x-user-id"),
+                      headers.get("x-project-id"))
+    if len(who.user_id) > MAX_ID_LENGTH or len(who.project_id) > MAX_ID_LENGTH:
+        raise ValueError(f"Invalid input received: user and project ids may be at most "
+                         f"{MAX_ID_LENGTH} characters.")
+    return who
+
+
+class Authenticate:
+    """ASGI middleware: authenticate, then store ``state["identity"]`` for the endpoints.
+
+    `public` says which requests need no identity (version discovery, as in Cinder's and
+    Nova's paste pipelines, where the versions app sits before ``authtoken``).
+    """
+
+    def __init__(self, app: ASGIApp, validator: KeystoneValidator | None,
+                 public: Callable[[str, str], bool]) -> None:
+        self.app = app
+        self.validator = validator
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.public(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        state = scope.setdefault("state", {})
+        if self.validator is None:
+            try:
+                state["identity"] = noauth_identity(headers)
+            except ValueError as exc:
+                await fault(400, str(exc))(scope, receive, send)
+                return
+        else:
+            who, refusal = await run_in_threadpool(self.validator.validate, headers)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+            state["identity"] = who
+        await self.app(scope, receive, send)

@@ -34,6 +34,19 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
         ("[quota]\nbananas = 1", "quota.bananas"),
         ("colour = 'blue'", "colour"),
         ("this is not toml", "--config"),
+        ("[auth]\nstrategy = 'trust-me'", "auth.strategy"),
+        ("[keystone_authtoken]\nauth_url = 'http://k/v3'", "keystone_authtoken"),
+        ("[auth]\nstrategy = 'keystone'", "keystone_authtoken.www_authenticate_uri"),
+        ("[auth]\nstrategy = 'keystone'\n[keystone_authtoken]\nwww_authenticate_uri = "
+         "'http://k/v3'\nauth_url = 'http://k/v3'\nusername = 'u'\npassword = 'p'\n"
+         "projet_name = 'service'", "keystone_authtoken.projet_name"),
+        ("[auth]\nstrategy = 'keystone'\n[keystone_authtoken]\nwww_authenticate_uri = "
+         "'http://k/v3'\nauth_url = 'http://k/v3'\nusername = 'u'\npassword = 'p'\n"
+         "auth_type = 'telepathy'", "keystone_authtoken.auth_type"),
+        ("[auth]\nstrategy = 'keystone'\n[keystone_authtoken]\nwww_authenticate_uri = "
+         "'http://k/v3'\nauth_url = 'http://k/v3'\nusername = 'u'\npassword = 'p'",
+         "keystone_authtoken.project_name"),
+        ("[auth]\npolicy_file = '/nonexistent/policy.yaml'", "auth.policy_file"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, config: str, key: str) -> None:
@@ -45,6 +58,28 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, config: str, key:
     assert len(lines) == 1, result.stderr
     assert key in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_noauth_refuses_a_network_address(tmp_path: Path) -> None:
+    """noauth makes every caller an admin: not on a non-loopback address by accident."""
+    result = _run(["--listen", "0.0.0.0:0"], tmp_path)
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without authentication" in result.stderr
+    assert "--insecure-noauth-on-network" in result.stderr
+
+
+def test_noauth_on_the_network_only_with_the_insecure_flag(tmp_path: Path) -> None:
+    proc = subprocess.Popen([*SERVE, "--state-dir", str(tmp_path / "state"), "--listen",
+                             "0.0.0.0:0", "--insecure-noauth-on-network"], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        seen = [proc.stderr.readline() for _ in range(2)]
+        assert any("without authentication" in line for line in seen), seen
+        assert any("serving the Cinder v3 API on http://0.0.0.0:" in line for line in seen), seen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import ipaddress
 import logging
 import signal
 import socket
@@ -18,6 +19,8 @@ from blockyard.errors import BlockyardError, ConfigError
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
+
+log = logging.getLogger("blockyard")
 
 
 def _server_class(banner: str) -> type:
@@ -62,14 +65,17 @@ def _serve(args: argparse.Namespace) -> int:
 
         for bc in cfg.backends:  # what the driver itself checks, before anything starts
             backends.load(bc.name, bc.driver, bc.options, LocalTarget())  # (no daemon yet)
+        if not _auth_allows_listening(cfg.auth, cfg.listen_host, args):
+            return 2
+        from blockyard.api.app import create_app
+
+        app = create_app(cfg)
     except ConfigError as exc:
         return _bad_config(exc)
-    from blockyard.api.app import create_app
-
     sock = _bind(cfg.listen_host, cfg.listen_port)
     if sock is None:
         return 1
-    return _run(create_app(cfg), sock, args, "serving the Cinder v3 API on http://{}:{}/v3")
+    return _run(app, sock, args, "serving the Cinder v3 API on http://{}:{}/v3")
 
 
 def _compute(args: argparse.Namespace) -> int:
@@ -77,14 +83,49 @@ def _compute(args: argparse.Namespace) -> int:
 
     try:
         cfg = compute_config.load(args.config, state_dir=args.state_dir, listen=args.listen)
+        auth = getattr(cfg, "auth", configuration.AuthConfig())
+        if not _auth_allows_listening(auth, cfg.listen_host, args):
+            return 2
+        from blockyard.compute.api import create_app
+
+        app = create_app(cfg)
     except ConfigError as exc:
         return _bad_config(exc)
-    from blockyard.compute.api import create_app
-
     sock = _bind(cfg.listen_host, cfg.listen_port)
     if sock is None:
         return 1
-    return _run(create_app(cfg), sock, args, "serving the compute API on http://{}:{}/v2.1")
+    return _run(app, sock, args, "serving the compute API on http://{}:{}/v2.1")
+
+
+#: the flag that lets noauth listen beyond loopback; its name says what it does
+INSECURE_FLAG = "--insecure-noauth-on-network"
+
+
+def _is_loopback(host: str) -> bool:
+    """Does `host` (a name or an address) mean only this machine?"""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback
+                               for info in infos)
+
+
+def _auth_allows_listening(auth: configuration.AuthConfig, host: str,
+                           args: argparse.Namespace) -> bool:
+    """noauth makes every caller an admin: it may listen on loopback only, unless the
+    operator says, with a flag named for it, that this is what they want."""
+    if auth.keystone or _is_loopback(host):
+        return True
+    if args.insecure_noauth_on_network:
+        log.warning("listening on %s without authentication ([auth] strategy = \"noauth\"): "
+                    "anyone who can reach it is an admin", host)
+        return True
+    print(f"blockyard: refusing to listen on {host} without authentication: "
+          f"[auth] strategy is \"noauth\", which makes every caller an admin. Use "
+          f"[auth] strategy = \"keystone\", a loopback address, or {INSECURE_FLAG} "
+          f"if this network is trusted.", file=sys.stderr)
+    return False
 
 
 def _stop_exports(args: argparse.Namespace) -> int:
@@ -199,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--log-level", default="warning",
                        choices=["critical", "error", "warning", "info", "debug"])
         p.add_argument("--access-log", action="store_true", help="log every request")
+        p.add_argument(INSECURE_FLAG, action="store_true",
+                       help="allow [auth] strategy \"noauth\" (every caller an admin) on a "
+                            "non-loopback address")
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -649,18 +649,19 @@ _AUTHTOKEN_REQUIRED = ("www_authenticate_uri", "auth_url", "username", "password
 def _authtoken_options(auth_type: str, key: str) -> dict[str, Any]:
     """The options keystonemiddleware knows, plus those of the auth plugin it will load,
     by name (imported only when keystone is configured)."""
-    from keystoneauth1 import exceptions as ksa_exceptions
     from keystoneauth1 import loading
     from keystonemiddleware import auth_token
 
     known: dict[str, Any] = {}
     for _group, opts in auth_token.list_opts():
         known.update({opt.dest: opt for opt in opts})
-    try:
-        loader: Any = loading.get_plugin_loader(auth_type)
-    except ksa_exceptions.NoMatchingPlugin:
+    from importlib.metadata import entry_points
+
+    # by entry point name: asking keystoneauth would import (and log failures of) every plugin
+    if auth_type not in entry_points(group="keystoneauth1.plugin").names:
         raise ConfigError(f"{key}.auth_type", f"no keystoneauth plugin named {auth_type!r} "
-                                              f"(e.g. 'password', 'v3password')") from None
+                                              f"(e.g. 'password', 'v3password')")
+    loader: Any = loading.get_plugin_loader(auth_type)
     known.update({opt.dest: opt for opt in loader.get_options()})
     known.update({"auth_type": None, "auth_section": None})
     return known

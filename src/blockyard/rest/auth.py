@@ -31,6 +31,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from blockyard.errors import ConfigError
 from blockyard.identity import Identity, from_noauth
 from blockyard.rest.errors import fault
 
@@ -61,6 +62,7 @@ class KeystoneValidator:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         from keystonemiddleware import auth_token
+        from keystonemiddleware import exceptions as ksm_exceptions
         from oslo_config import cfg
 
         conf = cfg.ConfigOpts()
@@ -69,7 +71,10 @@ class KeystoneValidator:
         values["oslo_config_config"] = conf
         values.setdefault("delay_auth_decision", "false")
         values.setdefault("log_name", "blockyard.auth")
-        self._protocol = auth_token.AuthProtocol(_record_environ, values)
+        try:
+            self._protocol = auth_token.AuthProtocol(_record_environ, values)
+        except (ksm_exceptions.ConfigurationError, cfg.Error, ValueError) as exc:
+            raise ConfigError("keystone_authtoken", str(exc)) from None
 
     def validate(self, headers: Mapping[str, str]) -> tuple[Identity | None, Response | None]:
         """Blocking: validate the tokens in `headers` (one HTTP call to Keystone on a cache

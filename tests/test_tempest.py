@@ -13,10 +13,8 @@ tests outside it then fail here as not run); `--deselect tests/test_tempest.py` 
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -27,7 +25,7 @@ from tests.support.tempest import (
     Run,
     deployment_facts,
     excerpt,
-    last_line,
+    print_report,
     reference_tests,
     run_tempest,
     write_workspace,
@@ -51,44 +49,13 @@ def tempest_run(tmp_path_factory: pytest.TempPathFactory,
         workspace = root / "workspace"
         conf = write_workspace(workspace, identity_uri=identity.uri_v3, facts=facts)
         run = run_tempest(workspace, conf, regex=REGEX)
-        _report(pytestconfig, run, facts, workspace, server)
+        print_report(pytestconfig, run, label=f"tempest {REGEX!r} (noauth)", facts=facts,
+                     workspace=workspace, server_log=server.log_path,
+                     reference=reference_tests())
         yield run
     finally:
         identity.stop()
         server.stop()
-
-
-def _report(config: pytest.Config, run: Run, facts: dict[str, str], workspace: Path,
-            server: Server) -> None:
-    """The run's counts on the terminal, whatever pytest captures."""
-    counts = run.counts()
-    reference = reference_tests()
-    passed = sum(1 for t in reference
-                 if (o := run.outcomes.get(t)) is not None and o.status == "success")
-    fixtures = run.class_counts()
-    not_run = [t for t in reference if run.outcome(t) is None]
-    lines = [
-        f"tempest {REGEX!r} ({', '.join(f'{k}={v}' for k, v in facts.items())}): "
-        f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
-        f"(+ {fixtures['skipped']} classes skipped, {fixtures['failed']} class set-ups/"
-        f"tear-downs failed) in {run.seconds:.0f}s (tempest exit {run.returncode}); "
-        f"reference list: {passed}/{len(reference)} passed",
-        *(f"  {o.test_id}: {o.status}" for o in run.class_errors.values()
-          if o.status not in ("success", "skip")),
-        *(f"  reference test skipped: {t}: {last_line(o.details)}" for t in reference
-          if (o := run.outcome(t)) is not None and o.status == "skip"),
-        *(f"  reference test not run: {t}" for t in not_run[:10]),
-        *([f"  ... and {len(not_run) - 10} more not run"] if len(not_run) > 10 else []),
-        f"  workspace {workspace} (results.subunit, logs/tempest.log); server log "
-        f"{server.log_path}",
-    ]
-    worker_output = getattr(config, "workeroutput", None)
-    if worker_output is not None:  # a pytest-xdist worker: the controller prints it (conftest)
-        worker_output["tempest_report"] = "\n".join(lines)
-        return
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print("\n" + "\n".join(lines), flush=True)
 
 
 @pytest.mark.parametrize("test_id", reference_tests(),

@@ -10,6 +10,7 @@ the caller's; `tempest run --subunit` runs there and its subunit v2 stream is pa
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import re
 import shutil
@@ -55,16 +56,33 @@ def deployment_facts(pools: list[dict[str, Any]]) -> dict[str, str]:
             "vendor_name": caps[0]["vendor_name"]}
 
 
-def write_workspace(root: Path, *, identity_uri: str, facts: dict[str, str]) -> Path:
-    """etc/tempest.conf + etc/accounts.yaml + .stestr.conf under `root`; returns the conf path."""
+def write_workspace(root: Path, *, identity_uri: str, facts: dict[str, str],
+                    admin: dict[str, str] | None = None) -> Path:
+    """etc/tempest.conf + etc/accounts.yaml + .stestr.conf under `root`; returns the conf path.
+
+    With `admin` (username, password, project_name of a Keystone admin), Tempest makes its
+    own projects and users for every test class (dynamic credentials, with the roles each
+    test asks for) instead of using the pre-provisioned accounts.
+    """
     etc = root / "etc"
     etc.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ACCOUNTS, etc / "accounts.yaml")
     conf = configparser.ConfigParser()
     conf.optionxform = str  # type: ignore[assignment,method-assign]
     conf.read(CONF_TEMPLATE)
     conf["identity"]["uri_v3"] = identity_uri
-    conf["auth"]["test_accounts_file"] = str(etc / "accounts.yaml")
+    if admin is None:
+        shutil.copy(ACCOUNTS, etc / "accounts.yaml")
+        conf["auth"]["test_accounts_file"] = str(etc / "accounts.yaml")
+    else:
+        del conf["auth"]["test_accounts_file"]
+        conf["auth"].update({
+            "use_dynamic_credentials": "true",
+            "admin_username": admin["username"],
+            "admin_password": admin["password"],
+            "admin_project_name": admin["project_name"],
+            "admin_domain_name": "Default",
+        })
+        conf["identity"]["admin_role"] = "admin"
     conf["DEFAULT"]["log_dir"] = str(root / "logs")
     conf["oslo_concurrency"] = {"lock_path": str(root / "locks")}
     for key, value in facts.items():
@@ -162,16 +180,17 @@ def parse_subunit(stream: Iterable[bytes] | Any) -> Run:
 
 
 def run_tempest(workspace: Path, conf: Path, *, regex: str, concurrency: int = 2,
-                timeout: float = 3600.0) -> Run:
-    """`tempest run --subunit` in `workspace`; the stream is kept there as results.subunit."""
+                timeout: float = 3600.0, exclude: Path | None = EXCLUDE_LIST) -> Run:
+    """`tempest run --subunit` in `workspace`; the stream is kept there as results.subunit.
+    `exclude`: a file of regexes of tests left out (None: none)."""
     stream_path = workspace / "results.subunit"
     env = dict(os.environ, TEMPEST_CONFIG_DIR=str(conf.parent), TEMPEST_CONFIG=conf.name)
     started = time.monotonic()
     with stream_path.open("wb") as out, (workspace / "tempest-run.stderr").open("wb") as err:
         proc = subprocess.run(
             [*TEMPEST, "run", "--config-file", str(conf), "--regex", regex,
-             "--exclude-list", str(EXCLUDE_LIST), "--concurrency", str(concurrency),
-             "--subunit"],
+             *(["--exclude-list", str(exclude)] if exclude else []),
+             "--concurrency", str(concurrency), "--subunit"],
             cwd=workspace, env=env, stdout=out, stderr=err, timeout=timeout, check=False)
     with stream_path.open("rb") as f:
         run = parse_subunit(f)
@@ -179,6 +198,42 @@ def run_tempest(workspace: Path, conf: Path, *, regex: str, concurrency: int = 2
     run.seconds = time.monotonic() - started
     run.stderr = (workspace / "tempest-run.stderr").read_text(errors="replace")
     return run
+
+
+def print_report(config: Any, run: Run, *, label: str, facts: dict[str, str], workspace: Path,
+                 server_log: Path, reference: list[str]) -> None:
+    """The run's counts on the terminal, whatever pytest captures (`config`: pytest's)."""
+    counts = run.counts()
+    passed = sum(1 for t in reference
+                 if (o := run.outcomes.get(t)) is not None and o.status == "success")
+    fixtures = run.class_counts()
+    not_run = [t for t in reference if run.outcome(t) is None]
+    lines = [
+        f"{label} ({', '.join(f'{k}={v}' for k, v in facts.items())}): "
+        f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
+        f"(+ {fixtures['skipped']} classes skipped, {fixtures['failed']} class set-ups/"
+        f"tear-downs failed) in {run.seconds:.0f}s (tempest exit {run.returncode}); "
+        f"reference list: {passed}/{len(reference)} passed",
+        *(f"  {o.test_id}: {o.status}" for o in run.class_errors.values()
+          if o.status not in ("success", "skip")),
+        *(f"  reference test skipped: {t}: {last_line(o.details)}" for t in reference
+          if (o := run.outcome(t)) is not None and o.status == "skip"),
+        *(f"  reference test failed: {t}: {last_line(o.details)[:200]}" for t in reference
+          if (o := run.outcome(t)) is not None and o.status not in ("skip", "success")),
+        *(f"  reference test not run: {t}" for t in not_run[:10]),
+        *([f"  ... and {len(not_run) - 10} more not run"] if len(not_run) > 10 else []),
+        f"  workspace {workspace} (results.subunit, logs/tempest.log); server log "
+        f"{server_log}",
+    ]
+    text = "\n".join(lines)
+    worker_output = getattr(config, "workeroutput", None)
+    if worker_output is not None:  # a pytest-xdist worker: the controller prints it (conftest)
+        earlier = worker_output.get("tempest_report")
+        worker_output["tempest_report"] = f"{earlier}\n{text}" if earlier else text
+        return
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n" + text, flush=True)
 
 
 def last_line(text: str) -> str:

@@ -68,6 +68,8 @@ snapshots = 1000000
 """
 
 LEGEND = {
+    "blockyard keystone": "the same server with [auth] strategy = \"keystone\": tokens "
+                          "validated by keystonemiddleware (cached), Cinder's policy checked",
     "no-op peer": "bare Starlette/uvicorn on this machine, volumes in a dict, every change "
                   "immediate (no database, no thread pool, no backend): the HTTP floor",
     "lean peer": "bench/_lean_peer.py: blockyard's schema, engine, durable-task protocol and "
@@ -100,7 +102,8 @@ class Worker(threading.Thread):
                  barrier: threading.Barrier, shared: dict[str, float]) -> None:
         super().__init__(name=f"client-{index}", daemon=True)
         self.index = index
-        self.client = Client(port, f"admin:bench-{index}")
+        tokens = getattr(args, "_tokens", None)
+        self.client = Client(port, tokens[index] if tokens else f"admin:bench-{index}")
         self.args = args
         self.barrier = barrier
         self.shared = shared
@@ -356,6 +359,29 @@ def _cell(values: list[float], q: float) -> str:
     return f"{percentile(values, q) * 1000:9.2f}" if values else f"{'-':>9}"
 
 
+KEYSTONE_RUN = "blockyard keystone"
+#: the issue's bar: Keystone tokens (validation cached) keep this share of noauth's throughput
+TARGET_KEYSTONE_SHARE = 0.8
+
+
+def run_with_keystone(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The same load through a real Keystone: every client a member of its own project."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.support.keystone import Keystone, authtoken_config
+
+    with Keystone(work / "keystone") as ks:
+        args._tokens = [ks.persona(f"bench-{i}", "member")[1] for i in range(args.clients)]
+        srv = blockyard_server(work / "state-keystone",
+                               config=CONFIG + authtoken_config(ks, "cinder-bench")).start()
+        print(f"blockyard (keystone at {ks.url}) pid {srv.pid} on :{srv.port}; running "
+              f"{args.clients} clients for {args.seconds:g} s ...", flush=True)
+        try:
+            return run_load(srv.pid, srv.port, args)
+        finally:
+            srv.stop()
+            args._tokens = None
+
+
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> bool:
     names = list(results)
     print()
@@ -420,6 +446,14 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> bool
              c2a < TARGET_CREATE_AVAILABLE_P50_MS, f"{c2a:.2f} ms"),
             ("no errors", not r["errors"], str(len(r["errors"]))),
         ]
+        if KEYSTONE_RUN in results:
+            share = results[KEYSTONE_RUN]["rate"] / max(r["rate"], 1e-9)
+            checks.append((f"keystone >= {TARGET_KEYSTONE_SHARE:.0%} of noauth lifecycles/s",
+                           share >= TARGET_KEYSTONE_SHARE,
+                           f"{share:.0%} ({results[KEYSTONE_RUN]['rate']:.1f} vs "
+                           f"{r['rate']:.1f})"))
+            checks.append(("no errors with keystone", not results[KEYSTONE_RUN]["errors"],
+                           str(len(results[KEYSTONE_RUN]["errors"]))))
         print("targets (blockyard):")
         for label, passed, value in checks:
             print(f"  {'PASS' if passed else 'MISS'}  {label:<34} {value}")
@@ -465,6 +499,11 @@ def main() -> int:
                         help="with --py-spy: include idle threads")
     parser.add_argument("--py-spy-native", action="store_true",
                         help="with --py-spy: C frames too (GIL waits, SQLite, busy sleeps)")
+    parser.add_argument("--keystone", action="store_true",
+                        help="run blockyard a second time with [auth] strategy = \"keystone\" "
+                             "(a real Keystone from the project's .venv-keystone; each client "
+                             "a member of its project with its own token) and compare its "
+                             "throughput with noauth's (target: >= 80 %%)")
     parser.add_argument("--serve-peer", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args._profile_pid = None
@@ -489,6 +528,8 @@ def main() -> int:
             if stats_file is not None and stats_file.exists():
                 print_instrumented(stats_file, "blockyard server-side timers (whole run, "
                                                "warm-up included)")
+            if args.keystone:
+                results[KEYSTONE_RUN] = run_with_keystone(work, args)
         peers = [] if args.no_peer else [p for p in args.peers.split(",") if p]
         for name in peers:
             port = free_port()

@@ -143,17 +143,19 @@ class Server:
         return self.proc.wait(timeout)
 
     def client(self, project: str = "admin", user: str = "admin",
-               version: str = "3.71") -> Api:
-        return Api(self.endpoint, project=project, user=user, version=version)
+               version: str = "3.71", token: str | None = None) -> Api:
+        return Api(self.endpoint, project=project, user=user, version=version, token=token)
 
 
 class Api:
-    """A thin httpx client speaking the v3 API as `user:project`."""
+    """A thin httpx client speaking the v3 API as `user:project` (noauth), or with a
+    Keystone `token`."""
 
-    def __init__(self, endpoint: str, *, project: str, user: str, version: str) -> None:
+    def __init__(self, endpoint: str, *, project: str, user: str, version: str,
+                 token: str | None = None) -> None:
         self.endpoint = endpoint
         self.http = httpx.Client(base_url=endpoint, timeout=30.0, headers={
-            "X-Auth-Token": f"{user}:{project}",
+            "X-Auth-Token": token or f"{user}:{project}",
             "OpenStack-API-Version": f"volume {version}",
             "Accept": "application/json",
         })

@@ -6,6 +6,7 @@ configures it, accepts its tokens and turns away others."""
 from __future__ import annotations
 
 import time
+import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 import webob
 
-from tests.support.keystone import Keystone
+from tests.support.keystone import Keystone, authtoken_config
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -44,6 +45,13 @@ def test_reader_of_one_project_cannot_scope_to_another(keystone: Keystone) -> No
     keystone.project("fixture-p2")
     with pytest.raises(RuntimeError, match="401"):
         keystone.token("fixture-p1-reader", project="fixture-p2")
+
+
+def test_admin_token_is_the_admin_project_s(keystone: Keystone) -> None:
+    body = keystone.validate(keystone.admin_token())
+    assert body is not None
+    assert body["project"]["name"] == "admin"
+    assert {"admin", "member", "reader"} <= role_names(body)
 
 
 def test_system_token_is_system_scoped(keystone: Keystone) -> None:
@@ -111,13 +119,16 @@ def _echo_identity(environ: dict[str, Any], start_response: Callable[..., Any]) 
 
 @pytest.fixture(scope="module")
 def auth_token(keystone: Keystone) -> WsgiApp:
-    """keystonemiddleware's auth_token around `_echo_identity`, validating against the real
-    Keystone as a service user (what blockyard's [keystone_authtoken] holds)."""
+    """keystonemiddleware's auth_token around `_echo_identity`, configured with the
+    [keystone_authtoken] table that `authtoken_config` writes for blockyard."""
     from keystonemiddleware import auth_token as ks_auth_token
 
-    creds = keystone.service_user("fixture-blockyard")
-    conf = {"www_authenticate_uri": keystone.url, "auth_type": "password",
-            "delay_auth_decision": False, "service_token_roles_required": True, **creds}
+    config = tomllib.loads(authtoken_config(keystone, "fixture-blockyard",
+                                            delay_auth_decision=False))
+    assert config["auth"] == {"strategy": "keystone"}
+    conf = config["keystone_authtoken"]
+    assert conf["auth_url"] == conf["www_authenticate_uri"] == keystone.url
+    assert conf["project_name"] == "service"
     app: WsgiApp = ks_auth_token.AuthProtocol(_echo_identity, conf)
     return app
 

@@ -36,6 +36,7 @@ import atexit
 import base64
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -234,12 +235,21 @@ class Keystone:
         return str(reply.headers["X-Subject-Token"])
 
     def admin_token(self) -> str:
-        """A system-scoped token of the bootstrap admin (what Keystone's own policies want for
-        managing users, projects and the catalog), re-issued once half its life is gone."""
+        """A token of the bootstrap admin scoped to the `admin` project (devstack's admin
+        credentials: Keystone's policies let it manage users, projects and the catalog, and
+        Cinder's, whose rules are project-scoped, see an admin), re-issued once half its life
+        is gone."""
         now = time.monotonic()
         if self._admin is None or now - self._admin[1] > self.token_expiration / 2:
-            self._admin = (self.token("admin", self.admin_password, system=True), now)
+            self._admin = (self.token("admin", self.admin_password, "admin"), now)
         return self._admin[0]
+
+    def admin_credentials(self) -> dict[str, str]:
+        """The bootstrap admin's password credentials, scoped to the `admin` project (for
+        Tempest's admin account, or any client that logs in by itself)."""
+        return {"auth_url": self.url, "username": "admin", "password": self.admin_password,
+                "project_name": "admin", "user_domain_name": "Default",
+                "project_domain_name": "Default"}
 
     def system_token(self, user: str = "admin", password: str | None = None) -> str:
         """A system-scoped token (``system: all``) of `user` (by default the bootstrap admin,
@@ -556,6 +566,26 @@ backend = dogpile.cache.memory
         if done.returncode != 0:
             tail = "\n".join(done.stderr.decode(errors="replace").splitlines()[-30:])
             raise KeystoneError(f"{' '.join(argv[1:])} failed ({done.returncode}):\n{tail}")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def authtoken_config(ks: Keystone, service_user: str, **options: object) -> str:
+    """blockyard config tables (TOML) for ``[auth] strategy = "keystone"`` against `ks`:
+    [keystone_authtoken] with the credentials of service user `service_user` (made if
+    missing, see `Keystone.service_user`), plus any other keystonemiddleware `options`
+    (``token_cache_time=2``). Append it to a config of one's own, or use it alone."""
+    table: dict[str, object] = {"www_authenticate_uri": ks.url, "auth_type": "password",
+                                **ks.service_user(service_user), **options}
+    lines = ["", "[auth]", 'strategy = "keystone"', "", "[keystone_authtoken]"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------- pytest

@@ -14,8 +14,8 @@ run once per Keystone version into a template database, cached under ~/.cache/bl
 The template's bootstrap made the admin user (password `ADMIN_PASSWORD`) and project, the roles
 admin → member → reader (each implying the next) and manager, region RegionOne and the
 identity service; its endpoints (public, internal, admin: keystonemiddleware looks for the
-internal one by default) are pointed at the real port after start. Each start also makes
-the `service` project and role, as devstack gives the services' own users.
+internal one by default) are pointed at the real port after start. The `service` project and
+role, which devstack gives the services' own users, are made by the first `service_user`.
 
 Users, projects, roles and grants are made through Keystone's API as the admin, on demand
 (`project`, `user`, `persona`, `service_user`); `register_endpoint` puts a service into the
@@ -230,8 +230,8 @@ class Keystone:
             auth["scope"] = {"project": {"name": project, "domain": {"id": DEFAULT_DOMAIN}}}
         reply = self._client().post(f"{self.url}/auth/tokens", json={"auth": auth})
         if reply.status_code != 201:
-            raise KeystoneError(f"token for {user} ({project or 'system' if system else ''}): "
-                                f"{reply.status_code} {reply.text}")
+            scope = "system" if system else project or "unscoped"
+            raise KeystoneError(f"token for {user} ({scope}): {reply.status_code} {reply.text}")
         return str(reply.headers["X-Subject-Token"])
 
     def admin_token(self) -> str:
@@ -502,17 +502,11 @@ backend = dogpile.cache.memory
                             f"{self.log_tail()}")
 
     def _finish_bootstrap(self) -> None:
-        """Point the identity endpoint at this port; the service project and role."""
-        services = self.admin_request("GET", "/services",
-                                      params={"type": "identity"}).json()["services"]
-        for service in services:
-            for endpoint in self.admin_request(
-                    "GET", "/endpoints",
-                    params={"service_id": service["id"]}).json()["endpoints"]:
-                self.admin_request("PATCH", f"/endpoints/{endpoint['id']}",
-                                   json={"endpoint": {"url": self.url}})
-        self.project(SERVICE_PROJECT)
-        self.role(SERVICE_ROLE)
+        """Point the identity endpoints (the template's only ones) at this port. (The service
+        project and role are made on first use, by `service_user`.)"""
+        for endpoint in self.admin_request("GET", "/endpoints").json()["endpoints"]:
+            self.admin_request("PATCH", f"/endpoints/{endpoint['id']}",
+                               json={"endpoint": {"url": self.url}})
 
     # ------------------------------------------------------------------ template
 

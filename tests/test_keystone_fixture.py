@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import webob
 
-from tests.support.keystone import Keystone, authtoken_config
+from tests.support import keystone as keystone_support
+from tests.support.daemons import processes_mentioning
+from tests.support.keystone import Keystone, KeystoneError, authtoken_config
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -99,12 +101,25 @@ def test_catalog_lists_registered_endpoints(keystone: Keystone) -> None:
 
 def test_tokens_expire_after_the_configured_lifetime(tmp_path: Path) -> None:
     with Keystone(tmp_path / "ks", token_expiration=3) as ks:
+        assert processes_mentioning(str(ks.dir))  # gunicorn: master and worker
         _, token = ks.persona("p", "member")
         assert ks.validate(token) is not None
         deadline = time.monotonic() + 10
         while ks.validate(token) is not None:
             assert time.monotonic() < deadline, "the token outlived its 3 s lifetime"
             time.sleep(0.5)
+    assert processes_mentioning(str(ks.dir)) == []  # stop() left nothing behind
+
+
+def test_a_failed_start_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keystone's app failing to import (a bad config does that): gunicorn gives up at once
+    monkeypatch.setattr(keystone_support, "_APP_MODULE",
+                        "raise RuntimeError('no keystone here')")
+    ks = Keystone(tmp_path / "ks")
+    with pytest.raises(KeystoneError, match="no keystone here"):
+        ks.start()
+    assert ks.pid is None
+    assert processes_mentioning(str(ks.dir)) == []
 
 
 # ---------------------------------------------------------------------- keystonemiddleware

@@ -6,12 +6,18 @@
 #      python3-* bindings are importable), recreated if it is missing or was made otherwise.
 #   3. `pip install -e '.[test]'`, skipped while pyproject.toml is unchanged since the last
 #      successful install (its hash is kept in .venv/.blockyard-installed).
+#   4. .venv-keystone beside it: Keystone for the tests (tests/support/keystone.py) in a venv of
+#      its own (its pins clash with the project's), from scripts/keystone-requirements.txt,
+#      skipped while that file is unchanged (hash in .venv-keystone/.blockyard-installed).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
 STAMP="$VENV/.blockyard-installed"
 PYTHON=/usr/bin/python3
+KS_VENV="$ROOT/.venv-keystone"
+KS_REQS="$ROOT/scripts/keystone-requirements.txt"
+KS_STAMP="$KS_VENV/.blockyard-installed"
 
 # Debian packages the project needs, one per line.
 APT_PACKAGES=(
@@ -100,6 +106,26 @@ pip_install() {
     echo "$want" >"$STAMP"
 }
 
+# Keystone's venv: no system site packages (Debian's python3-* must not leak into its pins)
+keystone_install() {
+    local want
+    want=$(sha256sum "$KS_REQS" | cut -d' ' -f1)
+    if [ -f "$KS_STAMP" ] && [ "$(cat "$KS_STAMP")" = "$want" ] \
+        && [ -x "$KS_VENV/bin/keystone-manage" ] && [ -x "$KS_VENV/bin/gunicorn" ]; then
+        return 0
+    fi
+    say "installing Keystone into $KS_VENV (scripts/keystone-requirements.txt changed or first run)"
+    rm -f "$KS_STAMP"
+    if ! [ -x "$KS_VENV/bin/python" ] || ! grep -Eq '^home = /usr/bin$' "$KS_VENV/pyvenv.cfg"; then
+        rm -rf "$KS_VENV"
+        "$PYTHON" -m venv "$KS_VENV"
+    fi
+    PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        quietly "$KS_VENV/bin/python" -m pip install -r "$KS_REQS"
+    echo "$want" >"$KS_STAMP"
+}
+
 apt_install
 make_venv
 pip_install
+keystone_install

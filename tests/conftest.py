@@ -1,6 +1,6 @@
 """Shared fixtures: a real blockyard server per test module (or per test where needed); and
-the markers of the layers (`ceph`, `qemu`, `slow`), given by what a test uses, so that
-``pytest -m "not slow and not ceph and not qemu"`` runs the fast layer.
+the markers of the layers (`ceph`, `keystone`, `qemu`, `slow`), given by what a test uses, so
+that ``pytest -m "not slow and not ceph and not qemu"`` runs the fast layer.
 
 Under pytest-xdist (scripts/test runs `-n 2 --dist loadfile`), each module is one unit of work,
 so its module-scoped servers start once; `pytest_collection_modifyitems` below orders them."""
@@ -16,12 +16,13 @@ import pytest
 
 from tests.support.server import Api, Server
 
-#: fixtures every module gets by name: real qemu-nbd, tgtd and QEMU processes
-pytest_plugins = ["tests.support.daemons"]
+#: fixtures every module gets by name: real qemu-nbd, tgtd and QEMU processes; a real Keystone
+pytest_plugins = ["tests.support.daemons", "tests.support.keystone"]
 
 #: markers by fixture: a test using one (directly or through another fixture) is marked
 MARKS_BY_FIXTURE = {
     "ceph": ("ceph",),  # tests/support/ceph.py: the session's cluster
+    "keystone": ("keystone",),  # tests/support/keystone.py: the session's real Keystone
     "qemu": ("qemu",),  # a stopped QEMU (tests/support/daemons.py)
     "guest": ("qemu", "slow"),  # a booted test guest
     "nbd_tls": ("qemu",),

@@ -1,0 +1,104 @@
+"""The volume API behind real Keystone tokens: who gets in, with what identity, for how long.
+
+A real Keystone (tests/support/keystone.py) and a real `blockyard serve` with
+``[auth] strategy = "keystone"``: keystonemiddleware validates every token; these tests check
+what a user sees of that at the HTTP edge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.keystone import Keystone, authtoken_config
+from tests.support.server import Server
+
+#: seconds keystonemiddleware may keep a validated token (revocation shows after this)
+CACHE_SECONDS = 2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, keystone: Keystone) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("auth") / "state",
+                 config=authtoken_config(keystone, "cinder-auth",
+                                         token_cache_time=CACHE_SECONDS)).start()
+    yield srv
+    srv.stop()
+
+
+def _get(server: Server, path: str, token: str | None = None,
+         **headers: str) -> httpx.Response:
+    if token is not None:
+        headers["X-Auth-Token"] = token
+    return httpx.get(f"{server.endpoint}{path}", headers=headers, timeout=30)
+
+
+def test_version_discovery_needs_no_token(server: Server) -> None:
+    assert httpx.get(server.url + "/", timeout=30).status_code == 300
+
+
+@pytest.mark.parametrize("token", [None, "", "not-a-token", "admin:admin"])
+def test_a_missing_or_bad_token_is_401_saying_where_to_authenticate(
+        server: Server, keystone: Keystone, token: str | None) -> None:
+    answer = _get(server, "/volumes", token)
+    assert answer.status_code == 401, answer.text
+    assert answer.headers["WWW-Authenticate"] == f'Keystone uri="{keystone.url}"'
+    assert answer.json()["error"]["code"] == 401
+    assert answer.headers["X-OpenStack-Request-Id"].startswith("req-")
+
+
+def test_a_member_token_is_its_project_and_roles(server: Server, keystone: Keystone) -> None:
+    """The identity comes from the token: the project's volumes, the member's rights."""
+    project = keystone.project("auth-a")
+    _, token = keystone.persona("auth-a", "member")
+    created = httpx.post(f"{server.endpoint}/volumes", json={"volume": {"size": 1}},
+                         headers={"X-Auth-Token": token}, timeout=30)
+    assert created.status_code == 202, created.text
+    volume = created.json()["volume"]
+    shown = _get(server, f"/volumes/{volume['id']}", token).json()["volume"]
+    # Cinder's volume_extension:volume_tenant_attribute: a project reader sees the owner
+    assert shown["os-vol-tenant-attr:tenant_id"] == project
+    _, other = keystone.persona("auth-b", "member")
+    assert _get(server, f"/volumes/{volume['id']}", other).status_code == 404
+    listed = _get(server, "/volumes", token).json()["volumes"]
+    assert [v["id"] for v in listed] == [volume["id"]]
+
+
+def test_a_reader_token_may_look_but_not_create(server: Server, keystone: Keystone) -> None:
+    _, token = keystone.persona("auth-r", "reader")
+    assert _get(server, "/volumes", token).status_code == 200
+    refused = httpx.post(f"{server.endpoint}/volumes", json={"volume": {"size": 1}},
+                         headers={"X-Auth-Token": token}, timeout=30)
+    assert refused.status_code == 403, refused.text
+    assert "volume:create" in refused.json()["forbidden"]["message"]
+
+
+def test_a_revoked_token_stops_working_within_the_cache_time(server: Server,
+                                                             keystone: Keystone) -> None:
+    _, token = keystone.persona("auth-revoke", "member")
+    assert _get(server, "/volumes", token).status_code == 200
+    keystone.revoke(token)
+    deadline = time.monotonic() + CACHE_SECONDS + 3
+    while _get(server, "/volumes", token).status_code == 200:
+        assert time.monotonic() < deadline, "a revoked token still works after the cache time"
+        time.sleep(0.2)
+    assert _get(server, "/volumes", token).status_code == 401
+
+
+def test_an_expired_token_is_refused_even_from_the_cache(tmp_path: Path,
+                                                         keystone: Keystone) -> None:
+    """keystonemiddleware checks expiry on every request, cached or not (a short-lived
+    Keystone of its own: tokens last a few seconds)."""
+    with Keystone(tmp_path / "ks", token_expiration=4) as short:
+        srv = Server(tmp_path / "state", config=authtoken_config(short, "cinder-exp")).start()
+        try:
+            _, token = short.persona("exp", "member")
+            assert _get(srv, "/volumes", token).status_code == 200
+            time.sleep(5)
+            assert _get(srv, "/volumes", token).status_code == 401
+        finally:
+            srv.stop()

@@ -2,8 +2,8 @@
 Nova's defaults give it (generated from the routes and the rule defaults, so a new route is
 covered the day it is added), plus the cells that matter spelled out by hand.
 
-The app is the agent's own, with a stand-in for the REST edge's auth middleware that puts
-the persona's `Identity` where the real one will (``request.state.identity``). Servers are
+The app is the agent's own, middleware and all; only keystonemiddleware behind the real
+`Authenticate` is replaced by a table of personas (the token names one). Servers are
 rows in the agent's store (no QEMU): an allowed call goes on to fail further in (the volume
 service is unreachable, the image unknown...), which is neither 403 nor the server's 404.
 """
@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard.compute import config as compute_config
 from blockyard.compute import policies
-from blockyard.compute.api import ROUTES, PolicyRoute, create_app
+from blockyard.compute.api import ROUTES, PolicyRoute, create_app, is_public
 from blockyard.compute.manager import Agent
 from blockyard.compute.store import Instance, InstanceStatus
 from blockyard.errors import ConfigError
 from blockyard.identity import ADMIN, MEMBER, READER, SERVICE, Identity
+from blockyard.rest.auth import Authenticate
 
 OWNER = "project-a"
 PERSONAS = {
@@ -39,36 +42,44 @@ PERSONAS = {
 }
 RULES = {rule.name: rule for rule in policies.DEFAULTS}
 PUBLIC = {"/", "/v2.1", "/v2.1/"}
+AS_MEMBER, AS_ADMIN = {"X-Auth-Token": "member"}, {"X-Auth-Token": "admin"}
 
 
 class Personas:
-    """Stand-in for blockyard.rest.auth: the X-Test-Persona header names the caller."""
+    """Stand-in for keystonemiddleware behind the real `Authenticate`: the token names the
+    persona."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            name = dict(scope["headers"]).get(b"x-test-persona", b"").decode()
-            if name:
-                scope.setdefault("state", {})["identity"] = PERSONAS[name]
-        await self.app(scope, receive, send)
+    def validate(self, headers: Mapping[str, str]) -> tuple[Identity | None, Response | None]:
+        name = headers.get("x-auth-token") or ""
+        if name not in PERSONAS:
+            return None, Response(status_code=401, headers={"WWW-Authenticate": "x"})
+        return PERSONAS[name], None
 
 
-def keystone_config(tmp_path: Path, **extra: Any) -> compute_config.ComputeConfig:
-    creds = {"auth_url": "http://127.0.0.1:9/v3", "username": "nova", "password": "secret",
-             "project_name": "service"}
+CREDS = {"auth_url": "http://127.0.0.1:9/v3", "username": "nova", "password": "secret",
+         "project_name": "service"}
+
+
+def keystone_config(tmp_path: Path, **auth: Any) -> compute_config.ComputeConfig:
     return compute_config.build({
         "state_dir": str(tmp_path), "volume_url": "http://127.0.0.1:9",
-        "auth": {"strategy": "keystone"}, "keystone_authtoken": creds, "service_user": creds,
-        **extra})
+        "auth": {"strategy": "keystone", **auth},
+        "keystone_authtoken": {"www_authenticate_uri": "http://127.0.0.1:9/v3", **CREDS},
+        "service_user": CREDS})
+
+
+def persona_app(config: compute_config.ComputeConfig) -> Starlette:
+    """The agent's app with its real middleware, keystonemiddleware replaced by `Personas`."""
+    app = create_app(config)
+    app.user_middleware = [
+        Middleware(Authenticate, validator=Personas(), public=is_public)
+        if m.cls is Authenticate else m for m in app.user_middleware]
+    return app
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    app = create_app(keystone_config(tmp_path_factory.mktemp("agent")))
-    app.add_middleware(Personas)
-    with TestClient(app) as tc:
+    with TestClient(persona_app(keystone_config(tmp_path_factory.mktemp("agent")))) as tc:
         yield tc
 
 
@@ -97,7 +108,7 @@ def _call(tc: TestClient, persona: str, method: str, path: str, rule: str | None
     body = BODIES.get(rule or "")
     if rule == policies.EVENTS_CREATE:
         body = {"events": [{"name": "network-changed", "server_uuid": server}]}
-    return tc.request(method, url, json=body, headers={"X-Test-Persona": persona})
+    return tc.request(method, url, json=body, headers={"X-Auth-Token": persona})
 
 
 def _expected(persona: str, path: str, rule: str | None) -> str:
@@ -181,55 +192,66 @@ def test_every_route_declares_a_rule_documented_for_it() -> None:
 def test_listing_all_projects_is_for_admins(client: TestClient) -> None:
     mine, theirs = _server(client, OWNER), _server(client, "project-b")
     for path in ("/v2.1/servers", "/v2.1/servers/detail"):
-        r = client.get(path, headers={"X-Test-Persona": "member"})
+        r = client.get(path, headers=AS_MEMBER)
         ids = {s["id"] for s in r.json()["servers"]}
         assert mine in ids and theirs not in ids
-        r = client.get(path + "?all_tenants=1", headers={"X-Test-Persona": "member"})
+        r = client.get(path + "?all_tenants=1", headers=AS_MEMBER)
         assert r.status_code == 403, r.text
-        r = client.get(path + "?all_tenants=1", headers={"X-Test-Persona": "admin"})
+        r = client.get(path + "?all_tenants=1", headers=AS_ADMIN)
         assert {mine, theirs} <= {s["id"] for s in r.json()["servers"]}
 
 
 def test_adopting_a_qemu_is_for_admins(client: TestClient) -> None:
     body = {"server": {"name": "x", "blockyard:qmp_socket": "/nonexistent/qmp.sock"}}
-    r = client.post("/v2.1/servers", json=body, headers={"X-Test-Persona": "member"})
+    r = client.post("/v2.1/servers", json=body, headers=AS_MEMBER)
     assert r.status_code == 403 and policies.SERVERS_ADOPT in r.text
-    r = client.post("/v2.1/servers", json=body, headers={"X-Test-Persona": "admin"})
+    r = client.post("/v2.1/servers", json=body, headers=AS_ADMIN)
     assert r.status_code == 400 and "No QEMU answers" in r.text
 
 
-def test_without_an_identity_keystone_never_falls_back_to_noauth(client: TestClient) -> None:
-    r = client.get("/v2.1/servers", headers={"X-Auth-Token": "admin:admin"})
-    assert r.status_code == 401
+def test_versions_are_public_and_the_rest_needs_a_token(client: TestClient) -> None:
+    assert client.get("/").status_code == 300
+    assert client.get("/v2.1").status_code == 200
+    r = client.get("/v2.1/servers")
+    assert r.status_code == 401 and "www-authenticate" in r.headers
+
+
+def test_noauth_callers_are_admins_as_before(tmp_path: Path) -> None:
+    with TestClient(create_app(compute_config.build({"state_dir": str(tmp_path)}))) as tc:
+        sid = _server(tc, "project-b")
+        assert tc.get(f"/v2.1/servers/{sid}", headers={"X-Auth-Token": "demo:demo"}) \
+            .status_code == 200
+        r = tc.get("/v2.1/servers", headers={"X-Auth-Token": "demo:project-b"})
+        assert [s["id"] for s in r.json()["servers"]] == [sid]
 
 
 def test_a_policy_file_overrides_a_default(tmp_path: Path) -> None:
     rules = tmp_path / "policy.yaml"
     rules.write_text(f'"{policies.SERVERS_SHOW}": "role:admin"\n')
-    app = create_app(keystone_config(tmp_path, oslo_policy={"policy_file": str(rules)}))
-    app.add_middleware(Personas)
-    with TestClient(app) as tc:
+    with TestClient(persona_app(keystone_config(tmp_path, policy_file=str(rules)))) as tc:
         sid = _server(tc)
-        assert tc.get(f"/v2.1/servers/{sid}", headers={"X-Test-Persona": "reader"}) \
+        assert tc.get(f"/v2.1/servers/{sid}", headers={"X-Auth-Token": "reader"}) \
             .status_code == 403
         assert tc.get(f"/v2.1/servers/{sid}/os-volume_attachments",
-                      headers={"X-Test-Persona": "reader"}).status_code == 200
+                      headers={"X-Auth-Token": "reader"}).status_code == 200
 
 
 @pytest.mark.parametrize("raw, key", [
     ({"auth": {"strategy": "basic"}}, "auth.strategy"),
     ({"auth": {"stratgy": "keystone"}}, "auth.stratgy"),
-    ({"auth": {"strategy": "keystone"}}, "keystone_authtoken.auth_url"),
-    ({"keystone_authtoken": {"auth_url": "keystone:5000"}}, "keystone_authtoken.auth_url"),
-    ({"keystone_authtoken": {"token_cache_time": "300"}},
-     "keystone_authtoken.token_cache_time"),
-    ({"service_user": {"pasword": "x"}}, "service_user.pasword"),
+    ({"auth": {"strategy": "keystone"}}, "keystone_authtoken.www_authenticate_uri"),
     ({"auth": {"strategy": "keystone"},
-      "keystone_authtoken": {"auth_url": "http://k/v3", "username": "n", "password": "p",
-                             "project_name": "s"},
-      "service_user": {"auth_url": "http://k/v3", "username": "n", "project_name": "s"}},
+      "keystone_authtoken": {"www_authenticate_uri": "http://k/v3", **CREDS,
+                             "auth_url": "keystone:5000"}}, "keystone_authtoken.auth_url"),
+    ({"keystone_authtoken": CREDS}, "keystone_authtoken"),  # under noauth: unused, so wrong
+    ({"auth": {"strategy": "keystone"},
+      "keystone_authtoken": {"www_authenticate_uri": "http://k/v3", **CREDS},
+      "service_user": {**CREDS, "pasword": "x"}}, "service_user.pasword"),
+    ({"auth": {"strategy": "keystone"},
+      "keystone_authtoken": {"www_authenticate_uri": "http://k/v3", **CREDS},
+      "service_user": {k: v for k, v in CREDS.items() if k != "password"}},
      "service_user.password"),
-    ({"oslo_policy": {"policy_file": "/nonexistent/policy.yaml"}}, "oslo_policy.policy_file"),
+    ({"auth": {"policy_file": "/nonexistent/policy.yaml"}}, "auth.policy_file"),
 ])
 def test_bad_auth_config_names_the_key(raw: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -237,10 +259,19 @@ def test_bad_auth_config_names_the_key(raw: dict[str, Any], key: str) -> None:
     assert err.value.key == key
 
 
+def test_a_policy_file_that_does_not_parse_stops_the_start(tmp_path: Path) -> None:
+    rules = tmp_path / "policy.yaml"
+    rules.write_text("rule: [unclosed\n")
+    cfg = compute_config.build({"auth": {"policy_file": str(rules)}})
+    with pytest.raises(ConfigError) as err:
+        create_app(cfg)
+    assert err.value.key == "auth.policy_file"
+
+
 def test_auth_config_defaults_to_noauth_and_reads_keystone(tmp_path: Path) -> None:
-    assert compute_config.build({}).auth_strategy == "noauth"
+    noauth = compute_config.build({})
+    assert not noauth.auth.keystone and noauth.service_user is None
     cfg = keystone_config(tmp_path)
-    assert cfg.auth_strategy == "keystone"
-    assert cfg.keystone_authtoken["username"] == "nova"
+    assert cfg.auth.keystone and cfg.auth.keystone_authtoken["username"] == "nova"
     assert cfg.service_user is not None and cfg.service_user.project_name == "service"
     assert cfg.service_user.user_domain_name == "Default"

@@ -29,6 +29,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -36,15 +37,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard import errors
 from blockyard.failpoints import InjectedFailure
-from blockyard.identity import Identity, from_noauth
+from blockyard.identity import Identity
 from blockyard.rest import errors as http_errors
 from blockyard.rest import guard, schema
+from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.errors import ApiError, fault
 
 from . import policies
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
+from .policies import ComputePolicy
 from .store import Instance, Mapping
 from .volume_api import VolumeApiError
 
@@ -67,17 +70,12 @@ def agent_of(request: Request) -> Agent:
 
 
 def identity_of(request: Request) -> Identity:
-    """The caller, as the REST edge's auth middleware found it (``request.state.identity``);
-    without one, under noauth only, Nova's noauth headers: a token 'user:project',
-    X-Project-Id / X-User-Id winning."""
+    """The caller, as the authentication edge (`blockyard.rest.auth.Authenticate`: Keystone
+    or noauth) established it in ``request.state.identity``."""
     found = getattr(request.state, "identity", None)
-    if isinstance(found, Identity):
-        return found
-    if agent_of(request).config.auth_strategy != "noauth":  # never guess under keystone
+    if not isinstance(found, Identity):  # a public route's endpoint asking: a bug, not a guess
         raise ApiError(401, "Authentication required")
-    h = request.headers
-    return from_noauth(h.get("x-auth-token") or "admin:admin", h.get("x-user-id"),
-                       h.get("x-project-id"))
+    return found
 
 
 def authorize(request: Request, rule: str, target: dict[str, Any] | None = None) -> None:
@@ -519,10 +517,33 @@ HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
 # Anything else is answered by `guard.CatchAll`, which keeps the connection.
 
 
+#: what answers without authentication: version discovery (as in Nova's paste pipeline)
+PUBLIC_PATHS = frozenset({"/", "/v2.1", "/v2.1/"})
+
+
+def is_public(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and path in PUBLIC_PATHS
+
+
+def middleware(config: ComputeConfig) -> list[Middleware]:
+    """Outermost first: microversion and request-id headers on every answer (a 401 and the
+    catch-all's too); authentication after the project id left the path and after the size
+    limits, before any endpoint. A bad [keystone_authtoken] is a ConfigError here."""
+    auth = config.auth
+    validator = KeystoneValidator(auth.keystone_authtoken) if auth.keystone else None
+    return [Middleware(ComputeMiddleware), Middleware(guard.CatchAll),
+            Middleware(guard.RequestLimits),
+            Middleware(Authenticate, validator=validator, public=is_public)]
+
+
 def create_app(config: ComputeConfig) -> Starlette:
+    """The agent's app; configuration errors (policy file, keystone options) are raised
+    here, before anything listens."""
+    policy = ComputePolicy(config.auth.policy_file)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        agent = Agent(config)
+        agent = Agent(config, policy)
         await agent.start()
         app.state.agent = agent
         try:
@@ -530,9 +551,5 @@ def create_app(config: ComputeConfig) -> Starlette:
         finally:
             await agent.close()
 
-    from starlette.middleware import Middleware
-
-    middleware = [Middleware(ComputeMiddleware), Middleware(guard.CatchAll),
-                  Middleware(guard.RequestLimits)]
-    return Starlette(routes=ROUTES, middleware=middleware,
+    return Starlette(routes=ROUTES, middleware=middleware(config),
                      exception_handlers=HANDLERS, lifespan=lifespan)

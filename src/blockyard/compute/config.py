@@ -24,6 +24,7 @@ Example::
 
     [auth]
     strategy = "keystone"                   # or "noauth" (the default: local use only)
+    policy_file = "/etc/blockyard/compute-policy.yaml"   # overrides of Nova's rule defaults
 
     [keystone_authtoken]                    # keystonemiddleware's options, as in nova.conf
     www_authenticate_uri = "http://keystone:5000"
@@ -38,9 +39,6 @@ Example::
     password = "secret"                     # it needs the service role, and admin (or a policy
     project_name = "service"                # granting it) to clean up other projects' volumes
 
-    [oslo_policy]
-    policy_file = "/etc/blockyard/compute-policy.yaml"   # overrides of Nova's rule defaults
-
 Every error names the key it is about (`ConfigError.key`), as in `blockyard.config`.
 """
 
@@ -53,6 +51,7 @@ from typing import Any
 
 from blockyard.config import (
     HOST_NAME,
+    AuthConfig,
     Option,
     Schema,
     a_path,
@@ -63,6 +62,7 @@ from blockyard.config import (
     named_tables,
     one_of,
     parse_listen,
+    read_auth,
     read_table,
     read_toml,
     text,
@@ -83,51 +83,10 @@ TOP: Schema = {
     "flavors": Option(dict, default={}),
     "detach_timeout": Option(float, above(0)),
     "detach_retries": Option(int, between(0, 100)),
-    "auth": Option(dict, default={}),
-    "keystone_authtoken": Option(dict, default={}),
-    "service_user": Option(dict, default={}),
-    "oslo_policy": Option(dict, default={}),
-}
-STRATEGIES = ("noauth", "keystone")
-AUTH: Schema = {
-    "strategy": Option(str, one_of(*STRATEGIES), default="noauth"),
-}
-#: keystonemiddleware's auth_token options the agent passes on (the password plugin's
-#: credentials are the middleware's own, to validate tokens with)
-KEYSTONE_AUTHTOKEN: Schema = {
-    "www_authenticate_uri": Option(str, http_url),
-    "auth_url": Option(str, http_url),
-    "auth_type": Option(str, one_of("password")),
-    "username": Option(str, text()),
-    "password": Option(str, text(1024)),
-    "project_name": Option(str, text()),
-    "user_domain_name": Option(str, text()),
-    "project_domain_name": Option(str, text()),
-    "region_name": Option(str, text()),
-    "interface": Option(str, one_of("public", "internal", "admin")),
-    "token_cache_time": Option(int, between(-1, 86400)),
-    "memcached_servers": Option(list),
-    "service_token_roles": Option(list),
-    "service_token_roles_required": Option(bool),
-    "delay_auth_decision": Option(bool),
-    "http_connect_timeout": Option(int, between(1, 3600)),
-    "http_request_max_retries": Option(int, between(0, 100)),
-    "include_service_catalog": Option(bool),
-    "cafile": Option(str, a_path),
-    "insecure": Option(bool),
-}
-#: what keystonemiddleware needs to validate tokens at all
-KEYSTONE_AUTHTOKEN_REQUIRED = ("auth_url", "username", "password", "project_name")
-SERVICE_USER: Schema = {
-    "auth_url": Option(str, http_url),
-    "username": Option(str, text()),
-    "password": Option(str, text(1024)),
-    "project_name": Option(str, text()),
-    "user_domain_name": Option(str, text()),
-    "project_domain_name": Option(str, text()),
-}
-OSLO_POLICY: Schema = {
-    "policy_file": Option(str, a_path),
+    # [auth], [keystone_authtoken], [service_user]: as the volume service reads them
+    "auth": Option(dict),
+    "keystone_authtoken": Option(dict),
+    "service_user": Option(dict),
 }
 QEMU: Schema = {
     "binary": Option(str, a_path),
@@ -185,14 +144,17 @@ class ComputeConfig:
     #: first (Nova: 8 requests, 20 s each)
     detach_timeout: float = 20.0
     detach_retries: int = 7
-    #: "noauth" (every caller is an admin; local use) or "keystone"
-    auth_strategy: str = "noauth"
-    #: keystonemiddleware's options ([keystone_authtoken]), for the REST edge's middleware
-    keystone_authtoken: dict[str, Any] = field(default_factory=dict)
-    #: the agent's own Keystone user ([service_user]); set under keystone
-    service_user: ServiceUser | None = None
-    #: a policy file overriding the rule defaults of `compute.policies` ([oslo_policy])
-    policy_file: str | None = None
+    #: [auth] (strategy, policy file of Nova rule overrides), [keystone_authtoken],
+    #: [service_user]: read as the volume service reads them (`blockyard.config.read_auth`)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    @property
+    def service_user(self) -> ServiceUser | None:
+        """The agent's own Keystone user, under keystone ([service_user], else the
+        credentials of [keystone_authtoken])."""
+        if not self.auth.keystone or self.auth.service_user is None:
+            return None
+        return ServiceUser.of(self.auth.service_user)
 
     @property
     def database_path(self) -> Path:
@@ -227,46 +189,7 @@ def build(raw: dict[str, Any], *, state_dir: str | None = None,
         listen_host=host, listen_port=port,
         state_dir=Path(state_dir or top.get("state_dir", "var/compute")),
         volume_url=top.get("volume_url", DEFAULT_VOLUME_URL).rstrip("/"), qemu=qemu,
-        images=images, flavors=flavors, **_auth(top), **optional)
-
-
-def _auth(top: dict[str, Any]) -> dict[str, Any]:
-    """[auth], [keystone_authtoken], [service_user], [oslo_policy]: under keystone the
-    middleware's and the service user's credentials must be there (said per missing key)."""
-    strategy = read_table(top["auth"], AUTH, "auth")["strategy"]
-    authtoken = read_table(top["keystone_authtoken"], KEYSTONE_AUTHTOKEN, "keystone_authtoken")
-    user = read_table(top["service_user"], SERVICE_USER, "service_user")
-    policy = read_table(top["oslo_policy"], OSLO_POLICY, "oslo_policy")
-    service_user = None
-    if strategy == "keystone":
-        for name in KEYSTONE_AUTHTOKEN_REQUIRED:
-            if name not in authtoken:
-                raise ConfigError(f"keystone_authtoken.{name}",
-                                  'is required with [auth] strategy = "keystone"')
-        try:
-            service_user = ServiceUser.of(user)
-        except KeyError as exc:
-            raise ConfigError(f"service_user.{exc.args[0]}",
-                              'is required with [auth] strategy = "keystone"') from None
-    policy_file = policy.get("policy_file")
-    if policy_file is not None:
-        _check_policy_file(policy_file)
-    return {"auth_strategy": strategy, "keystone_authtoken": authtoken,
-            "service_user": service_user, "policy_file": policy_file}
-
-
-def _check_policy_file(path: str) -> None:
-    """A policy file that is missing or does not parse is said now, not at the first request
-    (oslo.policy would quietly keep the defaults for a missing one)."""
-    from .policies import ComputePolicy
-
-    if not Path(path).is_file():
-        raise ConfigError("oslo_policy.policy_file", f"no such file: {path}")
-    try:
-        ComputePolicy(path)
-    except (ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError("oslo_policy.policy_file", f"cannot be read: {first}") from None
+        images=images, flavors=flavors, auth=read_auth(top), **optional)
 
 
 def load(path: str | None, *, state_dir: str | None = None,

@@ -57,14 +57,13 @@ QMP_TIMEOUT = 10.0
 class Agent:
     """One per host: the instances it owns and the volumes in them."""
 
-    def __init__(self, config: ComputeConfig) -> None:
+    def __init__(self, config: ComputeConfig, policy: ComputePolicy | None = None) -> None:
         self.config = config
+        self.policy = policy or ComputePolicy(config.auth.policy_file)
         self.store = Store(config.database_path)
-        self.policy = ComputePolicy(config.policy_file)
-        service = None
-        if config.auth_strategy == "keystone" and config.service_user is not None:
-            service = ServiceAuth(config.service_user)
-        self.volumes = VolumeApi(config.volume_url, service=service)
+        user = config.service_user
+        self.volumes = VolumeApi(config.volume_url,
+                                 service=ServiceAuth(user) if user is not None else None)
         self.accel = launcher.accelerator(config.qemu)
         self._properties: dict[str, Any] | None = None
         self._guests: dict[str, Hypervisor] = {}

@@ -1,7 +1,7 @@
 """The compute agent's policy: Nova's rule names and defaults for the routes it serves.
 
 An operator's Nova ``policy.yaml`` applies unchanged to the rules named here (the file is
-given by ``[oslo_policy] policy_file``). The defaults are Nova's (``nova/policies/base.py``,
+given by ``[auth] policy_file``). The defaults are Nova's (``nova/policies/base.py``,
 ``servers.py``, ``volumes_attachments.py``, ``server_external_events.py``), personas:
 
 - project reader: list and show servers and their volume attachments;
@@ -21,11 +21,13 @@ so it is admin-only by default.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from oslo_config import cfg
 from oslo_policy import policy as oslo_policy
 
+from blockyard.errors import ConfigError
 from blockyard.identity import Identity
 
 # -- Nova's base rules (nova/policies/base.py) ------------------------------------------------
@@ -117,15 +119,28 @@ DEFAULTS: list[oslo_policy.RuleDefault] = [*BASE, *ROUTES]
 class ComputePolicy:
     """The agent's rules, with an operator's overrides, checked against an `Identity`.
 
-    A local stand-in for `blockyard.policy`'s enforcer (being written at the same time):
-    the same calls, `check` and `sees`; `enforce` stays with the HTTP edge (403)."""
+    A local stand-in for `blockyard.policy.Policy` (on its way to main): the same calls
+    (`check`), the same refusal of a policy file that is missing or does not parse; to be
+    replaced by ``Policy(DEFAULTS, policy_file)`` once it lands."""
 
-    def __init__(self, policy_file: str | None = None) -> None:
+    def __init__(self, policy_file: str | Path | None = None) -> None:
         conf = cfg.ConfigOpts()
         conf([], project="blockyard-compute", default_config_files=[], default_config_dirs=[])
-        self._enforcer = oslo_policy.Enforcer(conf, policy_file=policy_file)
+        path = None
+        if policy_file is not None:
+            path = Path(policy_file).absolute()
+            if not path.is_file():
+                raise ConfigError("auth.policy_file", f"no such file: {path}")
+        # no file: the defaults alone (not a policy.yaml found in ~ or /etc by chance)
+        self._enforcer = oslo_policy.Enforcer(conf, policy_file=str(path or "/dev/null"))
+        conf.set_override("policy_dirs", [], group="oslo_policy")
         self._enforcer.register_defaults(DEFAULTS)
-        self._enforcer.load_rules()
+        try:
+            self._enforcer.load_rules()
+        except Exception as exc:  # oslo.policy raises the bare parse errors of YAML/JSON
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError("auth.policy_file", f"cannot read {path}: {first}") from None
+        self._enforcer.use_conf = False  # the rules are final: no re-reading per check
 
     def check(self, identity: Identity, rule: str,
               target: Mapping[str, Any] | None = None) -> bool:

@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx
 
-from blockyard.config import ComputeEndpoint
-from blockyard.service_auth import ServiceAuth, ServiceTokenError
+from blockyard.config import AuthConfig, ComputeEndpoint
+from blockyard.service_auth import ServiceAuth, ServiceTokenError, ServiceUser
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,19 @@ def announce(config: ComputeEndpoint) -> None:
                  "a compute service (guests see the new size only after re-attaching)")
     else:
         log.info("volume-extended events go to %s%s", config.url.rstrip("/"), EVENTS_PATH)
+
+
+def service_auth(auth: AuthConfig) -> ServiceAuth | None:
+    """The volume service's own token source under keystone (None under noauth): one per
+    service user, so every event shares its cached token."""
+    if not auth.keystone or auth.service_user is None:
+        return None
+    return _service_auth(ServiceUser.of(auth.service_user))
+
+
+@functools.cache
+def _service_auth(user: ServiceUser) -> ServiceAuth:
+    return ServiceAuth(user)
 
 
 def body(volume_id: str, instance_uuids: Sequence[str]) -> dict[str, Any]:

@@ -30,10 +30,9 @@ from blockyard.compute.hypervisor import Hypervisor
 from tests.support.compute import ComputeServer, compute_config, short_alias
 from tests.support.server import Server, free_port
 
-# the fixture and helper arrive with the keystone branch (issue 12); until then: skipped
-keystone_support = pytest.importorskip("tests.support.keystone")
-Keystone = keystone_support.Keystone
-keystone = keystone_support.keystone
+# the helper and the session fixture `keystone` (a plugin tests/conftest.py loads) come with
+# the keystone branch (issue 12); until it is merged the module is skipped
+authtoken_config = pytest.importorskip("tests.support.keystone").authtoken_config
 
 GiB = 1024**3
 PROJECT = "compute-ks"
@@ -89,7 +88,7 @@ class RecordingProxy:
                 pass
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     @property
@@ -101,14 +100,6 @@ class RecordingProxy:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
-
-
-def _auth_tables(ks: Any, creds: dict[str, str]) -> str:
-    def table(name: str, values: dict[str, str]) -> str:
-        return f"[{name}]\n" + "".join(f'{k} = "{v}"\n' for k, v in values.items())
-    return ('[auth]\nstrategy = "keystone"\n\n'
-            + table("keystone_authtoken", {"www_authenticate_uri": ks.url, **creds}) + "\n"
-            + table("service_user", creds))
 
 
 # ---------------------------------------------------------------------------- the stack
@@ -142,15 +133,15 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory, keystone: Any) -> Iterator[Stack]:
     ks = keystone
     base = short_alias(tmp_path_factory.mktemp("compute-ks"))
-    cinder, nova = ks.service_user("cinder"), ks.service_user("nova")
+    # [service_user] defaults to the [keystone_authtoken] credentials: cinder's, nova's
     volumes_port, agent_port = free_port(), free_port()
     to_volumes = RecordingProxy(f"http://127.0.0.1:{volumes_port}").start()
     to_agent = RecordingProxy(f"http://127.0.0.1:{agent_port}").start()
     volumes = Server(base / "volumes", port=volumes_port, config=(
         '[backends.local]\ndriver = "file"\n\n'
-        f'[compute]\nurl = "{to_agent.url}/v2.1"\n\n' + _auth_tables(ks, cinder)))
+        f'[compute]\nurl = "{to_agent.url}/v2.1"\n' + authtoken_config(ks, "cinder")))
     agent = ComputeServer(base / "agent", port=agent_port, config=(
-        compute_config(to_volumes.url) + "\n" + _auth_tables(ks, nova)))
+        compute_config(to_volumes.url) + authtoken_config(ks, "nova")))
     qmp, watch = str(base / "qmp.sock"), str(base / "watch.sock")
     qemu = subprocess.Popen(
         ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-m", "64", "-nodefaults",
@@ -164,8 +155,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, keystone: Any) -> Iterator[S
         deadline = time.monotonic() + 10
         while not os.path.exists(watch) and time.monotonic() < deadline:
             time.sleep(0.05)
-        yield Stack(ks, volumes, agent, to_volumes, to_agent, qmp, watch,
-                    cinder["username"], nova["username"])
+        yield Stack(ks, volumes, agent, to_volumes, to_agent, qmp, watch, "cinder", "nova")
     finally:
         qemu.kill()
         qemu.wait(10)

@@ -34,6 +34,9 @@ from tests.support.server import Server, free_port
 # the keystone branch (issue 12); until it is merged the module is skipped
 authtoken_config = pytest.importorskip("tests.support.keystone").authtoken_config
 
+#: a QEMU of its own (two QMP sockets: the agent's, and the test's to watch the disk)
+pytestmark = pytest.mark.qemu
+
 GiB = 1024**3
 PROJECT = "compute-ks"
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
@@ -188,7 +191,7 @@ def _wait(what: str, predicate: Any, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def attached(stack: Stack) -> dict[str, str]:
+def attached(stack: Stack) -> dict[str, Any]:
     """An admin of the project adopts the QEMU; a member attaches a new volume to it through
     the agent. Returns the ids and the member's token; the proxy's record of the attach is
     kept in `calls`."""
@@ -211,7 +214,7 @@ def attached(stack: Stack) -> dict[str, str]:
                       json={"volumeAttachment": {"volumeId": volume_id}})
         assert r.status_code == 200, r.text
     return {"server": server_id, "volume": volume_id, "member": member,
-            "calls": list(stack.to_volumes.seen)}  # type: ignore[dict-item]
+            "calls": list(stack.to_volumes.seen)}
 
 
 def test_a_member_attaches_with_their_token_and_the_agents_service_token(

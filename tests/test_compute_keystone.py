@@ -8,12 +8,14 @@ them). Between them, two recording proxies show what really crosses the wire: th
 calls to the volume service, and the volume service's events to the agent. The server is a
 QEMU stopped with -S (no guest OS is needed to plug, resize and query a disk) that an admin
 of the project adopts; a member of the project then attaches a volume to it through the
-agent and extends it through the volume service.
+agent and extends it through the volume service: by HTTP, and with the openstack CLI from a
+password clouds.yaml (endpoints from Keystone's catalog).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import threading
@@ -21,12 +23,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from blockyard.compute.hypervisor import Hypervisor
+from tests.clients import BIN
 from tests.support.compute import ComputeServer, compute_config, short_alias
 from tests.support.server import Server, free_port
 
@@ -284,3 +288,42 @@ def test_events_are_for_services_and_servers_for_their_project(
     with stack.nova("not-a-token") as nova:
         r = nova.get("/servers")
         assert r.status_code == 401 and "www-authenticate" in r.headers
+
+
+# ---------------------------------------------------------------------------- openstack CLI
+def _osc(clouds: Path, *args: str) -> Any:
+    """`openstack --os-cloud ks ARGS` as a user would run it: a password clouds.yaml, the
+    endpoints from Keystone's catalog; JSON output parsed when there is any."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env["OS_CLIENT_CONFIG_FILE"] = str(clouds)
+    done = subprocess.run([str(BIN / "openstack"), "--os-cloud", "ks",
+                           "--os-compute-api-version", "2.89",
+                           "--os-volume-api-version", "3.71", *args],
+                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, f"openstack {' '.join(args)}: {done.stderr}"
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def test_openstack_cli_with_a_password_attaches_and_extends(
+        stack: Stack, attached: dict[str, Any], tmp_path: Path) -> None:
+    ks = stack.ks
+    ks.register_endpoint("compute", "nova", stack.agent.endpoint)
+    ks.register_endpoint("volumev3", "cinderv3", stack.volumes.endpoint + "/%(project_id)s")
+    user = f"{PROJECT}-member"
+    ks.persona(PROJECT, "member")
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(json.dumps({"clouds": {"ks": {
+        "auth": {"auth_url": ks.url, "username": user, "password": f"{user}-password",
+                 "project_name": PROJECT, "user_domain_name": "Default",
+                 "project_domain_name": "Default"},
+        "region_name": "RegionOne", "identity_api_version": 3}}}))  # YAML holds JSON
+    volume = _osc(clouds, "volume", "create", "--size", "1", "osc-keystone", "-f", "json")
+    _wait("the volume", lambda: _osc(clouds, "volume", "show", volume["id"], "-f", "json")
+          ["status"] == "available")
+    _osc(clouds, "server", "add", "volume", attached["server"], volume["id"], "-f", "json")
+    listed = _osc(clouds, "server", "volume", "list", attached["server"], "-f", "json")
+    assert volume["id"] in {a["Volume ID"] for a in listed}
+    assert _osc(clouds, "volume", "show", volume["id"], "-f", "json")["status"] == "in-use"
+    _osc(clouds, "volume", "set", "--size", "3", volume["id"])
+    _wait("the guest's new disk to grow", lambda: 3 * GiB in _disk_sizes(stack.watch))

@@ -36,7 +36,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 #: the layer is of siblings
 LAYERS: list[tuple[frozenset[str], bool]] = [  # (units, siblings)
     (frozenset({"errors", "model", "exec", "failpoints", "rbdimage", "statuses", "identity",
-                "policy"}), False),
+                "policy", "service_auth"}), False),
     (frozenset({"backends", "targets", "connectors"}), True),
     (frozenset({"config"}), False),
     (frozenset({"db"}), False),

@@ -10,6 +10,11 @@ the same fault bodies as Nova (and Cinder): ``{"itemNotFound": {"code": 404, ...
 Extensions, under a ``blockyard:`` prefix that clients ignore: a server created with
 ``blockyard:qmp_socket`` adopts a running QEMU instead of starting one, and every volume
 attachment reports ``blockyard:guest_device``, the path the guest really sees the disk at.
+
+Every route declares its policy rule (`PolicyRoute`, Nova's names: `compute.policies`), and
+the rule is checked before the endpoint runs: against the server's project for routes under
+``/servers/{server_id}`` (another project's server is 404 first, unless the caller is an
+admin), against the caller's own project elsewhere. Only the version documents have none.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,15 +37,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard import errors
 from blockyard.failpoints import InjectedFailure
+from blockyard.identity import Identity
 from blockyard.rest import errors as http_errors
 from blockyard.rest import guard, schema
+from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.errors import ApiError, fault
 
+from . import policies
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
+from .policies import ComputePolicy
 from .store import Instance, Mapping
-from .volume_api import Caller, VolumeApiError
+from .volume_api import VolumeApiError
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +69,22 @@ def agent_of(request: Request) -> Agent:
     return agent
 
 
-def caller_of(request: Request) -> tuple[Caller, str]:
-    """Nova's noauth: a token 'user:project'; X-Project-Id / X-User-Id headers win."""
-    token = request.headers.get("x-auth-token") or "admin:admin"
-    user, _, project = token.partition(":")
-    project = request.headers.get("x-project-id") or project or user
-    user = request.headers.get("x-user-id") or user
-    return Caller(token=token, project_id=project), user
+def identity_of(request: Request) -> Identity:
+    """The caller, as the authentication edge (`blockyard.rest.auth.Authenticate`: Keystone
+    or noauth) established it in ``request.state.identity``."""
+    found = getattr(request.state, "identity", None)
+    if not isinstance(found, Identity):  # a public route's endpoint asking: a bug, not a guess
+        raise ApiError(401, "Authentication required")
+    return found
+
+
+def authorize(request: Request, rule: str, target: dict[str, Any] | None = None) -> None:
+    """403 unless the caller passes `rule` for `target` (default: the caller's project)."""
+    identity = identity_of(request)
+    if target is None:
+        target = {"project_id": identity.project_id, "user_id": identity.user_id}
+    if not agent_of(request).policy.check(identity, rule, target):
+        raise ApiError(403, f"Policy doesn't allow {rule} to be performed.")
 
 
 def version_of(request: Request) -> tuple[int, int]:
@@ -210,10 +229,11 @@ async def list_servers_detail(request: Request) -> Response:
 
 async def _servers(request: Request, *, detail: bool) -> Response:
     agent = agent_of(request)
-    caller, _ = caller_of(request)
     q = request.query_params
     all_projects = q.get("all_tenants", q.get("all_projects", "0")).lower() in ("1", "true")
-    found = agent.instances(caller, all_projects)
+    if all_projects:  # Nova: 403, not a quiet fall-back to the caller's project
+        authorize(request, policies.SERVERS_DETAIL_ALL if detail else policies.SERVERS_INDEX_ALL)
+    found = agent.instances(identity_of(request), all_projects)
     if name := q.get("name"):
         try:
             pattern = re.compile(name)
@@ -232,25 +252,25 @@ async def _servers(request: Request, *, detail: bool) -> Response:
 
 async def show_server(request: Request) -> Response:
     agent = agent_of(request)
-    caller, _ = caller_of(request)
-    inst = agent.instance(caller, request.path_params["server_id"])
+    inst = agent.instance(identity_of(request), request.path_params["server_id"])
     return JSONResponse({"server": server_view(request, inst, agent.store.mappings(inst.id))})
 
 
 async def create_server(request: Request) -> Response:
     agent = agent_of(request)
-    caller, user = caller_of(request)
+    identity = identity_of(request)
     body = await body_of(request, "server")
     name = _string(body, "name", required=True)
     assert name is not None
     qmp = _string(body, "blockyard:qmp_socket", max_len=1024)
     if qmp is not None:
-        inst = await agent.adopt_server(caller, user, name, qmp)
+        authorize(request, policies.SERVERS_ADOPT)
+        inst = await agent.adopt_server(identity, name, qmp)
     else:
         image = _string(body, "imageRef", required=True)
         flavor = _string(body, "flavorRef", required=True)
         assert image is not None and flavor is not None
-        inst = await agent.create_server(caller, user, name, image, flavor)
+        inst = await agent.create_server(identity, name, image, flavor)
     return JSONResponse({"server": {
         "id": inst.id, "links": _links(request, "servers", inst.id),
         "OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}],
@@ -258,24 +278,21 @@ async def create_server(request: Request) -> Response:
 
 
 async def delete_server(request: Request) -> Response:
-    caller, _ = caller_of(request)
-    await agent_of(request).delete_server(caller, request.path_params["server_id"])
+    await agent_of(request).delete_server(identity_of(request), request.path_params["server_id"])
     return Response(status_code=204)
 
 
 # ---------------------------------------------------------------------- volume attachments
 async def list_attachments(request: Request) -> Response:
     agent = agent_of(request)
-    caller, _ = caller_of(request)
-    inst = agent.instance(caller, request.path_params["server_id"])
+    inst = agent.instance(identity_of(request), request.path_params["server_id"])
     return JSONResponse({"volumeAttachments": [attachment_view(request, m)
                                                for m in agent.store.mappings(inst.id)]})
 
 
 async def show_attachment(request: Request) -> Response:
     agent = agent_of(request)
-    caller, _ = caller_of(request)
-    inst = agent.instance(caller, request.path_params["server_id"])
+    inst = agent.instance(identity_of(request), request.path_params["server_id"])
     m = agent.store.mapping_of(inst.id, request.path_params["volume_id"])
     return JSONResponse({"volumeAttachment": attachment_view(request, m)})
 
@@ -304,7 +321,6 @@ def _attach_schema(v: tuple[int, int]) -> dict[str, Any]:
 
 async def create_attachment(request: Request) -> Response:
     agent = agent_of(request)
-    caller, _ = caller_of(request)
     v = version_of(request)
     raw = await json_of(request)
     schema.check(raw, _attach_schema(v))
@@ -317,14 +333,14 @@ async def create_attachment(request: Request) -> Response:
     tag = body.get("tag")
     delete_on_termination = str(body.get("delete_on_termination", False)).lower() in \
         ("true", "1")
-    m = await agent.attach(caller, request.path_params["server_id"], volume_id, device=device,
-                           tag=tag, delete_on_termination=delete_on_termination)
+    m = await agent.attach(identity_of(request), request.path_params["server_id"], volume_id,
+                           device=device, tag=tag,
+                           delete_on_termination=delete_on_termination)
     return JSONResponse({"volumeAttachment": attachment_view(request, m)})
 
 
 async def delete_attachment(request: Request) -> Response:
-    caller, _ = caller_of(request)
-    await agent_of(request).begin_detach(caller, request.path_params["server_id"],
+    await agent_of(request).begin_detach(identity_of(request), request.path_params["server_id"],
                                          request.path_params["volume_id"])
     return Response(status_code=202)
 
@@ -435,29 +451,59 @@ def _negotiate(wanted: str | None) -> tuple[int, int]:
     return v
 
 
-def _route(path: str, endpoint: Callable[[Request], Awaitable[Response]],
-           *methods: str) -> list[Route]:
-    return [Route(path, endpoint, methods=list(methods)),
-            Route(path + "/", endpoint, methods=list(methods))]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class PolicyRoute(Route):
+    """A route with its policy rule, checked before the endpoint runs (None: public)."""
+
+    def __init__(self, path: str, endpoint: Endpoint, method: str, rule: str | None) -> None:
+        self.rule = rule
+        super().__init__(path, _guarded(endpoint, rule), methods=[method],
+                         name=endpoint.__name__)
+
+
+def _guarded(endpoint: Endpoint, rule: str | None) -> Endpoint:
+    if rule is None:
+        return endpoint
+
+    async def guarded(request: Request) -> Response:
+        server_id = request.path_params.get("server_id")
+        if server_id is None:
+            authorize(request, rule)
+        else:  # 404 for a server the caller may not know of, then the rule on its project
+            inst = agent_of(request).instance(identity_of(request), server_id)
+            authorize(request, rule, {"project_id": inst.project_id, "user_id": inst.user_id})
+        return await endpoint(request)
+
+    return guarded
+
+
+def _route(path: str, endpoint: Endpoint, method: str, rule: str | None, *,
+           slash: bool = False) -> list[Route]:
+    """The route, and with `slash` the same with a trailing slash."""
+    paths = [path, path + "/"] if slash else [path]
+    return [PolicyRoute(p, endpoint, method, rule) for p in paths]
+
+
+P = policies
 ROUTES = [
-    Route("/", versions, methods=["GET"]),
-    *_route("/v2.1", version, "GET"),
-    *_route("/v2.1/servers", list_servers, "GET"),
-    Route("/v2.1/servers", create_server, methods=["POST"]),
-    *_route("/v2.1/servers/detail", list_servers_detail, "GET"),
-    Route("/v2.1/servers/{server_id}", show_server, methods=["GET"]),
-    Route("/v2.1/servers/{server_id}", delete_server, methods=["DELETE"]),
-    Route("/v2.1/servers/{server_id}/os-volume_attachments", list_attachments,
-          methods=["GET"]),
-    Route("/v2.1/servers/{server_id}/os-volume_attachments", create_attachment,
-          methods=["POST"]),
-    Route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", show_attachment,
-          methods=["GET"]),
-    Route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", delete_attachment,
-          methods=["DELETE"]),
-    Route("/v2.1/os-server-external-events", external_events, methods=["POST"]),
+    *_route("/", versions, "GET", None),
+    *_route("/v2.1", version, "GET", None, slash=True),
+    *_route("/v2.1/servers", list_servers, "GET", P.SERVERS_INDEX, slash=True),
+    *_route("/v2.1/servers", create_server, "POST", P.SERVERS_CREATE),
+    *_route("/v2.1/servers/detail", list_servers_detail, "GET", P.SERVERS_DETAIL, slash=True),
+    *_route("/v2.1/servers/{server_id}", show_server, "GET", P.SERVERS_SHOW),
+    *_route("/v2.1/servers/{server_id}", delete_server, "DELETE", P.SERVERS_DELETE),
+    *_route("/v2.1/servers/{server_id}/os-volume_attachments", list_attachments, "GET",
+            P.ATTACHMENTS_INDEX),
+    *_route("/v2.1/servers/{server_id}/os-volume_attachments", create_attachment, "POST",
+            P.ATTACHMENTS_CREATE),
+    *_route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", show_attachment,
+            "GET", P.ATTACHMENTS_SHOW),
+    *_route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", delete_attachment,
+            "DELETE", P.ATTACHMENTS_DELETE),
+    *_route("/v2.1/os-server-external-events", external_events, "POST", P.EVENTS_CREATE),
 ]
 
 HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
@@ -471,10 +517,33 @@ HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
 # Anything else is answered by `guard.CatchAll`, which keeps the connection.
 
 
+#: what answers without authentication: version discovery (as in Nova's paste pipeline)
+PUBLIC_PATHS = frozenset({"/", "/v2.1", "/v2.1/"})
+
+
+def is_public(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and path in PUBLIC_PATHS
+
+
+def middleware(config: ComputeConfig) -> list[Middleware]:
+    """Outermost first: microversion and request-id headers on every answer (a 401 and the
+    catch-all's too); authentication after the project id left the path and after the size
+    limits, before any endpoint. A bad [keystone_authtoken] is a ConfigError here."""
+    auth = config.auth
+    validator = KeystoneValidator(auth.keystone_authtoken) if auth.keystone else None
+    return [Middleware(ComputeMiddleware), Middleware(guard.CatchAll),
+            Middleware(guard.RequestLimits),
+            Middleware(Authenticate, validator=validator, public=is_public)]
+
+
 def create_app(config: ComputeConfig) -> Starlette:
+    """The agent's app; configuration errors (policy file, keystone options) are raised
+    here, before anything listens."""
+    policy = ComputePolicy(config.auth.policy_file)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        agent = Agent(config)
+        agent = Agent(config, policy)
         await agent.start()
         app.state.agent = agent
         try:
@@ -482,9 +551,5 @@ def create_app(config: ComputeConfig) -> Starlette:
         finally:
             await agent.close()
 
-    from starlette.middleware import Middleware
-
-    middleware = [Middleware(ComputeMiddleware), Middleware(guard.CatchAll),
-                  Middleware(guard.RequestLimits)]
-    return Starlette(routes=ROUTES, middleware=middleware,
+    return Starlette(routes=ROUTES, middleware=middleware(config),
                      exception_handlers=HANDLERS, lifespan=lifespan)

@@ -22,6 +22,23 @@ Example::
     ram_mb = 128
     vcpus = 1
 
+    [auth]
+    strategy = "keystone"                   # or "noauth" (the default: local use only)
+    policy_file = "/etc/blockyard/compute-policy.yaml"   # overrides of Nova's rule defaults
+
+    [keystone_authtoken]                    # keystonemiddleware's options, as in nova.conf
+    www_authenticate_uri = "http://keystone:5000"
+    auth_url = "http://keystone:5000"
+    username = "nova"
+    password = "secret"
+    project_name = "service"
+
+    [service_user]                          # the agent's own user (keystoneauth1 password):
+    auth_url = "http://keystone:5000"       # its token goes beside the user's (X-Service-Token)
+    username = "nova"                       # and alone for work nobody asked for (recovery);
+    password = "secret"                     # it needs the service role, and admin (or a policy
+    project_name = "service"                # granting it) to clean up other projects' volumes
+
 Every error names the key it is about (`ConfigError.key`), as in `blockyard.config`.
 """
 
@@ -34,6 +51,7 @@ from typing import Any
 
 from blockyard.config import (
     HOST_NAME,
+    AuthConfig,
     Option,
     Schema,
     a_path,
@@ -44,11 +62,13 @@ from blockyard.config import (
     named_tables,
     one_of,
     parse_listen,
+    read_auth,
     read_table,
     read_toml,
     text,
 )
 from blockyard.errors import ConfigError
+from blockyard.service_auth import ServiceUser
 
 DEFAULT_LISTEN = "127.0.0.1:8774"
 DEFAULT_VOLUME_URL = "http://127.0.0.1:8776"
@@ -63,6 +83,10 @@ TOP: Schema = {
     "flavors": Option(dict, default={}),
     "detach_timeout": Option(float, above(0)),
     "detach_retries": Option(int, between(0, 100)),
+    # [auth], [keystone_authtoken], [service_user]: as the volume service reads them
+    "auth": Option(dict),
+    "keystone_authtoken": Option(dict),
+    "service_user": Option(dict),
 }
 QEMU: Schema = {
     "binary": Option(str, a_path),
@@ -120,6 +144,17 @@ class ComputeConfig:
     #: first (Nova: 8 requests, 20 s each)
     detach_timeout: float = 20.0
     detach_retries: int = 7
+    #: [auth] (strategy, policy file of Nova rule overrides), [keystone_authtoken],
+    #: [service_user]: read as the volume service reads them (`blockyard.config.read_auth`)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    @property
+    def service_user(self) -> ServiceUser | None:
+        """The agent's own Keystone user, under keystone ([service_user], else the
+        credentials of [keystone_authtoken])."""
+        if not self.auth.keystone or self.auth.service_user is None:
+            return None
+        return ServiceUser.of(self.auth.service_user)
 
     @property
     def database_path(self) -> Path:
@@ -154,7 +189,7 @@ def build(raw: dict[str, Any], *, state_dir: str | None = None,
         listen_host=host, listen_port=port,
         state_dir=Path(state_dir or top.get("state_dir", "var/compute")),
         volume_url=top.get("volume_url", DEFAULT_VOLUME_URL).rstrip("/"), qemu=qemu,
-        images=images, flavors=flavors, **optional)
+        images=images, flavors=flavors, auth=read_auth(top), **optional)
 
 
 def load(path: str | None, *, state_dir: str | None = None,

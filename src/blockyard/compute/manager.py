@@ -35,12 +35,15 @@ from blockyard import failpoints
 from blockyard.connectors import Device, connector_for, get_connector_properties
 from blockyard.errors import BlockyardError, Conflict, Invalid, InvalidState, NotFound
 from blockyard.exec import stop
+from blockyard.identity import Identity
 from blockyard.model import ConnectionInfo, parse
+from blockyard.service_auth import ServiceAuth
 
 from . import launcher
 from .config import ComputeConfig
 from .disks import qemu_source, secret_id, tls_creds_id
 from .hypervisor import DetachTimeout, Hypervisor, HypervisorError
+from .policies import ComputePolicy
 from .store import Instance, InstanceStatus, Mapping, MappingStatus, Store, utcnow
 from .undo import Undo
 from .volume_api import Caller, VolumeApi, VolumeApiError
@@ -54,10 +57,13 @@ QMP_TIMEOUT = 10.0
 class Agent:
     """One per host: the instances it owns and the volumes in them."""
 
-    def __init__(self, config: ComputeConfig) -> None:
+    def __init__(self, config: ComputeConfig, policy: ComputePolicy | None = None) -> None:
         self.config = config
+        self.policy = policy or ComputePolicy(config.auth.policy_file)
         self.store = Store(config.database_path)
-        self.volumes = VolumeApi(config.volume_url)
+        user = config.service_user
+        self.volumes = VolumeApi(config.volume_url,
+                                 service=ServiceAuth(user) if user is not None else None)
         self.accel = launcher.accelerator(config.qemu)
         self._properties: dict[str, Any] | None = None
         self._guests: dict[str, Hypervisor] = {}
@@ -91,8 +97,9 @@ class Agent:
         self.store.close()
 
     def _service_caller(self, project_id: str) -> Caller:
-        """Work the agent does on its own (recovery) runs as the service user."""
-        return Caller(token=f"admin:{project_id}", project_id=project_id)
+        """Work nobody asked for (recovery, releasing a deleted server's volumes) runs as the
+        agent's service user (noauth: the admin of the volume's project)."""
+        return Caller.agent(project_id)
 
     # ------------------------------------------------------------------ guests
     async def guest(self, instance: Instance) -> Hypervisor:
@@ -109,17 +116,21 @@ class Agent:
             await hv.close()
 
     # ------------------------------------------------------------------ servers
-    def instance(self, caller: Caller | None, instance_id: str) -> Instance:
+    def instance(self, identity: Identity | None, instance_id: str) -> Instance:
+        """The instance, if `identity` may know of it (None: the agent itself); another
+        project's is not found, unless the policy makes the caller an admin."""
         inst = self.store.instance(instance_id)
-        if caller is not None and not _sees(caller, inst.project_id):
+        if identity is not None and not self.policy.sees(identity, inst.project_id):
             raise NotFound("Instance", instance_id, f"Instance {instance_id} could not be found.")
         return inst
 
-    def instances(self, caller: Caller, all_projects: bool) -> list[Instance]:
+    def instances(self, identity: Identity, all_projects: bool) -> list[Instance]:
+        """The caller's project's instances, or every project's (the caller was allowed
+        all_tenants by the API's policy check)."""
         return [i for i in self.store.instances()
-                if (all_projects and _is_admin(caller)) or i.project_id == caller.project_id]
+                if all_projects or i.project_id == identity.project_id]
 
-    async def create_server(self, caller: Caller, user_id: str, name: str, image: str,
+    async def create_server(self, identity: Identity, name: str, image: str,
                             flavor: str) -> Instance:
         if image not in self.config.images:
             raise Invalid(f"Image {image} could not be found.")
@@ -128,8 +139,8 @@ class Agent:
         instance_id = str(uuid.uuid4())
         directory = self._instance_dir(instance_id)
         inst = self.store.add_instance(Instance(
-            id=instance_id, name=name, project_id=caller.project_id, user_id=user_id,
-            status=InstanceStatus.BUILD, image=image, flavor=flavor,
+            id=instance_id, name=name, project_id=identity.project_id,
+            user_id=identity.user_id, status=InstanceStatus.BUILD, image=image, flavor=flavor,
             qmp_socket=str(directory / "qmp.sock"),
             console_socket=str(directory / "console.sock")))
         try:
@@ -148,8 +159,7 @@ class Agent:
         self.store.set_instance(instance_id, status=InstanceStatus.ACTIVE)
         return self.store.instance(inst.id)
 
-    async def adopt_server(self, caller: Caller, user_id: str, name: str,
-                           qmp_socket: str) -> Instance:
+    async def adopt_server(self, identity: Identity, name: str, qmp_socket: str) -> Instance:
         """Take over a running QEMU by its QMP socket (started by someone else)."""
         if not Path(qmp_socket).is_absolute():
             raise Invalid("The QMP socket must be an absolute path.")
@@ -161,16 +171,17 @@ class Agent:
         except HypervisorError as exc:
             raise Invalid(f"No QEMU answers on {qmp_socket}: {exc}") from None
         inst = self.store.add_instance(Instance(
-            id=str(uuid.uuid4()), name=name, project_id=caller.project_id, user_id=user_id,
-            status=InstanceStatus.ACTIVE, qmp_socket=qmp_socket, pid=hv.pid, adopted=True))
+            id=str(uuid.uuid4()), name=name, project_id=identity.project_id,
+            user_id=identity.user_id, status=InstanceStatus.ACTIVE, qmp_socket=qmp_socket,
+            pid=hv.pid, adopted=True))
         self._guests[inst.id] = hv
         return inst
 
-    async def delete_server(self, caller: Caller, instance_id: str) -> None:
+    async def delete_server(self, identity: Identity, instance_id: str) -> None:
         """Stop a guest we started, then let go of its volumes (nothing uses them any
         more) and forget it. An adopted guest is not ours to stop: its volumes are
         unplugged (the guest must let go, as on detach) and then it is forgotten."""
-        inst = self.instance(caller, instance_id)
+        inst = self.instance(identity, instance_id)
         async with self._instance_locks[instance_id]:
             try:
                 hv: Hypervisor | None = await self.guest(inst)
@@ -194,10 +205,11 @@ class Agent:
         return self.config.state_dir / "instances" / instance_id
 
     # ------------------------------------------------------------------ attach
-    async def attach(self, caller: Caller, instance_id: str, volume_id: str, *,
+    async def attach(self, identity: Identity, instance_id: str, volume_id: str, *,
                      device: str | None = None, tag: str | None = None,
                      delete_on_termination: bool = False) -> Mapping:
-        inst = self.instance(caller, instance_id)
+        inst = self.instance(identity, instance_id)
+        caller = Caller.of(identity)
         if inst.status != InstanceStatus.ACTIVE:
             raise Conflict(f"Cannot 'attach_volume' instance {instance_id} while it is in "
                            f"status {inst.status}.")
@@ -298,9 +310,11 @@ class Agent:
         await self._unplug_leftovers(hv, m)
 
     # ------------------------------------------------------------------ detach
-    async def begin_detach(self, caller: Caller, instance_id: str, volume_id: str) -> None:
-        """Accept a detach (Nova answers 202 here); the work goes on in the background."""
-        self.instance(caller, instance_id)
+    async def begin_detach(self, identity: Identity, instance_id: str, volume_id: str) -> None:
+        """Accept a detach (Nova answers 202 here); the work goes on in the background, with
+        the user's token (as Nova's detach does)."""
+        self.instance(identity, instance_id)
+        caller = Caller.of(identity)
         async with self._instance_locks[instance_id], Undo() as undo:
             m = self.store.mapping_of(instance_id, volume_id)
             try:
@@ -320,9 +334,9 @@ class Agent:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def detach(self, caller: Caller, instance_id: str, volume_id: str) -> None:
+    async def detach(self, identity: Identity, instance_id: str, volume_id: str) -> None:
         """Detach and wait for the result (tests, the bench, and delete use this)."""
-        await self.begin_detach(caller, instance_id, volume_id)
+        await self.begin_detach(identity, instance_id, volume_id)
         while True:
             try:
                 m = self.store.mapping_of(instance_id, volume_id)
@@ -491,14 +505,6 @@ class Agent:
             return f"volume {m.volume_id} could not be plugged again: {exc}"
         log.warning("plugged volume %s into %s again", m.volume_id, m.instance_id)
         return f"re-plugged volume {m.volume_id}"
-
-
-def _is_admin(caller: Caller) -> bool:
-    return caller.token.partition(":")[0] == "admin"
-
-
-def _sees(caller: Caller, project_id: str) -> bool:
-    return _is_admin(caller) or caller.project_id == project_id
 
 
 __all__ = ["Agent", "utcnow"]

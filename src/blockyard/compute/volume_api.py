@@ -4,16 +4,28 @@ Nova talks to Cinder only through that API, and so does the agent: attachments (
 complete at 3.44, mode at 3.54), the volume itself, and the legacy begin/roll detaching
 actions Nova still uses around a detach. An error reply becomes a `VolumeApiError` carrying
 the status and Cinder's message, so the agent can report it to its own caller unchanged.
+
+Whose token goes with a call (`Caller`):
+
+- under Keystone (the agent has a `ServiceAuth`), a call on a user's behalf carries the
+  user's token as ``X-Auth-Token`` and the agent's service token as ``X-Service-Token``, as
+  Nova does with ``[service_user] send_service_user_token``; work nobody asked for (reconcile
+  after a restart, releasing the volumes of a deleted server) carries the service token alone;
+- under noauth, the caller's ``user:project`` token and ``X-Project-Id``, and the noauth
+  admin of the volume's project for the agent's own work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from blockyard.errors import BlockyardError
+from blockyard.identity import Identity
+from blockyard.service_auth import ServiceAuth, ServiceTokenError
 
 #: the microversion every call is made at: attachments API with complete and mode
 MICROVERSION = "3.54"
@@ -30,10 +42,22 @@ class VolumeApiError(BlockyardError):
 
 @dataclass(frozen=True)
 class Caller:
-    """Whose call this is: the token and project of the request the agent is serving."""
+    """On whose behalf a call is made: a user's (their token), or the agent's own."""
 
-    token: str
     project_id: str
+    #: the user's token; None for the agent's own work (its service token, or noauth's admin)
+    token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, identity: Identity) -> Caller:
+        """The user of the request being served (noauth: 'user:project' when no token came)."""
+        token = identity.auth_token or f"{identity.user_id}:{identity.project_id}"
+        return cls(project_id=identity.project_id, token=token)
+
+    @classmethod
+    def agent(cls, project_id: str) -> Caller:
+        """The agent itself, working on a volume of `project_id`."""
+        return cls(project_id=project_id)
 
 
 @dataclass(frozen=True)
@@ -47,25 +71,52 @@ class VolumeView:
 class VolumeApi:
     """A small async client; one per agent, shared by every request (one connection pool)."""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, service: ServiceAuth | None = None,
+                 timeout: float = 30.0) -> None:
         self._client = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/v3",
                                          timeout=timeout)
+        #: the agent's service user under Keystone; None under noauth
+        self.service = service
 
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def _call(self, caller: Caller, method: str, path: str, body: Any = None,
-                    *, ok: tuple[int, ...] = (200, 202, 204)) -> Any:
-        headers = {"X-Auth-Token": caller.token, "X-Project-Id": caller.project_id,
-                   "OpenStack-API-Version": f"volume {MICROVERSION}"}
-        what = f"{method} {path}"
-        try:
+    async def auth_headers(self, caller: Caller) -> dict[str, str]:
+        """The identity headers of a call for `caller` (see the module's docstring)."""
+        if self.service is None:
             # the project travels in X-Project-Id, so any project name works (Cinder's URL
             # form /v3/{project_id}/... takes only Keystone-style hex ids)
-            r = await self._client.request(method, path, json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise VolumeApiError(0, f"The volume service could not be reached: {exc}",
-                                 what) from exc
+            return {"X-Auth-Token": caller.token or f"admin:{caller.project_id}",
+                    "X-Project-Id": caller.project_id}
+        service = self.service
+        try:
+            if caller.token is None:
+                return await asyncio.to_thread(service.own_headers)
+            token = caller.token
+            return await asyncio.to_thread(service.headers_for, token)
+        except ServiceTokenError as exc:
+            raise VolumeApiError(503, f"The agent has no service token: {exc}",
+                                 "service token") from exc
+
+    async def _call(self, caller: Caller, method: str, path: str, body: Any = None,
+                    *, ok: tuple[int, ...] = (200, 202, 204)) -> Any:
+        what = f"{method} {path}"
+        for attempt in (1, 2):
+            headers = {**await self.auth_headers(caller),
+                       "OpenStack-API-Version": f"volume {MICROVERSION}"}
+            try:
+                r = await self._client.request(method, path, json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                raise VolumeApiError(0, f"The volume service could not be reached: {exc}",
+                                     what) from exc
+            if r.status_code == 401 and self.service is not None and caller.token is None \
+                    and attempt == 1:
+                # the agent's own token was refused (revoked before it expired): fetch a new
+                # one, once (not on a user's 401: their token is the likelier culprit, and a
+                # stream of bad user tokens must not become a stream of logins to Keystone)
+                self.service.invalidate()
+                continue
+            break
         if r.status_code not in ok:
             raise VolumeApiError(r.status_code, _message(r), what)
         return r.json() if r.content else None

@@ -9,12 +9,16 @@ do that by posting one ``volume-extended`` event per instance the volume is atta
     {"events": [{"name": "volume-extended", "server_uuid": <instance>, "tag": <volume id>}]}
 
 and blockyard does the same towards the API named by ``[compute] url`` (blockyard's compute
-agent, or a Nova), as the admin of the noauth scheme both speak (``X-Auth-Token:
-admin:admin``). It is best effort, as in Cinder: the extend is complete whether or not the
-event gets through, and a failure (nothing listening, a timeout, an HTTP error, an instance
-compute does not know) is only logged, naming the volume and the instances. The events are
-sent from the task runner's thread once the extend has settled (see `volumes._settle_extend`),
-never inside a transaction or on a request's path.
+agent, or a Nova). Under Keystone the volume service authenticates with its own
+``[service_user]`` token (a `blockyard.service_auth.ServiceAuth`: cached, renewed before it
+expires, fetched again once if compute answers 401); Nova's default policy takes the events
+only from the ``service`` role (or admin). Under noauth it is the admin of the noauth scheme
+both speak (``X-Auth-Token: admin:admin``). It is best effort, as in Cinder: the extend is
+complete whether or not the event gets through, and a failure (nothing listening, a timeout,
+an HTTP error, an instance compute does not know, no token from Keystone) is only logged,
+naming the volume and the instances. The events are sent from the task runner's thread once
+the extend has settled (see `volumes._settle_extend`), never inside a transaction or on a
+request's path.
 
 The compute API is a peer on the service network: requests go to it directly, whatever
 ``http_proxy`` the environment sets.
@@ -31,7 +35,8 @@ from typing import Any
 
 import httpx
 
-from blockyard.config import ComputeEndpoint
+from blockyard.config import AuthConfig, ComputeEndpoint
+from blockyard.service_auth import ServiceAuth, ServiceTokenError, ServiceUser
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,19 @@ def announce(config: ComputeEndpoint) -> None:
         log.info("volume-extended events go to %s%s", config.url.rstrip("/"), EVENTS_PATH)
 
 
+def service_auth(auth: AuthConfig) -> ServiceAuth | None:
+    """The volume service's own token source under keystone (None under noauth): one per
+    service user, so every event shares its cached token."""
+    if not auth.keystone or auth.service_user is None:
+        return None
+    return _service_auth(ServiceUser.of(auth.service_user))
+
+
+@functools.cache
+def _service_auth(user: ServiceUser) -> ServiceAuth:
+    return ServiceAuth(user)
+
+
 def body(volume_id: str, instance_uuids: Sequence[str]) -> dict[str, Any]:
     """The request body: one event per instance, tagged with the volume."""
     return {"events": [{"name": EVENT, "server_uuid": uuid, "tag": volume_id}
@@ -59,23 +77,22 @@ def body(volume_id: str, instance_uuids: Sequence[str]) -> dict[str, Any]:
 
 
 def volume_extended(config: ComputeEndpoint, volume_id: str,
-                    instance_uuids: Sequence[str]) -> bool:
+                    instance_uuids: Sequence[str], *, auth: ServiceAuth | None = None) -> bool:
     """Tell compute that `volume_id` grew under `instance_uuids`; True when every event was
-    accepted. Never raises: failures are logged."""
+    accepted. `auth`: the volume service's service user under Keystone (None: noauth).
+    Never raises: failures are logged."""
     if not instance_uuids:
         return True
     if config.url is None:
         return False
     instances = ", ".join(instance_uuids)
     try:
-        # trust_env=False: no proxies from the environment; the system's CA store for https
-        with httpx.Client(timeout=config.timeout, trust_env=False, verify=_tls()) as client:
-            response = client.post(
-                config.url.rstrip("/") + EVENTS_PATH,
-                content=json.dumps(body(volume_id, instance_uuids)).encode(),
-                headers={"Content-Type": "application/json", "Accept": "application/json",
-                         "X-Auth-Token": TOKEN, "X-OpenStack-Nova-API-Version": MICROVERSION})
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # refused, timed out, not a URL...
+        response = _post(config, body(volume_id, instance_uuids), auth)
+        if response.status_code == 401 and auth is not None:
+            auth.invalidate()  # the token was revoked before it expired: a new one, once
+            response = _post(config, body(volume_id, instance_uuids), auth)
+    except (httpx.HTTPError, httpx.InvalidURL, ServiceTokenError) as exc:
+        # refused, timed out, not a URL, no token from Keystone...
         log.warning("volume %s: could not send the volume-extended event for instance(s) %s "
                     "to %s: %s", volume_id, instances, config.url,
                     str(exc) or type(exc).__name__)
@@ -89,6 +106,18 @@ def volume_extended(config: ComputeEndpoint, volume_id: str,
         return _partial(volume_id, response.content)
     log.info("volume %s: compute told of its new size (instance(s) %s)", volume_id, instances)
     return True
+
+
+def _post(config: ComputeEndpoint, events: dict[str, Any],
+          auth: ServiceAuth | None) -> httpx.Response:
+    assert config.url is not None
+    identity = auth.own_headers() if auth is not None else {"X-Auth-Token": TOKEN}
+    # trust_env=False: no proxies from the environment; the system's CA store for https
+    with httpx.Client(timeout=config.timeout, trust_env=False, verify=_tls()) as client:
+        return client.post(
+            config.url.rstrip("/") + EVENTS_PATH, content=json.dumps(events).encode(),
+            headers={"Content-Type": "application/json", "Accept": "application/json",
+                     **identity, "X-OpenStack-Nova-API-Version": MICROVERSION})
 
 
 @functools.cache

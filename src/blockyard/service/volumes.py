@@ -568,9 +568,10 @@ def _tell_compute(s: Session, rt: Runtime, volume_id: str) -> tasks.FollowUp | N
     if not instances:
         return None
     config = rt.config.compute
+    auth = compute_events.service_auth(rt.config.auth)  # its service token under keystone
 
     def send() -> None:
-        compute_events.volume_extended(config, volume_id, instances)
+        compute_events.volume_extended(config, volume_id, instances, auth=auth)
 
     return send
 

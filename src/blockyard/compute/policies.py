@@ -1,0 +1,165 @@
+"""The compute agent's policy: Nova's rule names and defaults for the routes it serves.
+
+An operator's Nova ``policy.yaml`` applies unchanged to the rules named here (the file is
+given by ``[auth] policy_file``). The defaults are Nova's (``nova/policies/base.py``,
+``servers.py``, ``volumes_attachments.py``, ``server_external_events.py``), personas:
+
+- project reader: list and show servers and their volume attachments;
+- project member: also create and delete servers, attach and detach volumes;
+- admin: everything, in every project (``all_tenants``);
+- service (another OpenStack service's token, e.g. the volume service's): external events.
+
+Another project's server is not found (404) unless the caller passes ``context_is_admin``,
+as in Nova, whose database lookups are scoped to the caller's project for non-admins; the
+route's own rule then decides between the answer and 403.
+
+One blockyard extension has a rule of its own: adopting a running QEMU by its QMP socket
+(``blockyard:qmp_socket``) makes the agent (root) connect to any Unix socket on the host,
+so it is admin-only by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from oslo_config import cfg
+from oslo_policy import policy as oslo_policy
+
+from blockyard.errors import ConfigError
+from blockyard.identity import Identity
+
+# -- Nova's base rules (nova/policies/base.py) ------------------------------------------------
+ADMIN = "rule:context_is_admin"
+PROJECT_MEMBER_OR_ADMIN = "rule:project_member_or_admin"
+PROJECT_READER_OR_ADMIN = "rule:project_reader_or_admin"
+SERVICE_OR_ADMIN = "rule:service_or_admin"
+
+#: the rule that makes a caller an admin: sees every project's servers
+CONTEXT_IS_ADMIN = "context_is_admin"
+
+BASE = [
+    oslo_policy.RuleDefault(CONTEXT_IS_ADMIN, "role:admin",
+                            "Decides what is required for the 'is_admin:True' check to "
+                            "succeed."),
+    oslo_policy.RuleDefault("project_member_api", "role:member and project_id:%(project_id)s",
+                            "Default rule for Project level non admin APIs."),
+    oslo_policy.RuleDefault("project_reader_api", "role:reader and project_id:%(project_id)s",
+                            "Default rule for Project level read only APIs."),
+    oslo_policy.RuleDefault("service_api", "role:service",
+                            "Default rule for service-to-service APIs."),
+    oslo_policy.RuleDefault("project_member_or_admin",
+                            "rule:project_member_api or rule:context_is_admin",
+                            "Default rule for Project Member or admin APIs."),
+    oslo_policy.RuleDefault("project_reader_or_admin",
+                            "rule:project_reader_api or rule:context_is_admin",
+                            "Default rule for Project reader or admin APIs."),
+    oslo_policy.RuleDefault("service_or_admin", "rule:service_api or rule:context_is_admin",
+                            "Default rule for service or admin APIs."),
+]
+
+# -- the routes' rules ----------------------------------------------------------------------
+SERVERS = "os_compute_api:servers:%s"
+SERVERS_INDEX = SERVERS % "index"
+SERVERS_DETAIL = SERVERS % "detail"
+SERVERS_INDEX_ALL = SERVERS % "index:get_all_tenants"
+SERVERS_DETAIL_ALL = SERVERS % "detail:get_all_tenants"
+SERVERS_SHOW = SERVERS % "show"
+SERVERS_CREATE = SERVERS % "create"
+SERVERS_DELETE = SERVERS % "delete"
+#: blockyard's: create a server by adopting a running QEMU
+SERVERS_ADOPT = "blockyard:servers:create:qmp_socket"
+ATTACHMENTS = "os_compute_api:os-volumes-attachments:%s"
+ATTACHMENTS_INDEX = ATTACHMENTS % "index"
+ATTACHMENTS_SHOW = ATTACHMENTS % "show"
+ATTACHMENTS_CREATE = ATTACHMENTS % "create"
+ATTACHMENTS_DELETE = ATTACHMENTS % "delete"
+EVENTS_CREATE = "os_compute_api:os-server-external-events:create"
+
+
+def _rule(name: str, check: str, description: str, method: str,
+          path: str) -> oslo_policy.DocumentedRuleDefault:
+    return oslo_policy.DocumentedRuleDefault(
+        name=name, check_str=check, description=description,
+        operations=[{"method": method, "path": path}], scope_types=["project"])
+
+
+ROUTES = [
+    _rule(SERVERS_INDEX, PROJECT_READER_OR_ADMIN, "List all servers", "GET", "/servers"),
+    _rule(SERVERS_DETAIL, PROJECT_READER_OR_ADMIN,
+          "List all servers with detailed information", "GET", "/servers/detail"),
+    _rule(SERVERS_INDEX_ALL, ADMIN, "List all servers for all projects", "GET", "/servers"),
+    _rule(SERVERS_DETAIL_ALL, ADMIN, "List all servers with detailed information for all "
+          "projects", "GET", "/servers/detail"),
+    _rule(SERVERS_SHOW, PROJECT_READER_OR_ADMIN, "Show a server", "GET",
+          "/servers/{server_id}"),
+    _rule(SERVERS_CREATE, PROJECT_MEMBER_OR_ADMIN, "Create a server", "POST", "/servers"),
+    _rule(SERVERS_ADOPT, ADMIN, "Create a server by adopting a running QEMU "
+          "(blockyard:qmp_socket): the agent connects to any Unix socket named",
+          "POST", "/servers"),
+    _rule(SERVERS_DELETE, PROJECT_MEMBER_OR_ADMIN, "Delete a server", "DELETE",
+          "/servers/{server_id}"),
+    _rule(ATTACHMENTS_INDEX, PROJECT_READER_OR_ADMIN,
+          "List volume attachments for an instance", "GET",
+          "/servers/{server_id}/os-volume_attachments"),
+    _rule(ATTACHMENTS_CREATE, PROJECT_MEMBER_OR_ADMIN, "Attach a volume to an instance",
+          "POST", "/servers/{server_id}/os-volume_attachments"),
+    _rule(ATTACHMENTS_SHOW, PROJECT_READER_OR_ADMIN, "Show details of a volume attachment",
+          "GET", "/servers/{server_id}/os-volume_attachments/{volume_id}"),
+    _rule(ATTACHMENTS_DELETE, PROJECT_MEMBER_OR_ADMIN, "Detach a volume from an instance",
+          "DELETE", "/servers/{server_id}/os-volume_attachments/{volume_id}"),
+    _rule(EVENTS_CREATE, SERVICE_OR_ADMIN, "Create one or more external events", "POST",
+          "/os-server-external-events"),
+]
+
+DEFAULTS: list[oslo_policy.RuleDefault] = [*BASE, *ROUTES]
+
+
+class ComputePolicy:
+    """The agent's rules, with an operator's overrides, checked against an `Identity`.
+
+    A local stand-in for `blockyard.policy.Policy` (on its way to main): the same calls
+    (`check`), the same refusal of a policy file that is missing or does not parse; to be
+    replaced by ``Policy(DEFAULTS, policy_file)`` once it lands."""
+
+    def __init__(self, policy_file: str | Path | None = None) -> None:
+        conf = cfg.ConfigOpts()
+        conf([], project="blockyard-compute", default_config_files=[], default_config_dirs=[])
+        path = None
+        if policy_file is not None:
+            path = Path(policy_file).absolute()
+            if not path.is_file():
+                raise ConfigError("auth.policy_file", f"no such file: {path}")
+        # no file: the defaults alone (not a policy.yaml found in ~ or /etc by chance)
+        self._enforcer = oslo_policy.Enforcer(conf, policy_file=str(path or "/dev/null"))
+        conf.set_override("policy_dirs", [], group="oslo_policy")
+        self._enforcer.register_defaults(DEFAULTS)
+        try:
+            self._enforcer.load_rules()
+        except Exception as exc:  # oslo.policy raises the bare parse errors of YAML/JSON
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError("auth.policy_file", f"cannot read {path}: {first}") from None
+        self._enforcer.use_conf = False  # the rules are final: no re-reading per check
+
+    def check(self, identity: Identity, rule: str,
+              target: Mapping[str, Any] | None = None) -> bool:
+        """Whether `identity` passes `rule` for `target` (a rule not declared is an error:
+        a typo must not quietly allow or deny)."""
+        if rule not in self._enforcer.registered_rules:
+            raise KeyError(f"policy rule {rule!r} is not registered")
+        creds = identity.policy_credentials()
+        creds["system"] = creds.get("system_scope")
+        try:
+            return bool(self._enforcer.enforce(rule, dict(target or {}), creds,
+                                               do_raise=False))
+        except oslo_policy.InvalidScope:
+            return False
+
+    def is_admin(self, identity: Identity) -> bool:
+        return self.check(identity, CONTEXT_IS_ADMIN, {})
+
+    def sees(self, identity: Identity, project_id: str) -> bool:
+        """Whether a server of `project_id` exists for `identity` (else it is 404): its own
+        project's, or any to an admin."""
+        return project_id == identity.project_id or self.is_admin(identity)

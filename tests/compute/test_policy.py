@@ -1,0 +1,277 @@
+"""The compute agent's policy: every route declares a Nova rule, and each persona gets what
+Nova's defaults give it (generated from the routes and the rule defaults, so a new route is
+covered the day it is added), plus the cells that matter spelled out by hand.
+
+The app is the agent's own, middleware and all; only keystonemiddleware behind the real
+`Authenticate` is replaced by a table of personas (the token names one). Servers are
+rows in the agent's store (no QEMU): an allowed call goes on to fail further in (the volume
+service is unreachable, the image unknown...), which is neither 403 nor the server's 404.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from blockyard.compute import config as compute_config
+from blockyard.compute import policies
+from blockyard.compute.api import ROUTES, PolicyRoute, create_app, is_public
+from blockyard.compute.manager import Agent
+from blockyard.compute.store import Instance, InstanceStatus
+from blockyard.errors import ConfigError
+from blockyard.identity import ADMIN, MEMBER, READER, SERVICE, Identity
+from blockyard.rest.auth import Authenticate
+
+OWNER = "project-a"
+PERSONAS = {
+    "reader": Identity("reader-a", OWNER, roles=frozenset({READER})),
+    "member": Identity("member-a", OWNER, roles=frozenset({MEMBER, READER})),
+    "admin": Identity("admin", "admin-project", roles=frozenset({ADMIN, MEMBER, READER})),
+    "other-member": Identity("member-b", "project-b", roles=frozenset({MEMBER, READER})),
+    "service": Identity("cinder", "service", roles=frozenset({SERVICE})),
+}
+RULES = {rule.name: rule for rule in policies.DEFAULTS}
+PUBLIC = {"/", "/v2.1", "/v2.1/"}
+AS_MEMBER, AS_ADMIN = {"X-Auth-Token": "member"}, {"X-Auth-Token": "admin"}
+
+
+class Personas:
+    """Stand-in for keystonemiddleware behind the real `Authenticate`: the token names the
+    persona."""
+
+    def validate(self, headers: Mapping[str, str]) -> tuple[Identity | None, Response | None]:
+        name = headers.get("x-auth-token") or ""
+        if name not in PERSONAS:
+            return None, Response(status_code=401, headers={"WWW-Authenticate": "x"})
+        return PERSONAS[name], None
+
+
+CREDS = {"auth_url": "http://127.0.0.1:9/v3", "username": "nova", "password": "secret",
+         "project_name": "service"}
+
+
+def keystone_config(tmp_path: Path, **auth: Any) -> compute_config.ComputeConfig:
+    return compute_config.build({
+        "state_dir": str(tmp_path), "volume_url": "http://127.0.0.1:9",
+        "auth": {"strategy": "keystone", **auth},
+        "keystone_authtoken": {"www_authenticate_uri": "http://127.0.0.1:9/v3", **CREDS},
+        "service_user": CREDS})
+
+
+def persona_app(config: compute_config.ComputeConfig) -> Starlette:
+    """The agent's app with its real middleware, keystonemiddleware replaced by `Personas`."""
+    app = create_app(config)
+    app.user_middleware = [
+        Middleware(Authenticate, validator=Personas(), public=is_public)
+        if m.cls is Authenticate else m for m in app.user_middleware]
+    return app
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with TestClient(persona_app(keystone_config(tmp_path_factory.mktemp("agent")))) as tc:
+        yield tc
+
+
+def _server(tc: TestClient, project: str = OWNER) -> str:
+    """A server row of `project` (no guest behind it), with a volume slot reserved."""
+    agent: Agent = tc.app.state.agent  # type: ignore[attr-defined]
+    sid = str(uuid.uuid4())
+    inst = agent.store.add_instance(Instance(
+        id=sid, name="s", project_id=project, user_id="someone",
+        status=InstanceStatus.ACTIVE, qmp_socket=f"/nonexistent/{sid}.sock"))
+    agent.store.reserve(inst, VOLUME, None)
+    return sid
+
+
+VOLUME = "8f1c5b1e-4d7a-4c50-9d1e-0a3c9b6e2f10"
+BODIES: dict[str, Any] = {
+    policies.SERVERS_CREATE: {"server": {"name": "x", "imageRef": "none",
+                                         "flavorRef": "m1.tiny"}},
+    policies.ATTACHMENTS_CREATE: {"volumeAttachment": {"volumeId": VOLUME}},
+}
+
+
+def _call(tc: TestClient, persona: str, method: str, path: str, rule: str | None) -> Any:
+    server = _server(tc)
+    url = path.replace("{server_id}", server).replace("{volume_id}", VOLUME)
+    body = BODIES.get(rule or "")
+    if rule == policies.EVENTS_CREATE:
+        body = {"events": [{"name": "network-changed", "server_uuid": server}]}
+    return tc.request(method, url, json=body, headers={"X-Auth-Token": persona})
+
+
+def _expected(persona: str, path: str, rule: str | None) -> str:
+    """What Nova's defaults give: 'ok', 403 or 404 (the server is of project A)."""
+    identity = PERSONAS[persona]
+    engine = policies.ComputePolicy()
+    if rule is None:
+        return "ok"
+    if "{server_id}" in path:
+        if not engine.sees(identity, OWNER):
+            return "404"
+        target = {"project_id": OWNER}
+    else:
+        target = {"project_id": identity.project_id}
+    return "ok" if engine.check(identity, rule, target) else "403"
+
+
+def _cases() -> list[Any]:
+    cases = []
+    for route in ROUTES:
+        assert isinstance(route, PolicyRoute)
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            for persona in PERSONAS:
+                cases.append(pytest.param(persona, method, route.path, route.rule,
+                                          id=f"{persona}:{method}:{route.path}"))
+    return cases
+
+
+@pytest.mark.parametrize("persona, method, path, rule", _cases())
+def test_persona_matrix(client: TestClient, persona: str, method: str, path: str,
+                        rule: str | None) -> None:
+    r = _call(client, persona, method, path, rule)
+    expected = _expected(persona, path, rule)
+    if expected == "ok":
+        assert r.status_code not in (401, 403), r.text
+        assert not (r.status_code == 404 and "Instance" in r.text), r.text
+    elif expected == "404":
+        assert r.status_code == 404 and "Instance" in r.text, r.text
+    else:
+        assert r.status_code == 403, r.text
+        assert r.json() == {"forbidden": {"code": 403, "message":
+                                          f"Policy doesn't allow {rule} to be performed."}}
+
+
+@pytest.mark.parametrize("persona, method, path, status", [
+    ("reader", "POST", "/v2.1/servers/{server_id}/os-volume_attachments", 403),
+    ("reader", "DELETE", "/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", 403),
+    ("reader", "DELETE", "/v2.1/servers/{server_id}", 403),
+    ("reader", "GET", "/v2.1/servers/{server_id}", 200),
+    ("member", "GET", "/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", 200),
+    ("other-member", "GET", "/v2.1/servers/{server_id}", 404),
+    ("other-member", "POST", "/v2.1/servers/{server_id}/os-volume_attachments", 404),
+    ("service", "GET", "/v2.1/servers/{server_id}", 404),
+    ("admin", "GET", "/v2.1/servers/{server_id}", 200),
+    ("member", "POST", "/v2.1/os-server-external-events", 403),
+    ("reader", "POST", "/v2.1/os-server-external-events", 403),
+    ("service", "POST", "/v2.1/os-server-external-events", 200),
+    ("admin", "POST", "/v2.1/os-server-external-events", 200),
+])
+def test_nova_defaults_by_hand(client: TestClient, persona: str, method: str, path: str,
+                               status: int) -> None:
+    rule = {"POST /v2.1/os-server-external-events": policies.EVENTS_CREATE}.get(
+        f"{method} {path}")
+    assert _call(client, persona, method, path, rule).status_code == status
+
+
+def test_every_route_declares_a_rule_documented_for_it() -> None:
+    for route in ROUTES:
+        assert isinstance(route, Route) and isinstance(route, PolicyRoute), route
+        if route.rule is None:
+            assert route.path in PUBLIC, f"{route.path} has no policy rule"
+            continue
+        documented = RULES[route.rule]
+        assert isinstance(documented, policies.oslo_policy.DocumentedRuleDefault)
+        path = re.sub(r"^/v2\.1", "", route.path).rstrip("/")
+        for method in (route.methods or set()) - {"HEAD"}:
+            assert {"method": method, "path": path} in documented.operations, \
+                (route.rule, method, path)
+
+
+def test_listing_all_projects_is_for_admins(client: TestClient) -> None:
+    mine, theirs = _server(client, OWNER), _server(client, "project-b")
+    for path in ("/v2.1/servers", "/v2.1/servers/detail"):
+        r = client.get(path, headers=AS_MEMBER)
+        ids = {s["id"] for s in r.json()["servers"]}
+        assert mine in ids and theirs not in ids
+        r = client.get(path + "?all_tenants=1", headers=AS_MEMBER)
+        assert r.status_code == 403, r.text
+        r = client.get(path + "?all_tenants=1", headers=AS_ADMIN)
+        assert {mine, theirs} <= {s["id"] for s in r.json()["servers"]}
+
+
+def test_adopting_a_qemu_is_for_admins(client: TestClient) -> None:
+    body = {"server": {"name": "x", "blockyard:qmp_socket": "/nonexistent/qmp.sock"}}
+    r = client.post("/v2.1/servers", json=body, headers=AS_MEMBER)
+    assert r.status_code == 403 and policies.SERVERS_ADOPT in r.text
+    r = client.post("/v2.1/servers", json=body, headers=AS_ADMIN)
+    assert r.status_code == 400 and "No QEMU answers" in r.text
+
+
+def test_versions_are_public_and_the_rest_needs_a_token(client: TestClient) -> None:
+    assert client.get("/").status_code == 300
+    assert client.get("/v2.1").status_code == 200
+    r = client.get("/v2.1/servers")
+    assert r.status_code == 401 and "www-authenticate" in r.headers
+
+
+def test_noauth_callers_are_admins_as_before(tmp_path: Path) -> None:
+    with TestClient(create_app(compute_config.build({"state_dir": str(tmp_path)}))) as tc:
+        sid = _server(tc, "project-b")
+        assert tc.get(f"/v2.1/servers/{sid}", headers={"X-Auth-Token": "demo:demo"}) \
+            .status_code == 200
+        r = tc.get("/v2.1/servers", headers={"X-Auth-Token": "demo:project-b"})
+        assert [s["id"] for s in r.json()["servers"]] == [sid]
+
+
+def test_a_policy_file_overrides_a_default(tmp_path: Path) -> None:
+    rules = tmp_path / "policy.yaml"
+    rules.write_text(f'"{policies.SERVERS_SHOW}": "role:admin"\n')
+    with TestClient(persona_app(keystone_config(tmp_path, policy_file=str(rules)))) as tc:
+        sid = _server(tc)
+        assert tc.get(f"/v2.1/servers/{sid}", headers={"X-Auth-Token": "reader"}) \
+            .status_code == 403
+        assert tc.get(f"/v2.1/servers/{sid}/os-volume_attachments",
+                      headers={"X-Auth-Token": "reader"}).status_code == 200
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"auth": {"strategy": "basic"}}, "auth.strategy"),
+    ({"auth": {"stratgy": "keystone"}}, "auth.stratgy"),
+    ({"auth": {"strategy": "keystone"}}, "keystone_authtoken.www_authenticate_uri"),
+    ({"auth": {"strategy": "keystone"},
+      "keystone_authtoken": {"www_authenticate_uri": "http://k/v3", **CREDS,
+                             "auth_url": "keystone:5000"}}, "keystone_authtoken.auth_url"),
+    ({"keystone_authtoken": CREDS}, "keystone_authtoken"),  # under noauth: unused, so wrong
+    ({"auth": {"strategy": "keystone"},
+      "keystone_authtoken": {"www_authenticate_uri": "http://k/v3", **CREDS},
+      "service_user": {**CREDS, "pasword": "x"}}, "service_user.pasword"),
+    ({"auth": {"strategy": "keystone"},
+      "keystone_authtoken": {"www_authenticate_uri": "http://k/v3", **CREDS},
+      "service_user": {k: v for k, v in CREDS.items() if k != "password"}},
+     "service_user.password"),
+    ({"auth": {"policy_file": "/nonexistent/policy.yaml"}}, "auth.policy_file"),
+])
+def test_bad_auth_config_names_the_key(raw: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        compute_config.build(raw)
+    assert err.value.key == key
+
+
+def test_a_policy_file_that_does_not_parse_stops_the_start(tmp_path: Path) -> None:
+    rules = tmp_path / "policy.yaml"
+    rules.write_text("rule: [unclosed\n")
+    cfg = compute_config.build({"auth": {"policy_file": str(rules)}})
+    with pytest.raises(ConfigError) as err:
+        create_app(cfg)
+    assert err.value.key == "auth.policy_file"
+
+
+def test_auth_config_defaults_to_noauth_and_reads_keystone(tmp_path: Path) -> None:
+    noauth = compute_config.build({})
+    assert not noauth.auth.keystone and noauth.service_user is None
+    cfg = keystone_config(tmp_path)
+    assert cfg.auth.keystone and cfg.auth.keystone_authtoken["username"] == "nova"
+    assert cfg.service_user is not None and cfg.service_user.project_name == "service"
+    assert cfg.service_user.user_domain_name == "Default"

@@ -4,8 +4,9 @@ revocation, expiry, the service catalog.
 
 Keystone lives in a venv of its own (`.venv-keystone` beside the project's `.venv`, made by
 scripts/setup.sh from scripts/keystone-requirements.txt: its pins clash with the project's)
-and runs under gunicorn (one worker, a few threads: SQLite behind it, and Keystone's cache in
-that worker's memory, which a second worker would not see invalidated) as a child of the test
+and runs under gunicorn (one worker with one thread: SQLite behind it refuses concurrent
+writers with "database is locked", and Keystone's cache lives in that worker's memory, which a
+second worker would not see invalidated) as a child of the test
 process, in a private directory: SQLite database, fernet token and credential keys, config, log.
 
 A start is ~3 s: `keystone-manage db_sync` and `bootstrap` (each ~3-5 s, most of it imports)
@@ -434,7 +435,7 @@ debug = false
 use_stderr = true
 
 [database]
-connection = sqlite:///{database}
+connection = sqlite:///{database}?timeout=30
 
 [token]
 provider = fernet
@@ -475,7 +476,7 @@ backend = dogpile.cache.memory
                 # picking a free port and binding it
                 self._proc = subprocess.Popen(
                     [str(self.venv / "bin" / "gunicorn"), "--no-control-socket",
-                     "--bind", f"fd://{sock.fileno()}", "--workers", "1", "--threads", "4",
+                     "--bind", f"fd://{sock.fileno()}", "--workers", "1", "--threads", "1",
                      "--graceful-timeout", "3", "--pythonpath", str(self.dir),
                      "--chdir", str(self.dir), "keystone_app:application"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,

@@ -83,9 +83,6 @@ def write_workspace(root: Path, *, identity_uri: str, facts: dict[str, str],
             "admin_domain_name": "Default",
         })
         conf["identity"]["admin_role"] = "admin"
-        # a dynamic project's clean-up would delete its default security group through a
-        # network API that this deployment does not have
-        conf["service_available"]["neutron"] = "false"
     conf["DEFAULT"]["log_dir"] = str(root / "logs")
     conf["oslo_concurrency"] = {"lock_path": str(root / "locks")}
     for key, value in facts.items():

@@ -154,6 +154,9 @@ MAX_ID_LENGTH = 255
 
 
 def identity(request: Request) -> Identity:
+    injected: Identity | None = getattr(request.state, "identity", None)
+    if injected is not None:  # authenticated at the edge (blockyard.rest.auth)
+        return injected
     h = request.headers
     who = from_noauth(h.get("x-auth-token"), h.get("x-user-id"), h.get("x-project-id"))
     if len(who.user_id) > MAX_ID_LENGTH or len(who.project_id) > MAX_ID_LENGTH:

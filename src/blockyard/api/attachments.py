@@ -11,9 +11,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import listing, validate, wire
+from blockyard.api.routes import action_route, route
 from blockyard.api.views import iso
 from blockyard.connectors.properties import to_connector
 from blockyard.db.models import Attachment
@@ -132,6 +132,10 @@ async def delete(request: Request) -> Response:
     return wire.ok({"attachments": []})
 
 
+#: action name → its Cinder rule
+ACTION_RULES = {"os-complete": "volume:attachment_complete"}
+
+
 async def action(request: Request) -> Response:
     _require(request, COMPLETE_MV)
     body = await wire.json_body(request)
@@ -144,13 +148,13 @@ async def action(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/attachments", list_summary, methods=["GET"]),
-    Route("/v3/attachments", create, methods=["POST"]),
-    Route("/v3/attachments/detail", list_detail, methods=["GET"]),
-    Route("/v3/attachments/{id}", show, methods=["GET"]),
-    Route("/v3/attachments/{id}", update, methods=["PUT"]),
-    Route("/v3/attachments/{id}", delete, methods=["DELETE"]),
-    Route("/v3/attachments/{id}/action", action, methods=["POST"]),
+    route("/v3/attachments", list_summary, "GET", "volume:get_all"),
+    route("/v3/attachments", create, "POST", "volume:attachment_create"),
+    route("/v3/attachments/detail", list_detail, "GET", "volume:get_all"),
+    route("/v3/attachments/{id}", show, "GET", "volume:get"),
+    route("/v3/attachments/{id}", update, "PUT", "volume:attachment_update"),
+    route("/v3/attachments/{id}", delete, "DELETE", "volume:attachment_delete"),
+    action_route("/v3/attachments/{id}/action", action, ACTION_RULES),
 ]
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import listing, metadata, validate, wire
+from blockyard.api.routes import action_route, route
 from blockyard.api.views import iso
 from blockyard.db.models import Snapshot
 from blockyard.errors import NotFound
@@ -126,6 +126,14 @@ FORCE_DELETE = {"type": "object", "properties": {"os-force_delete": schema.ANY},
                 "required": ["os-force_delete"], "additionalProperties": False}
 
 
+#: action name → its Cinder rule (snapshot_actions policies)
+ACTION_RULES = {
+    "os-reset_status": "volume_extension:snapshot_admin_actions:reset_status",
+    "os-update_snapshot_status": "snapshot_extension:snapshot_actions:update_snapshot_status",
+    "os-force_delete": "volume_extension:snapshot_admin_actions:force_delete",
+}
+
+
 async def action(request: Request) -> Response:
     body = await wire.json_body(request)
     if len(body) != 1:
@@ -151,12 +159,12 @@ async def action(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/snapshots", list_summary, methods=["GET"]),
-    Route("/v3/snapshots", create, methods=["POST"]),
-    Route("/v3/snapshots/detail", list_detail, methods=["GET"]),
-    Route("/v3/snapshots/{id}", show, methods=["GET"]),
-    Route("/v3/snapshots/{id}", update, methods=["PUT"]),
-    Route("/v3/snapshots/{id}", delete, methods=["DELETE"]),
-    Route("/v3/snapshots/{id}/action", action, methods=["POST"]),
-    *metadata.routes("snapshots", snapshots.METADATA),
+    route("/v3/snapshots", list_summary, "GET", "volume:get_all_snapshots"),
+    route("/v3/snapshots", create, "POST", "volume:create_snapshot"),
+    route("/v3/snapshots/detail", list_detail, "GET", "volume:get_all_snapshots"),
+    route("/v3/snapshots/{id}", show, "GET", "volume:get_snapshot"),
+    route("/v3/snapshots/{id}", update, "PUT", "volume:update_snapshot"),
+    route("/v3/snapshots/{id}", delete, "DELETE", "volume:delete_snapshot"),
+    action_route("/v3/snapshots/{id}/action", action, ACTION_RULES),
+    *metadata.routes("snapshots", snapshots.METADATA, metadata.SNAPSHOT_RULES),
 ]

@@ -30,7 +30,7 @@ from blockyard.db.models import Attachment, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.model import ConnectionInfo, Connector, VolumeRef
 from blockyard.service import messages, volume_ops, volumes
-from blockyard.service.identity import Identity, authorize
+from blockyard.service.identity import Identity, authorize, can_see_all
 from blockyard.service.runtime import Runtime
 from blockyard.states import AttachStatus, VolumeStatus
 
@@ -68,7 +68,7 @@ def get(rt: Runtime, who: Identity, attachment_id: str) -> Attachment:
         att = s.get(Attachment, attachment_id)
         if att is None:
             raise _attachment_not_found(attachment_id)
-        authorize(who, "attachment:get", att.project_id)
+        authorize(who, "volume:get", att.project_id, hidden=_attachment_not_found(attachment_id))
         return att
 
 
@@ -76,7 +76,7 @@ def list_attachments(rt: Runtime, who: Identity, *, all_projects: bool,
                      filters: dict[str, str]) -> list[Attachment]:
     with rt.db.read() as s:
         q = select(Attachment).order_by(Attachment.created_at.desc(), Attachment.id.desc())
-        if not (all_projects and who.is_admin):
+        if not (all_projects and can_see_all(who)):
             q = q.where(Attachment.project_id == who.project_id)
         if filters.get("volume_id"):
             q = q.where(Attachment.volume_id == filters["volume_id"])

@@ -40,13 +40,16 @@ def attachment_summary(att: Attachment) -> dict[str, Any]:
             "volume_id": att.volume_id}
 
 
-def attachment_detail(att: Attachment) -> dict[str, Any]:
+def attachment_detail(att: Attachment, *, secrets: bool = False) -> dict[str, Any]:
+    """The attachment; its connection info with secrets only for the answer of a call that
+    attaches (`secrets`), masked everywhere else (see `attachments.masked`)."""
+    info = att.connection_info or {}
     return {
         **attachment_summary(att),
         "attached_at": iso(att.attach_time) or "",
         "detached_at": iso(att.detach_time) or "",
         "attach_mode": att.attach_mode or "null",
-        "connection_info": att.connection_info or {},
+        "connection_info": info if secrets else attachments.masked(info),
     }
 
 
@@ -94,7 +97,7 @@ async def create(request: Request) -> Response:
     if spec.get("connector"):
         connector = to_connector(_connector_arg(spec["connector"]))
     att = await blocking(request, attachments.create, volume_id, instance_uuid, connector, mode)
-    return wire.ok({"attachment": attachment_detail(att)})
+    return wire.ok({"attachment": attachment_detail(att, secrets=True)})
 
 
 async def _list(request: Request, detail: bool) -> Response:
@@ -123,7 +126,7 @@ async def update(request: Request) -> Response:
     connector = to_connector(_connector_arg(body["attachment"]["connector"]))
     att = await blocking(request, attachments.update_connector, request.path_params["id"],
                          connector)
-    return wire.ok({"attachment": attachment_detail(att)})
+    return wire.ok({"attachment": attachment_detail(att, secrets=True)})
 
 
 async def delete(request: Request) -> Response:

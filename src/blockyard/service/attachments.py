@@ -51,6 +51,31 @@ def attachment_connection_info(info: ConnectionInfo, attachment_id: str) -> dict
             "attachment_id": attachment_id}
 
 
+#: the connection info keys whose values are secrets: CHAP credentials (session and
+#: discovery), the cephx key and a keyring holding it, the libvirt secret that names one,
+#: and the NBD TLS pre-shared key
+SECRET_KEYS = frozenset({
+    "auth_username", "auth_password", "discovery_auth_username", "discovery_auth_password",
+    "key", "keyring", "secret_uuid", "tls_psk_key",
+})
+#: what a secret shows as (oslo's mask): the keys stay, so the info still parses
+MASK = "***"
+
+
+def masked(info: dict[str, Any]) -> dict[str, Any]:
+    """`info` (flat, or nested under "data") with every secret value replaced by MASK.
+
+    Only the answers of the calls that attach (os-initialize_connection, an attachment
+    created or updated with a connector) carry the secrets; what reads an attachment later
+    (show, list) gets this, as do logs: what remains is enough to find and disconnect the
+    volume, not to connect to it.
+    """
+    out = {k: (MASK if k in SECRET_KEYS and v is not None else v) for k, v in info.items()}
+    if isinstance(info.get("data"), dict):
+        out["data"] = masked(info["data"])
+    return out
+
+
 # ---------------------------------------------------------------------------- reads
 
 

@@ -150,7 +150,10 @@ def test_iscsi_refuses_other_initiators_and_wrong_chap(server: Server, tmp_path:
         _read(wrong, allowed, tmp_path)
     _read(info, allowed, tmp_path)  # the right one still works
     listed = api.get("/volumes/detail").text + api.get(f"/volumes/{vol['id']}").text
+    # the attachment's own views mask the CHAP credentials: only attaching returns them
+    listed += api.get(f"/attachments/{att['id']}").text + api.get("/attachments/detail").text
     assert info.auth_password not in listed
+    assert info.auth_username not in listed
     assert info.auth_password not in server.log()
     api.delete(f"/attachments/{att['id']}")
     assert f"volume-{vol['id']}" not in _tgt_targets(server)

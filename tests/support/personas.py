@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard.api.app import create_app
 from blockyard.config import build
 from blockyard.identity import ADMIN, MEMBER, READER, Identity
+
+with warnings.catch_warnings():  # it would rather have httpx2; httpx is what is installed
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 PROJECT_A = uuid.uuid5(uuid.NAMESPACE_URL, "blockyard-test:project-a").hex
 PROJECT_B = uuid.uuid5(uuid.NAMESPACE_URL, "blockyard-test:project-b").hex

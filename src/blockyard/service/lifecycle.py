@@ -23,7 +23,7 @@ from blockyard.db.engine import Database
 from blockyard.db.models import Snapshot, Volume
 from blockyard.errors import BlockyardError, NotSupported
 from blockyard.model import Export, SnapshotRef, VolumeRef
-from blockyard.service import attachments, compute_events, services
+from blockyard.service import attachments, compute_events, policies, services
 from blockyard.service import group_clones as _group_clones  # noqa: F401  (task handlers)
 from blockyard.service import group_snapshots as _group_snapshots  # noqa: F401  (task handlers)
 from blockyard.service import groups as _groups  # noqa: F401  (registers task handlers)
@@ -115,6 +115,7 @@ def build_runtime(config: Config) -> Runtime:
         except BlockyardError as exc:
             log.warning("backend %s: %s", backend.name, exc)
     services.register(rt)
+    policies.engine()  # built now, not by the first request
     rt.heartbeat = services.Heartbeat(rt).start()
     runner = TaskRunner(rt)
     sweep_orphans(rt)

@@ -122,3 +122,50 @@ def test_an_operator_file_changes_what_a_member_may_do(tmp_path: Path,
         assert r.json() == {"forbidden": {"code": 403, "message":
                                           "Policy doesn't allow volume:delete to be performed."}}
         assert send("admin", "DELETE", f"/v3/volumes/{vid}").status_code == 202
+
+
+@pytest.fixture
+def project_admins_only(tmp_path: Path) -> Iterator[None]:
+    """Deleting a volume or an attachment: an admin of the resource's own project only."""
+    f = tmp_path / "policy.yaml"
+    f.write_text('"volume:delete": "role:admin and project_id:%(project_id)s"\n'
+                 '"volume:attachment_delete": "role:admin and project_id:%(project_id)s"\n')
+    old = policies.use(Policy(policies.DEFAULTS, f))
+    try:
+        yield
+    finally:
+        policies.use(old)
+
+
+def test_the_resource_check_uses_the_routes_rule_with_the_resources_project(
+        tmp_path: Path, project_admins_only: None) -> None:
+    """An admin of another project passes the route's check (own project as target) and may
+    see across projects, but the rule checked on the volume itself (its project as target)
+    refuses: 403, for a call run on the event loop and one run on a worker thread alike."""
+    import dataclasses
+    import uuid
+
+    from tests.support import personas
+
+    outsider = dataclasses.replace(PERSONAS["admin"], project_id=uuid.uuid4().hex)
+    personas.PERSONAS["outsider"] = outsider
+    try:
+        with app_sender(tmp_path / "state") as send:
+            r = send("admin", "POST", "/v3/volumes", {"volume": {"size": 1}})
+            vid = r.json()["volume"]["id"]
+            deadline = time.monotonic() + 20
+            while send("admin", "GET", f"/v3/volumes/{vid}").json()["volume"]["status"] != \
+                    "available" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            att = send("admin", "POST", "/v3/attachments", {"attachment": {
+                "volume_uuid": vid, "instance_uuid": str(uuid.uuid4())}}).json()["attachment"]
+            assert send("outsider", "GET", f"/v3/volumes/{vid}").status_code == 200
+            r = send("outsider", "DELETE", f"/v3/attachments/{att['id']}")
+            assert r.status_code == 403, r.text
+            assert "volume:attachment_delete" in r.text
+            assert send("admin", "DELETE", f"/v3/attachments/{att['id']}").status_code == 200
+            r = send("outsider", "DELETE", f"/v3/volumes/{vid}")
+            assert r.status_code == 403, r.text
+            assert send("admin", "DELETE", f"/v3/volumes/{vid}").status_code == 202
+    finally:
+        del personas.PERSONAS["outsider"]

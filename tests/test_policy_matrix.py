@@ -418,3 +418,18 @@ def test_owner_member_can_work_and_reader_cannot(world: tuple[Sender, World],
                 {"os-reset_status": {"status": "error"}}).status_code == 403
     assert send("reader", "DELETE", f"/v3/volumes/{vid}").status_code == 403
     assert send("member", "DELETE", f"/v3/volumes/{vid}").status_code == 202
+
+
+def test_a_transfer_moves_a_volume_between_projects(world: tuple[Sender, World]) -> None:
+    """The one way a volume crosses projects: B accepts A's offer with its key."""
+    send, _ = world
+    vid = _volume(send, "member")
+    offer = _ok(send("member", "POST", "/v3/volume-transfers",
+                     {"transfer": {"volume_id": vid}}))["transfer"]
+    assert send("stranger", "GET", f"/v3/volume-transfers/{offer['id']}").status_code == 404
+    r = send("stranger", "POST", f"/v3/volume-transfers/{offer['id']}/accept",
+             {"accept": {"auth_key": offer["auth_key"]}})
+    assert r.status_code == 202, r.text
+    assert send("stranger", "GET", f"/v3/volumes/{vid}").status_code == 200
+    assert send("member", "GET", f"/v3/volumes/{vid}").status_code == 404
+    assert send("admin", "GET", f"/v3/volumes/{vid}").status_code == 200  # admin sees all

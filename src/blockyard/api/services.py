@@ -23,6 +23,7 @@ from blockyard.rest.schema import check as check_body
 from blockyard.rest.schema import cinder_host, nullable_string
 from blockyard.service import capabilities as caps
 from blockyard.service import services as svc
+from blockyard.service.identity import enforce
 from blockyard.service.runtime import Runtime
 
 #: Cinder's microversions for the fields and parameters gated here
@@ -138,6 +139,11 @@ async def _enable_or_disable(request: Request, rt: Runtime, body: dict[str, Any]
             "status": "disabled" if disabled else "enabled", "disabled": disabled}
 
 
+#: the replication host actions' own rules
+HOST_RULES = {"freeze": "volume:freeze_host", "thaw": "volume:thaw_host",
+              "failover_host": "volume:failover_host", "failover": "volume:failover_host"}
+
+
 async def update(request: Request) -> Response:
     """PUT os-services/{action}: enable, disable, disable-log-reason, freeze, thaw,
     failover_host (failover is refused: no backend here replicates)."""
@@ -145,6 +151,8 @@ async def update(request: Request) -> Response:
     if action not in ("enable", "disable", "disable-log-reason", "freeze", "thaw",
                       "failover_host", "failover"):
         raise ApiError(404, "Unknown action")
+    if action in HOST_RULES:  # Cinder checks these on top of the route's services:update
+        enforce(wire.identity(request), HOST_RULES[action])
     rt, body = wire.runtime(request), await wire.json_body(request)
     if action == "enable":
         check_body(body, ENABLE_AND_DISABLE)

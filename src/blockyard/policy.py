@@ -16,8 +16,6 @@ nothing leaks between two servers in one process, or between tests.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,14 @@ def target_of(who: Identity, project_id: str | None = None) -> dict[str, Any]:
     no resource yet, as Cinder's default target) and the caller's user id."""
     return {"project_id": (who.project_id or None) if project_id is None else project_id,
             "user_id": who.user_id}
+
+
+def _credentials_key(who: Identity) -> tuple[Any, ...]:
+    """What of `who` a rule can look at (`Identity.policy_credentials`), as a key: a plain
+    tuple hashes and compares several times faster than the dataclass."""
+    return (who.user_id, who.project_id, who.roles, who.user_domain_id,
+            who.project_domain_id, who.domain_id, who.system_scope, who.is_admin_project,
+            who.service_user_id, who.service_project_id, who.service_roles)
 
 
 class Policy:
@@ -71,8 +77,7 @@ class Policy:
         enforcer.use_conf = False
         self._enforcer = enforcer
         self.names = frozenset(enforcer.registered_rules)
-        self._cache: OrderedDict[tuple[str, Identity, _TargetKey], bool] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, tuple[Any, ...], _TargetKey], bool] = {}
 
     def check(self, who: Identity, rule: str, target: Mapping[str, Any] | None = None) -> bool:
         """Does `rule` allow `who` to act on `target` (default: the caller's own project)?
@@ -83,17 +88,14 @@ class Policy:
         if rule not in self.names:
             raise KeyError(f"no policy rule named {rule!r}")
         tgt = target if target is not None else target_of(who)
-        key = (rule, who, tuple(sorted(tgt.items())))
-        with self._lock:
-            found = self._cache.get(key)
-            if found is not None:
-                self._cache.move_to_end(key)
-                return found
+        key = (rule, _credentials_key(who), tuple(tgt.items()))
+        found = self._cache.get(key)  # one dict lookup: atomic under the GIL, no lock
+        if found is not None:
+            return found
         allowed = bool(self._enforcer.enforce(rule, dict(tgt), who.policy_credentials()))
-        with self._lock:
-            self._cache[key] = allowed
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache = {}  # rare (a full cache of distinct callers): start afresh
+        self._cache[key] = allowed
         return allowed
 
     def enforce(self, who: Identity, rule: str, target: Mapping[str, Any] | None = None) -> None:

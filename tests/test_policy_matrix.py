@@ -84,7 +84,9 @@ def test_every_route_declares_its_policy() -> None:
             public.add(r.path)
         else:
             assert r.rule in ENFORCER.names, r.rule
-    assert public == {"/", "/v3/", "/v3/extensions", "/v3/os-availability-zone"}
+    # discovery, and what Cinder reads without a rule (zones, extensions, group types)
+    assert public == {"/", "/v3/", "/v3/extensions", "/v3/os-availability-zone",
+                      "/v3/group_types", "/v3/group_types/default", "/v3/group_types/{id}"}
 
 
 def test_every_action_an_endpoint_handles_has_its_rule() -> None:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from blockyard.api import listing, wire
-from blockyard.api.routes import route
+from blockyard.api.routes import public, route
 from blockyard.api.types import is_public_filter
 from blockyard.api.validate import boolean
 from blockyard.db.models import GroupType
@@ -178,10 +178,11 @@ async def specs_delete(request: Request) -> Response:
 
 
 routes = [
-    route("/v3/group_types", list_types, "GET", "volume_extension:type_get_all"),
+    # Cinder has no rule for reading group types: any caller sees the public ones
+    public("/v3/group_types", list_types),
     route("/v3/group_types", create, "POST", "group:group_types:create"),
-    route("/v3/group_types/default", show_default, "GET", "volume_extension:type_get"),
-    route("/v3/group_types/{id}", show, "GET", "volume_extension:type_get"),
+    public("/v3/group_types/default", show_default),
+    public("/v3/group_types/{id}", show),
     route("/v3/group_types/{id}", update, "PUT", "group:group_types:update"),
     route("/v3/group_types/{id}", delete, "DELETE", "group:group_types:delete"),
     route("/v3/group_types/{id}/group_specs", specs_index, "GET",

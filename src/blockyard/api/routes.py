@@ -78,5 +78,7 @@ def action_route(path: str, endpoint: Endpoint, actions: Mapping[str, str]) -> P
 
 
 def public(path: str, endpoint: Endpoint, method: str = "GET") -> PolicyRoute:
-    """A route any caller may use (version discovery)."""
+    """A route no policy rule governs: version discovery, and the reads Cinder checks no
+    rule for (availability zones, extensions, group types). Authentication still applies
+    where the edge requires it."""
     return PolicyRoute(path, endpoint, method, rule=None)

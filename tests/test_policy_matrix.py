@@ -419,6 +419,8 @@ def test_owner_member_can_work_and_reader_cannot(world: tuple[Sender, World],
     assert send("member", "POST", f"/v3/volumes/{vid}/action",
                 {"os-reset_status": {"status": "error"}}).status_code == 403
     assert send("reader", "DELETE", f"/v3/volumes/{vid}").status_code == 403
+    r = send("member", "DELETE", f"/v3/volumes/{vid}?force=true")  # admin_api's
+    assert r.status_code == 403 and "volume:force_delete" in r.text, r.text
     assert send("member", "DELETE", f"/v3/volumes/{vid}").status_code == 202
 
 

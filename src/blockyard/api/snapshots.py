@@ -15,6 +15,7 @@ from blockyard.errors import NotFound
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import snapshots
+from blockyard.service.identity import allowed
 
 # Cinder's snapshots.py schemas; unknown keys are refused from 3.53 on, as for volumes
 _TEXTS = {"name": schema.name_allow_zero_min_length,
@@ -58,7 +59,9 @@ def snapshot_view(request: Request, snap: Snapshot, *, extended: bool = True) ->
         body["user_id"] = snap.user_id
     if mv >= 65:
         body["consumes_quota"] = True
-    if extended:
+    if extended and allowed(wire.identity(request),
+                            "volume_extension:extended_snapshot_attributes",
+                            {"project_id": snap.project_id}):
         body["os-extended-snapshot-attributes:project_id"] = snap.project_id
         body["os-extended-snapshot-attributes:progress"] = snap.progress
     return body

@@ -15,6 +15,7 @@ from blockyard.api.routes import action_route, route
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import migration, volumes
+from blockyard.service.identity import enforce
 
 # Cinder's volumes.py schemas: create (with group_id from 3.13, backup_id from 3.47, no
 # unknown keys from 3.53) and update (unknown keys never; at least one field from 3.53)
@@ -160,6 +161,8 @@ async def delete(request: Request) -> Response:
     force = validate.query_bool(q.get("force"), "force")
     if force and wire.mv(request) < 23:
         raise ApiError(400, "Invalid input received: force requires microversion 3.23.")
+    if force:  # on top of the route's volume:delete, as Cinder checks it
+        enforce(wire.identity(request), "volume:force_delete")
     await wire.call(request, volumes.delete_volume, request.path_params["id"], cascade=cascade,
                     force=force)
     return wire.accepted()

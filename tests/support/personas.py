@@ -4,7 +4,8 @@
 `app_sender(tmp_path)` starts the real volume application (fake backend, real database, real
 task runner) in this process and returns `send(persona, method, path, body)`: the persona's
 identity is put where the authentication middleware puts a caller's
-(``request.state.identity``), so every layer above it is the one a real request meets.
+(``request.state.identity``, by a middleware standing in that middleware's place), so every
+layer above it is the one a real request meets.
 When the volume API takes Keystone tokens in the tests, `send` can give each persona a token
 instead, and nothing else in the tests that use it changes.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard.api.app import create_app
@@ -73,7 +75,13 @@ class InjectIdentity:
 def app_sender(tmp_path: Path, version: str = "3.71") -> Iterator[Sender]:
     """The volume API in this process on the fake backend; yields `send`."""
     config = build({"backends": {"fake": {"driver": "fake"}}}, state_dir=str(tmp_path))
-    with TestClient(InjectIdentity(create_app(config)), base_url="http://testserver") as client:
+    application = create_app(config)
+    # the identity goes where the authentication middleware would put it (innermost, after
+    # the request limits), in place of that middleware where the app has one
+    application.user_middleware = [
+        m for m in application.user_middleware
+        if getattr(m.cls, "__name__", "") != "Authenticate"] + [Middleware(InjectIdentity)]
+    with TestClient(application, base_url="http://testserver") as client:
 
         def send(persona: str, method: str, path: str, body: Any = None) -> httpx.Response:
             headers = {PERSONA_HEADER: persona, "OpenStack-API-Version": f"volume {version}"}

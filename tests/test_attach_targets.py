@@ -150,7 +150,10 @@ def test_iscsi_refuses_other_initiators_and_wrong_chap(server: Server, tmp_path:
         _read(wrong, allowed, tmp_path)
     _read(info, allowed, tmp_path)  # the right one still works
     listed = api.get("/volumes/detail").text + api.get(f"/volumes/{vol['id']}").text
+    # the attachment's own views mask the CHAP credentials: only attaching returns them
+    listed += api.get(f"/attachments/{att['id']}").text + api.get("/attachments/detail").text
     assert info.auth_password not in listed
+    assert info.auth_username not in listed
     assert info.auth_password not in server.log()
     api.delete(f"/attachments/{att['id']}")
     assert f"volume-{vol['id']}" not in _tgt_targets(server)
@@ -210,7 +213,12 @@ control_port = {control}
     api = srv.client()
     shown = api.get(f"/attachments/{att['id']}").json()["attachment"]
     assert shown["status"] == "attached"
-    assert _read(_info(shown), props, tmp_path) == [d for _, d in PATTERN]
+    # the attacher keeps the connection info it was given (as Nova keeps it in the block
+    # device mapping): a later read of the attachment masks the CHAP credentials, and the
+    # re-created export takes the same ones
+    assert shown["connection_info"]["auth_password"] == "***"
+    assert shown["connection_info"]["target_iqn"] == att["connection_info"]["target_iqn"]
+    assert _read(_info(att), props, tmp_path) == [d for _, d in PATTERN]
     assert api.delete(f"/attachments/{att['id']}").status_code == 200
     srv.stop()
     assert _qemu_nbd_of(srv) == []

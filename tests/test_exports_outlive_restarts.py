@@ -338,7 +338,8 @@ def test_stop_exports_is_the_full_stop(tmp_path: Path) -> None:
         assert sorted(_records(srv)) == ["tgtd.json", f"volume-{atts['nbd']['volume_id']}.json"]
         for att in atts.values():
             shown = srv.client().get(f"/attachments/{att['id']}").json()["attachment"]
-            typed = _info(shown)
+            assert shown["status"] == "attached"
+            typed = _info(att)  # the attacher's own copy: later views mask the secrets
             with connector_for(typed, CONNECTOR, run_dir=str(tmp_path)).open(typed, "rb") as h:
                 assert h.size == GiB
     finally:

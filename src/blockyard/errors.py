@@ -4,6 +4,7 @@ The tree::
 
     BlockyardError
     ├── NotFound(kind, ident)             a volume/snapshot/type/... does not exist (or is hidden)
+    ├── Forbidden(rule)                   a policy rule does not allow the caller this
     ├── Invalid(message)                  the request is well formed but not acceptable
     │   ├── InvalidState(kind, ident, current, allowed)   lost a compare-and-swap on a status
     │   ├── InUse(message)                something still depends on the resource
@@ -37,6 +38,14 @@ class NotFound(BlockyardError):
         super().__init__(message or f"{kind} {ident} could not be found.")
         self.kind = kind
         self.ident = ident
+
+
+class Forbidden(BlockyardError):
+    """A policy rule does not allow the caller to do this (Cinder's PolicyNotAuthorized)."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__(f"Policy doesn't allow {rule} to be performed.")
+        self.rule = rule
 
 
 class Invalid(BlockyardError):

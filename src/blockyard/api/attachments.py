@@ -11,9 +11,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import listing, validate, wire
+from blockyard.api.routes import action_route, route
 from blockyard.api.views import iso
 from blockyard.connectors.properties import to_connector
 from blockyard.db.models import Attachment
@@ -40,13 +40,16 @@ def attachment_summary(att: Attachment) -> dict[str, Any]:
             "volume_id": att.volume_id}
 
 
-def attachment_detail(att: Attachment) -> dict[str, Any]:
+def attachment_detail(att: Attachment, *, secrets: bool = False) -> dict[str, Any]:
+    """The attachment; its connection info with secrets only for the answer of a call that
+    attaches (`secrets`), masked everywhere else (see `attachments.masked`)."""
+    info = att.connection_info or {}
     return {
         **attachment_summary(att),
         "attached_at": iso(att.attach_time) or "",
         "detached_at": iso(att.detach_time) or "",
         "attach_mode": att.attach_mode or "null",
-        "connection_info": att.connection_info or {},
+        "connection_info": info if secrets else attachments.masked(info),
     }
 
 
@@ -94,7 +97,7 @@ async def create(request: Request) -> Response:
     if spec.get("connector"):
         connector = to_connector(_connector_arg(spec["connector"]))
     att = await blocking(request, attachments.create, volume_id, instance_uuid, connector, mode)
-    return wire.ok({"attachment": attachment_detail(att)})
+    return wire.ok({"attachment": attachment_detail(att, secrets=True)})
 
 
 async def _list(request: Request, detail: bool) -> Response:
@@ -123,13 +126,17 @@ async def update(request: Request) -> Response:
     connector = to_connector(_connector_arg(body["attachment"]["connector"]))
     att = await blocking(request, attachments.update_connector, request.path_params["id"],
                          connector)
-    return wire.ok({"attachment": attachment_detail(att)})
+    return wire.ok({"attachment": attachment_detail(att, secrets=True)})
 
 
 async def delete(request: Request) -> Response:
     _require(request)
     await blocking(request, attachments.delete_attachment, request.path_params["id"])
     return wire.ok({"attachments": []})
+
+
+#: action name → its Cinder rule
+ACTION_RULES = {"os-complete": "volume:attachment_complete"}
 
 
 async def action(request: Request) -> Response:
@@ -144,13 +151,13 @@ async def action(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/attachments", list_summary, methods=["GET"]),
-    Route("/v3/attachments", create, methods=["POST"]),
-    Route("/v3/attachments/detail", list_detail, methods=["GET"]),
-    Route("/v3/attachments/{id}", show, methods=["GET"]),
-    Route("/v3/attachments/{id}", update, methods=["PUT"]),
-    Route("/v3/attachments/{id}", delete, methods=["DELETE"]),
-    Route("/v3/attachments/{id}/action", action, methods=["POST"]),
+    route("/v3/attachments", list_summary, "GET", "volume:get_all"),
+    route("/v3/attachments", create, "POST", "volume:attachment_create"),
+    route("/v3/attachments/detail", list_detail, "GET", "volume:get_all"),
+    route("/v3/attachments/{id}", show, "GET", "volume:get"),
+    route("/v3/attachments/{id}", update, "PUT", "volume:attachment_update"),
+    route("/v3/attachments/{id}", delete, "DELETE", "volume:attachment_delete"),
+    action_route("/v3/attachments/{id}/action", action, ACTION_RULES),
 ]
 
 

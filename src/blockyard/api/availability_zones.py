@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import wire
+from blockyard.api.routes import public
 from blockyard.service import scheduler
 
 
@@ -18,5 +18,5 @@ async def availability_zones(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/os-availability-zone", availability_zones, methods=["GET"]),
+    public("/v3/os-availability-zone", availability_zones),
 ]

@@ -13,10 +13,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import wire
-from blockyard.api.types import admin_only
+from blockyard.api.routes import route
 from blockyard.api.views import iso
 from blockyard.errors import NotFound
 from blockyard.rest import schema
@@ -83,13 +82,11 @@ def _full(spec: EncryptionSpecs) -> dict[str, Any]:
 
 
 async def index(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:volume_type_encryption:get")
     spec = await wire.call(request, encryption.get, request.path_params["type_id"])
     return wire.ok({} if spec is None else _full(spec))
 
 
 async def show_key(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:volume_type_encryption:get")
     type_id, key = request.path_params["type_id"], request.path_params["key"]
     spec = await wire.call(request, encryption.get, type_id)
     full = {} if spec is None else _full(spec)
@@ -100,7 +97,6 @@ async def show_key(request: Request) -> Response:
 
 
 async def create(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:volume_type_encryption:create")
     body = await wire.json_body(request)
     schema.check(body, CREATE_SCHEMA)
     values = _values(body)
@@ -111,7 +107,6 @@ async def create(request: Request) -> Response:
 
 
 async def update(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:volume_type_encryption:update")
     body = await wire.json_body(request)
     schema.check(body, UPDATE_SCHEMA)
     values = _values(body)
@@ -120,15 +115,19 @@ async def update(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:volume_type_encryption:delete")
     await wire.call(request, encryption.delete_specs, request.path_params["type_id"])
     return wire.accepted()
 
 
 routes = [
-    Route("/v3/types/{type_id}/encryption", index, methods=["GET"]),
-    Route("/v3/types/{type_id}/encryption", create, methods=["POST"]),
-    Route("/v3/types/{type_id}/encryption/{key}", show_key, methods=["GET"]),
-    Route("/v3/types/{type_id}/encryption/{key}", update, methods=["PUT"]),
-    Route("/v3/types/{type_id}/encryption/{key}", delete, methods=["DELETE"]),
+    route("/v3/types/{type_id}/encryption", index, "GET",
+          "volume_extension:volume_type_encryption:get"),
+    route("/v3/types/{type_id}/encryption", create, "POST",
+          "volume_extension:volume_type_encryption:create"),
+    route("/v3/types/{type_id}/encryption/{key}", show_key, "GET",
+          "volume_extension:volume_type_encryption:get"),
+    route("/v3/types/{type_id}/encryption/{key}", update, "PUT",
+          "volume_extension:volume_type_encryption:update"),
+    route("/v3/types/{type_id}/encryption/{key}", delete, "DELETE",
+          "volume_extension:volume_type_encryption:delete"),
 ]

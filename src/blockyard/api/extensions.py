@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import wire
+from blockyard.api.routes import public
 
 #: Cinder 29's extension list: (name, alias, description, updated)
 EXTENSIONS = (
@@ -81,5 +81,5 @@ async def extensions(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/extensions", extensions, methods=["GET"]),
+    public("/v3/extensions", extensions),
 ]

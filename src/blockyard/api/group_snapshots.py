@@ -6,18 +6,18 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard import states
 from blockyard.api import listing, wire
 from blockyard.api.group_types import require_mv
 from blockyard.api.groups import reset_status_of
-from blockyard.api.types import admin_only
+from blockyard.api.routes import action_route, route
 from blockyard.api.views import iso
 from blockyard.db.models import GroupSnapshot
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import group_snapshots
+from blockyard.service.identity import allowed
 from blockyard.service.listing import ListParams
 
 #: microversions of the group snapshots API
@@ -49,7 +49,9 @@ def detail(request: Request, gs: GroupSnapshot) -> dict[str, Any]:
         "name": gs.name,
         "description": gs.description,
     }
-    if wire.mv(request) >= MV_PROJECT_ID and wire.identity(request).is_admin:
+    if wire.mv(request) >= MV_PROJECT_ID and allowed(
+            wire.identity(request), "group:group_snapshot_project_attribute",
+            {"project_id": gs.project_id}):
         body["project_id"] = gs.project_id
     return body
 
@@ -93,6 +95,10 @@ async def delete(request: Request) -> Response:
     return wire.accepted()
 
 
+#: action name → its Cinder rule (group_snapshot_actions policies)
+ACTION_RULES = {"reset_status": "group:reset_group_snapshot_status"}
+
+
 async def action(request: Request) -> Response:
     require_mv(request, MV_GROUP_SNAPSHOTS)
     body = await wire.json_body(request)
@@ -101,7 +107,6 @@ async def action(request: Request) -> Response:
         raise ApiError(400, f"There is no such action: {name}. Verify the request body and "
                             f"Content-Type header and try again.")
     require_mv(request, MV_RESET)
-    admin_only(wire.identity(request), "group:reset_group_snapshot_status")
     schema.check(body, RESET_STATUS)
     status = reset_status_of(body["reset_status"]["status"], "Group snapshot",
                              states.GROUP_SNAPSHOT_RESET_STATUSES)
@@ -110,10 +115,10 @@ async def action(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/group_snapshots", list_summary, methods=["GET"]),
-    Route("/v3/group_snapshots", create, methods=["POST"]),
-    Route("/v3/group_snapshots/detail", list_detail, methods=["GET"]),
-    Route("/v3/group_snapshots/{id}", show, methods=["GET"]),
-    Route("/v3/group_snapshots/{id}", delete, methods=["DELETE"]),
-    Route("/v3/group_snapshots/{id}/action", action, methods=["POST"]),
+    route("/v3/group_snapshots", list_summary, "GET", "group:get_all_group_snapshots"),
+    route("/v3/group_snapshots", create, "POST", "group:create_group_snapshot"),
+    route("/v3/group_snapshots/detail", list_detail, "GET", "group:get_all_group_snapshots"),
+    route("/v3/group_snapshots/{id}", show, "GET", "group:get_group_snapshot"),
+    route("/v3/group_snapshots/{id}", delete, "DELETE", "group:delete_group_snapshot"),
+    action_route("/v3/group_snapshots/{id}/action", action, ACTION_RULES),
 ]

@@ -11,17 +11,17 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import listing, wire
-from blockyard.api.types import admin_only, is_public_filter
+from blockyard.api.routes import public, route
+from blockyard.api.types import is_public_filter
 from blockyard.api.validate import boolean
 from blockyard.db.models import GroupType
 from blockyard.errors import NotFound
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import group_types
-from blockyard.service.identity import Identity
+from blockyard.service.identity import Identity, allowed, can_see_all
 
 #: the microversion that brought group types
 MIN_MV = 11
@@ -60,7 +60,7 @@ def require_mv(request: Request, minor: int) -> None:
 def render(who: Identity, gt: GroupType) -> dict[str, Any]:
     body: dict[str, Any] = {"id": gt.id, "name": gt.name, "description": gt.description,
                             "is_public": gt.is_public}
-    if who.is_admin:
+    if allowed(who, "group:access_group_types_specs"):
         body["group_specs"] = gt.specs
     return body
 
@@ -72,7 +72,7 @@ async def list_types(request: Request) -> Response:
     require_mv(request, MIN_MV)
     who = wire.identity(request)
     params = listing.parse_params(request)
-    is_public = is_public_filter(request.query_params.get("is_public")) if who.is_admin \
+    is_public = is_public_filter(request.query_params.get("is_public")) if can_see_all(who) \
         else True
     page = await wire.call(request, group_types.list_types, params,
                            group_types.TypeFilter(is_public=is_public))
@@ -99,7 +99,6 @@ async def show_default(request: Request) -> Response:
 async def create(request: Request) -> Response:
     require_mv(request, MIN_MV)
     who = wire.identity(request)
-    admin_only(who, "group:group_types:create")
     body = await wire.json_body(request)
     schema.check(body, CREATE)
     spec = body["group_type"]
@@ -112,7 +111,6 @@ async def create(request: Request) -> Response:
 async def update(request: Request) -> Response:
     require_mv(request, MIN_MV)
     who = wire.identity(request)
-    admin_only(who, "group:group_types:update")
     body = await wire.json_body(request)
     schema.check(body, UPDATE)
     spec = body["group_type"]
@@ -130,8 +128,6 @@ async def update(request: Request) -> Response:
 
 async def delete(request: Request) -> Response:
     require_mv(request, MIN_MV)
-    who = wire.identity(request)
-    admin_only(who, "group:group_types:delete")
     await wire.call(request, group_types.delete_type, request.path_params["id"])
     return wire.accepted()
 
@@ -141,14 +137,12 @@ async def delete(request: Request) -> Response:
 
 async def specs_index(request: Request) -> Response:
     require_mv(request, MIN_MV)
-    admin_only(wire.identity(request), "group:group_types_specs:get_all")
     specs = await wire.call(request, group_types.specs_of, request.path_params["id"])
     return wire.ok({"group_specs": specs})
 
 
 async def specs_create(request: Request) -> Response:
     require_mv(request, MIN_MV)
-    admin_only(wire.identity(request), "group:group_types_specs:create")
     body = await wire.json_body(request)
     schema.check(body, SPECS_CREATE)
     await wire.call(request, group_types.set_specs, request.path_params["id"],
@@ -158,7 +152,6 @@ async def specs_create(request: Request) -> Response:
 
 async def specs_show(request: Request) -> Response:
     require_mv(request, MIN_MV)
-    admin_only(wire.identity(request), "group:group_types_specs:get")
     type_id, key = request.path_params["id"], request.path_params["key"]
     specs = await wire.call(request, group_types.specs_of, type_id)
     if key not in specs:
@@ -169,7 +162,6 @@ async def specs_show(request: Request) -> Response:
 
 async def specs_update(request: Request) -> Response:
     require_mv(request, MIN_MV)
-    admin_only(wire.identity(request), "group:group_types_specs:update")
     body = await wire.json_body(request)
     schema.check(body, SPEC_UPDATE)
     if request.path_params["key"] not in body:
@@ -180,22 +172,27 @@ async def specs_update(request: Request) -> Response:
 
 async def specs_delete(request: Request) -> Response:
     require_mv(request, MIN_MV)
-    admin_only(wire.identity(request), "group:group_types_specs:delete")
     await wire.call(request, group_types.delete_spec, request.path_params["id"],
                     request.path_params["key"])
     return wire.accepted()
 
 
 routes = [
-    Route("/v3/group_types", list_types, methods=["GET"]),
-    Route("/v3/group_types", create, methods=["POST"]),
-    Route("/v3/group_types/default", show_default, methods=["GET"]),
-    Route("/v3/group_types/{id}", show, methods=["GET"]),
-    Route("/v3/group_types/{id}", update, methods=["PUT"]),
-    Route("/v3/group_types/{id}", delete, methods=["DELETE"]),
-    Route("/v3/group_types/{id}/group_specs", specs_index, methods=["GET"]),
-    Route("/v3/group_types/{id}/group_specs", specs_create, methods=["POST"]),
-    Route("/v3/group_types/{id}/group_specs/{key}", specs_show, methods=["GET"]),
-    Route("/v3/group_types/{id}/group_specs/{key}", specs_update, methods=["PUT"]),
-    Route("/v3/group_types/{id}/group_specs/{key}", specs_delete, methods=["DELETE"]),
+    # Cinder has no rule for reading group types: any caller sees the public ones
+    public("/v3/group_types", list_types),
+    route("/v3/group_types", create, "POST", "group:group_types:create"),
+    public("/v3/group_types/default", show_default),
+    public("/v3/group_types/{id}", show),
+    route("/v3/group_types/{id}", update, "PUT", "group:group_types:update"),
+    route("/v3/group_types/{id}", delete, "DELETE", "group:group_types:delete"),
+    route("/v3/group_types/{id}/group_specs", specs_index, "GET",
+          "group:group_types_specs:get_all"),
+    route("/v3/group_types/{id}/group_specs", specs_create, "POST",
+          "group:group_types_specs:create"),
+    route("/v3/group_types/{id}/group_specs/{key}", specs_show, "GET",
+          "group:group_types_specs:get"),
+    route("/v3/group_types/{id}/group_specs/{key}", specs_update, "PUT",
+          "group:group_types_specs:update"),
+    route("/v3/group_types/{id}/group_specs/{key}", specs_delete, "DELETE",
+          "group:group_types_specs:delete"),
 ]

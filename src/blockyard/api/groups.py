@@ -6,18 +6,18 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard import states
 from blockyard.api import listing, wire
 from blockyard.api.group_types import require_mv
-from blockyard.api.types import admin_only
+from blockyard.api.routes import action_route, route
 from blockyard.api.validate import boolean, query_bool
 from blockyard.api.views import iso
 from blockyard.db.models import Group
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import group_clones, groups
+from blockyard.service.identity import allowed
 
 #: microversions of the groups API (Cinder's GROUP_VOLUME, GROUP_SNAPSHOTS, ...)
 MV_GROUPS = 13
@@ -121,7 +121,8 @@ def detail(request: Request, g: Group, volumes: list[str] | None) -> dict[str, A
         body["volumes"] = volumes
     if mv >= MV_REPLICATION:
         body["replication_status"] = "disabled"
-    if mv >= MV_PROJECT_ID and wire.identity(request).is_admin:
+    if mv >= MV_PROJECT_ID and allowed(wire.identity(request), "group:group_project_attribute",
+                                       {"project_id": g.project_id}):
         body["project_id"] = g.project_id
     return body
 
@@ -212,7 +213,6 @@ async def _delete(request: Request, body: dict[str, Any]) -> Response:
 
 async def _reset_status(request: Request, body: dict[str, Any]) -> Response:
     require_mv(request, MV_RESET)
-    admin_only(wire.identity(request), "group:reset_status")
     schema.check(body, RESET_STATUS)
     status = reset_status_of(body["reset_status"]["status"], "Group",
                              states.GROUP_RESET_STATUSES)
@@ -221,6 +221,8 @@ async def _reset_status(request: Request, body: dict[str, Any]) -> Response:
 
 
 ACTIONS = {"delete": _delete, "reset_status": _reset_status}
+#: action name → its Cinder rule (group_actions policies)
+ACTION_RULES = {"delete": "group:delete", "reset_status": "group:reset_status"}
 
 
 async def action(request: Request) -> Response:
@@ -234,11 +236,11 @@ async def action(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/groups", list_summary, methods=["GET"]),
-    Route("/v3/groups", create, methods=["POST"]),
-    Route("/v3/groups/detail", list_detail, methods=["GET"]),
-    Route("/v3/groups/action", create_from_source, methods=["POST"]),
-    Route("/v3/groups/{id}", show, methods=["GET"]),
-    Route("/v3/groups/{id}", update, methods=["PUT"]),
-    Route("/v3/groups/{id}/action", action, methods=["POST"]),
+    route("/v3/groups", list_summary, "GET", "group:get_all"),
+    route("/v3/groups", create, "POST", "group:create"),
+    route("/v3/groups/detail", list_detail, "GET", "group:get_all"),
+    route("/v3/groups/action", create_from_source, "POST", "group:create"),
+    route("/v3/groups/{id}", show, "GET", "group:get"),
+    route("/v3/groups/{id}", update, "PUT", "group:update"),
+    action_route("/v3/groups/{id}/action", action, ACTION_RULES),
 ]

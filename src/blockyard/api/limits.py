@@ -11,11 +11,12 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import wire
+from blockyard.api.routes import route
 from blockyard.rest.errors import ApiError
 from blockyard.service import quotas
+from blockyard.service.identity import can_see_all
 from blockyard.service.runtime import Runtime
 
 #: (wire name, quota resource) of the limits, then of the used amounts, in Cinder's order
@@ -41,7 +42,7 @@ async def show(request: Request) -> Response:
     project_id = who.project_id
     asked = request.query_params.get("project_id")
     if asked and wire.mv(request) >= 39:
-        if asked != who.project_id and not who.is_admin:
+        if asked != who.project_id and not can_see_all(who):
             raise ApiError(403, "Policy doesn't allow limits_extension:used_limits to be "
                                 "performed.")
         project_id = asked
@@ -50,4 +51,4 @@ async def show(request: Request) -> Response:
     return wire.ok({"limits": {"rate": [], "absolute": values}})
 
 
-routes = [Route("/v3/limits", show, methods=["GET"])]
+routes = [route("/v3/limits", show, "GET", "limits_extension:used_limits")]

@@ -11,9 +11,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import listing, wire
+from blockyard.api.routes import route
 from blockyard.api.views import iso
 from blockyard.db.models import Message
 from blockyard.service import messages
@@ -68,7 +68,7 @@ async def delete(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/messages", list_messages, methods=["GET"]),
-    Route("/v3/messages/{id}", show, methods=["GET"]),
-    Route("/v3/messages/{id}", delete, methods=["DELETE"]),
+    route("/v3/messages", list_messages, "GET", "message:get_all"),
+    route("/v3/messages/{id}", show, "GET", "message:get"),
+    route("/v3/messages/{id}", delete, "DELETE", "message:delete"),
 ]

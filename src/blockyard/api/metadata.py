@@ -3,16 +3,35 @@ snapshots, built once for any owner."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import wire
+from blockyard.api.routes import PolicyRoute, route
 from blockyard.errors import NotFound
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import metadata
 from blockyard.service.metadata import Owner
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The policy rules of one owner's metadata: read, add (POST), replace or set (PUT), and
+    delete a key (Cinder's volume_metadata and snapshot_metadata rules)."""
+
+    get: str
+    create: str
+    update: str
+    delete: str
+
+
+VOLUME_RULES = Rules("volume:get_volume_metadata", "volume:create_volume_metadata",
+                     "volume:update_volume_metadata", "volume:delete_volume_metadata")
+SNAPSHOT_RULES = Rules("volume:get_snapshot_metadata", "volume:update_snapshot_metadata",
+                       "volume:update_snapshot_metadata", "volume:delete_snapshot_metadata")
 
 # Cinder's volume_metadata.py / snapshot_metadata.py schemas
 CREATE = {"type": "object", "properties": {"metadata": schema.extra_specs},
@@ -23,8 +42,8 @@ UPDATE = {"type": "object",
           "required": ["meta"], "additionalProperties": False}
 
 
-def routes(collection: str, owner: Owner) -> list[Route]:
-    """GET/POST/PUT on the whole set and GET/PUT/DELETE on one key."""
+def routes(collection: str, owner: Owner, rules: Rules) -> list[PolicyRoute]:
+    """GET/POST/PUT on the whole set and GET/PUT/DELETE on one key, each under its rule."""
 
     async def show(request: Request) -> Response:
         meta = await wire.in_thread(metadata.show, wire.runtime(request),
@@ -74,10 +93,10 @@ def routes(collection: str, owner: Owner) -> list[Route]:
 
     base = f"/v3/{collection}/{{id}}/metadata"
     return [
-        Route(base, show, methods=["GET"]),
-        Route(base, merge, methods=["POST"]),
-        Route(base, replace, methods=["PUT"]),
-        Route(f"{base}/{{key}}", show_key, methods=["GET"]),
-        Route(f"{base}/{{key}}", update_key, methods=["PUT"]),
-        Route(f"{base}/{{key}}", delete_key, methods=["DELETE"]),
+        route(base, show, "GET", rules.get),
+        route(base, merge, "POST", rules.create),
+        route(base, replace, "PUT", rules.update),
+        route(f"{base}/{{key}}", show_key, "GET", rules.get),
+        route(f"{base}/{{key}}", update_key, "PUT", rules.update),
+        route(f"{base}/{{key}}", delete_key, "DELETE", rules.delete),
     ]

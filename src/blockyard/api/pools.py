@@ -12,10 +12,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import validate, wire
-from blockyard.api.types import admin_only
+from blockyard.api.routes import route
 from blockyard.api.views import iso
 from blockyard.db.models import utcnow
 from blockyard.rest.errors import ApiError
@@ -56,7 +55,6 @@ def _pools(rt: Runtime, who: Identity, volume_type: str | None) -> list[dict[str
 
 async def get_pools(request: Request) -> Response:
     who = wire.identity(request)
-    admin_only(who, "scheduler_extension:scheduler_stats:get_pools")
     q = request.query_params
     detail = validate.query_bool(q.get("detail"), "detail")
     mv = wire.mv(request)
@@ -75,5 +73,6 @@ async def get_pools(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/scheduler-stats/get_pools", get_pools, methods=["GET"]),
+    route("/v3/scheduler-stats/get_pools", get_pools, "GET",
+          "scheduler_extension:scheduler_stats:get_pools"),
 ]

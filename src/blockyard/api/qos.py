@@ -11,10 +11,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import listing, validate, wire
-from blockyard.api.types import admin_only
+from blockyard.api.routes import route
 from blockyard.db.models import QosSpecs
 from blockyard.rest.errors import ApiError
 from blockyard.service import qos
@@ -61,7 +60,6 @@ def _vol_type_id(request: Request) -> str:
 
 
 async def list_specs(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:qos_specs_manage:get_all")
     params = listing.parse_params(request)
     filters = {k: v for k, v in params.filters.items() if k in qos.FILTERABLE}
     if set(params.filters) - qos.FILTERABLE:
@@ -77,7 +75,6 @@ async def list_specs(request: Request) -> Response:
 
 
 async def create(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:qos_specs_manage:create")
     body = await wire.json_body(request)
     spec = dict(validate.section(body, "qos_specs"))
     validate.no_extra_keys(body, {"qos_specs"})
@@ -99,13 +96,11 @@ async def create(request: Request) -> Response:
 
 
 async def show(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:qos_specs_manage:get")
     q = await wire.in_thread(qos.get, wire.runtime(request), request.path_params["id"])
     return wire.ok(_detail(request, q))
 
 
 async def update(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:qos_specs_manage:update")
     body = await wire.json_body(request)
     spec = validate.section(body, "qos_specs")
     validate.no_extra_keys(body, {"qos_specs"})
@@ -115,14 +110,12 @@ async def update(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:qos_specs_manage:delete")
     force = validate.query_bool(request.query_params.get("force"), "force")
     await wire.in_thread(qos.delete, wire.runtime(request), request.path_params["id"], force)
     return wire.accepted()
 
 
 async def delete_keys(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:qos_specs_manage:delete")
     body = await wire.json_body(request)
     validate.no_extra_keys(body, {"keys"})
     keys = body.get("keys")
@@ -140,7 +133,6 @@ async def delete_keys(request: Request) -> Response:
 
 
 async def associations(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:qos_specs_manage:get_all")
     rows = await wire.in_thread(qos.associations, wire.runtime(request), request.path_params["id"])
     return wire.ok({"qos_associations": [
         {"association_type": "volume_type", "name": name, "id": type_id}
@@ -148,14 +140,12 @@ async def associations(request: Request) -> Response:
 
 
 async def associate(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:qos_specs_manage:update")
     type_id = _vol_type_id(request)
     await wire.in_thread(qos.associate, wire.runtime(request), request.path_params["id"], type_id)
     return wire.accepted()
 
 
 async def disassociate(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:qos_specs_manage:update")
     type_id = _vol_type_id(request)
     await wire.in_thread(qos.disassociate, wire.runtime(request), request.path_params["id"],
                          type_id)
@@ -163,20 +153,24 @@ async def disassociate(request: Request) -> Response:
 
 
 async def disassociate_all(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:qos_specs_manage:update")
     await wire.in_thread(qos.disassociate_all, wire.runtime(request), request.path_params["id"])
     return wire.accepted()
 
 
 routes = [
-    Route("/v3/qos-specs", list_specs, methods=["GET"]),
-    Route("/v3/qos-specs", create, methods=["POST"]),
-    Route("/v3/qos-specs/{id}", show, methods=["GET"]),
-    Route("/v3/qos-specs/{id}", update, methods=["PUT"]),
-    Route("/v3/qos-specs/{id}", delete, methods=["DELETE"]),
-    Route("/v3/qos-specs/{id}/delete_keys", delete_keys, methods=["PUT"]),
-    Route("/v3/qos-specs/{id}/associations", associations, methods=["GET"]),
-    Route("/v3/qos-specs/{id}/associate", associate, methods=["GET"]),
-    Route("/v3/qos-specs/{id}/disassociate", disassociate, methods=["GET"]),
-    Route("/v3/qos-specs/{id}/disassociate_all", disassociate_all, methods=["GET"]),
+    route("/v3/qos-specs", list_specs, "GET", "volume_extension:qos_specs_manage:get_all"),
+    route("/v3/qos-specs", create, "POST", "volume_extension:qos_specs_manage:create"),
+    route("/v3/qos-specs/{id}", show, "GET", "volume_extension:qos_specs_manage:get"),
+    route("/v3/qos-specs/{id}", update, "PUT", "volume_extension:qos_specs_manage:update"),
+    route("/v3/qos-specs/{id}", delete, "DELETE", "volume_extension:qos_specs_manage:delete"),
+    route("/v3/qos-specs/{id}/delete_keys", delete_keys, "PUT",
+          "volume_extension:qos_specs_manage:delete"),
+    route("/v3/qos-specs/{id}/associations", associations, "GET",
+          "volume_extension:qos_specs_manage:get_all"),
+    route("/v3/qos-specs/{id}/associate", associate, "GET",
+          "volume_extension:qos_specs_manage:update"),
+    route("/v3/qos-specs/{id}/disassociate", disassociate, "GET",
+          "volume_extension:qos_specs_manage:update"),
+    route("/v3/qos-specs/{id}/disassociate_all", disassociate_all, "GET",
+          "volume_extension:qos_specs_manage:update"),
 ]

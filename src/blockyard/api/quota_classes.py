@@ -13,11 +13,10 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import wire
 from blockyard.api.quotas import resources
-from blockyard.api.types import admin_only
+from blockyard.api.routes import route
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import quota_classes, quotas
@@ -67,7 +66,6 @@ def _update(rt: Runtime, class_name: str, requested: dict[str, Any]) -> dict[str
 
 
 async def show(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:quota_classes")
     class_name = request.path_params["name"]
     quota_set: dict[str, Any] = await wire.in_thread(_show, wire.runtime(request),
                                                      class_name)
@@ -76,7 +74,6 @@ async def show(request: Request) -> Response:
 
 
 async def update(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:quota_classes:update")
     class_name = request.path_params["name"]
     _check_class_name(class_name)
     body = await wire.json_body(request)
@@ -87,6 +84,6 @@ async def update(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/os-quota-class-sets/{name}", show, methods=["GET"]),
-    Route("/v3/os-quota-class-sets/{name}", update, methods=["PUT"]),
+    route("/v3/os-quota-class-sets/{name}", show, "GET", "volume_extension:quota_classes:get"),
+    route("/v3/os-quota-class-sets/{name}", update, "PUT", "volume_extension:quota_classes:update"),
 ]

@@ -20,14 +20,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import validate, wire
-from blockyard.api.types import admin_only
+from blockyard.api.routes import route
 from blockyard.db.models import Quota
 from blockyard.rest.errors import ApiError
 from blockyard.service import quotas, type_admin
-from blockyard.service.identity import Identity
 from blockyard.service.runtime import Runtime
 
 #: Cinder's QUOTAS resources before the per-type ones, and its GROUP_QUOTAS after them
@@ -57,11 +55,6 @@ def usage(session: Session, rt: Runtime, project_id: str,
             for r in names}
 
 
-def _may_see(who: Identity, project_id: str, policy: str) -> None:
-    if not who.is_admin and who.project_id != project_id:
-        raise ApiError(403, f"Policy doesn't allow {policy} to be performed.")
-
-
 def _check_project(project_id: str) -> None:
     if len(project_id) > 255:
         raise ApiError(400, "Invalid input received: quota_set_name has more than 255 "
@@ -88,7 +81,6 @@ def _defaults(rt: Runtime) -> dict[str, Any]:
 
 async def show(request: Request) -> Response:
     project_id = request.path_params["project"]
-    _may_see(wire.identity(request), project_id, "volume_extension:quotas:show")
     with_usage = validate.query_bool(request.query_params.get("usage"), "usage")
     quota_set = await wire.in_thread(_show, wire.runtime(request), project_id, with_usage)
     quota_set["id"] = project_id
@@ -97,7 +89,6 @@ async def show(request: Request) -> Response:
 
 async def defaults(request: Request) -> Response:
     project_id = request.path_params["project"]
-    _may_see(wire.identity(request), project_id, "volume_extension:quotas:show")
     quota_set = await wire.in_thread(_defaults, wire.runtime(request))
     quota_set["id"] = project_id
     return wire.ok({"quota_set": quota_set})
@@ -185,7 +176,6 @@ def _delete(rt: Runtime, project_id: str) -> None:
 
 
 async def update(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:quotas:update")
     project_id = request.path_params["project"]
     _check_project(project_id)
     body = await wire.json_body(request)
@@ -198,7 +188,6 @@ async def update(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:quotas:delete")
     project_id = request.path_params["project"]
     _check_project(project_id)
     await wire.in_thread(_delete, wire.runtime(request), project_id)
@@ -206,8 +195,12 @@ async def delete(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/os-quota-sets/{project}/defaults", defaults, methods=["GET"]),
-    Route("/v3/os-quota-sets/{project}", show, methods=["GET"]),
-    Route("/v3/os-quota-sets/{project}", update, methods=["PUT"]),
-    Route("/v3/os-quota-sets/{project}", delete, methods=["DELETE"]),
+    route("/v3/os-quota-sets/{project}/defaults", defaults, "GET",
+          "volume_extension:quotas:show", target="project"),
+    route("/v3/os-quota-sets/{project}", show, "GET",
+          "volume_extension:quotas:show", target="project"),
+    route("/v3/os-quota-sets/{project}", update, "PUT",
+          "volume_extension:quotas:update", target="project"),
+    route("/v3/os-quota-sets/{project}", delete, "DELETE",
+          "volume_extension:quotas:delete", target="project"),
 ]

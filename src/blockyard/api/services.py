@@ -13,10 +13,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import wire
-from blockyard.api.types import admin_only
+from blockyard.api.routes import route
 from blockyard.api.views import iso
 from blockyard.errors import NotFound
 from blockyard.rest.errors import ApiError
@@ -24,6 +23,7 @@ from blockyard.rest.schema import check as check_body
 from blockyard.rest.schema import cinder_host, nullable_string
 from blockyard.service import capabilities as caps
 from blockyard.service import services as svc
+from blockyard.service.identity import enforce
 from blockyard.service.runtime import Runtime
 
 #: Cinder's microversions for the fields and parameters gated here
@@ -100,7 +100,6 @@ def _services(rt: Runtime, mv: int, host: str | None, binary: str | None) -> lis
 
 
 async def index(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:services:index")
     q = request.query_params
     binary = q.get("binary") or q.get("service")  # `service` is Cinder's deprecated alias
     found = await wire.in_thread(_services, wire.runtime(request), wire.mv(request),
@@ -140,14 +139,20 @@ async def _enable_or_disable(request: Request, rt: Runtime, body: dict[str, Any]
             "status": "disabled" if disabled else "enabled", "disabled": disabled}
 
 
+#: the replication host actions' own rules
+HOST_RULES = {"freeze": "volume:freeze_host", "thaw": "volume:thaw_host",
+              "failover_host": "volume:failover_host", "failover": "volume:failover_host"}
+
+
 async def update(request: Request) -> Response:
     """PUT os-services/{action}: enable, disable, disable-log-reason, freeze, thaw,
     failover_host (failover is refused: no backend here replicates)."""
-    admin_only(wire.identity(request), UPDATE_POLICY)
     action = request.path_params["action"]
     if action not in ("enable", "disable", "disable-log-reason", "freeze", "thaw",
                       "failover_host", "failover"):
         raise ApiError(404, "Unknown action")
+    if action in HOST_RULES:  # Cinder checks these on top of the route's services:update
+        enforce(wire.identity(request), HOST_RULES[action])
     rt, body = wire.runtime(request), await wire.json_body(request)
     if action == "enable":
         check_body(body, ENABLE_AND_DISABLE)
@@ -197,7 +202,6 @@ def _hosts(rt: Runtime, zone: str | None) -> list[dict[str, Any]]:
 
 
 async def hosts_index(request: Request) -> Response:
-    admin_only(wire.identity(request), HOSTS_POLICY)
     found = await wire.in_thread(_hosts, wire.runtime(request),
                                  request.query_params.get("zone"))
     return wire.ok({"hosts": found})
@@ -229,7 +233,6 @@ def _host_usage(rt: Runtime, host: str) -> list[dict[str, Any]]:
 
 
 async def hosts_show(request: Request) -> Response:
-    admin_only(wire.identity(request), HOSTS_POLICY)
     found = await wire.in_thread(_host_usage, wire.runtime(request),
                                  request.path_params["host"])
     return wire.ok({"host": found})
@@ -248,15 +251,14 @@ def _capabilities(rt: Runtime, host: str) -> dict[str, Any]:
 
 
 async def capabilities(request: Request) -> Response:
-    admin_only(wire.identity(request), "volume_extension:capabilities")
     return wire.ok(await wire.in_thread(_capabilities, wire.runtime(request),
                                         request.path_params["host"]))
 
 
 routes = [
-    Route("/v3/os-services", index, methods=["GET"]),
-    Route("/v3/os-services/{action}", update, methods=["PUT"]),
-    Route("/v3/os-hosts", hosts_index, methods=["GET"]),
-    Route("/v3/os-hosts/{host}", hosts_show, methods=["GET"]),
-    Route("/v3/capabilities/{host}", capabilities, methods=["GET"]),
+    route("/v3/os-services", index, "GET", "volume_extension:services:index"),
+    route("/v3/os-services/{action}", update, "PUT", "volume_extension:services:update"),
+    route("/v3/os-hosts", hosts_index, "GET", "volume_extension:hosts"),
+    route("/v3/os-hosts/{host}", hosts_show, "GET", "volume_extension:hosts"),
+    route("/v3/capabilities/{host}", capabilities, "GET", "volume_extension:capabilities"),
 ]

@@ -6,15 +6,16 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import listing, metadata, validate, wire
+from blockyard.api.routes import action_route, route
 from blockyard.api.views import iso
 from blockyard.db.models import Snapshot
 from blockyard.errors import NotFound
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import snapshots
+from blockyard.service.identity import allowed
 
 # Cinder's snapshots.py schemas; unknown keys are refused from 3.53 on, as for volumes
 _TEXTS = {"name": schema.name_allow_zero_min_length,
@@ -58,7 +59,9 @@ def snapshot_view(request: Request, snap: Snapshot, *, extended: bool = True) ->
         body["user_id"] = snap.user_id
     if mv >= 65:
         body["consumes_quota"] = True
-    if extended:
+    if extended and allowed(wire.identity(request),
+                            "volume_extension:extended_snapshot_attributes",
+                            {"project_id": snap.project_id}):
         body["os-extended-snapshot-attributes:project_id"] = snap.project_id
         body["os-extended-snapshot-attributes:progress"] = snap.progress
     return body
@@ -126,6 +129,14 @@ FORCE_DELETE = {"type": "object", "properties": {"os-force_delete": schema.ANY},
                 "required": ["os-force_delete"], "additionalProperties": False}
 
 
+#: action name → its Cinder rule (snapshot_actions policies)
+ACTION_RULES = {
+    "os-reset_status": "volume_extension:snapshot_admin_actions:reset_status",
+    "os-update_snapshot_status": "snapshot_extension:snapshot_actions:update_snapshot_status",
+    "os-force_delete": "volume_extension:snapshot_admin_actions:force_delete",
+}
+
+
 async def action(request: Request) -> Response:
     body = await wire.json_body(request)
     if len(body) != 1:
@@ -151,12 +162,12 @@ async def action(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/snapshots", list_summary, methods=["GET"]),
-    Route("/v3/snapshots", create, methods=["POST"]),
-    Route("/v3/snapshots/detail", list_detail, methods=["GET"]),
-    Route("/v3/snapshots/{id}", show, methods=["GET"]),
-    Route("/v3/snapshots/{id}", update, methods=["PUT"]),
-    Route("/v3/snapshots/{id}", delete, methods=["DELETE"]),
-    Route("/v3/snapshots/{id}/action", action, methods=["POST"]),
-    *metadata.routes("snapshots", snapshots.METADATA),
+    route("/v3/snapshots", list_summary, "GET", "volume:get_all_snapshots"),
+    route("/v3/snapshots", create, "POST", "volume:create_snapshot"),
+    route("/v3/snapshots/detail", list_detail, "GET", "volume:get_all_snapshots"),
+    route("/v3/snapshots/{id}", show, "GET", "volume:get_snapshot"),
+    route("/v3/snapshots/{id}", update, "PUT", "volume:update_snapshot"),
+    route("/v3/snapshots/{id}", delete, "DELETE", "volume:delete_snapshot"),
+    action_route("/v3/snapshots/{id}/action", action, ACTION_RULES),
+    *metadata.routes("snapshots", snapshots.METADATA, metadata.SNAPSHOT_RULES),
 ]

@@ -15,9 +15,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import listing, wire
+from blockyard.api.routes import route
 from blockyard.api.views import iso
 from blockyard.rest import schema
 from blockyard.service import transfers
@@ -124,14 +124,14 @@ async def delete(request: Request) -> Response:
 
 
 routes = [
-    route
+    declared
     for prefix in ("/v3/os-volume-transfer", "/v3/volume-transfers")
-    for route in (
-        Route(prefix, list_summary, methods=["GET"]),
-        Route(prefix, create, methods=["POST"]),
-        Route(f"{prefix}/detail", list_detail, methods=["GET"]),
-        Route(f"{prefix}/{{id}}", show, methods=["GET"]),
-        Route(f"{prefix}/{{id}}", delete, methods=["DELETE"]),
-        Route(f"{prefix}/{{id}}/accept", accept, methods=["POST"]),
+    for declared in (
+        route(prefix, list_summary, "GET", "volume:get_all_transfers"),
+        route(prefix, create, "POST", "volume:create_transfer"),
+        route(f"{prefix}/detail", list_detail, "GET", "volume:get_all_transfers"),
+        route(f"{prefix}/{{id}}", show, "GET", "volume:get_transfer"),
+        route(f"{prefix}/{{id}}", delete, "DELETE", "volume:delete_transfer"),
+        route(f"{prefix}/{{id}}/accept", accept, "POST", "volume:accept_transfer"),
     )
 ]

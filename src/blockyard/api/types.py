@@ -19,15 +19,15 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import listing, validate, wire
+from blockyard.api.routes import action_route, route
 from blockyard.db.models import VolumeType
 from blockyard.errors import NotFound
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import type_admin
-from blockyard.service.identity import Identity
+from blockyard.service.identity import Identity, allowed, can_see_all
 
 ACCESS_KEY = "os-volume-type-access:is_public"
 USER_VISIBLE_SPECS = ("RESKEY:availability_zones", "multiattach", "replication_enabled")
@@ -35,17 +35,11 @@ USER_VISIBLE_SPECS = ("RESKEY:availability_zones", "multiattach", "replication_e
 _SPEC_KEY_NO_SPACE = re.compile(r"^[a-zA-Z0-9-_:.]{1,255}$")
 
 
-def admin_only(who: Identity, policy: str) -> None:
-    """Cinder's admin-only policies, with its wording."""
-    if not who.is_admin:
-        raise ApiError(403, f"Policy doesn't allow {policy} to be performed.")
-
-
 # ---------------------------------------------------------------------------- rendering
 
 
 def visible_specs(who: Identity, specs: dict[str, str]) -> dict[str, str]:
-    if who.is_admin:
+    if allowed(who, "volume_extension:types_extra_specs:read_sensitive"):
         return specs
     return {k: v for k, v in specs.items() if k in USER_VISIBLE_SPECS}
 
@@ -58,7 +52,7 @@ def render(who: Identity, vt: VolumeType, *, qos: bool, access: bool) -> dict[st
         "description": vt.description,
         "extra_specs": visible_specs(who, vt.specs),
     }
-    if qos and who.is_admin:
+    if qos and allowed(who, "volume_extension:access_types_qos_specs_id"):
         body["qos_specs_id"] = vt.qos_specs_id
     if access:
         body[ACCESS_KEY] = vt.is_public
@@ -102,7 +96,7 @@ def is_public_filter(raw: str | None) -> bool | None:
 
 
 def _type_filter(request: Request, who: Identity, filters: dict[str, str]) -> type_admin.TypeFilter:
-    if not who.is_admin:  # only admins may see private types or filter
+    if not can_see_all(who):  # only admins may see all private types or filter
         return type_admin.TypeFilter(is_public=True)
     is_public = is_public_filter(request.query_params.get("is_public"))
     columns: dict[str, str] = {}
@@ -155,7 +149,6 @@ async def show(request: Request) -> Response:
 
 async def create(request: Request) -> Response:
     who = wire.identity(request)
-    admin_only(who, "volume_extension:types_manage")
     body = await wire.json_body(request)
     schema.check(body, CREATE)
     spec: dict[str, Any] = body["volume_type"]
@@ -169,7 +162,6 @@ async def create(request: Request) -> Response:
 
 async def update(request: Request) -> Response:
     who = wire.identity(request)
-    admin_only(who, "volume_extension:types_manage")
     body = await wire.json_body(request)
     schema.check(body, UPDATE)
     spec: dict[str, Any] = body["volume_type"]
@@ -189,7 +181,6 @@ async def update(request: Request) -> Response:
 
 async def delete(request: Request) -> Response:
     who = wire.identity(request)
-    admin_only(who, "volume_extension:types_manage")
     await wire.in_thread(type_admin.delete_type, wire.runtime(request), who,
                          request.path_params["id"])
     return wire.accepted()
@@ -207,7 +198,6 @@ async def specs_index(request: Request) -> Response:
 
 async def specs_create(request: Request) -> Response:
     who = wire.identity(request)
-    admin_only(who, "volume_extension:types_extra_specs:create")
     body = await wire.json_body(request)
     schema.check(body, SPECS_CREATE)
     specs: dict[str, str] = body["extra_specs"]
@@ -229,7 +219,6 @@ async def specs_show(request: Request) -> Response:
 
 async def specs_update(request: Request) -> Response:
     who = wire.identity(request)
-    admin_only(who, "volume_extension:types_extra_specs:update")
     body = await wire.json_body(request)
     key = request.path_params["key"]
     schema.check(body, SPECS_UPDATE)
@@ -243,7 +232,6 @@ async def specs_update(request: Request) -> Response:
 
 async def specs_delete(request: Request) -> Response:
     who = wire.identity(request)
-    admin_only(who, "volume_extension:types_extra_specs:delete")
     await wire.in_thread(type_admin.delete_extra_spec, wire.runtime(request), who,
                          request.path_params["id"], request.path_params["key"])
     return wire.accepted()
@@ -254,11 +242,15 @@ async def specs_delete(request: Request) -> Response:
 
 async def access_index(request: Request) -> Response:
     who = wire.identity(request)
-    admin_only(who, "volume_extension:volume_type_access")
     type_id = request.path_params["id"]
     projects = await wire.in_thread(type_admin.access_list, wire.runtime(request), who, type_id)
     return wire.ok({"volume_type_access": [{"volume_type_id": type_id, "project_id": p}
                                            for p in projects]})
+
+
+#: action name → its Cinder rule (volume_access policies)
+ACTION_RULES = {name: f"volume_extension:volume_type_access:{name}"
+                for name in ("addProjectAccess", "removeProjectAccess")}
 
 
 async def action(request: Request) -> Response:
@@ -272,7 +264,6 @@ async def action(request: Request) -> Response:
     if name not in handlers:
         raise ApiError(400, f"There is no such action: {name}. Verify the request body and "
                             f"Content-Type header and try again.")
-    admin_only(who, f"volume_extension:volume_type_access:{name}")
     schema.check(body, ACCESS_ACTIONS[name])
     project = value["project"]
     await wire.in_thread(handlers[name], wire.runtime(request), who, request.path_params["id"],
@@ -281,17 +272,23 @@ async def action(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/types", list_types, methods=["GET"]),
-    Route("/v3/types", create, methods=["POST"]),
-    Route("/v3/types/default", show_default, methods=["GET"]),
-    Route("/v3/types/{id}", show, methods=["GET"]),
-    Route("/v3/types/{id}", update, methods=["PUT"]),
-    Route("/v3/types/{id}", delete, methods=["DELETE"]),
-    Route("/v3/types/{id}/action", action, methods=["POST"]),
-    Route("/v3/types/{id}/os-volume-type-access", access_index, methods=["GET"]),
-    Route("/v3/types/{id}/extra_specs", specs_index, methods=["GET"]),
-    Route("/v3/types/{id}/extra_specs", specs_create, methods=["POST"]),
-    Route("/v3/types/{id}/extra_specs/{key}", specs_show, methods=["GET"]),
-    Route("/v3/types/{id}/extra_specs/{key}", specs_update, methods=["PUT"]),
-    Route("/v3/types/{id}/extra_specs/{key}", specs_delete, methods=["DELETE"]),
+    route("/v3/types", list_types, "GET", "volume_extension:type_get_all"),
+    route("/v3/types", create, "POST", "volume_extension:type_create"),
+    route("/v3/types/default", show_default, "GET", "volume_extension:type_get"),
+    route("/v3/types/{id}", show, "GET", "volume_extension:type_get"),
+    route("/v3/types/{id}", update, "PUT", "volume_extension:type_update"),
+    route("/v3/types/{id}", delete, "DELETE", "volume_extension:type_delete"),
+    action_route("/v3/types/{id}/action", action, ACTION_RULES),
+    route("/v3/types/{id}/os-volume-type-access", access_index, "GET",
+          "volume_extension:volume_type_access:get_all_for_type"),
+    route("/v3/types/{id}/extra_specs", specs_index, "GET",
+          "volume_extension:types_extra_specs:index"),
+    route("/v3/types/{id}/extra_specs", specs_create, "POST",
+          "volume_extension:types_extra_specs:create"),
+    route("/v3/types/{id}/extra_specs/{key}", specs_show, "GET",
+          "volume_extension:types_extra_specs:show"),
+    route("/v3/types/{id}/extra_specs/{key}", specs_update, "PUT",
+          "volume_extension:types_extra_specs:update"),
+    route("/v3/types/{id}/extra_specs/{key}", specs_delete, "DELETE",
+          "volume_extension:types_extra_specs:delete"),
 ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import wire
+from blockyard.api.routes import public
 
 UPDATED = "2023-08-31T00:00:00Z"
 
@@ -43,6 +43,6 @@ async def v3(request: Request) -> Response:
 
 
 routes = [
-    Route("/", root, methods=["GET"]),
-    Route("/v3/", v3, methods=["GET"]),
+    public("/", root),
+    public("/v3/", v3),
 ]

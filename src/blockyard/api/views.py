@@ -12,6 +12,7 @@ from starlette.requests import Request
 
 from blockyard.api import wire
 from blockyard.service import migration
+from blockyard.service.identity import allowed
 from blockyard.service.records import AttachmentRecord, VolumeRecord
 from blockyard.service.runtime import Runtime
 from blockyard.states import MIGRATION_ACTIVE, AttachStatus
@@ -94,9 +95,14 @@ def volume_detail(
         body["volume_type_id"] = v.volume_type_id
     if mv >= 65:
         body["consumes_quota"] = True
-    if admin_fields:
-        body["os-vol-tenant-attr:tenant_id"] = v.project_id
-        body["os-vol-mig-status-attr:migstat"] = v.migration_status
-        body["os-vol-mig-status-attr:name_id"] = v.name_id
-        body["os-vol-host-attr:host"] = backend.pool_host if backend else (v.backend or None)
+    if admin_fields:  # each by its Cinder rule, for the volume's project
+        who, target = wire.identity(request), {"project_id": v.project_id}
+        if allowed(who, "volume_extension:volume_tenant_attribute", target):
+            body["os-vol-tenant-attr:tenant_id"] = v.project_id
+        if allowed(who, "volume_extension:volume_mig_status_attribute", target):
+            body["os-vol-mig-status-attr:migstat"] = v.migration_status
+            body["os-vol-mig-status-attr:name_id"] = v.name_id
+        if allowed(who, "volume_extension:volume_host_attribute", target):
+            body["os-vol-host-attr:host"] = (backend.pool_host if backend
+                                             else (v.backend or None))
     return body

@@ -8,14 +8,14 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from blockyard.api import attachments as attachment_api
 from blockyard.api import listing, metadata, validate, views, wire
-from blockyard.api.types import admin_only
+from blockyard.api.routes import action_route, route
 from blockyard.rest import schema
 from blockyard.rest.errors import ApiError
 from blockyard.service import migration, volumes
+from blockyard.service.identity import enforce
 
 # Cinder's volumes.py schemas: create (with group_id from 3.13, backup_id from 3.47, no
 # unknown keys from 3.53) and update (unknown keys never; at least one field from 3.53)
@@ -161,6 +161,8 @@ async def delete(request: Request) -> Response:
     force = validate.query_bool(q.get("force"), "force")
     if force and wire.mv(request) < 23:
         raise ApiError(400, "Invalid input received: force requires microversion 3.23.")
+    if force:  # on top of the route's volume:delete, as Cinder checks it
+        enforce(wire.identity(request), "volume:force_delete")
     await wire.call(request, volumes.delete_volume, request.path_params["id"], cascade=cascade,
                     force=force)
     return wire.accepted()
@@ -246,8 +248,6 @@ async def _migrate(request: Request, volume_id: str, value: Any) -> Response:
     ``force_host_copy`` is accepted and changes nothing (every migration is a host copy);
     ``cluster`` (3.16) is refused unless null, since a deployment has no clusters.
     """
-    admin_only(wire.identity(request),
-               "volume_extension:volume_admin_actions:migrate_volume")
     schema.check({"os-migrate_volume": value},
                  MIGRATE_V316 if wire.mv(request) >= 16 else MIGRATE)
     args: dict[str, Any] = value
@@ -271,8 +271,6 @@ async def _retype(request: Request, volume_id: str, value: Any) -> Response:
 
 async def _migrate_completion(request: Request, volume_id: str, value: Any) -> Response:
     """os-migrate_volume_completion (admin): Cinder's checks and answer (see the service)."""
-    admin_only(wire.identity(request),
-               "volume_extension:volume_admin_actions:migrate_volume_completion")
     schema.check({"os-migrate_volume_completion": value}, MIGRATE_COMPLETION)
     new_volume = value["new_volume"]
     error = validate.boolean(value.get("error") or False, "error")
@@ -294,6 +292,29 @@ ACTIONS: dict[str, Action] = {
 }
 
 
+#: action name → its Cinder rule (volume_actions, volume_metadata and volumes policies)
+ACTION_RULES = {
+    "os-extend": "volume:extend",
+    "os-reset_status": "volume_extension:volume_admin_actions:reset_status",
+    "os-set_bootable": "volume:update",
+    "os-update_readonly_flag": "volume:update_readonly_flag",
+    "os-force_delete": "volume_extension:volume_admin_actions:force_delete",
+    "os-migrate_volume": "volume_extension:volume_admin_actions:migrate_volume",
+    "os-retype": "volume:retype",
+    "os-migrate_volume_completion":
+        "volume_extension:volume_admin_actions:migrate_volume_completion",
+    "os-reserve": "volume_extension:volume_actions:reserve",
+    "os-unreserve": "volume_extension:volume_actions:unreserve",
+    "os-initialize_connection": "volume_extension:volume_actions:initialize_connection",
+    "os-terminate_connection": "volume_extension:volume_actions:terminate_connection",
+    "os-attach": "volume_extension:volume_actions:attach",
+    "os-begin_detaching": "volume_extension:volume_actions:begin_detaching",
+    "os-roll_detaching": "volume_extension:volume_actions:roll_detaching",
+    "os-detach": "volume_extension:volume_actions:detach",
+    "os-force_detach": "volume_extension:volume_admin_actions:force_detach",
+}
+
+
 async def action(request: Request) -> Response:
     body = await wire.json_body(request)
     if len(body) != 1:
@@ -307,13 +328,13 @@ async def action(request: Request) -> Response:
 
 
 routes = [
-    Route("/v3/volumes", list_summary, methods=["GET"]),
-    Route("/v3/volumes", create, methods=["POST"]),
-    Route("/v3/volumes/detail", list_detail, methods=["GET"]),
-    Route("/v3/volumes/summary", summary, methods=["GET"]),
-    Route("/v3/volumes/{id}", show, methods=["GET"]),
-    Route("/v3/volumes/{id}", update, methods=["PUT"]),
-    Route("/v3/volumes/{id}", delete, methods=["DELETE"]),
-    Route("/v3/volumes/{id}/action", action, methods=["POST"]),
-    *metadata.routes("volumes", volumes.METADATA),
+    route("/v3/volumes", list_summary, "GET", "volume:get_all"),
+    route("/v3/volumes", create, "POST", "volume:create"),
+    route("/v3/volumes/detail", list_detail, "GET", "volume:get_all"),
+    route("/v3/volumes/summary", summary, "GET", "volume:get_all"),
+    route("/v3/volumes/{id}", show, "GET", "volume:get"),
+    route("/v3/volumes/{id}", update, "PUT", "volume:update"),
+    route("/v3/volumes/{id}", delete, "DELETE", "volume:delete"),
+    action_route("/v3/volumes/{id}/action", action, ACTION_RULES),
+    *metadata.routes("volumes", volumes.METADATA, metadata.VOLUME_RULES),
 ]

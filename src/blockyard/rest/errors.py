@@ -37,6 +37,7 @@ FAULT_NAMES = {
 #: domain error class → HTTP status; the most specific class in an error's MRO wins
 STATUS_OF: dict[type[BaseException], int] = {
     errors.NotFound: 404,
+    errors.Forbidden: 403,
     errors.Invalid: 400,
     errors.Conflict: 409,
     errors.QuotaExceeded: 413,

@@ -30,7 +30,7 @@ from blockyard.db.models import Attachment, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.model import ConnectionInfo, Connector, VolumeRef
 from blockyard.service import messages, volume_ops, volumes
-from blockyard.service.identity import Identity, authorize
+from blockyard.service.identity import Identity, authorize, can_see_all
 from blockyard.service.runtime import Runtime
 from blockyard.states import AttachStatus, VolumeStatus
 
@@ -51,6 +51,31 @@ def attachment_connection_info(info: ConnectionInfo, attachment_id: str) -> dict
             "attachment_id": attachment_id}
 
 
+#: the connection info keys whose values are secrets: CHAP credentials (session and
+#: discovery), the cephx key and a keyring holding it, the libvirt secret that names one,
+#: and the NBD TLS pre-shared key
+SECRET_KEYS = frozenset({
+    "auth_username", "auth_password", "discovery_auth_username", "discovery_auth_password",
+    "key", "keyring", "secret_uuid", "tls_psk_key",
+})
+#: what a secret shows as (oslo's mask): the keys stay, so the info still parses
+MASK = "***"
+
+
+def masked(info: dict[str, Any]) -> dict[str, Any]:
+    """`info` (flat, or nested under "data") with every secret value replaced by MASK.
+
+    Only the answers of the calls that attach (os-initialize_connection, an attachment
+    created or updated with a connector) carry the secrets; what reads an attachment later
+    (show, list) gets this, as do logs: what remains is enough to find and disconnect the
+    volume, not to connect to it.
+    """
+    out = {k: (MASK if k in SECRET_KEYS and v is not None else v) for k, v in info.items()}
+    if isinstance(info.get("data"), dict):
+        out["data"] = masked(info["data"])
+    return out
+
+
 # ---------------------------------------------------------------------------- reads
 
 
@@ -68,7 +93,7 @@ def get(rt: Runtime, who: Identity, attachment_id: str) -> Attachment:
         att = s.get(Attachment, attachment_id)
         if att is None:
             raise _attachment_not_found(attachment_id)
-        authorize(who, "attachment:get", att.project_id)
+        authorize(who, "volume:get", att.project_id, hidden=_attachment_not_found(attachment_id))
         return att
 
 
@@ -76,7 +101,7 @@ def list_attachments(rt: Runtime, who: Identity, *, all_projects: bool,
                      filters: dict[str, str]) -> list[Attachment]:
     with rt.db.read() as s:
         q = select(Attachment).order_by(Attachment.created_at.desc(), Attachment.id.desc())
-        if not (all_projects and who.is_admin):
+        if not (all_projects and can_see_all(who)):
             q = q.where(Attachment.project_id == who.project_id)
         if filters.get("volume_id"):
             q = q.where(Attachment.volume_id == filters["volume_id"])

@@ -21,7 +21,7 @@ from blockyard.db.models import Group, GroupSnapshot, Snapshot, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.model import SnapshotRef
 from blockyard.service import groups, quotas, records, services, tasks
-from blockyard.service.identity import Identity, authorize
+from blockyard.service.identity import Identity, authorize, can_see_all
 from blockyard.service.listing import ListParams, Page, filter_columns, paginate
 from blockyard.service.runtime import Runtime
 from blockyard.service.volume_ops import snapshot_ref
@@ -37,7 +37,9 @@ def get(session: Session, who: Identity, group_snapshot_id: str) -> GroupSnapsho
     if gs is None:
         raise NotFound("GroupSnapshot", group_snapshot_id,
                        f"GroupSnapshot {group_snapshot_id} could not be found.")
-    authorize(who, "group_snapshot:get", gs.project_id)
+    authorize(who, "group:get_group_snapshot", gs.project_id,
+              hidden=NotFound("GroupSnapshot", group_snapshot_id,
+                              f"GroupSnapshot {group_snapshot_id} could not be found."))
     return gs
 
 
@@ -49,7 +51,7 @@ def load(rt: Runtime, who: Identity, group_snapshot_id: str) -> GroupSnapshot:
 def list_group_snapshots(rt: Runtime, who: Identity, params: ListParams, *,
                          all_projects: bool, like_allowed: bool) -> Page:
     query = select(GroupSnapshot)
-    if not (all_projects and who.is_admin):
+    if not (all_projects and can_see_all(who)):
         query = query.where(GroupSnapshot.project_id == who.project_id)
     query = filter_columns(query, params.filters, {
         "name": GroupSnapshot.name, "status": GroupSnapshot.status,

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from blockyard.db.models import Group, GroupType, GroupTypeSpec, utcnow
 from blockyard.errors import Conflict, Invalid, NotFound
 from blockyard.service import listing
-from blockyard.service.identity import Identity
+from blockyard.service.identity import Identity, can_see_all
 from blockyard.service.runtime import Runtime
 
 #: the API's sort keys for GET /group_types
@@ -30,7 +30,7 @@ def _not_found(ident: str) -> NotFound:
 
 
 def _visible(gt: GroupType, who: Identity) -> bool:
-    return gt.is_public or who.is_admin
+    return gt.is_public or can_see_all(who)
 
 
 def by_id(session: Session, who: Identity, type_id: str) -> GroupType:

@@ -32,7 +32,7 @@ from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.model import SnapshotRef, VolumeRef
 from blockyard.service import group_types, quotas, records, scheduler, services, tasks
 from blockyard.service import types as vtypes
-from blockyard.service.identity import Identity, authorize
+from blockyard.service.identity import Identity, authorize, can_see_all
 from blockyard.service.listing import ListParams, Page, filter_columns, paginate
 from blockyard.service.runtime import Backend, Runtime
 from blockyard.service.volume_ops import volume_ref
@@ -60,7 +60,7 @@ def get(session: Session, who: Identity, group_id: str) -> Group:
     group = session.get(Group, group_id)
     if group is None:
         raise not_found(group_id)
-    authorize(who, "group:get", group.project_id)
+    authorize(who, "group:get", group.project_id, hidden=not_found(group_id))
     return group
 
 
@@ -85,7 +85,7 @@ def member_ids(rt: Runtime, who: Identity, group_ids: list[str]) -> dict[str, li
 def list_groups(rt: Runtime, who: Identity, params: ListParams, *, all_projects: bool,
                 like_allowed: bool) -> Page:
     query = select(Group)
-    if not (all_projects and who.is_admin):
+    if not (all_projects and can_see_all(who)):
         query = query.where(Group.project_id == who.project_id)
     query = filter_columns(query, params.filters, {
         "name": Group.name, "status": Group.status, "group_type": Group.group_type_id,
@@ -174,7 +174,7 @@ def _add_member(s: Session, who: Identity, group: Group, volume_id: str) -> None
         return
     v = s.get(Volume, volume_id)
     prefix = f"Cannot add volume {volume_id} to group {group.id}"
-    if v is None or not (who.is_admin or v.project_id == who.project_id):
+    if v is None or not (can_see_all(who) or v.project_id == who.project_id):
         raise invalid_volume(f"{prefix} because volume cannot be found.")
     if v.group_id is not None:
         raise invalid_volume(f"{prefix} because it is already in group {v.group_id}.")

@@ -23,7 +23,7 @@ from blockyard.db.engine import Database
 from blockyard.db.models import Snapshot, Volume
 from blockyard.errors import BlockyardError, NotSupported
 from blockyard.model import Export, SnapshotRef, VolumeRef
-from blockyard.service import attachments, compute_events, services
+from blockyard.service import attachments, compute_events, policies, services
 from blockyard.service import group_clones as _group_clones  # noqa: F401  (task handlers)
 from blockyard.service import group_snapshots as _group_snapshots  # noqa: F401  (task handlers)
 from blockyard.service import groups as _groups  # noqa: F401  (registers task handlers)
@@ -101,6 +101,10 @@ def prune_exports(rt: Runtime) -> int:
 
 def build_runtime(config: Config) -> Runtime:
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    # Cinder's rule defaults under the operator's policy file, built now rather than by the
+    # first request (a broken file stops the start, naming it)
+    policy_file = config.auth.policy_file
+    policies.load(str(policy_file) if policy_file is not None else None)
     db = Database(config.database_url)
     db.migrate()
     with db.write() as s:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from blockyard.db.models import Base, Message, Snapshot, Volume, utcnow
 from blockyard.errors import Invalid, NotFound
-from blockyard.service.identity import Identity, authorize
+from blockyard.service.identity import Identity, authorize, can_see_all
 from blockyard.service.listing import ListParams, Page, paginate
 from blockyard.service.request_context import current_request_id
 from blockyard.service.runtime import Runtime
@@ -193,7 +193,7 @@ _NULLABLE = {"resource_type": "", "resource_uuid": "", "request_id": ""}
 
 def _visible(who: Identity, all_projects: bool) -> Any:
     q = select(Message).where(Message.expires_at > utcnow())
-    if not (all_projects and who.is_admin):
+    if not (all_projects and can_see_all(who)):
         q = q.where(Message.project_id == who.project_id)
     return q
 
@@ -219,7 +219,9 @@ def get(rt: Runtime, who: Identity, message_id: str) -> Message:
             _visible(who, True).where(Message.id == message_id)).scalar()
         if msg is None:
             raise NotFound("Message", message_id, f"Message {message_id} could not be found.")
-        authorize(who, "message:get", msg.project_id)
+        authorize(who, "message:get", msg.project_id,
+                  hidden=NotFound("Message", message_id,
+                                  f"Message {message_id} could not be found."))
         s.expunge(msg)
         return msg
 
@@ -229,5 +231,7 @@ def delete_message(rt: Runtime, who: Identity, message_id: str) -> None:
         msg = s.get(Message, message_id)
         if msg is None or msg.expires_at <= utcnow():
             raise NotFound("Message", message_id, f"Message {message_id} could not be found.")
-        authorize(who, "message:delete", msg.project_id)
+        authorize(who, "message:delete", msg.project_id,
+                  hidden=NotFound("Message", message_id,
+                                  f"Message {message_id} could not be found."))
         s.execute(delete(Message).where(Message.id == message_id))

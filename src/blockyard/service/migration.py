@@ -271,7 +271,7 @@ def complete(rt: Runtime, who: Identity, volume_id: str, new_volume_id: str,
     for ident in (volume_id, new_volume_id):
         if ident not in found:
             raise NotFound("Volume", ident)
-        authorize(who, "volume:get", found[ident].project_id)
+        authorize(who, "volume:get", found[ident].project_id, hidden=NotFound("Volume", ident))
     old, new = found[volume_id], found[new_volume_id]
     if not (old.migration_status or new.migration_status):
         if not error and old.attach_status != states.AttachStatus.DETACHED:

@@ -12,7 +12,7 @@ from blockyard import states
 from blockyard.db.models import Snapshot, SnapshotMetadata, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import metadata, quotas, records, services, tasks
-from blockyard.service.identity import Identity, authorize
+from blockyard.service.identity import Identity, authorize, can_see_all
 from blockyard.service.listing import (
     ListParams,
     Page,
@@ -42,7 +42,7 @@ def get(session: Session, who: Identity, snapshot_id: str) -> Snapshot:
     snap = session.get(Snapshot, snapshot_id)
     if snap is None:
         raise NotFound("Snapshot", snapshot_id)
-    authorize(who, "snapshot:get", snap.project_id)
+    authorize(who, "volume:get_snapshot", snap.project_id, hidden=NotFound("Snapshot", snapshot_id))
     return snap
 
 
@@ -64,7 +64,7 @@ def create(rt: Runtime, who: Identity, volume_id: str, *, name: str | None,
         v = s.get(Volume, volume_id)
         if v is None:
             raise NotFound("Volume", volume_id)
-        authorize(who, "volume:get", v.project_id)
+        authorize(who, "volume:get", v.project_id, hidden=NotFound("Volume", volume_id))
         services.assert_not_frozen(s, v.backend)
         allowed = ((VolumeStatus.AVAILABLE, VolumeStatus.IN_USE) if force
                    else (VolumeStatus.AVAILABLE,))
@@ -235,7 +235,7 @@ def list_snapshots(rt: Runtime, who: Identity, params: ListParams, *, all_projec
                    like_allowed: bool) -> Page:
     with rt.db.read() as s:
         q = select(Snapshot)
-        if not (all_projects and who.is_admin):
+        if not (all_projects and can_see_all(who)):
             q = q.where(Snapshot.project_id == who.project_id)
         elif params.filters.get("project_id"):
             q = q.where(Snapshot.project_id == params.filters["project_id"])

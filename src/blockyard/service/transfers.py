@@ -27,7 +27,7 @@ from blockyard import states
 from blockyard.db.models import Base, Snapshot, Transfer, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import quotas, records
-from blockyard.service.identity import Identity, authorize
+from blockyard.service.identity import Identity, authorize, can_see_all
 from blockyard.service.listing import ListParams, Page, paginate
 from blockyard.service.runtime import Runtime
 from blockyard.states import SnapshotStatus, VolumeStatus
@@ -108,7 +108,7 @@ def create(rt: Runtime, who: Identity, volume_id: str, name: str | None,
         owner = s.execute(select(Volume.project_id).where(Volume.id == volume_id)).scalar()
         if owner is None:
             raise NotFound("Volume", volume_id)
-        authorize(who, "volume:create_transfer", owner)
+        authorize(who, "volume:create_transfer", owner, hidden=NotFound("Volume", volume_id))
         conditions: list[Any] = [states.not_migrating()]
         if not no_snapshots:
             conditions.append(_snapshots_settled(volume_id))
@@ -154,7 +154,7 @@ def _open() -> Any:
 def get(rt: Runtime, who: Identity, transfer_id: str) -> TransferView:
     with rt.db.read() as s:
         t = _open_offer(s, transfer_id)
-        authorize(who, "volume:get_transfer", t.source_project_id)
+        authorize(who, "volume:get_transfer", t.source_project_id, hidden=_missing(transfer_id))
         return _view(t)
 
 
@@ -183,7 +183,7 @@ def list_transfers(rt: Runtime, who: Identity, params: ListParams, *,
     `all_projects`, for admins). A filter on a key transfers do not have matches nothing,
     as in Cinder."""
     q = _open()
-    if not (all_projects and who.is_admin):
+    if not (all_projects and can_see_all(who)):
         q = q.where(Transfer.source_project_id == who.project_id)
     for key, value in params.filters.items():
         column = FILTERS.get(key)
@@ -274,7 +274,7 @@ def delete_transfer(rt: Runtime, who: Identity, transfer_id: str) -> None:
     """Withdraw an open offer; its volume is `available` to its owner again."""
     with rt.db.write() as s:
         t = _open_offer(s, transfer_id)
-        authorize(who, "volume:delete_transfer", t.source_project_id)
+        authorize(who, "volume:delete_transfer", t.source_project_id, hidden=_missing(transfer_id))
         s.execute(delete(Transfer).where(Transfer.id == transfer_id,
                                          Transfer.accepted.is_(False)))
         try:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from blockyard.db.models import VolumeType, VolumeTypeExtraSpec, VolumeTypeProject
 from blockyard.errors import NotFound
-from blockyard.service.identity import Identity
+from blockyard.service.identity import Identity, can_see_all
 
 DEFAULT_TYPE_DESCRIPTION = "Default Volume Type"
 
@@ -68,7 +68,7 @@ def resolve(conn: Connection, ident: str, who: Identity) -> TypeInfo:
         rows = [r for r in rows if r[0] == type_id]
         info = TypeInfo(rows[0][0], rows[0][1], bool(rows[0][2]),
                         {r[3]: r[4] for r in rows if r[3] is not None})
-        if info.is_public or who.is_admin or conn.execute(
+        if info.is_public or can_see_all(who) or conn.execute(
             select(VolumeTypeProject.project_id).where(
                 VolumeTypeProject.volume_type_id == info.id,
                 VolumeTypeProject.project_id == who.project_id)
@@ -78,7 +78,7 @@ def resolve(conn: Connection, ident: str, who: Identity) -> TypeInfo:
 
 
 def visible(vt: VolumeType, who: Identity) -> bool:
-    return vt.is_public or who.is_admin or any(p.project_id == who.project_id
+    return vt.is_public or can_see_all(who) or any(p.project_id == who.project_id
                                               for p in vt.projects)
 
 

@@ -123,7 +123,7 @@ def read_visible(rt: Runtime, who: Identity, volume_id: str) -> tuple[VolumeReco
         v = records.fetch_volume(conn, volume_id)
         if v is None:
             raise NotFound("Volume", volume_id)
-        authorize(who, "volume:get", v.project_id)
+        authorize(who, "volume:get", v.project_id, hidden=NotFound("Volume", volume_id))
         per_volume = quotas.limit_of(conn, rt.config.quotas, v.project_id,
                                      "per_volume_gigabytes")
     return v, per_volume

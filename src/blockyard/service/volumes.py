@@ -40,7 +40,7 @@ from blockyard.service import (
     volume_ops,
 )
 from blockyard.service import types as vtypes
-from blockyard.service.identity import Identity, authorize
+from blockyard.service.identity import Identity, authorize, can_see_all
 from blockyard.service.records import VolumeRecord
 from blockyard.service.runtime import Backend, Runtime
 from blockyard.states import SnapshotStatus, VolumeStatus
@@ -75,7 +75,7 @@ def get(session: Session, who: Identity, volume_id: str) -> Volume:
     volume = session.get(Volume, volume_id)
     if volume is None:
         raise NotFound("Volume", volume_id)
-    authorize(who, "volume:get", volume.project_id)
+    authorize(who, "volume:get", volume.project_id, hidden=NotFound("Volume", volume_id))
     return volume
 
 
@@ -85,7 +85,7 @@ def show(rt: Runtime, who: Identity, volume_id: str) -> VolumeRecord:
         record = records.fetch_volume(conn, volume_id)
     if record is None:
         raise NotFound("Volume", volume_id)
-    authorize(who, "volume:get", record.project_id)
+    authorize(who, "volume:get", record.project_id, hidden=NotFound("Volume", volume_id))
     return record
 
 
@@ -143,7 +143,7 @@ def _snapshot_source(conn: Connection, who: Identity, snapshot_id: str,
         .where(Snapshot.id == snapshot_id)).first()
     if snap is None:
         raise NotFound("Snapshot", snapshot_id)
-    authorize(who, "snapshot:get", snap.project_id)
+    authorize(who, "volume:get_snapshot", snap.project_id, hidden=NotFound("Snapshot", snapshot_id))
     if snap.status != SnapshotStatus.AVAILABLE:
         raise Invalid("Invalid snapshot: Originating snapshot status must be one of "
                       "'available' values")
@@ -157,7 +157,7 @@ def _volume_source(conn: Connection, who: Identity, source_volid: str,
         .where(Volume.id == source_volid)).first()
     if src is None:
         raise NotFound("Volume", source_volid)
-    authorize(who, "volume:get", src.project_id)
+    authorize(who, "volume:get", src.project_id, hidden=NotFound("Volume", source_volid))
     return _copy_of(src, size, "volume", "original volume size")
 
 
@@ -317,7 +317,8 @@ def _membership(conn: Connection, who: Identity, group_id: str) -> _Membership:
                        .where(Group.id == group_id)).first()
     if row is None:
         raise NotFound("Group", group_id, f"Group {group_id} could not be found.")
-    authorize(who, "group:get", row.project_id)
+    authorize(who, "group:get", row.project_id,
+              hidden=NotFound("Group", group_id, f"Group {group_id} could not be found."))
     type_ids = tuple(conn.execute(select(GroupVolumeType.volume_type_id)
                                   .where(GroupVolumeType.group_id == group_id)).scalars())
     return _Membership(group_id, row.backend, type_ids)
@@ -686,7 +687,7 @@ def list_volumes(rt: Runtime, who: Identity, params: Any, *, all_projects: bool,
                  like_allowed: bool) -> Any:
     """One page of the caller's volumes (every project's with `all_projects`)."""
     with rt.db.read() as s:
-        q = _filtered_query(who, params.filters, all_projects and who.is_admin, like_allowed)
+        q = _filtered_query(who, params.filters, all_projects and can_see_all(who), like_allowed)
         page = listing.paginate(s, Volume, q, params, sortable=SORTABLE,
                         nullable={"name": "", "updated_at": Volume.created_at})
         page.rows = records.fetch_volumes(s.connection(), page.rows)
@@ -703,7 +704,7 @@ def summary(
             Volume, Volume.id == VolumeMetadata.volume_id)
         q = q.where(states.not_migration_target())
         mq = mq.where(states.not_migration_target())
-        if not (all_projects and who.is_admin):
+        if not (all_projects and can_see_all(who)):
             q = q.where(Volume.project_id == who.project_id)
             mq = mq.where(Volume.project_id == who.project_id)
         count, total = s.execute(q).one()

@@ -14,6 +14,7 @@ from blockyard.identity import Identity
 from blockyard.policy import Policy, RuleDefault
 from blockyard.service import policies
 from tests.support.personas import PERSONAS, PROJECT_A, app_sender
+from tests.support.server import Server
 
 RULES = [
     RuleDefault("admin_api", "is_admin:True or (role:admin and is_admin_project:True)"),
@@ -169,3 +170,21 @@ def test_the_resource_check_uses_the_routes_rule_with_the_resources_project(
             assert send("admin", "DELETE", f"/v3/volumes/{vid}").status_code == 202
     finally:
         del personas.PERSONAS["outsider"]
+
+
+def test_a_served_config_applies_the_operators_policy_file(tmp_path: Path) -> None:
+    """`[auth] policy_file` in a real `blockyard serve`: its rules replace the defaults
+    (here even an admin may not list volumes), the others stay."""
+    rules = tmp_path / "policy.yaml"
+    rules.write_text('"volume:get_all": "!"\n')
+    server = Server(tmp_path / "state",
+                    config=f'[auth]\npolicy_file = "{rules}"\n').start()
+    try:
+        api = server.client()
+        refused = api.get("/volumes")
+        assert refused.status_code == 403, refused.text
+        assert "volume:get_all" in refused.json()["forbidden"]["message"]
+        assert api.get("/types").status_code == 200
+        api.close()
+    finally:
+        server.stop()

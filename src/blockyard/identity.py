@@ -66,6 +66,7 @@ class Identity:
             "project_domain_id": self.project_domain_id,
             "domain_id": self.domain_id,
             "system_scope": self.system_scope,
+            "system": self.system_scope,  # what oslo.policy's scope check reads
             "roles": sorted(self.roles),
             "is_admin_project": self.is_admin_project,
             "is_admin": self.is_admin,

@@ -30,6 +30,9 @@ __all__ = ["Policy", "RuleDefault", "target_of"]
 
 RuleDefault = oslo_policy.RuleDefault
 
+#: where both servers' configs name the operator's file (errors about it name this key)
+POLICY_FILE_KEY = "auth.policy_file"
+
 #: remembered results; callers x rules x targets of a busy server fit many times over
 CACHE_SIZE = 8192
 
@@ -63,7 +66,7 @@ class Policy:
         if policy_file is not None:
             path = Path(policy_file).absolute()
             if not path.is_file():
-                raise ConfigError("policy_file", f"{path} is not a file")
+                raise ConfigError(POLICY_FILE_KEY, f"no such file: {path}")
         # no file: the defaults alone (not a `policy.yaml` found in ~ or /etc by chance)
         enforcer = oslo_policy.Enforcer(conf, policy_file=str(path) if path else "/dev/null")
         conf.set_override("policy_dirs", [], group="oslo_policy")
@@ -71,7 +74,8 @@ class Policy:
         try:
             enforcer.load_rules()
         except Exception as exc:  # oslo.policy raises bare parse errors of YAML/JSON
-            raise ConfigError("policy_file", f"cannot read {path}: {exc}") from exc
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(POLICY_FILE_KEY, f"cannot read {path}: {first}") from None
         # the rules are final: later checks must not look at the file (a stat and a parse of
         # every policy.d directory per check, hundreds of microseconds)
         enforcer.use_conf = False
@@ -92,7 +96,10 @@ class Policy:
         found = self._cache.get(key)  # one dict lookup: atomic under the GIL, no lock
         if found is not None:
             return found
-        allowed = bool(self._enforcer.enforce(rule, dict(tgt), who.policy_credentials()))
+        try:
+            allowed = bool(self._enforcer.enforce(rule, dict(tgt), who.policy_credentials()))
+        except oslo_policy.InvalidScope:  # a rule with scope_types the token's scope is not
+            allowed = False
         if len(self._cache) >= CACHE_SIZE:
             self._cache = {}  # rare (a full cache of distinct callers): start afresh
         self._cache[key] = allowed

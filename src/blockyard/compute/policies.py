@@ -20,15 +20,12 @@ so it is admin-only by default.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from oslo_config import cfg
 from oslo_policy import policy as oslo_policy
 
-from blockyard.errors import ConfigError
 from blockyard.identity import Identity
+from blockyard.policy import Policy
 
 # -- Nova's base rules (nova/policies/base.py) ------------------------------------------------
 ADMIN = "rule:context_is_admin"
@@ -116,45 +113,13 @@ ROUTES = [
 DEFAULTS: list[oslo_policy.RuleDefault] = [*BASE, *ROUTES]
 
 
-class ComputePolicy:
-    """The agent's rules, with an operator's overrides, checked against an `Identity`.
-
-    A local stand-in for `blockyard.policy.Policy` (on its way to main): the same calls
-    (`check`), the same refusal of a policy file that is missing or does not parse; to be
-    replaced by ``Policy(DEFAULTS, policy_file)`` once it lands."""
+class ComputePolicy(Policy):
+    """Nova's rules for the agent, with an operator's overrides (`blockyard.policy.Policy`),
+    plus the two questions the agent asks of them: is this caller an admin, and does a
+    server of that project exist for them."""
 
     def __init__(self, policy_file: str | Path | None = None) -> None:
-        conf = cfg.ConfigOpts()
-        conf([], project="blockyard-compute", default_config_files=[], default_config_dirs=[])
-        path = None
-        if policy_file is not None:
-            path = Path(policy_file).absolute()
-            if not path.is_file():
-                raise ConfigError("auth.policy_file", f"no such file: {path}")
-        # no file: the defaults alone (not a policy.yaml found in ~ or /etc by chance)
-        self._enforcer = oslo_policy.Enforcer(conf, policy_file=str(path or "/dev/null"))
-        conf.set_override("policy_dirs", [], group="oslo_policy")
-        self._enforcer.register_defaults(DEFAULTS)
-        try:
-            self._enforcer.load_rules()
-        except Exception as exc:  # oslo.policy raises the bare parse errors of YAML/JSON
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError("auth.policy_file", f"cannot read {path}: {first}") from None
-        self._enforcer.use_conf = False  # the rules are final: no re-reading per check
-
-    def check(self, identity: Identity, rule: str,
-              target: Mapping[str, Any] | None = None) -> bool:
-        """Whether `identity` passes `rule` for `target` (a rule not declared is an error:
-        a typo must not quietly allow or deny)."""
-        if rule not in self._enforcer.registered_rules:
-            raise KeyError(f"policy rule {rule!r} is not registered")
-        creds = identity.policy_credentials()
-        creds["system"] = creds.get("system_scope")
-        try:
-            return bool(self._enforcer.enforce(rule, dict(target or {}), creds,
-                                               do_raise=False))
-        except oslo_policy.InvalidScope:
-            return False
+        super().__init__(DEFAULTS, policy_file)
 
     def is_admin(self, identity: Identity) -> bool:
         return self.check(identity, CONTEXT_IS_ADMIN, {})

@@ -103,8 +103,9 @@ def build_runtime(config: Config) -> Runtime:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     # Cinder's rule defaults under the operator's policy file, built now rather than by the
     # first request (a broken file stops the start, naming it)
-    policy_file = config.auth.policy_file
-    policies.load(str(policy_file) if policy_file is not None else None)
+    if config.auth.policy_file is not None:
+        policies.load(str(config.auth.policy_file))
+    policies.engine()
     db = Database(config.database_url)
     db.migrate()
     with db.write() as s:

@@ -100,5 +100,16 @@ def test_an_expired_token_is_refused_even_from_the_cache(tmp_path: Path,
             assert _get(srv, "/volumes", token).status_code == 200
             time.sleep(5)
             assert _get(srv, "/volumes", token).status_code == 401
+            # X-Service-Token is honoured: a service (role `service`) vouching for the call
+            # lets an expired user token finish what it started, as Nova relies on; a
+            # service token of a user without that role does not
+            service = short.service_user("nova-exp")
+            service_token = short.token(service["username"], service["password"],
+                                        project=service["project_name"])
+            assert _get(srv, "/volumes", token,
+                        **{"X-Service-Token": service_token}).status_code == 200
+            _, member_token = short.persona("exp-other", "member")
+            assert _get(srv, "/volumes", token,
+                        **{"X-Service-Token": member_token}).status_code == 401
         finally:
             srv.stop()

@@ -18,12 +18,23 @@ request's auth headers are put in a minimal WSGI environ and handed to ``AuthPro
 an inner app that only records what it was given: validation, caching, revocation checks and
 the 401 with ``WWW-Authenticate`` stay keystonemiddleware's. It runs on a worker thread because
 a cache miss is an HTTP call to Keystone.
+
+What keystonemiddleware accepted is remembered (`_Accepted`) for no longer than its own token
+cache would keep it (``token_cache_time``) and never past the token's expiry, so a repeated
+token costs a dictionary lookup on the event loop instead of a thread hop and the middleware's
+request parsing: the same revocation and expiry behaviour as its cache, at a fraction of the
+cost per request.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -46,7 +57,19 @@ MAX_ID_LENGTH = 255
 #: request headers keystonemiddleware reads; nothing else of the request reaches it
 _TOKEN_HEADERS = ("x-auth-token", "x-service-token", "x-storage-token")
 
+#: keystonemiddleware's default ``token_cache_time`` (seconds)
+DEFAULT_TOKEN_CACHE_TIME = 300
+#: at most this many accepted token pairs are remembered (least recently used go first)
+ACCEPTED_SIZE = 4096
+
 _Environ = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    identity: Identity
+    #: monotonic time after which the middleware must look at the token again
+    until: float
 _StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
@@ -71,10 +94,42 @@ class KeystoneValidator:
         values["oslo_config_config"] = conf
         values.setdefault("delay_auth_decision", "false")
         values.setdefault("log_name", "blockyard.auth")
+        self._cache_seconds = float(values.get("token_cache_time", DEFAULT_TOKEN_CACHE_TIME))
+        self._accepted: OrderedDict[tuple[str | None, ...], _Accepted] = OrderedDict()
+        self._lock = threading.Lock()
         try:
             self._protocol = auth_token.AuthProtocol(_record_environ, values)
         except (ksm_exceptions.ConfigurationError, cfg.Error, ValueError) as exc:
             raise ConfigError("keystone_authtoken", str(exc)) from None
+
+    @staticmethod
+    def _key(headers: Mapping[str, str]) -> tuple[str | None, ...]:
+        return tuple(headers.get(name) for name in _TOKEN_HEADERS)
+
+    def remembered(self, headers: Mapping[str, str]) -> Identity | None:
+        """The identity keystonemiddleware gave these very tokens, while it would still hold
+        it in its cache and the token has not expired; else None (ask `validate`)."""
+        key = self._key(headers)
+        with self._lock:
+            found = self._accepted.get(key)
+            if found is None:
+                return None
+            if time.monotonic() >= found.until:
+                del self._accepted[key]
+                return None
+            self._accepted.move_to_end(key)
+            return found.identity
+
+    def _remember(self, key: tuple[str | None, ...], who: Identity, environ: _Environ) -> None:
+        expires = _seconds_left(environ.get("keystone.token_info"))
+        if self._cache_seconds <= 0 or expires is None or expires <= 0:
+            return  # no cache configured, or a token only a service token let through
+        until = time.monotonic() + min(self._cache_seconds, expires)
+        with self._lock:
+            self._accepted[key] = _Accepted(who, until)
+            self._accepted.move_to_end(key)
+            while len(self._accepted) > ACCEPTED_SIZE:
+                self._accepted.popitem(last=False)
 
     def validate(self, headers: Mapping[str, str]) -> tuple[Identity | None, Response | None]:
         """Blocking: validate the tokens in `headers` (one HTTP call to Keystone on a cache
@@ -101,11 +156,24 @@ class KeystoneValidator:
 
         body = b"".join(self._protocol(environ, start_response))
         if environ.get("blockyard.passed"):
-            return identity_from_headers(environ), None
+            who = identity_from_headers(environ)
+            self._remember(self._key(headers), who, environ)
+            return who, None
         code = int(status[0].split(" ", 1)[0]) if status else 500
         kept = {k: v for k, v in response_headers
                 if k.lower() in ("www-authenticate", "content-type")}
         return None, Response(body, status_code=code, headers=kept)
+
+
+def _seconds_left(token_info: Any) -> float | None:
+    """Seconds until the validated token (keystonemiddleware's ``keystone.token_info``)
+    expires, or None when it does not say."""
+    try:
+        expires_at = token_info["token"]["expires_at"]
+        expires = datetime.fromisoformat(str(expires_at).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (expires - datetime.now(expires.tzinfo)).total_seconds()
 
 
 def _record_environ(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
@@ -188,9 +256,11 @@ class Authenticate:
                 await fault(400, str(exc))(scope, receive, send)
                 return
         else:
-            who, refusal = await run_in_threadpool(self.validator.validate, headers)
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
+            who = self.validator.remembered(headers)
+            if who is None:
+                who, refusal = await run_in_threadpool(self.validator.validate, headers)
+                if refusal is not None:
+                    await refusal(scope, receive, send)
+                    return
             state["identity"] = who
         await self.app(scope, receive, send)

@@ -18,11 +18,10 @@ import asyncio
 import json
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import pytest
 from blockyard.compute.hypervisor import Hypervisor
 from tests.clients import BIN
 from tests.support.compute import ComputeServer, compute_config, short_alias
+from tests.support.recording import RecordingServer, Seen
 from tests.support.server import Server, free_port
 
 # the helper and the session fixture `keystone` (a plugin tests/conftest.py loads) come with
@@ -49,20 +49,10 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length",
 
 # ---------------------------------------------------------------------------- the proxies
 @dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-    status: int = 0
-
-
-@dataclass
-class RecordingProxy:
+class RecordingProxy(RecordingServer):
     """Forwards every request to `target` unchanged and records its headers."""
 
     target: str
-    seen: list[Seen] = field(default_factory=list)
-    _httpd: ThreadingHTTPServer | None = None
 
     def start(self) -> RecordingProxy:
         proxy = self
@@ -76,9 +66,7 @@ class RecordingProxy:
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in HOP_BY_HOP}
-                seen = Seen(self.command, self.path,
-                            {k.lower(): v for k, v in self.headers.items()})
-                proxy.seen.append(seen)
+                seen = proxy.record(self)
                 r = client.request(self.command, self.path, content=body, headers=headers)
                 seen.status = r.status_code
                 self.send_response(r.status_code)
@@ -94,19 +82,8 @@ class RecordingProxy:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.serve(Handler)
         return self
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
 
 
 # ---------------------------------------------------------------------------- the stack

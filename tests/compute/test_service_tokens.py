@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from blockyard.config import ComputeEndpoint
 from blockyard.identity import Identity, from_noauth
 from blockyard.service import compute_events
 from blockyard.service_auth import ServiceAuth, ServiceTokenError, ServiceUser
+from tests.support.recording import RecordingServer
 
 VOLUME = "8f1c5b1e-4d7a-4c50-9d1e-0a3c9b6e2f10"
 INSTANCE = "11111111-2222-3333-4444-555555555555"
@@ -33,19 +33,10 @@ INSTANCE = "11111111-2222-3333-4444-555555555555"
 
 # ---------------------------------------------------------------------------- fake peers
 @dataclass
-class Seen:
-    method: str
-    path: str
-    headers: dict[str, str]
-
-
-@dataclass
-class Peer:
+class Peer(RecordingServer):
     """A recording HTTP server; `answer(method, path, body)` → (status, headers, body)."""
 
     answer: Any
-    seen: list[Seen] = field(default_factory=list)
-    _httpd: ThreadingHTTPServer | None = None
 
     def start(self) -> Peer:
         peer = self
@@ -54,8 +45,7 @@ class Peer:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                peer.seen.append(Seen(self.command, self.path,
-                                      {k.lower(): v for k, v in self.headers.items()}))
+                peer.record(self)
                 status, headers, body = peer.answer(self.command, self.path,
                                                     json.loads(raw) if raw else None)
                 data = json.dumps(body).encode() if body is not None else b""
@@ -72,19 +62,8 @@ class Peer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.serve(Handler)
         return self
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
 
 
 class FakeKeystone:

@@ -52,10 +52,10 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s; always reaped."""
+def stop(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
+    """`sig` (SIGTERM), then SIGKILL after 10 s; always reaped."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:

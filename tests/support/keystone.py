@@ -54,6 +54,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import daemons
+
 KEYSTONE_VERSION = "30.0.0"
 ADMIN_PASSWORD = "admin-secret"
 REGION = "RegionOne"
@@ -189,15 +191,8 @@ class Keystone:
             self._http.close()
             self._http = None
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        if proc is not None:
+            daemons.stop(proc, signal.SIGINT)
 
     def __enter__(self) -> Keystone:
         return self.start()

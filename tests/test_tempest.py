@@ -24,9 +24,9 @@ from tests.support.tempest import (
     ACCOUNTS,
     Run,
     deployment_facts,
-    excerpt,
     print_report,
     reference_tests,
+    require_success,
     run_tempest,
     write_workspace,
 )
@@ -62,11 +62,4 @@ def tempest_run(tmp_path_factory: pytest.TempPathFactory,
                          ids=lambda t: t.removeprefix("tempest.api.volume."))
 def test_reference(tempest_run: Run, test_id: str) -> None:
     """A test real Cinder 29 passes passes here too (not failed, not skipped, not missing)."""
-    outcome = tempest_run.outcome(test_id)
-    if outcome is None:
-        tail = tempest_run.stderr[-2000:]
-        pytest.fail(f"{test_id} did not run (tempest exit {tempest_run.returncode})\n{tail}",
-                    pytrace=False)
-    if outcome.status != "success":
-        pytest.fail(f"{outcome.test_id}: {outcome.status}\n{excerpt(outcome.details)}",
-                    pytrace=False)
+    require_success(tempest_run, test_id)

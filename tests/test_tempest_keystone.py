@@ -23,9 +23,9 @@ from tests.support.server import Server
 from tests.support.tempest import (
     Run,
     deployment_facts,
-    excerpt,
     print_report,
     reference_tests,
+    require_success,
     run_tempest,
     write_workspace,
 )
@@ -82,14 +82,7 @@ def tempest_run(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.C
 def test_passes_with_keystone(tempest_run: Run, test_id: str) -> None:
     """Every test of the reference list, and those that need real roles, pass with real
     Keystone tokens and Cinder's policy (not failed, not skipped, not missing)."""
-    outcome = tempest_run.outcome(test_id)
-    if outcome is None:
-        tail = tempest_run.stderr[-2000:]
-        pytest.fail(f"{test_id} did not run (tempest exit {tempest_run.returncode})\n{tail}",
-                    pytrace=False)
-    if outcome.status != "success":
-        pytest.fail(f"{outcome.test_id}: {outcome.status}\n{excerpt(outcome.details)}",
-                    pytrace=False)
+    require_success(tempest_run, test_id)
 
 
 def test_at_least_151_pass(tempest_run: Run) -> None:

@@ -236,6 +236,20 @@ def print_report(config: Any, run: Run, *, label: str, facts: dict[str, str], wo
         print("\n" + text, flush=True)
 
 
+def require_success(run: Run, test_id: str) -> None:
+    """Fail the calling pytest item unless `test_id` passed in `run` (not failed, skipped or
+    missing), with Tempest's own traceback."""
+    import pytest
+
+    outcome = run.outcome(test_id)
+    if outcome is None:
+        pytest.fail(f"{test_id} did not run (tempest exit {run.returncode})\n"
+                    f"{run.stderr[-2000:]}", pytrace=False)
+    if outcome.status != "success":
+        pytest.fail(f"{outcome.test_id}: {outcome.status}\n{excerpt(outcome.details)}",
+                    pytrace=False)
+
+
 def last_line(text: str) -> str:
     """The last non-blank line (an exception's message, a skip reason)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.support.keystone import Keystone, authtoken_config
-from tests.support.server import Server
+from tests.support.server import Server, free_port
 
 #: seconds keystonemiddleware may keep a validated token (revocation shows after this)
 CACHE_SECONDS = 2
@@ -49,6 +49,20 @@ def test_a_missing_or_bad_token_is_401_saying_where_to_authenticate(
     assert answer.headers["WWW-Authenticate"] == f'Keystone uri="{keystone.url}"'
     assert answer.json()["error"]["code"] == 401
     assert answer.headers["X-OpenStack-Request-Id"].startswith("req-")
+
+
+def test_keystone_out_of_reach_is_503_not_500(tmp_path: Path, keystone: Keystone) -> None:
+    """Tokens cannot be checked: the service is unavailable, it does not fail."""
+    nowhere = f"http://127.0.0.1:{free_port()}/v3"
+    config = authtoken_config(keystone, "cinder-nowhere", http_request_max_retries=0,
+                              http_connect_timeout=2).replace(keystone.url, nowhere)
+    srv = Server(tmp_path / "state", config=config).start()
+    try:
+        answer = _get(srv, "/volumes", "some-token")
+        assert answer.status_code == 503, answer.text
+        assert "Keystone" in answer.text
+    finally:
+        srv.stop()
 
 
 def test_a_member_token_is_its_project_and_roles(server: Server, keystone: Keystone) -> None:

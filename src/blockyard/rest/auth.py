@@ -142,6 +142,7 @@ class KeystoneValidator:
             "SERVER_PROTOCOL": "HTTP/1.1",
             "wsgi.url_scheme": "http",
             "wsgi.input": None,
+            "HTTP_ACCEPT": "application/json",  # its refusals (503: Keystone down) as JSON
         }
         for name in _TOKEN_HEADERS:
             value = headers.get(name)

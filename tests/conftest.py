@@ -39,6 +39,7 @@ MARKS_BY_MODULE = {
     "tests/test_attach_targets.py": ("qemu",),  # connectors over qemu-nbd exports
     "tests/targets/test_qemu_nbd.py": ("qemu",),
     "tests/test_tempest.py": ("slow",),
+    "tests/test_tempest_keystone.py": ("slow",),
     "tests/api/test_hostile.py": ("slow",),
     "tests/test_crash.py": ("slow",),
     "tests/test_attach_crash.py": ("slow",),

@@ -3,9 +3,14 @@ routes) against reader, member and admin of the owning project and a member of a
 
 The expected answer is not written down here: it is computed from the registered rule
 defaults through the enforcer (the route's rule with the persona's own project as target),
-so a new route, a new action or a changed default is covered as soon as it exists. The real
-application answers (fake backend, real database and task runner) with each persona's
-identity where the authentication edge puts it (tests/support/personas.py).
+so a new route, a new action or a changed default is covered as soon as it exists.
+
+The answers come from a real `blockyard serve` (fake backend, real database and task runner)
+with ``[auth] strategy = "keystone"`` against the session's real Keystone: each persona is a
+Keystone user holding its role on its project, each request carries that user's token, and
+the identity the policies see is the one the server's authentication edge makes of it
+(tests/support/personas.py). The project ids are Keystone's: the `world` fixture provides
+them, and the expectations are computed with them.
 
 * Owners: reads use project A's real resources; what would change something gets a body that
   fails validation (``{}``) and ids that do not exist. Allowed: anything but 401/403 (200,
@@ -23,13 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from blockyard.api import app, attachments, group_snapshots, groups, snapshots, types, volumes
 from blockyard.api.routes import PolicyRoute
 from blockyard.policy import Policy
 from blockyard.service import policies
-from tests.support.personas import OWNERS, PERSONAS, PROJECT_A, Sender, app_sender
+from tests.support.keystone import Keystone
+from tests.support.personas import (
+    OWNERS,
+    ROLES,
+    Personas,
+    Sender,
+    keystone_personas,
+    keystone_sender,
+)
 
 ENFORCER = Policy(policies.DEFAULTS)
 MISSING = str(uuid.uuid4())
@@ -100,11 +114,11 @@ def test_every_action_an_endpoint_handles_has_its_rule() -> None:
     assert set(types.ACTION_RULES) == {"addProjectAccess", "removeProjectAccess"}
 
 
-def test_the_defaults_are_cinders_personas() -> None:
+def test_the_defaults_are_cinders_personas(world: World) -> None:
     """A spot check of the engine against the personas Cinder documents."""
-    reader, member, admin, stranger = (PERSONAS[n] for n in
+    reader, member, admin, stranger = (world.personas[n] for n in
                                        ("reader", "member", "admin", "stranger"))
-    own = {"project_id": PROJECT_A}
+    own = {"project_id": world.project_a}
     assert ENFORCER.check(reader, "volume:get", own)
     assert not ENFORCER.check(reader, "volume:create", own)
     assert ENFORCER.check(member, "volume:delete", own)
@@ -119,10 +133,18 @@ def test_the_defaults_are_cinders_personas() -> None:
 
 @dataclass
 class World:
-    """Project A's resources (made by its admin), and B's own volume."""
+    """The personas and their projects, `send` as one of them, project A's resources (made
+    by its admin), and B's own volume."""
 
+    personas: Personas
+    send: Sender
+    url: str
     ids: dict[str, str]
     other_volume: str
+
+    @property
+    def project_a(self) -> str:
+        return self.personas.project_a
 
 
 def _ok(r: Any, *codes: int) -> Any:
@@ -149,13 +171,13 @@ def _volume(send: Sender, persona: str = "admin", **spec: Any) -> str:
     return vid
 
 
-def _build(send: Sender) -> World:
+def _build(personas: Personas, send: Sender, url: str) -> World:
     ids: dict[str, str] = {}
     vt = _ok(send("admin", "POST", "/v3/types", {"volume_type": {
         "name": "private-a", "os-volume-type-access:is_public": False}}))["volume_type"]
     ids["type"] = vt["id"]
     _ok(send("admin", "POST", f"/v3/types/{vt['id']}/action",
-             {"addProjectAccess": {"project": PROJECT_A}}))
+             {"addProjectAccess": {"project": personas.project_a}}))
     _ok(send("admin", "POST", f"/v3/types/{vt['id']}/extra_specs",
              {"extra_specs": {"vendor:k1": "v1"}}))
     ids["volume"] = _volume(send, volume_type="private-a", metadata={"k1": "v1"})
@@ -182,13 +204,16 @@ def _build(send: Sender) -> World:
     ids["qos"] = _ok(send("admin", "POST", "/v3/qos-specs", {"qos_specs": {
         "name": "qos-a", "consumer": "back-end"}}))["qos_specs"]["id"]
     ids["message"] = MISSING  # messages come from failures; none is needed to be hidden
-    return World(ids, _volume(send, "stranger"))
+    return World(personas, send, url, ids, _volume(send, "stranger"))
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sender, World]]:
-    with app_sender(tmp_path_factory.mktemp("matrix")) as send:
-        yield send, _build(send)
+def world(tmp_path_factory: pytest.TempPathFactory, keystone: Keystone) -> Iterator[World]:
+    """One server for the module; the personas are users of the session's Keystone."""
+    personas = keystone_personas(keystone, "matrix")
+    with keystone_sender(keystone, personas, tmp_path_factory.mktemp("matrix") / "state") \
+            as (send, server):
+        yield _build(personas, send, server.url)
 
 
 # ---------------------------------------------------------------------------- requests
@@ -198,23 +223,23 @@ KINDS = {"volumes": "volume", "snapshots": "snapshot", "attachments": "attachmen
          "types": "type", "group_types": "group_type", "groups": "group",
          "group_snapshots": "group_snapshot", "qos-specs": "qos", "messages": "message",
          "os-volume-transfer": "transfer", "volume-transfers": "transfer"}
-#: the other parameters: a fixed value each
-FIXED = {"project": PROJECT_A, "name": "default", "key": "k1", "action": "enable",
-         "host": "nohost"}
+#: the other parameters: a fixed value each ("project": project A's id, from Keystone)
+FIXED = {"name": "default", "key": "k1", "action": "enable", "host": "nohost"}
 
 
-def _path(case: Case, ids: dict[str, str] | None) -> str:
-    """The route's path, its resource the real one (`ids`) or one that does not exist."""
+def _path(case: Case, w: World, real: bool) -> str:
+    """The route's path, its resource the real one (`real`) or one that does not exist."""
+    fixed = {**FIXED, "project": w.project_a}
     parts = case.route.path.split("/")
     for i, part in enumerate(parts):
         if part.startswith("{"):
             name = part[1:-1]
             if name in ("id", "type_id"):
-                parts[i] = ids[KINDS[parts[i - 1]]] if ids is not None else MISSING
+                parts[i] = w.ids[KINDS[parts[i - 1]]] if real else MISSING
             elif name == "key" and parts[i - 1] == "extra_specs":
                 parts[i] = "vendor:k1"  # a key the scheduler leaves alone
             else:
-                parts[i] = FIXED[name]
+                parts[i] = fixed[name]
     return "/".join(parts)
 
 
@@ -222,21 +247,21 @@ def _mutates(case: Case) -> bool:
     return case.route.method != "GET" or case.route.path.endswith(MUTATING_GETS)
 
 
-def _target(case: Case, persona: str) -> dict[str, Any]:
-    who = PERSONAS[persona]
-    project = FIXED["project"] if case.route.target else who.project_id
+def _target(case: Case, w: World, persona: str) -> dict[str, Any]:
+    who = w.personas[persona]
+    project = w.project_a if case.route.target else who.project_id
     return {"project_id": project, "user_id": who.user_id}
 
 
-def _expected(case: Case, persona: str) -> bool:
+def _expected(case: Case, w: World, persona: str) -> bool:
     assert case.rule is not None
-    return ENFORCER.check(PERSONAS[persona], case.rule, _target(case, persona))
+    return ENFORCER.check(w.personas[persona], case.rule, _target(case, w, persona))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_owners(world: tuple[Sender, World], case: Case) -> None:
-    send, w = world
-    path = _path(case, None if _mutates(case) else w.ids)
+def test_owners(world: World, case: Case) -> None:
+    w, send = world, world.send
+    path = _path(case, w, real=not _mutates(case))
     body: Any = None
     if case.action is not None:
         body = {case.action: {}}
@@ -245,7 +270,7 @@ def test_owners(world: tuple[Sender, World], case: Case) -> None:
     for persona in OWNERS:
         r = send(persona, case.route.method, path, body)
         assert r.status_code != 401, (persona, r.text)
-        if case.rule is None or _expected(case, persona):
+        if case.rule is None or _expected(case, w, persona):
             assert r.status_code != 403, (persona, r.text)
         else:
             assert r.status_code == 403, (persona, r.status_code, r.text)
@@ -305,6 +330,41 @@ def _valid_body(case: Case, ids: dict[str, str]) -> Any:
     return None
 
 
+def test_each_persona_is_what_its_token_says(world: World, keystone: Keystone) -> None:
+    """The identities the expectations are computed with are Keystone's view of the tokens
+    the requests carry: user, project and roles (the granted one and those it implies)."""
+    for name, who in world.personas.identities.items():
+        token = keystone.validate(world.personas.tokens[name])
+        assert token is not None, name
+        assert token["user"]["id"] == who.user_id
+        assert token["project"]["id"] == who.project_id
+        assert {r["name"] for r in token["roles"]} == ROLES[name] == who.roles, name
+        assert token.get("is_admin_project", True) is who.is_admin_project
+    assert world.project_a != world.personas.project_b
+
+
+@pytest.fixture(scope="module")
+def anonymous(world: World) -> Iterator[httpx.Client]:
+    """A keep-alive client of the same server that sends no token of its own."""
+    with httpx.Client(base_url=world.url, timeout=30.0) as client:
+        yield client
+
+
+@pytest.mark.parametrize("route", [r for r in app.ROUTES if isinstance(r, PolicyRoute)],
+                         ids=lambda r: f"{r.method} {r.path}")
+def test_no_token_no_entry(world: World, anonymous: httpx.Client, route: PolicyRoute) -> None:
+    """Every route but version discovery is behind the authentication edge: without a
+    token, or with one Keystone never issued, keystonemiddleware's 401."""
+    path = _path(Case(route), world, real=False)
+    for headers in ({}, {"X-Auth-Token": "gAAAAAnot-a-token"}):
+        r = anonymous.request(route.method, path, headers=headers)
+        if app.is_public(route.method, route.path):
+            assert r.status_code not in (401, 403), r.text
+        else:
+            assert r.status_code == 401, (r.status_code, r.text)
+            assert r.headers["WWW-Authenticate"].startswith("Keystone uri=")
+
+
 #: what the stranger is answered where a plain 404 is not Cinder's answer
 STRANGER_EXPECTED = {
     # anyone may accept a transfer who has its key (that is what transfers are for): a
@@ -321,15 +381,15 @@ LISTS = ("/v3/volumes", "/v3/volumes/detail", "/v3/snapshots", "/v3/snapshots/de
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_member_of_another_project(world: tuple[Sender, World], case: Case) -> None:
-    send, w = world
-    path = _path(case, w.ids)
+def test_member_of_another_project(world: World, case: Case) -> None:
+    w, send = world, world.send
+    path = _path(case, w, real=True)
     r = send("stranger", case.route.method, path, _valid_body(case, w.ids))
     key = (case.route.method, case.route.path)
     if case.rule is None:
         assert r.status_code not in (401, 403), r.text
         return
-    if not _expected(case, "stranger"):
+    if not _expected(case, w, "stranger"):
         assert r.status_code == 403, (r.status_code, r.text)
     elif key in STRANGER_EXPECTED:
         assert r.status_code in STRANGER_EXPECTED[key], (r.status_code, r.text)
@@ -350,10 +410,10 @@ def test_member_of_another_project(world: tuple[Sender, World], case: Case) -> N
             assert w.other_volume in text  # B's own volume is listed
 
 
-def test_a_stranger_changed_nothing(world: tuple[Sender, World]) -> None:
+def test_a_stranger_changed_nothing(world: World) -> None:
     """After every request of the matrix (module order: this runs last), A's resources are
     as A left them."""
-    send, w = world
+    w, send = world, world.send
     vol = _ok(send("admin", "GET", f"/v3/volumes/{w.ids['volume']}"))["volume"]
     assert vol["size"] == 1 and vol["name"] is None and vol["bootable"] == "false"
     assert vol["metadata"] == {"k1": "v1"}
@@ -365,8 +425,8 @@ def test_a_stranger_changed_nothing(world: tuple[Sender, World]) -> None:
 
 
 def test_private_type_is_invisible_and_unusable_outside_its_access_list(
-        world: tuple[Sender, World]) -> None:
-    send, w = world
+        world: World) -> None:
+    w, send = world, world.send
     assert send("stranger", "GET", f"/v3/types/{w.ids['type']}").status_code == 404
     assert send("member", "GET", f"/v3/types/{w.ids['type']}").status_code == 200
     listed = [t["id"] for t in _ok(send("member", "GET", "/v3/types"))["volume_types"]]
@@ -383,8 +443,8 @@ def test_private_type_is_invisible_and_unusable_outside_its_access_list(
                 f"/v3/types/{w.ids['type']}/os-volume-type-access").status_code == 200
 
 
-def test_admin_sees_all_projects_only_when_asked(world: tuple[Sender, World]) -> None:
-    send, w = world
+def test_admin_sees_all_projects_only_when_asked(world: World) -> None:
+    w, send = world, world.send
     own = _ok(send("admin", "GET", "/v3/volumes"))["volumes"]
     assert w.other_volume not in [v["id"] for v in own]
     every = _ok(send("admin", "GET", "/v3/volumes?all_tenants=1"))["volumes"]
@@ -394,20 +454,20 @@ def test_admin_sees_all_projects_only_when_asked(world: tuple[Sender, World]) ->
     assert [v["id"] for v in mine] == [w.other_volume]
 
 
-def test_admin_attributes_follow_their_rules(world: tuple[Sender, World]) -> None:
-    send, w = world
+def test_admin_attributes_follow_their_rules(world: World) -> None:
+    w, send = world, world.send
     shown = _ok(send("member", "GET", f"/v3/volumes/{w.ids['volume']}"))["volume"]
-    assert shown["os-vol-tenant-attr:tenant_id"] == PROJECT_A  # a reader rule
+    assert shown["os-vol-tenant-attr:tenant_id"] == w.project_a  # a reader rule
     assert "os-vol-host-attr:host" not in shown  # admin_api
     assert "os-vol-mig-status-attr:migstat" not in shown
     shown = _ok(send("admin", "GET", f"/v3/volumes/{w.ids['volume']}"))["volume"]
     assert "os-vol-host-attr:host" in shown
 
 
-def test_owner_member_can_work_and_reader_cannot(world: tuple[Sender, World],
+def test_owner_member_can_work_and_reader_cannot(world: World,
                                                   tmp_path: Path) -> None:
     """The member's whole small lifecycle passes; the reader is refused each step."""
-    send, _ = world
+    send = world.send
     assert send("reader", "POST", "/v3/volumes",
                 {"volume": {"size": 1}}).status_code == 403
     vid = _volume(send, "member")
@@ -424,9 +484,9 @@ def test_owner_member_can_work_and_reader_cannot(world: tuple[Sender, World],
     assert send("member", "DELETE", f"/v3/volumes/{vid}").status_code == 202
 
 
-def test_a_transfer_moves_a_volume_between_projects(world: tuple[Sender, World]) -> None:
+def test_a_transfer_moves_a_volume_between_projects(world: World) -> None:
     """The one way a volume crosses projects: B accepts A's offer with its key."""
-    send, _ = world
+    send = world.send
     vid = _volume(send, "member")
     offer = _ok(send("member", "POST", "/v3/volume-transfers",
                      {"transfer": {"volume_id": vid}}))["transfer"]

@@ -286,7 +286,9 @@ def test_openstack_cli_with_a_password_attaches_and_extends(
         stack: Stack, attached: dict[str, Any], tmp_path: Path) -> None:
     ks = stack.ks
     ks.register_endpoint("compute", "nova", stack.agent.endpoint)
-    ks.register_endpoint("volumev3", "cinderv3", stack.volumes.endpoint + "/%(project_id)s")
+    for service_type in ("block-storage", "volumev3"):  # the CLI looks for either
+        ks.register_endpoint(service_type, "cinderv3",
+                             stack.volumes.endpoint + "/%(project_id)s")
     user = f"{PROJECT}-member"
     ks.persona(PROJECT, "member")
     clouds = tmp_path / "clouds.yaml"

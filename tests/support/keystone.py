@@ -376,9 +376,14 @@ class Keystone:
         """Put a service into the catalog (made if missing, found by type and name) with `url`
         (templated as Keystone's are, e.g. ``http://127.0.0.1:8776/v3/%(project_id)s``) on
         each of `interfaces` in RegionOne; an endpoint already there gets the new URL.
-        Returns the service's id."""
+        Other services of the same type go: the session's Keystone is shared by the test
+        modules of a worker, and a client must not find an earlier module's stopped server
+        first. Returns the service's id."""
         services = self.admin_request("GET", "/services",
                                       params={"type": service_type}).json()["services"]
+        for other in services:
+            if other.get("name") != service_name:
+                self.admin_request("DELETE", f"/services/{other['id']}", expect=(204,))
         ids = [s["id"] for s in services if s.get("name") == service_name]
         if ids:
             service_id = ids[0]

@@ -47,6 +47,10 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
          "'http://k/v3'\nauth_url = 'http://k/v3'\nusername = 'u'\npassword = 'p'",
          "keystone_authtoken.project_name"),
         ("[auth]\npolicy_file = '/nonexistent/policy.yaml'", "auth.policy_file"),
+        ("[auth]\nstrategy = 'keystone'\n[keystone_authtoken]\nwww_authenticate_uri = "
+         "'http://k/v3'\nauth_url = 'http://k/v3'\nusername = 'u'\npassword = 'p'\n"
+         "project_name = 's'\ntoken_cache_time = 'five minutes'",
+         "keystone_authtoken.token_cache_time"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, config: str, key: str) -> None:

@@ -678,6 +678,12 @@ def read_authtoken(raw: Any, key: str = "keystone_authtoken") -> dict[str, Any]:
             raise ConfigError(f"{key}.{name}", _unknown_key(name, known))
         if isinstance(value, dict):
             raise ConfigError(f"{key}.{name}", "must be a value, got a table")
+        convert = getattr(known[name], "type", None)
+        if callable(convert):  # the option's own type: what keystonemiddleware would refuse
+            try:
+                convert(paste_value(value))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{key}.{name}", f"invalid value {value!r}: {exc}") from None
     for name in _AUTHTOKEN_REQUIRED:
         if name not in table:
             raise ConfigError(f"{key}.{name}", "is required when [auth] strategy is "
@@ -685,6 +691,16 @@ def read_authtoken(raw: Any, key: str = "keystone_authtoken") -> dict[str, Any]:
     for name in ("www_authenticate_uri", "auth_url"):
         checked(table[name], Option(str, http_url), f"{key}.{name}")
     return table
+
+
+def paste_value(value: Any) -> str:
+    """A TOML value as keystonemiddleware takes its paste-deploy options: text, which it
+    converts to each option's type itself."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def _service_user_from(authtoken: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from blockyard.config import paste_value
 from blockyard.errors import ConfigError
 from blockyard.identity import Identity, from_noauth
 from blockyard.rest.errors import fault
@@ -90,10 +91,12 @@ class KeystoneValidator:
 
         conf = cfg.ConfigOpts()
         conf([], project="blockyard", default_config_files=[], default_config_dirs=[])
-        values: dict[str, Any] = {k: _paste_value(v) for k, v in options.items()}
+        values: dict[str, Any] = {k: paste_value(v) for k, v in options.items()}
         values["oslo_config_config"] = conf
         values.setdefault("delay_auth_decision", "false")
-        values.setdefault("log_name", "blockyard.auth")
+        # it warns of every auth-plugin option given this way as "not known" (it looks them up
+        # later, through the plugin): noise at every start, not a problem
+        logging.getLogger("keystonemiddleware._common.config").setLevel(logging.ERROR)
         self._cache_seconds = float(values.get("token_cache_time", DEFAULT_TOKEN_CACHE_TIME))
         self._accepted: OrderedDict[tuple[str | None, ...], _Accepted] = OrderedDict()
         self._lock = threading.Lock()
@@ -182,15 +185,6 @@ def _record_environ(environ: _Environ, start_response: _StartResponse) -> Iterab
     environ["blockyard.passed"] = True
     start_response("204 No Content", [])
     return []
-
-
-def _paste_value(value: Any) -> str:
-    """keystonemiddleware converts paste-deploy options from text itself."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
 
 
 def _roles(value: str | None) -> frozenset[str]:

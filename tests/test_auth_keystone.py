@@ -82,6 +82,20 @@ def test_a_member_token_is_its_project_and_roles(server: Server, keystone: Keyst
     assert [v["id"] for v in listed] == [volume["id"]]
 
 
+def test_a_member_naming_another_projects_limits_gets_its_own(server: Server,
+                                                              keystone: Keystone) -> None:
+    """As Cinder: only an admin's `project_id` is heeded (3.39+), no 403 to probe with."""
+    _, token = keystone.persona("auth-limits", "member")
+    created = httpx.post(f"{server.endpoint}/volumes", json={"volume": {"size": 1}},
+                         headers={"X-Auth-Token": token}, timeout=30)
+    assert created.status_code == 202, created.text
+    headers = {"OpenStack-API-Version": "volume 3.39"}
+    empty_project = keystone.project("auth-limits-empty")
+    other = _get(server, f"/limits?project_id={empty_project}", token, **headers)
+    assert other.status_code == 200, other.text
+    assert other.json()["limits"]["absolute"]["totalVolumesUsed"] == 1  # its own, not 0
+
+
 def test_a_reader_token_may_look_but_not_create(server: Server, keystone: Keystone) -> None:
     _, token = keystone.persona("auth-r", "reader")
     assert _get(server, "/volumes", token).status_code == 200

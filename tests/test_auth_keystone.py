@@ -96,6 +96,18 @@ def test_a_member_naming_another_projects_limits_gets_its_own(server: Server,
     assert other.json()["limits"]["absolute"]["totalVolumesUsed"] == 1  # its own, not 0
 
 
+def test_the_type_access_flag_is_for_members_not_readers(server: Server,
+                                                         keystone: Keystone) -> None:
+    """Cinder's volume_extension:volume_type_access: the `is_public` access flag is shown
+    to a project member (and admins), not to a reader."""
+    _, reader = keystone.persona("auth-types", "reader")
+    _, member = keystone.persona("auth-types", "member")
+    flag = "os-volume-type-access:is_public"
+    assert all(flag not in t for t in _get(server, "/types", reader).json()["volume_types"])
+    types = _get(server, "/types", member).json()["volume_types"]
+    assert types and all(t[flag] is True for t in types)
+
+
 def test_a_reader_token_may_look_but_not_create(server: Server, keystone: Keystone) -> None:
     _, token = keystone.persona("auth-r", "reader")
     assert _get(server, "/volumes", token).status_code == 200

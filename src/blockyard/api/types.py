@@ -54,7 +54,7 @@ def render(who: Identity, vt: VolumeType, *, qos: bool, access: bool) -> dict[st
     }
     if qos and allowed(who, "volume_extension:access_types_qos_specs_id"):
         body["qos_specs_id"] = vt.qos_specs_id
-    if access:
+    if access and allowed(who, "volume_extension:volume_type_access"):  # not for readers
         body[ACCESS_KEY] = vt.is_public
     return body
 

@@ -188,3 +188,51 @@ def test_a_served_config_applies_the_operators_policy_file(tmp_path: Path) -> No
         api.close()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def admins_extend_attached(tmp_path: Path) -> Iterator[None]:
+    """Extending an attached volume: admins only (volume:extend itself stays the default)."""
+    f = tmp_path / "policy.yaml"
+    f.write_text('"volume:extend_attached_volume": "rule:admin_api"\n')
+    old = policies.use(Policy(policies.DEFAULTS, f))
+    try:
+        yield
+    finally:
+        policies.use(old)
+
+
+def test_extending_an_attached_volume_has_its_own_rule(tmp_path: Path,
+                                                       admins_extend_attached: None) -> None:
+    """Cinder checks volume:extend_attached_volume on top of volume:extend when the volume
+    is in use: the member may extend it detached, not attached."""
+    with app_sender(tmp_path / "state") as send:
+        def available(vid: str) -> None:
+            deadline = time.monotonic() + 20
+            while send("member", "GET", f"/v3/volumes/{vid}").json()["volume"]["status"] \
+                    != "available":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+
+        vid = send("member", "POST", "/v3/volumes", {"volume": {"size": 1}}).json()[
+            "volume"]["id"]
+        available(vid)
+        att = send("member", "POST", "/v3/attachments", {"attachment": {
+            "volume_uuid": vid, "connector": {"host": "h1", "initiator": "iqn.x:h1"}}})
+        assert att.status_code == 200, att.text
+        done = send("member", "POST", f"/v3/attachments/{att.json()['attachment']['id']}"
+                                      "/action", {"os-complete": None})
+        assert done.status_code == 204, done.text
+        assert send("member", "GET", f"/v3/volumes/{vid}").json()["volume"]["status"] == \
+            "in-use"
+        refused = send("member", "POST", f"/v3/volumes/{vid}/action",
+                       {"os-extend": {"new_size": 2}})
+        assert refused.status_code == 403, refused.text
+        assert "volume:extend_attached_volume" in refused.json()["forbidden"]["message"]
+        assert send("admin", "POST", f"/v3/volumes/{vid}/action",
+                    {"os-extend": {"new_size": 2}}).status_code != 403
+        other = send("member", "POST", "/v3/volumes", {"volume": {"size": 1}}).json()[
+            "volume"]["id"]
+        available(other)
+        assert send("member", "POST", f"/v3/volumes/{other}/action",
+                    {"os-extend": {"new_size": 2}}).status_code == 202

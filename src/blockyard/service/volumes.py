@@ -40,7 +40,7 @@ from blockyard.service import (
     volume_ops,
 )
 from blockyard.service import types as vtypes
-from blockyard.service.identity import Identity, authorize, can_see_all
+from blockyard.service.identity import Identity, authorize, can_see_all, enforce
 from blockyard.service.records import VolumeRecord
 from blockyard.service.runtime import Backend, Runtime
 from blockyard.states import SnapshotStatus, VolumeStatus
@@ -477,11 +477,12 @@ tasks.register("delete_volume", tasks.Handler(_run_delete, _settle_delete))
 # ---------------------------------------------------------------------------- extend
 
 
-def _extend_attached(rt: Runtime, v: VolumeRecord, attached_ok: bool) -> str:
+def _extend_attached(rt: Runtime, who: Identity, v: VolumeRecord, attached_ok: bool) -> str:
     """The action extending the attached volume `v`, if the request (`attached_ok`, 3.42),
-    its driver and its export target allow one."""
+    Cinder's own rule for it, its driver and its export target allow one."""
     if not attached_ok:
         raise InvalidState("Volume", v.id, v.status, (VolumeStatus.AVAILABLE,), "extend")
+    enforce(who, "volume:extend_attached_volume", {"project_id": v.project_id})
     if not rt.backend(v.backend).driver.info().online_extend:
         raise Invalid(f"Invalid volume: backend {v.backend} cannot extend an "
                       f"attached volume.")
@@ -513,7 +514,7 @@ def extend(rt: Runtime, who: Identity, volume_id: str, new_size: int, *,
         if 0 <= per_volume < new_size:
             raise Invalid(f"Volume size {new_size}G exceeds the allowed per volume quota of "
                           f"{per_volume}G.")
-        action = (_extend_attached(rt, v, attached_ok) if v.status == VolumeStatus.IN_USE
+        action = (_extend_attached(rt, who, v, attached_ok) if v.status == VolumeStatus.IN_USE
                   else "extend")
         grow = new_size - v.size
         with rt.db.write() as s:

@@ -96,16 +96,22 @@ def test_cinder_defaults_are_all_declared_once() -> None:
     assert referred <= set(names)
 
 
-@pytest.fixture
-def admin_only_delete(tmp_path: Path) -> Iterator[None]:
-    """The volume API's engine with an operator file making volume:delete admin-only."""
+def _operator_file(tmp_path: Path, rules: str) -> Iterator[None]:
+    """The volume API's engine with an operator file of `rules` (YAML) over the defaults,
+    for the duration of a test."""
     f = tmp_path / "policy.yaml"
-    f.write_text('"volume:delete": "rule:admin_api"\n')
+    f.write_text(rules)
     old = policies.use(Policy(policies.DEFAULTS, f))
     try:
         yield
     finally:
         policies.use(old)
+
+
+@pytest.fixture
+def admin_only_delete(tmp_path: Path) -> Iterator[None]:
+    """volume:delete admin-only."""
+    yield from _operator_file(tmp_path, '"volume:delete": "rule:admin_api"\n')
 
 
 def test_an_operator_file_changes_what_a_member_may_do(tmp_path: Path,
@@ -128,14 +134,9 @@ def test_an_operator_file_changes_what_a_member_may_do(tmp_path: Path,
 @pytest.fixture
 def project_admins_only(tmp_path: Path) -> Iterator[None]:
     """Deleting a volume or an attachment: an admin of the resource's own project only."""
-    f = tmp_path / "policy.yaml"
-    f.write_text('"volume:delete": "role:admin and project_id:%(project_id)s"\n'
-                 '"volume:attachment_delete": "role:admin and project_id:%(project_id)s"\n')
-    old = policies.use(Policy(policies.DEFAULTS, f))
-    try:
-        yield
-    finally:
-        policies.use(old)
+    yield from _operator_file(
+        tmp_path, '"volume:delete": "role:admin and project_id:%(project_id)s"\n'
+                  '"volume:attachment_delete": "role:admin and project_id:%(project_id)s"\n')
 
 
 def test_the_resource_check_uses_the_routes_rule_with_the_resources_project(
@@ -193,13 +194,7 @@ def test_a_served_config_applies_the_operators_policy_file(tmp_path: Path) -> No
 @pytest.fixture
 def admins_extend_attached(tmp_path: Path) -> Iterator[None]:
     """Extending an attached volume: admins only (volume:extend itself stays the default)."""
-    f = tmp_path / "policy.yaml"
-    f.write_text('"volume:extend_attached_volume": "rule:admin_api"\n')
-    old = policies.use(Policy(policies.DEFAULTS, f))
-    try:
-        yield
-    finally:
-        policies.use(old)
+    yield from _operator_file(tmp_path, '"volume:extend_attached_volume": "rule:admin_api"\n')
 
 
 def test_extending_an_attached_volume_has_its_own_rule(tmp_path: Path,

@@ -35,9 +35,14 @@ def test_config_defaults_and_images(tmp_path: Path) -> None:
     ({"flavors": {"f": {"ram_mb": 0}}}, "flavors.f.ram_mb"),
     ({"qemu": {"accel": "xen"}}, "qemu.accel"),
     ({"volume_url": "ftp://x"}, "volume_url"),
+    # the versioned endpoint where the root belongs: every call would go to /v3/v3/...
+    ({"volume_url": "http://127.0.0.1:8776/v3"}, "volume_url"),
+    ({"volume_url": "http://127.0.0.1:8776/v3/"}, "volume_url"),
+    ({"volume_url": "http://storage/cinder/v3/0123abcd"}, "volume_url"),
     ({"detach_retries": "3"}, "detach_retries"),
 ])
 def test_config_errors_name_the_key(raw: dict[str, object], key: str) -> None:
+    """A wrong key or value is a ConfigError naming it (the CLI prints it as one line)."""
     with pytest.raises(ConfigError) as err:
         compute_config.build(raw)
     assert err.value.key == key
@@ -165,3 +170,12 @@ def test_bad_microversions(wanted: str, status: int) -> None:
     with pytest.raises(ApiError) as err:
         _negotiate(wanted)
     assert err.value.status == status
+
+
+def test_a_volume_url_with_the_version_says_what_to_write() -> None:
+    with pytest.raises(ConfigError) as err:
+        compute_config.build({"volume_url": "http://127.0.0.1:8776/v3"})
+    assert "should be 'http://127.0.0.1:8776'" in str(err.value)
+    # a root behind a path prefix (a proxy) is a root
+    assert compute_config.build({"volume_url": "http://proxy/volume/"}).volume_url == \
+        "http://proxy/volume"

@@ -44,7 +44,9 @@ Every error names the key it is about (`ConfigError.key`), as in `blockyard.conf
 
 from __future__ import annotations
 
+import re
 import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,11 +75,27 @@ from blockyard.service_auth import ServiceUser
 DEFAULT_LISTEN = "127.0.0.1:8774"
 DEFAULT_VOLUME_URL = "http://127.0.0.1:8776"
 
+#: a path ending in the API version (and perhaps a project): the versioned endpoint, not the root
+_VERSIONED = re.compile(r"/v[1-3](\.\d+)?(/[^/]+)?/?$")
+
+
+def volume_root_url(value: str) -> str:
+    """The volume service's root URL: the agent appends ``/v3/...`` itself, so a URL that
+    already ends in the API version would make every call go to ``/v3/v3/...`` (404)."""
+    value = http_url(value)
+    path = urllib.parse.urlsplit(value).path
+    if _VERSIONED.search(path):
+        root = value[:len(value) - len(path)] + _VERSIONED.sub("", path)
+        raise ValueError(f"is the volume service's root URL, without the API version (the "
+                         f"agent adds /v3/...): {value!r} should be {root!r}")
+    return value
+
+
 TOP: Schema = {
     "listen": Option(str, listen_address),
     "state_dir": Option(str, a_path),
     "host": HOST_NAME,  # the connector's host: an NBD export's allowed client
-    "volume_url": Option(str, http_url),
+    "volume_url": Option(str, volume_root_url),
     "qemu": Option(dict, default={}),
     "images": Option(dict, default={}),
     "flavors": Option(dict, default={}),

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from blockyard.identity import Identity
 from blockyard.rest import guard
+from blockyard.rest.auth import identity as identity
 from blockyard.rest.errors import ApiError, SafeJSONResponse, fault
 from blockyard.service.request_context import REQUEST_ID
 from blockyard.service.runtime import Runtime
@@ -147,12 +147,6 @@ def require_since(request: Request, minor: int) -> None:
     (group endpoints word theirs differently: `blockyard.api.group_types.require_mv`)."""
     if mv(request) < minor:
         raise ApiError(404, "The resource could not be found.")
-
-
-def identity(request: Request) -> Identity:
-    """The caller, as `blockyard.rest.auth.Authenticate` established it."""
-    who: Identity = request.state.identity
-    return who
 
 
 async def json_body(request: Request) -> dict[str, Any]:

@@ -37,10 +37,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard import errors
 from blockyard.failpoints import InjectedFailure
-from blockyard.identity import Identity
 from blockyard.rest import errors as http_errors
 from blockyard.rest import guard, schema
 from blockyard.rest.auth import Authenticate, KeystoneValidator
+from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
 from . import policies
@@ -69,22 +69,9 @@ def agent_of(request: Request) -> Agent:
     return agent
 
 
-def identity_of(request: Request) -> Identity:
-    """The caller, as the authentication edge (`blockyard.rest.auth.Authenticate`: Keystone
-    or noauth) established it in ``request.state.identity``."""
-    found = getattr(request.state, "identity", None)
-    if not isinstance(found, Identity):  # a public route's endpoint asking: a bug, not a guess
-        raise ApiError(401, "Authentication required")
-    return found
-
-
 def authorize(request: Request, rule: str, target: dict[str, Any] | None = None) -> None:
     """403 unless the caller passes `rule` for `target` (default: the caller's project)."""
-    identity = identity_of(request)
-    if target is None:
-        target = {"project_id": identity.project_id, "user_id": identity.user_id}
-    if not agent_of(request).policy.check(identity, rule, target):
-        raise ApiError(403, f"Policy doesn't allow {rule} to be performed.")
+    agent_of(request).policy.enforce(identity_of(request), rule, target)
 
 
 def version_of(request: Request) -> tuple[int, int]:

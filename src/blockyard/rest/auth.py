@@ -39,13 +39,14 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard.config import paste_value
 from blockyard.errors import ConfigError
 from blockyard.identity import Identity, from_noauth
-from blockyard.rest.errors import fault
+from blockyard.rest.errors import ApiError, fault
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,15 @@ def identity_from_headers(environ: Mapping[str, Any]) -> Identity:
         service_roles=_roles(get("X_SERVICE_ROLES")),
         auth_token=get("X_AUTH_TOKEN"),
     )
+
+
+def identity(request: Request) -> Identity:
+    """The caller of `request`, as `Authenticate` established it (both servers' endpoints
+    ask this). A public route's endpoint asking is a bug: 401, not a guess."""
+    found = getattr(request.state, "identity", None)
+    if not isinstance(found, Identity):
+        raise ApiError(401, "Authentication required")
+    return found
 
 
 def noauth_identity(headers: Headers) -> Identity:

@@ -27,8 +27,9 @@ from starlette.testclient import TestClient
 
 from blockyard.compute import config as compute_config
 from blockyard.compute import policies
-from blockyard.compute.api import ROUTES, PolicyRoute, create_app
+from blockyard.compute.api import ROUTES, create_app
 from blockyard.compute.manager import Agent
+from blockyard.compute.routing import PolicyRoute
 from blockyard.compute.store import Instance, InstanceStatus
 from blockyard.errors import ConfigError
 from blockyard.identity import ADMIN, MEMBER, READER, SERVICE, Identity

@@ -24,7 +24,6 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -32,7 +31,6 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blockyard import errors
@@ -48,12 +46,24 @@ from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
 from .policies import ComputePolicy
+from .routing import (
+    MIN_VERSION,
+    agent_of,
+    authorize,
+    body_of,
+    json_of,
+    links,
+    route,
+    string_of,
+    timestamp,
+    uuid_of,
+    version_of,
+)
 from .store import Instance, Mapping
 from .volume_api import VolumeApiError
 
 log = logging.getLogger(__name__)
 
-MIN_VERSION = (2, 1)
 MAX_VERSION = (2, 89)
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
 _COLLECTIONS = {"servers", "os-server-external-events", "flavors", "limits", "extensions"}
@@ -63,68 +73,7 @@ def _text(v: tuple[int, int]) -> str:
     return f"{v[0]}.{v[1]}"
 
 
-# ---------------------------------------------------------------------- request context
-def agent_of(request: Request) -> Agent:
-    agent: Agent = request.app.state.agent
-    return agent
-
-
-def authorize(request: Request, rule: str, target: dict[str, Any] | None = None) -> None:
-    """403 unless the caller passes `rule` for `target` (default: the caller's project)."""
-    agent_of(request).policy.enforce(identity_of(request), rule, target)
-
-
-def version_of(request: Request) -> tuple[int, int]:
-    v: tuple[int, int] = request.scope.get("compute_version", MIN_VERSION)
-    return v
-
-
-async def json_of(request: Request) -> Any:
-    """The request body as JSON, bounded and checked as the volume API's (`guard`)."""
-    raw = await request.body()
-    if not raw:
-        raise ApiError(400, "Malformed request body")
-    return guard.parse_json(raw)
-
-
-async def body_of(request: Request, key: str) -> dict[str, Any]:
-    body = await json_of(request)
-    if not isinstance(body, dict) or not isinstance(body.get(key), dict):
-        raise ApiError(400, f"Invalid input for field/attribute {key}. Value: {body!r}.")
-    return dict(body[key])
-
-
-def _string(body: dict[str, Any], key: str, *, required: bool = False,
-            max_len: int = 255) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise ApiError(400, f"Invalid input for field/attribute {key}: it is required.")
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
-        raise ApiError(400, f"Invalid input for field/attribute {key}. Value: {value!r}.")
-    return value
-
-
-def _uuid(value: str | None, key: str) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise ApiError(400, f"Invalid input for field/attribute {key}. Value: {value}. "
-                            f"'{value}' is not a 'uuid'") from None
-
-
 # ---------------------------------------------------------------------- views
-def _time(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _links(request: Request, kind: str, ident: str) -> list[dict[str, str]]:
-    base = str(request.base_url).rstrip("/")
-    return [{"rel": "self", "href": f"{base}/v2.1/{kind}/{ident}"},
-            {"rel": "bookmark", "href": f"{base}/{kind}/{ident}"}]
-
-
 def server_view(request: Request, inst: Instance, mappings: list[Mapping]) -> dict[str, Any]:
     agent = agent_of(request)
     v = version_of(request)
@@ -134,9 +83,9 @@ def server_view(request: Request, inst: Instance, mappings: list[Mapping]) -> di
     view: dict[str, Any] = {
         "id": inst.id, "name": inst.name, "status": inst.status,
         "tenant_id": inst.project_id, "user_id": inst.user_id, "metadata": {},
-        "hostId": "", "created": _time(inst.created_at), "updated": _time(inst.updated_at),
+        "hostId": "", "created": timestamp(inst.created_at), "updated": timestamp(inst.updated_at),
         "addresses": {}, "accessIPv4": "", "accessIPv6": "", "progress": 0,
-        "links": _links(request, "servers", inst.id),
+        "links": links(request, "servers", inst.id),
         "image": {"id": inst.image, "links": []} if inst.image else "",
         "OS-DCF:diskConfig": "MANUAL", "OS-EXT-AZ:availability_zone": "nova",
         "OS-EXT-SRV-ATTR:host": agent.config.host,
@@ -144,7 +93,7 @@ def server_view(request: Request, inst: Instance, mappings: list[Mapping]) -> di
         "OS-EXT-SRV-ATTR:instance_name": f"instance-{inst.id}",
         "OS-EXT-STS:vm_state": vm_state, "OS-EXT-STS:task_state": None,
         "OS-EXT-STS:power_state": 1 if inst.status == "ACTIVE" else 4,
-        "OS-SRV-USG:launched_at": _time(inst.created_at), "OS-SRV-USG:terminated_at": None,
+        "OS-SRV-USG:launched_at": timestamp(inst.created_at), "OS-SRV-USG:terminated_at": None,
         "os-extended-volumes:volumes_attached": [
             {"id": m.volume_id, "delete_on_termination": m.delete_on_termination}
             if v >= (2, 3) else {"id": m.volume_id} for m in mappings],
@@ -163,7 +112,7 @@ def server_view(request: Request, inst: Instance, mappings: list[Mapping]) -> di
     if v >= (2, 26):
         view["tags"] = []
     if inst.fault:
-        view["fault"] = {"code": 500, "message": inst.fault, "created": _time(inst.updated_at)}
+        view["fault"] = {"code": 500, "message": inst.fault, "created": timestamp(inst.updated_at)}
     view["blockyard:adopted"] = inst.adopted
     if inst.console_socket:
         view["blockyard:console_socket"] = inst.console_socket
@@ -232,7 +181,7 @@ async def _servers(request: Request, *, detail: bool) -> Response:
     if detail:
         body = [server_view(request, i, agent.store.mappings(i.id)) for i in found]
     else:
-        body = [{"id": i.id, "name": i.name, "links": _links(request, "servers", i.id)}
+        body = [{"id": i.id, "name": i.name, "links": links(request, "servers", i.id)}
                 for i in found]
     return JSONResponse({"servers": body})
 
@@ -247,19 +196,19 @@ async def create_server(request: Request) -> Response:
     agent = agent_of(request)
     identity = identity_of(request)
     body = await body_of(request, "server")
-    name = _string(body, "name", required=True)
+    name = string_of(body, "name", required=True)
     assert name is not None
-    qmp = _string(body, "blockyard:qmp_socket", max_len=1024)
+    qmp = string_of(body, "blockyard:qmp_socket", max_len=1024)
     if qmp is not None:
         authorize(request, policies.SERVERS_ADOPT)
         inst = await agent.adopt_server(identity, name, qmp)
     else:
-        image = _string(body, "imageRef", required=True)
-        flavor = _string(body, "flavorRef", required=True)
+        image = string_of(body, "imageRef", required=True)
+        flavor = string_of(body, "flavorRef", required=True)
         assert image is not None and flavor is not None
         inst = await agent.create_server(identity, name, image, flavor)
     return JSONResponse({"server": {
-        "id": inst.id, "links": _links(request, "servers", inst.id),
+        "id": inst.id, "links": links(request, "servers", inst.id),
         "OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}],
         "adminPass": uuid.uuid4().hex[:12]}}, 202)
 
@@ -312,7 +261,7 @@ async def create_attachment(request: Request) -> Response:
     raw = await json_of(request)
     schema.check(raw, _attach_schema(v))
     body: dict[str, Any] = raw["volumeAttachment"]
-    volume_id = _uuid(body["volumeId"], "volumeId")
+    volume_id = uuid_of(body["volumeId"], "volumeId")
     device = body.get("device")
     if device is not None and (len(device) > 32 or
                                not re.fullmatch(r"/dev/[a-z]+[a-z0-9]*", device)):
@@ -438,59 +387,24 @@ def _negotiate(wanted: str | None) -> tuple[int, int]:
     return v
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-class PolicyRoute(Route):
-    """A route with its policy rule, checked before the endpoint runs (None: public)."""
-
-    def __init__(self, path: str, endpoint: Endpoint, method: str, rule: str | None) -> None:
-        self.rule = rule
-        super().__init__(path, _guarded(endpoint, rule), methods=[method],
-                         name=endpoint.__name__)
-
-
-def _guarded(endpoint: Endpoint, rule: str | None) -> Endpoint:
-    if rule is None:
-        return endpoint
-
-    async def guarded(request: Request) -> Response:
-        server_id = request.path_params.get("server_id")
-        if server_id is None:
-            authorize(request, rule)
-        else:  # 404 for a server the caller may not know of, then the rule on its project
-            inst = agent_of(request).instance(identity_of(request), server_id)
-            authorize(request, rule, {"project_id": inst.project_id, "user_id": inst.user_id})
-        return await endpoint(request)
-
-    return guarded
-
-
-def _route(path: str, endpoint: Endpoint, method: str, rule: str | None, *,
-           slash: bool = False) -> list[Route]:
-    """The route, and with `slash` the same with a trailing slash."""
-    paths = [path, path + "/"] if slash else [path]
-    return [PolicyRoute(p, endpoint, method, rule) for p in paths]
-
-
 P = policies
 ROUTES = [
-    *_route("/", versions, "GET", None),
-    *_route("/v2.1", version, "GET", None, slash=True),
-    *_route("/v2.1/servers", list_servers, "GET", P.SERVERS_INDEX, slash=True),
-    *_route("/v2.1/servers", create_server, "POST", P.SERVERS_CREATE),
-    *_route("/v2.1/servers/detail", list_servers_detail, "GET", P.SERVERS_DETAIL, slash=True),
-    *_route("/v2.1/servers/{server_id}", show_server, "GET", P.SERVERS_SHOW),
-    *_route("/v2.1/servers/{server_id}", delete_server, "DELETE", P.SERVERS_DELETE),
-    *_route("/v2.1/servers/{server_id}/os-volume_attachments", list_attachments, "GET",
+    *route("/", versions, "GET", None),
+    *route("/v2.1", version, "GET", None, slash=True),
+    *route("/v2.1/servers", list_servers, "GET", P.SERVERS_INDEX, slash=True),
+    *route("/v2.1/servers", create_server, "POST", P.SERVERS_CREATE),
+    *route("/v2.1/servers/detail", list_servers_detail, "GET", P.SERVERS_DETAIL, slash=True),
+    *route("/v2.1/servers/{server_id}", show_server, "GET", P.SERVERS_SHOW),
+    *route("/v2.1/servers/{server_id}", delete_server, "DELETE", P.SERVERS_DELETE),
+    *route("/v2.1/servers/{server_id}/os-volume_attachments", list_attachments, "GET",
             P.ATTACHMENTS_INDEX),
-    *_route("/v2.1/servers/{server_id}/os-volume_attachments", create_attachment, "POST",
+    *route("/v2.1/servers/{server_id}/os-volume_attachments", create_attachment, "POST",
             P.ATTACHMENTS_CREATE),
-    *_route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", show_attachment,
+    *route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", show_attachment,
             "GET", P.ATTACHMENTS_SHOW),
-    *_route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", delete_attachment,
+    *route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", delete_attachment,
             "DELETE", P.ATTACHMENTS_DELETE),
-    *_route("/v2.1/os-server-external-events", external_events, "POST", P.EVENTS_CREATE),
+    *route("/v2.1/os-server-external-events", external_events, "POST", P.EVENTS_CREATE),
 ]
 
 HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {

@@ -82,6 +82,19 @@ url = "http://127.0.0.1:{agent_port}/v2.1"
     assert not _qemu_of(base), "a guest outlived the tests"
 
 
+@pytest.fixture(autouse=True)
+def _tidy(stack: Stack) -> Iterator[None]:
+    """A failed test must not leave its disks (or its writer) to the next one."""
+    yield
+    g1, c1 = stack.guests["g1"], stack.consoles["g1"]
+    c1.run("rm -f /tmp/numbered/go")
+    for vid in _attached(stack, g1):
+        try:
+            stack.nova.detach(g1, vid)
+        except AssertionError:
+            pass
+
+
 def _swap(stack: Stack, server_id: str, old: str, new: str) -> httpx.Response:
     return stack.nova.request("PUT", f"/servers/{server_id}/os-volume_attachments/{old}",
                               {"volumeAttachment": {"volumeId": new}})
@@ -113,7 +126,7 @@ def _writing(stack: Stack, protocol: str) -> tuple[str, str, NumberedWriter]:
     g1, c1 = stack.guests["g1"], stack.consoles["g1"]
     old = stack.volume(protocol)
     assert stack.nova.attach(g1, old).status_code == 200
-    device = c1.wait_disk(old, size=GiB)
+    device = c1.wait_disk(old, size=GiB, timeout=120)
     writer = NumberedWriter(c1, device)
     writer.start()
     writer.wait_acked(10)
@@ -161,7 +174,7 @@ def test_swap_moves_the_disk_while_the_guest_writes(stack: Stack, source: str,
     c1.wait_disk_gone(old)
     stack.api.wait_volume(new, "available")
     assert stack.nova.attach(g1, new).status_code == 200
-    fresh = c1.wait_disk(new, size=GiB)
+    fresh = c1.wait_disk(new, size=GiB, timeout=120)
     assert check_prefix(read_numbers(c1, fresh, written.count + 64)) >= written.count
     _clean_up(stack, g1, new, old)
 

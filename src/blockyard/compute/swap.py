@@ -43,6 +43,7 @@ from blockyard.connectors import Device, connector_for
 from blockyard.errors import Conflict, Invalid, InvalidState
 from blockyard.identity import Identity
 from blockyard.model import ConnectionInfo, parse
+from blockyard.statuses import MigrationStatus
 
 from .hypervisor import Hypervisor, HypervisorError
 from .store import Instance, InstanceStatus, Mapping
@@ -62,8 +63,8 @@ JOB_TIMEOUT = 60.0
 #: `Mapping.swap["phase"]`: accepted (steps 1-4 under way), then the steps after the pivot
 ACCEPTED, PIVOTED, COMPLETED, SAVED = "accepted", "pivoted", "completed", "saved"
 _AFTER_PIVOT = (PIVOTED, COMPLETED, SAVED)
-#: migration_status values of a volume that is not being migrated (Cinder's)
-_NOT_MIGRATING = (None, "", "none", "success", "error")
+#: a volume's migration_status while the volume service migrates it (and so owns its status)
+_MIGRATING = (MigrationStatus.STARTING, MigrationStatus.MIGRATING, MigrationStatus.COMPLETING)
 
 
 # ---------------------------------------------------------------------- accept (the API)
@@ -91,7 +92,7 @@ async def begin(agent: Agent, identity: Identity, inst: Instance, old_id: str,
             raise Conflict(f"Volume {old_id} is {exc.current} on instance {inst.id}; it can "
                            f"be swapped once it is attached.") from exc
         undo.push(agent.store.fail_mapping, m.id, "swap")
-        migrating = old.migration_status not in _NOT_MIGRATING
+        migrating = old.migration_status in _MIGRATING
         agent.store.set_mapping(m.id, swap={
             "old_volume_id": old_id, "new_volume_id": new_id, "migrating": migrating,
             "detaching": not migrating, "node": "bv" + uuid.uuid4().hex[:20],

@@ -1,6 +1,7 @@
-"""swap_volume end to end: a real guest keeps writing numbered, fsynced blocks while the agent
-moves its disk to another volume (QEMU mirror + pivot) between the file backends (local,
-nbd, iscsi) and Ceph RBD.
+"""swap_volume end to end (the stack of tests/test_compute.py: real volume service, agent and
+TCG guests): a guest keeps writing numbered, fsynced blocks while the agent moves its disk to
+another volume (QEMU mirror + pivot) between the file backends (local, nbd, iscsi) and Ceph
+RBD.
 
 Afterwards every acknowledged block reads back through the same guest device, and again from
 the new volume attached afresh; a failure injected at any step before the pivot leaves the
@@ -8,6 +9,7 @@ guest on its old disk with its data, and the new volume as it was; an agent kill
 is undone or finished by its restart.
 """
 
+# ruff: noqa: F811  (`stack` is tests/test_compute.py's fixture, imported to be shared)
 from __future__ import annotations
 
 import os
@@ -20,66 +22,14 @@ import pytest
 
 from blockyard.compute import policies
 from blockyard.identity import Identity
-from tests.support.ceph import CephCluster, ceph  # noqa: F401  (fixture)
-from tests.support.compute import (
-    ComputeServer,
-    GuestConsole,
-    build_test_guest,
-    compute_config,
-    short_alias,
-)
+from tests.support.ceph import ceph  # noqa: F401  (the fixture `stack` needs)
+from tests.support.compute import GuestConsole
 from tests.support.numbered import NumberedWriter, Written, check_prefix, read_numbers
-from tests.support.server import Server, exported_backends_config, free_port
-from tests.test_compute import PROTOCOLS, Stack, _qemu_of
+from tests.test_compute import Stack, stack  # noqa: F401  (agent, guests g1 and g2)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tgtd needs root")
 
 GiB = 1024**3
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory,
-          ceph: CephCluster) -> Iterator[Stack]:  # noqa: F811
-    """The volume service (local, nbd, iscsi, rbd) and the agent with one guest."""
-    image = build_test_guest()
-    rbd = ceph.driver_options()
-    base = short_alias(tmp_path_factory.mktemp("swap"))
-    agent_port = free_port()
-    volumes = Server(base / "volumes", config=exported_backends_config(local=True, extra=f"""
-[quota]
-volumes = 1000
-gigabytes = 10000
-[backends.rbd]
-driver = "rbd"
-target = "rbd"
-pool = "{rbd['pool']}"
-user = "{rbd['user']}"
-conf = "{rbd['conf']}"
-keyring = "{rbd['keyring']}"
-[compute]
-url = "http://127.0.0.1:{agent_port}/v2.1"
-""")).start()
-    api = volumes.client()
-    for name in PROTOCOLS:
-        r = api.post("/types", {"volume_type": {
-            "name": name, "extra_specs": {"volume_backend_name": name}}})
-        assert r.status_code == 200, r.text
-    failpoints = base / "failpoints"
-    agent = ComputeServer(base / "agent", port=agent_port, config=compute_config(
-        volumes.url, images={"tiny": image}, detach_timeout=2.0, detach_retries=2),
-        env={"BLOCKYARD_FAILPOINTS_FILE": str(failpoints)}).start()
-    st = Stack(volumes, agent, failpoints)
-    try:
-        st.boot("g1")
-        yield st
-    finally:
-        for console in st.consoles.values():
-            console.close()
-        for server_id in st.guests.values():
-            st.nova.delete(server_id)
-        agent.stop()
-        volumes.close()
-    assert not _qemu_of(base), "a guest outlived the tests"
 
 
 @pytest.fixture(autouse=True)

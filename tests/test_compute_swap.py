@@ -226,6 +226,9 @@ def test_bad_swaps_are_clear_4xx(stack: Stack) -> None:
         assert r.status_code == status, (n, r.text)
         assert next(iter(r.json().values()))["code"] == status
     assert "same size or larger" in cases[3][0].text
+    larger = stack.volume("local", size=3)  # Nova grows the disk after; QEMU's mirror cannot
+    r = _swap(stack, g1, old, larger)
+    assert r.status_code == 400 and "same size as the old one" in r.text, r.text
     assert stack.status(old) == "in-use" and stack.status(free) == "available"
     assert _attached(stack, g1) == [old]
     # 2.85: the same volumeId only updates delete_on_termination (no swap)
@@ -246,7 +249,7 @@ def test_bad_swaps_are_clear_4xx(stack: Stack) -> None:
     finally:
         stack.nova.http.headers["OpenStack-API-Version"] = "compute 2.89"
     assert r.status_code == 400 and "must be detached" in r.text, r.text
-    _clean_up(stack, g1, big, old, free, small)
+    _clean_up(stack, g1, big, old, free, small, larger)
 
 
 def test_swap_is_for_admins_and_services_by_default() -> None:

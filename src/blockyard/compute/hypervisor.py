@@ -58,6 +58,12 @@ Facts about QEMU 7.2 this module relies on (each was checked against the real bi
 * ``block_resize`` of an nbd node fails ("Cannot grow NBD nodes"): QEMU's NBD client learns
   the export size only at connect. An iscsi node re-reads the LUN's capacity; file and
   host_device nodes read the size of the file or device.
+* ``blockdev-mirror`` to an existing node of another size starts, and the job then fails
+  before it is ready ("Source and target image have different sizes"). A mirror job that
+  is ready keeps both nodes in step; ``block-job-complete`` then makes the device use the
+  target (the source node stays, unused, for ``blockdev-del``), ``block-job-cancel`` with
+  ``force`` leaves it on the source. With ``auto-dismiss`` off a concluded job stays in
+  ``query-jobs`` with its error until ``job-dismiss``.
 * One QMP socket serves one client at a time: while a `Hypervisor` is connected, a second
   `connect` to the same socket waits for the greeting until it times out.
 """
@@ -380,7 +386,7 @@ class Hypervisor:
     async def mirror(self, job_id: str, source_node: str, target_node: str, *,
                      timeout: float | None = None) -> None:
         """Start copying `source_node` (what a device reads and writes) to `target_node`,
-        an existing node (`blockdev_add`) at least as large: ``blockdev-mirror``,
+        an existing node (`blockdev_add`) of the same size: ``blockdev-mirror``,
         ``sync: full``. The guest keeps running; its writes go to both from then on. The job
         stays until `complete_job` or `cancel_job` (``auto-dismiss`` off, so a failure keeps
         its error for us to read); wait for it with `wait_job_ready`."""

@@ -117,6 +117,10 @@ def _check(old: VolumeView, new: VolumeView, instance_id: str) -> None:
                       f"'{new.status}'.")
     if new.size < old.size:
         raise Invalid("Invalid volume: New volume must be the same size or larger.")
+    if new.size != old.size:  # Nova would grow the disk after the pivot; QEMU cannot mirror
+        raise Invalid(f"Invalid volume: New volume must be the same size as the old one "
+                      f"({old.size} GiB): the running guest's disk is copied block for "
+                      f"block onto it.")
     if len(old.attached_to) > 1:
         raise Invalid("Swapping multi-attach volumes with more than one read/write "
                       "attachment is not supported.")

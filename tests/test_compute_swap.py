@@ -205,6 +205,29 @@ def test_a_crash_mid_swap_is_undone_or_finished_at_restart(stack: Stack, step: s
     _clean_up(stack, g1, kept, other)
 
 
+def test_a_failure_after_the_pivot_is_finished_by_the_restart(stack: Stack) -> None:
+    """The guest already uses the new volume: nothing is undone, the server's fault says the
+    swap is not finished, and the next start of the agent finishes it."""
+    g1, c1 = stack.guests["g1"], stack.consoles["g1"]
+    old, device, writer = _writing(stack, "local")
+    new = stack.volume("nbd")
+    stack.failpoints.write_text("compute.swap.saved=error\n")
+    try:
+        assert _swap(stack, g1, old, new).status_code == 202
+        _wait("the swap to stop", lambda: "is not finished" in _fault(stack, g1))
+    finally:
+        stack.failpoints.write_text("")
+    assert stack.status(new) == "in-use" and _attached(stack, g1) == [old]
+    writer.wait_acked(writer.acked() + 5)  # on the new volume, no I/O error
+    stack.agent.kill()
+    stack.agent.start()
+    _wait("the swap to be finished", lambda: _swapped(stack, g1, old, new))
+    assert stack.attachments_of(old) == []
+    writer.wait_acked(writer.acked() + 5)
+    _all_there(c1, device, writer.stop())
+    _clean_up(stack, g1, new, old)
+
+
 def test_bad_swaps_are_clear_4xx(stack: Stack) -> None:
     g1 = stack.guests["g1"]
     old, free, big = (stack.volume("local", size=2) for _ in range(3))

@@ -13,6 +13,7 @@ is undone or finished by its restart.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from blockyard.compute import policies
 from blockyard.identity import Identity
 from tests.support.ceph import ceph  # noqa: F401  (the fixture `stack` needs)
 from tests.support.compute import GuestConsole
+from tests.support.daemons import processes_mentioning
 from tests.support.numbered import NumberedWriter, Written, check_prefix, read_numbers
 from tests.test_compute import Stack, stack  # noqa: F401  (agent, guests g1 and g2)
 
@@ -243,6 +245,38 @@ def test_a_failure_after_the_pivot_is_finished_by_the_restart(stack: Stack) -> N
     writer.wait_acked(writer.acked() + 5)
     _all_there(c1, device, writer.stop())
     _clean_up(stack, g1, new, old)
+
+
+def test_a_swap_whose_guest_died_with_the_agent_is_undone(stack: Stack) -> None:
+    """Agent and guest both killed mid-mirror: the restart finds no guest, undoes the swap
+    on the volume service's side from the record alone, and the server is SHUTOFF."""
+    server_id, console = stack.boot("g3")
+    try:
+        old = stack.volume("local")
+        assert stack.nova.attach(server_id, old).status_code == 200
+        console.wait_disk(old, timeout=120)
+        new = stack.volume("nbd")
+        stack.failpoints.write_text("compute.swap.mirroring\n")
+        try:
+            assert _swap(stack, server_id, old, new).status_code == 202
+            stack.agent.wait_exit(120)
+        finally:
+            stack.failpoints.write_text("")
+        [pid] = processes_mentioning(server_id, "qemu-system")
+        os.kill(pid, signal.SIGKILL)
+        _wait("the guest to die", lambda: not processes_mentioning(server_id, "qemu-system"))
+        stack.agent.start()
+        assert stack.nova.show(server_id)["status"] == "SHUTOFF"
+        assert _attached(stack, server_id) == [old]
+        assert stack.status(new) == "available" and stack.attachments_of(new) == []
+        assert stack.status(old) == "in-use"
+    finally:
+        console.close()
+        stack.nova.delete(server_id)
+        del stack.guests["g3"], stack.consoles["g3"]
+    stack.api.wait_volume(old, "available")
+    for vid in (old, new):
+        assert stack.api.delete(f"/volumes/{vid}").status_code == 202
 
 
 def test_bad_swaps_are_clear_4xx(stack: Stack) -> None:

@@ -48,6 +48,8 @@ GRANTS = {
 PERSONAS = tuple(GRANTS)
 RULES = {rule.name: rule for rule in policies.DEFAULTS}
 PUBLIC = {"/", "/v2.1", "/v2.1/"}
+#: what Nova (and Glance) guard by no rule: any authenticated caller reads flavors and images
+UNGUARDED = re.compile(r"^/v2\.1/(flavors|images)(/|$)|^/image(/|$)")
 
 CREDS = {"auth_url": "http://127.0.0.1:9/v3", "username": "nova", "password": "secret",
          "project_name": "service"}
@@ -210,7 +212,8 @@ def test_every_route_declares_a_rule_documented_for_it() -> None:
     for route in ROUTES:
         assert isinstance(route, Route) and isinstance(route, PolicyRoute), route
         if route.rule is None:
-            assert route.path in PUBLIC, f"{route.path} has no policy rule"
+            assert route.path in PUBLIC or UNGUARDED.match(route.path), \
+                f"{route.path} has no policy rule"
             continue
         documented = RULES[route.rule]
         assert isinstance(documented, oslo_policy.DocumentedRuleDefault)

@@ -41,7 +41,7 @@ from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
-from . import policies
+from . import catalog, policies
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 
 MAX_VERSION = (2, 89)
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
-_COLLECTIONS = {"servers", "os-server-external-events", "flavors", "limits", "extensions"}
+_COLLECTIONS = {"servers", "os-server-external-events", "flavors", "limits", "extensions",
+                "images", "os-volumes", "os-snapshots"}
 
 
 def _text(v: tuple[int, int]) -> str:
@@ -86,7 +87,7 @@ def server_view(request: Request, inst: Instance, mappings: list[Mapping]) -> di
         "hostId": "", "created": timestamp(inst.created_at), "updated": timestamp(inst.updated_at),
         "addresses": {}, "accessIPv4": "", "accessIPv6": "", "progress": 0,
         "links": links(request, "servers", inst.id),
-        "image": {"id": inst.image, "links": []} if inst.image else "",
+        "image": _image_ref(request, inst.image) if inst.image else "",
         "OS-DCF:diskConfig": "MANUAL", "OS-EXT-AZ:availability_zone": "nova",
         "OS-EXT-SRV-ATTR:host": agent.config.host,
         "OS-EXT-SRV-ATTR:hypervisor_hostname": agent.config.host,
@@ -117,6 +118,13 @@ def server_view(request: Request, inst: Instance, mappings: list[Mapping]) -> di
     if inst.console_socket:
         view["blockyard:console_socket"] = inst.console_socket
     return view
+
+
+def _image_ref(request: Request, name: str) -> dict[str, Any]:
+    """The server's image by id (the name it was booted with, if the image is gone since)."""
+    image = agent_of(request).config.image(name)
+    ident = image.id if image is not None else name
+    return {"id": ident, "links": links(request, "images", ident)}
 
 
 def attachment_view(request: Request, m: Mapping) -> dict[str, Any]:
@@ -405,6 +413,7 @@ ROUTES = [
     *route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", delete_attachment,
             "DELETE", P.ATTACHMENTS_DELETE),
     *route("/v2.1/os-server-external-events", external_events, "POST", P.EVENTS_CREATE),
+    *catalog.ROUTES,
 ]
 
 HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
@@ -419,7 +428,7 @@ HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
 
 
 #: what answers without authentication: version discovery (as in Nova's paste pipeline)
-PUBLIC_PATHS = frozenset({"/", "/v2.1", "/v2.1/"})
+PUBLIC_PATHS = frozenset({"/", "/v2.1", "/v2.1/"}) | catalog.PUBLIC_PATHS
 
 
 def is_public(method: str, path: str) -> bool:

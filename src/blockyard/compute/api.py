@@ -41,7 +41,7 @@ from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
-from . import catalog, policies
+from . import actions, catalog, policies
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
@@ -413,6 +413,7 @@ ROUTES = [
     *route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", delete_attachment,
             "DELETE", P.ATTACHMENTS_DELETE),
     *route("/v2.1/os-server-external-events", external_events, "POST", P.EVENTS_CREATE),
+    *actions.ROUTES,
     *catalog.ROUTES,
 ]
 

@@ -41,7 +41,7 @@ from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
-from . import actions, catalog, policies
+from . import actions, catalog, policies, proxies
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
@@ -415,6 +415,7 @@ ROUTES = [
     *route("/v2.1/os-server-external-events", external_events, "POST", P.EVENTS_CREATE),
     *actions.ROUTES,
     *catalog.ROUTES,
+    *proxies.ROUTES,
 ]
 
 HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {

@@ -18,10 +18,10 @@ flavors carry their extra specs from 2.61 to callers who pass
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -32,33 +32,21 @@ from blockyard.rest.errors import ApiError
 
 from . import policies
 from .config import Flavor, Image
-from .routing import MAX_PROXY_VERSION, agent_of, links, query_int, route, timestamp, version_of
+from .routing import (
+    MAX_PROXY_VERSION,
+    agent_of,
+    links,
+    page,
+    query_int,
+    route,
+    timestamp,
+    version_of,
+)
 
-T = TypeVar("T")
-
-#: Nova's cap on one page (``[api] max_limit``)
-MAX_LIMIT = 1000
 #: where the Glance subset is mounted on the agent
 IMAGE_ROOT = "/image"
 #: Glance's API version the subset answers as (v2 has no microversions; any v2.x client works)
 GLANCE_VERSION = "v2.16"
-
-
-# ---------------------------------------------------------------------- paging
-def page(request: Request, items: Sequence[T], key: Callable[[T], str]) -> list[T]:
-    """Nova's ``limit``/``marker`` paging (and ``offset``, which Nova's older lists take):
-    items after the one whose key is the marker, at most `limit` (≤ MAX_LIMIT)."""
-    limit = query_int(request, "limit")
-    offset = query_int(request, "offset") or 0
-    marker = request.query_params.get("marker")
-    start = offset
-    if marker is not None:
-        keys = [key(i) for i in items]
-        if marker not in keys:
-            raise ApiError(400, f"marker [{marker}] not found")
-        start = keys.index(marker) + 1
-    count = MAX_LIMIT if limit is None else min(limit, MAX_LIMIT)
-    return list(items[start:start + count])
 
 
 def _is_true(value: str, what: str) -> bool | None:
@@ -231,20 +219,11 @@ async def glance_list_images(request: Request) -> Response:
         raise ApiError(400, f"Invalid sort direction: {q['sort_dir']}")
     if q.get("os_hidden", "false").lower() == "true":
         views = []
-    limit = query_int(request, "limit")
-    marker = q.get("marker")
-    start = 0
-    if marker is not None:
-        ids = [v["id"] for v in views]
-        if marker not in ids:
-            raise ApiError(400, f"marker [{marker}] not found")
-        start = ids.index(marker) + 1
-    count = MAX_LIMIT if limit is None else min(limit, MAX_LIMIT)
-    shown = views[start:start + count]
+    shown = page(request, views, lambda v: str(v["id"]))
     body: dict[str, Any] = {"images": shown, "first": "/v2/images",
                             "schema": "/v2/schemas/images"}
-    if shown and start + count < len(views):
-        body["next"] = f"/v2/images?marker={shown[-1]['id']}&limit={count}"
+    if shown and shown[-1] is not views[-1]:  # Glance's link to the next page
+        body["next"] = f"/v2/images?marker={shown[-1]['id']}&limit={len(shown)}"
     return JSONResponse(body)
 
 

@@ -8,9 +8,9 @@ here, and `api` assembles their routes into one app.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +23,9 @@ from blockyard.rest.errors import ApiError
 from .manager import Agent
 
 MIN_VERSION = (2, 1)
+#: Nova's cap on one page of a list (``[api] max_limit``)
+MAX_LIMIT = 1000
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------- request context
@@ -156,3 +159,18 @@ def query_int(request: Request, key: str, *, minimum: int = 0) -> int | None:
     if number < minimum or number > 2**63 - 1:
         raise ApiError(400, f"{key} param must be positive")
     return number
+
+
+def page(request: Request, items: Sequence[T], key: Callable[[T], str]) -> list[T]:
+    """Nova's paging: ``offset``, or the items after the one whose key is ``marker``; at
+    most ``limit`` of them (never more than MAX_LIMIT)."""
+    limit = query_int(request, "limit")
+    start = query_int(request, "offset") or 0
+    marker = request.query_params.get("marker")
+    if marker is not None:
+        keys = [key(i) for i in items]
+        if marker not in keys:
+            raise ApiError(400, f"marker [{marker}] not found")
+        start = keys.index(marker) + 1
+    count = MAX_LIMIT if limit is None else min(limit, MAX_LIMIT)
+    return list(items[start:start + count])

@@ -1,6 +1,9 @@
 """The agent's Nova-compatible API: the subset of /v2.1 the real clients need to give volumes
 to guests (`openstack server add/remove volume`, openstacksdk's volume attachments) and the
-external-events endpoint the volume service calls when it extended an attached volume.
+external-events endpoint the volume service calls when it extended an attached volume. The
+endpoints of other modules join `ROUTES` here: flavors and images (`catalog`, with a Glance
+subset under /image), server actions such as the console log (`actions`, `console`), and
+Nova's os-volumes/os-snapshots proxies (`proxies`).
 
 Microversions 2.1 to `MAX_VERSION`, from ``OpenStack-API-Version: compute X`` or the older
 ``X-OpenStack-Nova-API-Version``; attachment bodies follow them (tag at 2.70,

@@ -6,11 +6,13 @@ tests/test_compute_catalog.py's."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -20,6 +22,7 @@ from blockyard.compute.console import tail
 from blockyard.compute.manager import Agent
 from blockyard.compute.store import Instance, InstanceStatus
 from blockyard.compute.volume_api import Caller, VolumeApi, VolumeApiError
+from blockyard.identity import from_noauth
 
 VOLUME = "0d9f5e8a-6c1b-4b7e-9a55-3f2c1d0e9b11"
 SNAPSHOT = "5a1e3c9d-2b4f-4e6a-8c7d-9f0e1a2b3c4d"
@@ -377,3 +380,26 @@ def test_delete_is_202_and_the_proxies_end_at_2_35(client: TestClient) -> None:
                          ("DELETE", f"/v2.1/os-snapshots/{SNAPSHOT}")):
         r = client.request(method, path, headers=later, json={"volume": {"size": 1}})
         assert r.status_code == 404 and "itemNotFound" in r.json(), (method, path)
+
+
+def test_a_callers_token_is_passed_on_byte_for_byte() -> None:
+    """A noauth token with a stray byte (\\x80: latin-1, as HTTP headers are) reaches the
+    volume service as it came, instead of failing the request in the HTTP client (500)."""
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.raw[[k for k, _ in request.headers.raw].index(
+            b"X-Auth-Token")][1])
+        return httpx.Response(200, json={"volumes": []})
+
+    async def run() -> list[dict[str, Any]]:
+        api = VolumeApi("http://volumes")
+        await api.close()
+        api._client = httpx.AsyncClient(base_url="http://volumes/v3",
+                                        transport=httpx.MockTransport(handler))
+        try:
+            return await api.list_volumes(Caller.of(from_noauth("\x80:p", None, None)))
+        finally:
+            await api.close()
+
+    assert asyncio.run(run()) == [] and seen == [b"\x80:p"]

@@ -103,8 +103,8 @@ class VolumeApi:
                     *, ok: tuple[int, ...] = (200, 202, 204)) -> Any:
         what = f"{method} {path}"
         for attempt in (1, 2):
-            headers = {**await self.auth_headers(caller),
-                       "OpenStack-API-Version": f"volume {MICROVERSION}"}
+            headers = _raw({**await self.auth_headers(caller),
+                            "OpenStack-API-Version": f"volume {MICROVERSION}"}, what)
             try:
                 r = await self._client.request(method, path, json=body, headers=headers)
             except httpx.HTTPError as exc:
@@ -197,6 +197,17 @@ class VolumeApi:
 
     async def delete_snapshot(self, caller: Caller, snapshot_id: str) -> None:
         await self._call(caller, "DELETE", f"/snapshots/{_quoted(snapshot_id)}")
+
+
+def _raw(headers: dict[str, str], what: str) -> dict[bytes, bytes]:
+    """The headers as the bytes they arrived as: a caller's token is passed on unchanged
+    (HTTP headers are latin-1; httpx would take text as ASCII only and fail on a stray
+    byte such as \x80, which the volume service may well accept)."""
+    try:
+        return {k.encode("latin-1"): v.encode("latin-1") for k, v in headers.items()}
+    except UnicodeEncodeError:
+        raise VolumeApiError(400, "The request's credentials cannot be passed on to the "
+                                  "volume service.", what) from None
 
 
 def _quoted(ident: str) -> str:

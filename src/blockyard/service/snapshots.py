@@ -9,9 +9,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from blockyard import states
-from blockyard.db.models import Snapshot, SnapshotMetadata, Volume, utcnow
+from blockyard.db.models import Attachment, Snapshot, SnapshotMetadata, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import metadata, quotas, records, services, tasks
+from blockyard.service.assisted_snapshots import guests_paused
 from blockyard.service.identity import Identity, authorize, can_see_all
 from blockyard.service.listing import (
     ListParams,
@@ -112,7 +113,18 @@ def _run_create(rt: Runtime, task: tasks.TaskView) -> Any:
         assert v is not None
         ref = snapshot_ref(snap, v)
         backend = v.backend
-    return rt.backend(backend).driver.create_snapshot(ref)
+        instances = _instances_of(s, v.id)
+    # an attached volume: its guests paused meanwhile, so the snapshot is point-in-time
+    with guests_paused(rt.config.compute, rt.config.auth, ref.volume.id, task.resource_id,
+                       instances):
+        return rt.backend(backend).driver.create_snapshot(ref)
+
+
+def _instances_of(s: Session, volume_id: str) -> list[str]:
+    """The instances `volume_id` is attached to (or being attached to or detached from)."""
+    return sorted({str(i) for i in s.scalars(
+        select(Attachment.instance_uuid).where(Attachment.volume_id == volume_id,
+                                               Attachment.instance_uuid.is_not(None)))})
 
 
 def _settle_create(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from blockyard import states
+from blockyard import failpoints, states
 from blockyard.db.models import Attachment, Snapshot, SnapshotMetadata, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import metadata, quotas, records, services, tasks
@@ -117,6 +117,7 @@ def _run_create(rt: Runtime, task: tasks.TaskView) -> Any:
     # an attached volume: its guests paused meanwhile, so the snapshot is point-in-time
     with guests_paused(rt.config.compute, rt.config.auth, ref.volume.id, task.resource_id,
                        instances):
+        failpoints.hit("create_snapshot.guests_paused")  # the crash and rollback tests
         return rt.backend(backend).driver.create_snapshot(ref)
 
 

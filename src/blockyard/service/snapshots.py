@@ -114,11 +114,14 @@ def _run_create(rt: Runtime, task: tasks.TaskView) -> Any:
         ref = snapshot_ref(snap, v)
         backend = v.backend
         instances = _instances_of(s, v.id)
-    # an attached volume: its guests paused meanwhile, so the snapshot is point-in-time
-    with guests_paused(rt.config.compute, rt.config.auth, ref.volume.id, task.resource_id,
-                       instances):
+    # an attached volume: its guests paused for the snapshot's instant, so that it is
+    # point-in-time; prepared before and made durable after, so the pause is short
+    with rt.backend(backend).driver.staged_snapshot(ref) as take, \
+            guests_paused(rt.config.compute, rt.config.auth, ref.volume.id, task.resource_id,
+                          instances):
         failpoints.hit("create_snapshot.guests_paused")  # the crash and rollback tests
-        return rt.backend(backend).driver.create_snapshot(ref)
+        result = take()
+    return result
 
 
 def _instances_of(s: Session, volume_id: str) -> list[str]:

@@ -121,7 +121,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
     base = short_alias(tmp_path_factory.mktemp("asnap"))
     agent_port = free_port()
     failpoints = base / "failpoints"
-    volumes = InfoServer(base / "volumes", config=f"""
+    volumes = InfoServer(base / "volumes", env={"BLOCKYARD_FAILPOINTS_FILE": str(failpoints)},
+                         config=f"""
 [backends.local]
 driver = "file"
 [backends.rbd]
@@ -134,7 +135,7 @@ keyring = "{rbd['keyring']}"
 [compute]
 url = "http://127.0.0.1:{agent_port}/v2.1"
 """)
-    volumes.start(env={"BLOCKYARD_FAILPOINTS_FILE": str(failpoints)})
+    volumes.start()
     api = volumes.client()
     for name in PROTOCOLS:
         r = api.post("/types", {"volume_type": {"name": name, "extra_specs": {
@@ -185,17 +186,22 @@ def test_snapshot_of_a_volume_being_written_is_point_in_time(stack: Stack,
         written = writer.stop()
     assert written.error is None and written.io_errors == [], written
     print(f"\n[{protocol}] {_pause_line(stack, sid)}")
-
-    copy = stack.volume(protocol, snapshot_id=sid)
-    copy_device = stack.attach(copy)
-    runs = read_numbers(console, copy_device, written.count + 8)
-    held = check_prefix(runs)  # nothing torn, no gap
+    held = _held(stack, protocol, sid, written.count)
     print(f"[{protocol}] acknowledged before the request: {before + 1} blocks; snapshot "
           f"holds {held}; the guest wrote {written.count} in all")
     assert before + 1 <= held <= written.count + 1
     assert held < written.count, "the snapshot holds what was written after it"
-    stack.detach_and_delete(copy)
     stack.detach_and_delete(vid)
+
+
+def _held(stack: Stack, protocol: str, snapshot_id: str, written: int) -> int:
+    """How many numbered blocks the snapshot holds, read in the guest from a volume made
+    from it; AssertionError when they are not a prefix (torn, a gap)."""
+    assert stack.console is not None
+    copy = stack.volume(protocol, snapshot_id=snapshot_id)
+    runs = read_numbers(stack.console, stack.attach(copy), written + 8)
+    stack.detach_and_delete(copy)
+    return check_prefix(runs)
 
 
 def test_a_failed_snapshot_resumes_the_guest(stack: Stack) -> None:
@@ -246,4 +252,32 @@ def test_the_watchdog_resumes_a_guest_nobody_resumes(stack: Stack) -> None:
     assert r.status_code == 409, r.text
     assert "not point-in-time" in r.json()["conflictingRequest"]["message"]
     assert f"snapshot {sid} did not resume" in stack.agent.log()
+    stack.detach_and_delete(vid)
+
+
+def test_the_volume_service_dies_with_the_guest_paused(stack: Stack) -> None:
+    """kill -9 of the volume service between the pause and the resume: the agent's watchdog
+    resumes the guest (its writes go on), and the restarted service runs the snapshot task
+    again from the start: pause, snapshot, resume, point-in-time."""
+    assert stack.console is not None
+    vid = stack.volume("local")
+    writer = Writer(stack.console, stack.attach(vid))
+    writer.start()
+    try:
+        before = writer.wait_acked(1)
+        stack.arm("create_snapshot.guests_paused")  # the service dies there
+        sid = stack.snapshot(vid)
+        stack.volumes.wait_exit(60)
+        stack.arm()
+        writer.wait_acked(before + 3)  # running again, with nobody to resume it but the agent
+        assert f"snapshot {sid} did not resume" in stack.agent.log()
+        stack.volumes.start()
+        stack.api.wait_snapshot(sid, "available", timeout=120)
+    finally:
+        stack.arm()
+        written = writer.stop()
+    assert written.error is None and written.io_errors == [], written
+    print(f"\n{_pause_line(stack, sid)}")
+    held = _held(stack, "local", sid, written.count)
+    assert before + 1 <= held <= written.count + 1
     stack.detach_and_delete(vid)

@@ -64,8 +64,12 @@ def guests_paused(compute: ComputeEndpoint, auth: AuthConfig, volume_id: str,
         return
     service = compute_events.service_auth(auth)
     started = time.monotonic()
-    answer = _ask(compute, service, volume_id, snapshot_id, "blockyard-pause",
-                  max_pause_ms=MAX_PAUSE_MS)
+    try:
+        answer = _ask(compute, service, volume_id, snapshot_id, "blockyard-pause",
+                      max_pause_ms=MAX_PAUSE_MS)
+    except PauseFailed:  # e.g. timed out: the guests may be paused all the same
+        _resume_quietly(compute, service, volume_id, snapshot_id)
+        raise
     if answer.status_code == 404:
         log.warning("snapshot %s: compute has no guest with volume %s (attached to %s): the "
                     "snapshot is a copy of a volume in use, not point-in-time", snapshot_id,

@@ -23,7 +23,7 @@ from blockyard.service.listing import (
 )
 from blockyard.service.runtime import Runtime
 from blockyard.service.volume_ops import snapshot_ref
-from blockyard.states import SnapshotStatus, VolumeStatus
+from blockyard.states import AttachStatus, SnapshotStatus, VolumeStatus
 
 SORTABLE = {
     "created_at": "created_at", "updated_at": "updated_at", "id": "id", "name": "name",
@@ -125,10 +125,15 @@ def _run_create(rt: Runtime, task: tasks.TaskView) -> Any:
 
 
 def _instances_of(s: Session, volume_id: str) -> list[str]:
-    """The instances `volume_id` is attached to (or being attached to or detached from)."""
+    """The instances that may write `volume_id`: attached, or being attached or detached
+    (not merely reserved for one)."""
     return sorted({str(i) for i in s.scalars(
-        select(Attachment.instance_uuid).where(Attachment.volume_id == volume_id,
-                                               Attachment.instance_uuid.is_not(None)))})
+        select(Attachment.instance_uuid).where(
+            Attachment.volume_id == volume_id, Attachment.instance_uuid.is_not(None),
+            Attachment.attach_status.not_in(_NOT_WRITING)))})
+
+
+_NOT_WRITING = (AttachStatus.RESERVED, AttachStatus.DETACHED, AttachStatus.DELETED)
 
 
 def _settle_create(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,

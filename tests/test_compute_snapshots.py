@@ -281,3 +281,20 @@ def test_the_volume_service_dies_with_the_guest_paused(stack: Stack) -> None:
     held = _held(stack, "local", sid, written.count)
     assert before + 1 <= held <= written.count + 1
     stack.detach_and_delete(vid)
+
+
+def test_a_restarted_agent_resumes_the_guest_it_left_paused(stack: Stack) -> None:
+    """kill -9 of the agent with the guest paused (its watchdog dies with it): the agent's
+    start finds the pause's marker and resumes the guest."""
+    assert stack.console is not None
+    vid = stack.volume("local")
+    stack.attach(vid)
+    sid = "0d9b5c4e-3f7a-4a11-b2e4-8c6f1e2d3a90"
+    r = stack.nova.request("POST", PATH, {"snapshot": {"volume_id": vid, "create_info": {
+        "snapshot_id": sid, "type": "blockyard-pause", "max_pause_ms": 60_000}}})
+    assert r.status_code == 200, r.text
+    stack.agent.kill()
+    stack.agent.start()
+    assert stack.console.check("echo alive", timeout=30).strip().endswith("alive")
+    assert f"left paused for snapshot {sid}" in stack.agent.log()
+    stack.detach_and_delete(vid)

@@ -86,10 +86,13 @@ def test_the_body_runs_between_pause_and_resume(compute: tuple[Compute, ComputeE
     assert "paused 7.5 ms" in caplog.text
 
 
+@pytest.mark.parametrize("status", [404, 400])
 def test_unknown_to_compute_is_a_copy_as_before(compute: tuple[Compute, ComputeEndpoint],
-                                                caplog: pytest.LogCaptureFixture) -> None:
+                                                caplog: pytest.LogCaptureFixture,
+                                                status: int) -> None:
+    """404: no guest there has the volume; 400: a Nova, whose one type is qcow2."""
     stub, endpoint = compute
-    stub.answers = {"blockyard-pause": (404, {"itemNotFound": {"code": 404, "message": "x"}})}
+    stub.answers = {"blockyard-pause": (status, {"x": {"code": status, "message": "x"}})}
     ran = False
     with guests_paused(endpoint, AuthConfig(), VOLUME, SNAPSHOT, ["inst-1"]):
         ran = True

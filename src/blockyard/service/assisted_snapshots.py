@@ -14,11 +14,12 @@ QEMU stops a guest only after its requests in flight completed and were flushed,
 snapshot holds exactly the writes the guest was told are done before the pause.
 
 When that cannot be had the snapshot is what it was before, a copy of a volume in use, and
-the log says so: no ``[compute] url``, or compute knows no guest with the volume (404: it
-is attached to something else). Any other failure fails the snapshot, and the guest is
-never left paused: a failed pause is followed by a resume, and compute resumes the guest by
-itself after `MAX_PAUSE_MS` whatever happens here (then the late resume is refused, 409,
-and the snapshot fails: it may hold writes of after its instant).
+the log says so: no ``[compute] url``, compute knows no guest with the volume (404: it is
+attached to something else), or compute does not know blockyard's types (400: a Nova).
+Any other failure fails the snapshot, and the guest is never left paused: a failed pause is
+followed by a resume, and compute resumes the guest by itself after `MAX_PAUSE_MS` whatever
+happens here (then the late resume is refused, 409, and the snapshot fails: it may hold
+writes of after its instant).
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ def guests_paused(compute: ComputeEndpoint, auth: AuthConfig, volume_id: str,
         log.warning("snapshot %s: compute has no guest with volume %s (attached to %s): the "
                     "snapshot is a copy of a volume in use, not point-in-time", snapshot_id,
                     volume_id, names)
+        yield
+        return
+    if answer.status_code == 400:  # a Nova: its one type is qcow2
+        log.warning("snapshot %s: compute at %s does not take blockyard's assisted snapshots "
+                    "(%s): the snapshot of volume %s is a copy of a volume in use, not "
+                    "point-in-time", snapshot_id, compute.url, _text(answer), volume_id)
         yield
         return
     try:

@@ -73,6 +73,8 @@ def test_pause_then_resume(tmp_path: Path, qemu: Qemu) -> None:  # noqa: F811
         assert await hv.status() == "paused"
         assert (tmp_path / "paused" / f"{snap}.json").exists()
         assert await pauses.pause(VOLUME, snap) is not None  # the same snapshot again: fine
+        with pytest.raises(Conflict):  # the same snapshot id for another volume: not fine
+            await pauses.pause(OTHER_VOLUME, snap)
         done = await pauses.resume(VOLUME, snap)
         assert await hv.status() == "running"
         assert done.outcome == "resumed" and done.paused_ms is not None

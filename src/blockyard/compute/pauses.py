@@ -100,8 +100,11 @@ class Pauses:
         while True:
             async with self._lock:
                 mine = self._active.get(snapshot_id)
-                if mine is not None:
+                if mine is not None and mine.volume_id == volume_id:
                     return mine
+                if mine is not None:
+                    raise Conflict(f"Snapshot {snapshot_id} paused the guests of volume "
+                                   f"{mine.volume_id}, not of {volume_id}.")
                 instances = self._instances_with(volume_id)
                 busy = [self._by_instance[i.id] for i in instances if i.id in self._by_instance]
                 if not busy:

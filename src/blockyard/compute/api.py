@@ -41,7 +41,7 @@ from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
-from . import policies
+from . import assisted, policies
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
@@ -405,6 +405,8 @@ ROUTES = [
     *route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", delete_attachment,
             "DELETE", P.ATTACHMENTS_DELETE),
     *route("/v2.1/os-server-external-events", external_events, "POST", P.EVENTS_CREATE),
+    *route("/v2.1/os-assisted-volume-snapshots", assisted.create, "POST",
+            P.ASSISTED_SNAPSHOTS_CREATE),
 ]
 
 HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {

@@ -7,7 +7,8 @@ given by ``[auth] policy_file``). The defaults are Nova's (``nova/policies/base.
 - project reader: list and show servers and their volume attachments;
 - project member: also create and delete servers, attach and detach volumes;
 - admin: everything, in every project (``all_tenants``);
-- service (another OpenStack service's token, e.g. the volume service's): external events.
+- service (another OpenStack service's token, e.g. the volume service's): external events,
+  assisted volume snapshots.
 
 Another project's server is not found (404) unless the caller passes ``context_is_admin``,
 as in Nova, whose database lookups are scoped to the caller's project for non-admins; the
@@ -73,6 +74,9 @@ ATTACHMENTS_SHOW = ATTACHMENTS % "show"
 ATTACHMENTS_CREATE = ATTACHMENTS % "create"
 ATTACHMENTS_DELETE = ATTACHMENTS % "delete"
 EVENTS_CREATE = "os_compute_api:os-server-external-events:create"
+#: Nova's default is the service role only; admin too here, as for the events (the noauth
+#: volume service speaks as the admin)
+ASSISTED_SNAPSHOTS_CREATE = "os_compute_api:os-assisted-volume-snapshots:create"
 
 
 def _rule(name: str, check: str, description: str, method: str,
@@ -108,6 +112,8 @@ ROUTES = [
           "DELETE", "/servers/{server_id}/os-volume_attachments/{volume_id}"),
     _rule(EVENTS_CREATE, SERVICE_OR_ADMIN, "Create one or more external events", "POST",
           "/os-server-external-events"),
+    _rule(ASSISTED_SNAPSHOTS_CREATE, SERVICE_OR_ADMIN, "Create an assisted volume snapshot",
+          "POST", "/os-assisted-volume-snapshots"),
 ]
 
 DEFAULTS: list[oslo_policy.RuleDefault] = [*BASE, *ROUTES]

@@ -44,7 +44,7 @@ from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
-from . import actions, catalog, policies, proxies
+from . import actions, assisted, catalog, policies, proxies
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
@@ -419,6 +419,8 @@ ROUTES = [
     *actions.ROUTES,
     *catalog.ROUTES,
     *proxies.ROUTES,
+    *route("/v2.1/os-assisted-volume-snapshots", assisted.create, "POST",
+            P.ASSISTED_SNAPSHOTS_CREATE),
 ]
 
 HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {

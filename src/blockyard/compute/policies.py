@@ -10,7 +10,8 @@ given by ``[auth] policy_file``). The defaults are Nova's (``nova/policies/base.
 - project member: also create and delete servers, attach and detach volumes, read a server's
   console log, create and delete volumes and snapshots through the proxies;
 - admin: everything, in every project (``all_tenants``);
-- service (another OpenStack service's token, e.g. the volume service's): external events.
+- service (another OpenStack service's token, e.g. the volume service's): external events,
+  assisted volume snapshots.
 
 Flavors and images have no rule, as in Nova: any authenticated caller lists them.
 
@@ -93,6 +94,9 @@ SNAPSHOTS_DELETE = VOLUMES % "snapshots:delete"
 CONSOLE_OUTPUT = "os_compute_api:os-console-output"
 #: extra specs in flavor bodies from 2.61 (checked without failing: left out if refused)
 FLAVOR_EXTRA_SPECS_INDEX = "os_compute_api:os-flavor-extra-specs:index"
+#: Nova's default is the service role only; admin too here, as for the events (the noauth
+#: volume service speaks as the admin)
+ASSISTED_SNAPSHOTS_CREATE = "os_compute_api:os-assisted-volume-snapshots:create"
 
 
 def _rule(name: str, check: str, description: str, method: str,
@@ -157,6 +161,8 @@ ROUTES = [
                     {"method": "GET", "path": "/flavors/detail"},
                     {"method": "GET", "path": "/flavors/{flavor_id}"}],
         scope_types=["project"]),
+    _rule(ASSISTED_SNAPSHOTS_CREATE, SERVICE_OR_ADMIN, "Create an assisted volume snapshot",
+          "POST", "/os-assisted-volume-snapshots"),
 ]
 
 DEFAULTS: list[oslo_policy.RuleDefault] = [*BASE, *ROUTES]

@@ -137,8 +137,10 @@ class Agent:
 
     async def create_server(self, identity: Identity, name: str, image: str,
                             flavor: str) -> Instance:
-        if image not in self.config.images:
+        found = self.config.image(image)  # by name or by id
+        if found is None:
             raise Invalid(f"Image {image} could not be found.")
+        image = found.name
         if flavor not in self.config.flavors:
             raise Invalid(f"Flavor {flavor} could not be found.")
         instance_id = str(uuid.uuid4())

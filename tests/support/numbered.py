@@ -53,12 +53,13 @@ class NumberedWriter:
         loop = (f"i=0; while [ -e {s}/go ]; do "
                 f"yes $(printf %08d $i) | head -n 512 > {s}/blk; "
                 f"if dd if={s}/blk of={self.device} bs={BLOCK} seek=$i count=1 "
-                f"conv=notrunc,fsync 2>{s}/err; then echo $i > {s}/acked; "
+                f"conv=notrunc,fsync 2>{s}/err; then echo $i > {s}/a.new; mv {s}/a.new {s}/acked; "
                 f"else cp {s}/err {s}/failed; break; fi; i=$((i+1)); done; touch {s}/done")
         self.console.check(f"( {loop} ) </dev/null >/dev/null 2>&1 &")
 
     def acked(self) -> int:
-        """The last acknowledged block so far (-1: none yet), while the writer runs."""
+        """The last acknowledged block so far (-1: none yet), while the writer runs (the
+        writer renames the number into place, so it is never read half-written)."""
         out = self.console.check(f"cat {_STATE}/acked 2>/dev/null || echo -1")
         return int(out.split()[-1])
 
@@ -112,4 +113,39 @@ def check_prefix(runs: list[tuple[int, int]]) -> int:
     return len(runs)
 
 
-__all__ = ["BLOCK", "NumberedWriter", "Written", "check_prefix", "read_numbers"]
+
+class LatencyProbe:
+    """Measures the guest's I/O stalls: a background loop of 4 KiB direct, fsynced writes
+    to `device` (within its first MiB), each timed by the guest's own monotonic clock
+    (``now at ... nsecs`` of /proc/timer_list, read with shell builtins only). The longest
+    write is the longest stall the guest saw; the median is what a write costs anyway."""
+
+    _DIR = "/tmp/latency"
+
+    def __init__(self, console: GuestConsole, device: str) -> None:
+        self.console = console
+        self.device = device
+
+    def start(self) -> None:
+        s = self._DIR
+        now = "{ read a; read b; read c; } </proc/timer_list; c=${c#now at }; "
+        self.console.check(f"rm -rf {s} && mkdir -p {s} && touch {s}/go")
+        loop = (f"i=0; while [ -e {s}/go ]; do {now}t0=${{c% nsecs}}; "
+                f"dd if=/dev/zero of={self.device} bs=4096 count=1 seek=$((i % 256)) "
+                f"oflag=direct conv=notrunc,fsync 2>/dev/null || echo $i >> {s}/failed; "
+                f"{now}echo $(( ${{c% nsecs}} - t0 )) >> {s}/ns; i=$((i+1)); done; "
+                f"touch {s}/done")
+        self.console.check(f"( {loop} ) </dev/null >/dev/null 2>&1 &")
+
+    def stop(self, timeout: float = 60.0) -> tuple[list[float], int]:
+        """Stop; the seconds each write took, in order, and how many writes failed."""
+        s = self._DIR
+        self.console.check(f"rm -f {s}/go; n=0; while [ ! -e {s}/done ]; do sleep 0.1; "
+                           f"n=$((n+1)); [ $n -gt {int(timeout * 10)} ] && exit 1; done; true",
+                           timeout=timeout + 10)
+        took = [int(n) / 1e9 for n in self.console.check(f"cat {s}/ns").split()]
+        failed = len(self.console.check(f"cat {s}/failed 2>/dev/null; true").split())
+        return took, failed
+
+
+__all__ = ["BLOCK", "LatencyProbe", "NumberedWriter", "Written", "check_prefix", "read_numbers"]

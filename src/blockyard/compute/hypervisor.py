@@ -11,6 +11,7 @@ a volume needs, in the order it needs it:
     block_resize, query_disks, status, quit
     mirror, wait_job_ready         copy a device's node to another while the guest runs
     complete_job / cancel_job      pivot the device onto the copy, or give up; job
+    stop, cont                     pause and resume the guest (assisted snapshots)
 
 Raw QMP messages never leave this module: replies are checked once, here, into small frozen
 records (`Disk`). Every call runs under ``asyncio.timeout()``, the caller's or the default
@@ -526,6 +527,18 @@ class Hypervisor:
         async with self._deadline("query-status", timeout):
             reply = await self._execute("query-status")
         return _checked("query-status", lambda: str(_dict(reply)["status"]))
+
+    async def stop(self, *, timeout: float | None = None) -> None:
+        """Pause the guest's vCPUs. QEMU answers once they stopped and every request the
+        guest had in flight completed and was flushed (``vm_stop``: drain, then flush), so
+        what a disk holds afterwards is all the guest was told is written."""
+        async with self._deadline("stop", timeout):
+            await self._execute("stop")
+
+    async def cont(self, *, timeout: float | None = None) -> None:
+        """Resume a `stop`-ped guest; one that runs already is not an error."""
+        async with self._deadline("cont", timeout):
+            await self._execute("cont")
 
     async def quit(self, *, timeout: float | None = None) -> None:
         """Make QEMU exit, wait until it hung up, and close the connection. Reaping the

@@ -1,10 +1,13 @@
 """Starting and stopping the QEMU processes of the instances the agent owns.
 
 A guest is a plain `qemu-system-*` child with a QMP unix socket and its serial console on
-another unix socket, both in the instance's directory. It runs in a session of its own, so
-that the agent can stop, crash or restart without taking its guests along; a restarted agent
-finds them again by their QMP socket. QEMU is never daemonized (``-daemonize``): the agent
-keeps the child and reaps it.
+another unix socket, both in the instance's directory. Everything the guest writes to its
+console also goes to ``console.log`` beside them, from the first byte of boot on, whether or
+not anyone is connected to the socket (`console_log`: Nova's ``os-getConsoleOutput``).
+
+A guest runs in a session of its own, so that the agent can stop, crash or restart without
+taking its guests along; a restarted agent finds them again by their QMP socket. QEMU is
+never daemonized (``-daemonize``): the agent keeps the child and reaps it.
 
 Acceleration: KVM where this host can run guests with it, else TCG (see `kvm_usable`).
 """
@@ -21,6 +24,8 @@ from blockyard.exec import WaitTimeout, stop, wait_until
 
 from .config import Flavor, Image, QemuConfig
 
+#: the console's log in the instance's directory (appended to: it survives a relaunch)
+CONSOLE_LOG = "console.log"
 #: how long a guest gets to exit after SIGTERM, and again after SIGKILL (`blockyard.exec.stop`)
 STOP_TIMEOUT = 5.0
 
@@ -55,16 +60,24 @@ def accelerator(qemu: QemuConfig) -> str:
     return qemu.accel
 
 
+def console_log(console_socket: str) -> Path:
+    """Where the console of the guest whose console socket is `console_socket` is logged."""
+    return Path(console_socket).parent / CONSOLE_LOG
+
+
 def argv(qemu: QemuConfig, image: Image, flavor: Flavor, *, name: str, qmp_socket: str,
          console_socket: str, accel: str) -> list[str]:
     """QEMU's command line for one guest. Nothing secret is ever on it: volumes arrive
-    later over QMP, with their credentials as QEMU secret objects."""
+    later over QMP, with their credentials as QEMU secret objects. The serial console is a
+    socket chardev (clients connect to it when they like) that also logs to a file."""
     args = [
         qemu.binary, "-name", f"guest={name}", "-machine", f"{qemu.machine},accel={accel}",
         "-m", str(flavor.ram_mb), "-smp", str(flavor.vcpus),
         "-nodefaults", "-display", "none", "-no-user-config",
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
-        "-serial", f"unix:{console_socket},server=on,wait=off",
+        "-chardev", f"socket,id=console,path={_escape(console_socket)},server=on,wait=off,"
+                    f"logfile={_escape(str(console_log(console_socket)))},logappend=on",
+        "-serial", "chardev:console",
     ]
     if accel == "kvm":
         args += ["-cpu", "host"]

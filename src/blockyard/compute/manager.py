@@ -43,6 +43,7 @@ from . import launcher, swap
 from .config import ComputeConfig
 from .disks import qemu_source, secret_id, tls_creds_id
 from .hypervisor import DetachTimeout, Hypervisor, HypervisorError
+from .pauses import Pauses
 from .policies import ComputePolicy
 from .store import Instance, InstanceStatus, Mapping, MappingStatus, Store, utcnow
 from .undo import Undo
@@ -71,6 +72,8 @@ class Agent:
         self._instance_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._volume_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._background: set[asyncio.Task[None]] = set()
+        #: guests paused for point-in-time snapshots of their volumes
+        self.pauses = Pauses(self.store, self.guest, config.state_dir / "paused")
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -84,12 +87,14 @@ class Agent:
 
     async def start(self) -> None:
         await asyncio.to_thread(lambda: self.connector_properties)
+        await self.pauses.reconcile()
         await self.reconcile()
 
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.pauses.close()
         for hv in self._guests.values():
             await hv.close()
         self._guests.clear()
@@ -132,8 +137,10 @@ class Agent:
 
     async def create_server(self, identity: Identity, name: str, image: str,
                             flavor: str) -> Instance:
-        if image not in self.config.images:
+        found = self.config.image(image)  # by name or by id
+        if found is None:
             raise Invalid(f"Image {image} could not be found.")
+        image = found.name
         if flavor not in self.config.flavors:
             raise Invalid(f"Flavor {flavor} could not be found.")
         instance_id = str(uuid.uuid4())

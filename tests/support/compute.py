@@ -109,6 +109,16 @@ def build_test_guest() -> dict[str, str]:
             "append": "console=ttyS0 quiet panic=-1 cryptomgr.notests acpi=noirq"}
 
 
+def build_test_guest_disk() -> dict[str, str]:
+    """The same guest as a disk a BIOS boots (scripts/build-test-guest's disk.raw: FAT with
+    syslinux, the kernel and initrd, the same kernel command line), as an image for the
+    agent's config: ``{"disk": ...}``, what block_device_mapping_v2's source_type image
+    copies into a volume. Apart from `build_test_guest` so that the kernel-booted guests of
+    the other tests keep having no root disk."""
+    build_test_guest()
+    return {"disk": str(GUEST_DIR / "disk.raw")}
+
+
 class GuestConsole:
     """The test guest's serial console: a line protocol (see scripts/build-test-guest).
 

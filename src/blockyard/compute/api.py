@@ -41,7 +41,7 @@ from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
-from . import policies
+from . import boot, policies
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
@@ -202,6 +202,11 @@ async def create_server(request: Request) -> Response:
     if qmp is not None:
         authorize(request, policies.SERVERS_ADOPT)
         inst = await agent.adopt_server(identity, name, qmp)
+    elif body.get("block_device_mapping_v2") is not None:  # volumes, maybe booting
+        flavor = string_of(body, "flavorRef", required=True)
+        assert flavor is not None
+        plan = boot.parse(body, agent.config.images)
+        inst = await boot.create_server(agent, identity, name, flavor, plan)
     else:
         image = string_of(body, "imageRef", required=True)
         flavor = string_of(body, "flavorRef", required=True)

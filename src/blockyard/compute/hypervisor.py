@@ -8,7 +8,7 @@ a volume needs, in the order it needs it:
     device_add                     the ``virtio-blk-pci`` device the guest sees
     device_del                     ask the guest to let go; wait for ``DEVICE_DELETED``
     blockdev_del, remove_*         drop the node and the objects (each is idempotent)
-    block_resize, query_disks, status, quit
+    block_resize, query_disks, status, system_reset, cont, quit
 
 Raw QMP messages never leave this module: replies are checked once, here, into small frozen
 records (`Disk`). Every call runs under ``asyncio.timeout()``, the caller's or the default
@@ -315,16 +315,19 @@ class Hypervisor:
     # ------------------------------------------------------------------ devices
     async def device_add(self, device_id: str, node_name: str, serial: str, *,
                          bus: str | None = None, share_rw: bool = False,
-                         timeout: float | None = None) -> None:
+                         bootindex: int | None = None, timeout: float | None = None) -> None:
         """Hot-plug a virtio-blk-pci disk backed by `node_name`. The serial is cut to its
         first 20 characters, all a virtio-blk device carries (the guest sees
         ``/dev/disk/by-id/virtio-<serial>``); an empty one is left out. Without `bus`, QEMU
         picks a hot-pluggable bus (pci.0 on a ``pc`` machine); a q35 machine needs a free
         PCIe root port named here. `share_rw`: other guests may write the same volume
         (multiattach); without it QEMU takes a write lock on a local file, which a second
-        guest's device_add then fails to get."""
+        guest's device_add then fails to get. `bootindex`: the firmware's boot order (0 boots
+        first); it counts only for a disk plugged before the guest started (``-S``)."""
         args: dict[str, object] = {"driver": "virtio-blk-pci", "id": device_id,
                                    "drive": node_name}
+        if bootindex is not None:
+            args["bootindex"] = bootindex
         if share_rw:
             args["share-rw"] = True
         if serial:
@@ -396,6 +399,19 @@ class Hypervisor:
         async with self._deadline("query-status", timeout):
             reply = await self._execute("query-status")
         return _checked("query-status", lambda: str(_dict(reply)["status"]))
+
+    async def system_reset(self, *, timeout: float | None = None) -> None:
+        """Reset the machine. A guest started with ``-S`` stays paused; its firmware then
+        sees the disks plugged since start-up in its boot order (QEMU writes the fw_cfg
+        ``bootorder`` file at reset: without one, SeaBIOS ignores a hot-plugged disk's
+        bootindex and boots the first disk it finds)."""
+        async with self._deadline("system_reset", timeout):
+            await self._execute("system_reset")
+
+    async def cont(self, *, timeout: float | None = None) -> None:
+        """Start (or resume) the guest's CPUs: a guest started with ``-S`` runs from here."""
+        async with self._deadline("cont", timeout):
+            await self._execute("cont")
 
     async def quit(self, *, timeout: float | None = None) -> None:
         """Make QEMU exit, wait until it hung up, and close the connection. Reaping the

@@ -55,10 +55,14 @@ def accelerator(qemu: QemuConfig) -> str:
     return qemu.accel
 
 
-def argv(qemu: QemuConfig, image: Image, flavor: Flavor, *, name: str, qmp_socket: str,
-         console_socket: str, accel: str) -> list[str]:
+def argv(qemu: QemuConfig, image: Image | None, flavor: Flavor, *, name: str,
+         qmp_socket: str, console_socket: str, accel: str, paused: bool = False) -> list[str]:
     """QEMU's command line for one guest. Nothing secret is ever on it: volumes arrive
-    later over QMP, with their credentials as QEMU secret objects."""
+    later over QMP, with their credentials as QEMU secret objects.
+
+    Without `image` the guest boots from a volume: no kernel, the firmware (SeaBIOS) boots
+    the disk plugged with bootindex 0. `paused` (``-S``): the CPUs wait for ``cont``, so
+    that the volumes plugged over QMP are there when the firmware looks for them."""
     args = [
         qemu.binary, "-name", f"guest={name}", "-machine", f"{qemu.machine},accel={accel}",
         "-m", str(flavor.ram_mb), "-smp", str(flavor.vcpus),
@@ -68,6 +72,10 @@ def argv(qemu: QemuConfig, image: Image, flavor: Flavor, *, name: str, qmp_socke
     ]
     if accel == "kvm":
         args += ["-cpu", "host"]
+    if paused:
+        args += ["-S"]
+    if image is None:
+        return args
     if image.kernel:
         args += ["-kernel", image.kernel]
         if image.initrd:
@@ -88,9 +96,11 @@ def _escape(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def launch(qemu: QemuConfig, image: Image, flavor: Flavor, *, name: str, directory: Path,
-           accel: str, timeout: float = 10.0) -> Launched:
-    """Start the guest and wait until its QMP socket exists (QEMU is then listening)."""
+def launch(qemu: QemuConfig, image: Image | None, flavor: Flavor, *, name: str,
+           directory: Path, accel: str, paused: bool = False,
+           timeout: float = 10.0) -> Launched:
+    """Start the guest and wait until its QMP socket exists (QEMU is then listening).
+    `image` None and `paused`: see `argv`."""
     directory.mkdir(parents=True, exist_ok=True)
     qmp, console = directory / "qmp.sock", directory / "console.sock"
     for stale in (qmp, console):
@@ -99,7 +109,7 @@ def launch(qemu: QemuConfig, image: Image, flavor: Flavor, *, name: str, directo
     try:
         proc = subprocess.Popen(
             argv(qemu, image, flavor, name=name, qmp_socket=str(qmp),
-                 console_socket=str(console), accel=accel),
+                 console_socket=str(console), accel=accel, paused=paused),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     finally:
         log.close()

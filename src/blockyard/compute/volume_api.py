@@ -167,6 +167,38 @@ class VolumeApi:
         await self._call(caller, "POST", f"/volumes/{volume_id}/action",
                          {"os-roll_detaching": None})
 
+    # volumes a server boots from (`blockyard.compute.boot`: source_type image or blank)
+    async def create_volume(self, caller: Caller, size: int, name: str,
+                            volume_type: str | None = None) -> str:
+        """A new empty volume of `size` GiB (None: the volume service's default type); its
+        id. It is `creating` until the volume service finished it: see `wait_available`."""
+        body: dict[str, Any] = {"volume": {"size": size, "name": name}}
+        if volume_type is not None:
+            body["volume"]["volume_type"] = volume_type
+        return str((await self._call(caller, "POST", "/volumes", body))["volume"]["id"])
+
+    async def delete_volume(self, caller: Caller, volume_id: str) -> None:
+        """Delete; a volume that is gone already counts as deleted."""
+        await self._call(caller, "DELETE", f"/volumes/{volume_id}", ok=(200, 202, 204, 404))
+
+    async def wait_available(self, caller: Caller, volume_id: str, *, timeout: float,
+                             interval: float = 0.2) -> VolumeView:
+        """Poll until the volume is `available`; VolumeApiError if it ends in `error` or is
+        not available within `timeout` seconds (Nova's block_device_allocate_retries)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            volume = await self.volume(caller, volume_id)
+            if volume.status == "available":
+                return volume
+            if volume.status.startswith("error"):
+                raise VolumeApiError(500, f"Volume {volume_id} did not become available: "
+                                          f"its status is {volume.status}.", "GET /volumes")
+            if loop.time() > deadline:
+                raise VolumeApiError(500, f"Volume {volume_id} is still {volume.status} "
+                                          f"after {timeout:g} s.", "GET /volumes")
+            await asyncio.sleep(interval)
+
 
 def _nested(flat: dict[str, Any]) -> dict[str, Any]:
     """The attachments API folds the protocol into the data ({"driver_volume_type": ..,
@@ -186,3 +218,4 @@ def _message(r: httpx.Response) -> str:
         return str(fault["message"])
     except Exception:  # not Cinder's shape: say what came back
         return f"volume service answered {r.status_code}: {r.text[:200]}"
+

@@ -23,6 +23,7 @@ from tests.support.compute import (
     ComputeServer,
     GuestConsole,
     Nova,
+    build_test_guest,
     build_test_guest_disk,
     compute_config,
     short_alias,
@@ -66,13 +67,13 @@ class Stack:
         assert r.status_code == 200, r.text
         return {s["id"] for s in r.json()["servers"]}
 
-    def create(self, name: str, bdms: list[dict[str, Any]], **extra: Any) -> Any:
+    def create(self, name: str, bdms: Any, **extra: Any) -> Any:
         return self.nova.request("POST", "/servers", {"server": {
             "name": name, "flavorRef": "m1.tiny", "block_device_mapping_v2": bdms, **extra}})
 
-    def build(self, name: str, bdms: list[dict[str, Any]]) -> dict[str, Any]:
+    def build(self, name: str, bdms: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         """Create and wait until the server left BUILD."""
-        r = self.create(name, bdms)
+        r = self.create(name, bdms, **extra)
         assert r.status_code == 202, r.text
         return self.wait_built(r.json()["server"]["id"])
 
@@ -105,7 +106,8 @@ url = "http://127.0.0.1:{agent_port}/v2.1"
         assert r.status_code == 200, r.text
     failpoints = base / "failpoints"
     agent = ComputeServer(base / "agent", port=agent_port, config=compute_config(
-        volumes.url, images={"disk": image}, detach_timeout=1.0, detach_retries=1),
+        volumes.url, images={"disk": image, "tiny": build_test_guest()}, detach_timeout=1.0,
+        detach_retries=1),
         env={"BLOCKYARD_FAILPOINTS_FILE": str(failpoints)}).start()
     st = Stack(volumes, agent, failpoints, base)
     try:
@@ -257,4 +259,33 @@ def test_a_failed_build_leaves_no_volume(stack: Stack, failpoint: str) -> None:
     assert not processes_mentioning(server["id"], "qemu-system")
     stack.nova.delete(server["id"])
     assert server["id"] not in stack.server_ids()
+    assert stack.api.delete(f"/volumes/{existing}").status_code == 202
+
+
+def test_image_boot_with_volumes_at_boot(stack: Stack) -> None:
+    """imageRef boots (the kernel image), the mapped volumes are there from the first
+    instruction on: the guest finds them at boot, not by hot-plug later."""
+    existing = stack.volume("local")
+    before = stack.volume_ids()
+    server = stack.build("with-disks", [
+        {"source_type": "blank", "destination_type": "volume", "volume_size": 1,
+         "delete_on_termination": "true", "volume_type": "nbd", "tag": "scratch"},
+        {"source_type": "volume", "uuid": existing, "destination_type": "volume",
+         "boot_index": None},
+    ], imageRef="tiny")
+    assert server["status"] == "ACTIVE", server
+    assert server["image"]["id"] == "tiny"
+    [blank] = stack.volume_ids() - before
+    console = _console(server)
+    try:
+        # no waiting: virtio-blk probes the disks while init loads its driver, before READY
+        disks = console.disks()
+        assert disks[blank[:20]][1] == GiB and disks[existing[:20]][1] == GiB, disks
+    finally:
+        console.close()
+    tags = {a["volumeId"]: a["tag"] for a in stack.nova.attachments(server["id"])}
+    assert tags == {blank: "scratch", existing: None}
+    stack.nova.delete(server["id"])
+    stack.api.wait_volume(blank, "deleted")
+    stack.api.wait_volume(existing, "available")
     assert stack.api.delete(f"/volumes/{existing}").status_code == 202

@@ -205,8 +205,12 @@ async def create_server(request: Request) -> Response:
     elif body.get("block_device_mapping_v2") is not None:  # volumes, maybe booting
         flavor = string_of(body, "flavorRef", required=True)
         assert flavor is not None
-        plan = boot.parse(body, agent.config.images)
-        inst = await boot.create_server(agent, identity, name, flavor, plan)
+        plan = boot.parse(body, agent.config.images.get)
+        if plan.devices:
+            inst = await boot.create_server(agent, identity, name, flavor, plan)
+        else:  # only the image's own root mapping, as `openstack server create --image` sends
+            assert plan.image is not None
+            inst = await agent.create_server(identity, name, plan.image, flavor)
     else:
         image = string_of(body, "imageRef", required=True)
         flavor = string_of(body, "flavorRef", required=True)

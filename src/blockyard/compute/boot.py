@@ -35,11 +35,12 @@ the failure as its fault, as Nova's does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,9 +157,10 @@ class Plan:
         return booting + [i for i in order if self.devices[i].boot_index is None]
 
 
-def parse(server: dict[str, Any], images: dict[str, Image]) -> Plan:
+def parse(server: dict[str, Any], find_image: Callable[[str], Image | None]) -> Plan:
     """The checked plan of a create-server body that has block_device_mapping_v2, or a 400
-    in Nova's words. `images`: the agent's configured images (image sources name one)."""
+    in Nova's words. `find_image`: the agent's configured image a reference names (the
+    imageRef, an image source's uuid), or None; the plan names images by their name."""
     schema.check({"block_device_mapping_v2": server.get("block_device_mapping_v2")},
                  BDM_SCHEMA)
     raw: list[dict[str, Any]] = server["block_device_mapping_v2"]
@@ -167,6 +169,8 @@ def parse(server: dict[str, Any], images: dict[str, Image]) -> Plan:
         raise ApiError(400, f"Invalid input for field/attribute imageRef. Value: {image_ref!r}.")
     image = image_ref or None
     devices = [d for d in (_device(item, image) for item in raw) if d is not None]
+    devices = [_with_image(d, find_image) if d.source_type == "image" else d
+               for d in devices]
     if len(devices) > MAX_DEVICES:
         raise _invalid(f"A server can be created with at most {MAX_DEVICES} volumes.")
     _check_boot_sequence(devices, image)
@@ -177,18 +181,17 @@ def parse(server: dict[str, Any], images: dict[str, Image]) -> Plan:
             if d.uuid in seen:
                 raise _invalid(f"Volume {d.uuid} is mapped more than once.")
             seen.add(d.uuid)
-        elif d.source_type == "image":
-            _check_image(d, images)
     names = [d.device_name for d in devices if d.device_name is not None]
     if len(names) != len(set(names)):
         raise _invalid("The same device name is given to two block devices.")
-    from_volume = any(d.boot_index == 0 for d in devices)
-    if not from_volume:
-        if image is None:
-            raise ApiError(400, "Missing imageRef attribute")
-        if image not in images:
-            raise ApiError(400, f"Image {image} could not be found.")
-    return Plan(None if from_volume else image, tuple(devices))
+    if any(d.boot_index == 0 for d in devices):
+        return Plan(None, tuple(devices))
+    if image is None:
+        raise ApiError(400, "Missing imageRef attribute")
+    found = find_image(image)
+    if found is None:
+        raise ApiError(400, f"Image {image} could not be found.")
+    return Plan(found.name, tuple(devices))
 
 
 def _device(item: dict[str, Any], image: str | None) -> BlockDevice | None:
@@ -271,9 +274,10 @@ def _check_boot_sequence(devices: list[BlockDevice], image: str | None) -> None:
                        "combination is not valid.")
 
 
-def _check_image(d: BlockDevice, images: dict[str, Image]) -> None:
+def _with_image(d: BlockDevice, find_image: Callable[[str], Image | None]) -> BlockDevice:
+    """An image source checked (it exists, has a disk, fits the volume), named by name."""
     assert d.uuid is not None and d.volume_size is not None
-    found = images.get(d.uuid)
+    found = find_image(d.uuid)
     if found is None:
         raise _invalid(f"failed to get image {d.uuid}.")
     if not found.disk:
@@ -286,6 +290,7 @@ def _check_image(d: BlockDevice, images: dict[str, Image]) -> None:
         raise ApiError(400, f"Volume is smaller than the minimum size specified in image "
                             f"metadata. Volume size is {d.volume_size * GiB} bytes, minimum "
                             f"size is {size} bytes.")
+    return dataclasses.replace(d, uuid=found.name)
 
 
 async def check_sources(agent: Agent, caller: Caller,
@@ -352,11 +357,15 @@ async def build(agent: Agent, inst: Instance, caller: Caller, plan: Plan,
     async with Undo() as undo:
         # 1. the volumes the agent creates
         volumes: list[str] = []  # the volume of each device, in the plan's order
-        for i, d in enumerate(plan.devices):
+        for d in plan.devices:
             if d.created:
                 assert d.volume_size is not None
-                vid = await agent.volumes.create_volume(caller, d.volume_size,
-                                                        f"{inst.name}-{i}", d.volume_type)
+                # named as Nova names its blank volumes: <server id>-blank-vol
+                spec: dict[str, Any] = {"size": d.volume_size,
+                                        "name": f"{inst.id}-{d.source_type}-vol"}
+                if d.volume_type is not None:
+                    spec["volume_type"] = d.volume_type
+                vid = str((await agent.volumes.create_volume(caller, spec))["id"])
                 undo.push(agent.volumes.delete_volume, caller, vid)
                 volumes.append(vid)
             else:

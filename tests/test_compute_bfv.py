@@ -125,6 +125,7 @@ def _image_volume(volume_type: str = "local", **extra: Any) -> dict[str, Any]:
             "volume_size": 1, "boot_index": 0, "volume_type": volume_type, **extra}
 
 
+
 def _console(server: dict[str, Any]) -> GuestConsole:
     return GuestConsole(server["blockyard:console_socket"], boot_timeout=BOOT_TIMEOUT)
 
@@ -220,6 +221,22 @@ def _bad_mappings() -> list[tuple[Any, str]]:
                                                 "source_type."),
         ("all", "Invalid input for field/attribute block_device_mapping_v2."),
     ]
+
+
+@pytest.mark.parametrize(("version", "key"), [("2.41", "tag"), ("2.66", "volume_type")])
+def test_keys_of_later_microversions_are_refused(stack: Stack, version: str,
+                                                 key: str) -> None:
+    """Each key alone, at the version before Nova took it (its value is otherwise fine)."""
+    bdm = {"source_type": "blank", "destination_type": "volume", "volume_size": 1,
+           "boot_index": 0, key: "x"}
+    nova = stack.agent.nova(version=version)
+    try:
+        r = nova.request("POST", "/servers", {"server": {
+            "name": "early", "flavorRef": "m1.tiny", "block_device_mapping_v2": [bdm]}})
+    finally:
+        nova.close()
+    assert r.status_code == 400, r.text
+    assert f"('{key}' was unexpected)" in r.json()["badRequest"]["message"]
 
 
 def test_bad_mappings_are_400_and_create_nothing(stack: Stack) -> None:

@@ -205,7 +205,7 @@ async def create_server(request: Request) -> Response:
     elif body.get("block_device_mapping_v2") is not None:  # volumes, maybe booting
         flavor = string_of(body, "flavorRef", required=True)
         assert flavor is not None
-        plan = boot.parse(body, agent.config.images.get)
+        plan = boot.parse(body, agent.config.images.get, version_of(request))
         if plan.devices:
             inst = await boot.create_server(agent, identity, name, flavor, plan)
         else:  # only the image's own root mapping, as `openstack server create --image` sends

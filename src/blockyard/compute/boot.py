@@ -102,10 +102,25 @@ _BDM_ITEM: dict[str, Any] = {
     },
     "additionalProperties": False,
 }
-BDM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"block_device_mapping_v2": {"type": "array", "items": _BDM_ITEM}},
-}
+
+
+def _bdm_schema(*, tag: bool, volume_type: bool) -> dict[str, Any]:
+    item = dict(_BDM_ITEM, properties={
+        k: v for k, v in _BDM_ITEM["properties"].items()
+        if (k != "tag" or tag) and (k != "volume_type" or volume_type)})
+    return {"type": "object",
+            "properties": {"block_device_mapping_v2": {"type": "array", "items": item}}}
+
+
+#: by microversion, as Nova's: tag at 2.32, gone 2.33-2.41, back at 2.42; volume_type at 2.67
+_SCHEMAS = {(tag, vt): _bdm_schema(tag=tag, volume_type=vt)
+            for tag in (False, True) for vt in (False, True)}
+
+
+def bdm_schema(version: tuple[int, int]) -> dict[str, Any]:
+    tag = version == (2, 32) or version >= (2, 42)
+    return _SCHEMAS[(tag, version >= (2, 67))]
+
 _TRUE = {"true", "1", "on", "yes", "y", "t"}
 
 
@@ -157,12 +172,14 @@ class Plan:
         return booting + [i for i in order if self.devices[i].boot_index is None]
 
 
-def parse(server: dict[str, Any], find_image: Callable[[str], Image | None]) -> Plan:
+def parse(server: dict[str, Any], find_image: Callable[[str], Image | None],
+          version: tuple[int, int]) -> Plan:
     """The checked plan of a create-server body that has block_device_mapping_v2, or a 400
     in Nova's words. `find_image`: the agent's configured image a reference names (the
-    imageRef, an image source's uuid), or None; the plan names images by their name."""
+    imageRef, an image source's uuid), or None; the plan names images by their name.
+    `version`: the request's microversion (which keys an entry may have)."""
     schema.check({"block_device_mapping_v2": server.get("block_device_mapping_v2")},
-                 BDM_SCHEMA)
+                 bdm_schema(version))
     raw: list[dict[str, Any]] = server["block_device_mapping_v2"]
     image_ref = server.get("imageRef")
     if image_ref is not None and not isinstance(image_ref, str):

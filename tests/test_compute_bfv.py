@@ -306,3 +306,37 @@ def test_image_boot_with_volumes_at_boot(stack: Stack) -> None:
     stack.api.wait_volume(blank, "deleted")
     stack.api.wait_volume(existing, "available")
     assert stack.api.delete(f"/volumes/{existing}").status_code == 202
+
+
+@pytest.mark.parametrize("failpoint", ["compute.boot.image_copied", "compute.boot.plugged"])
+def test_a_build_cut_short_by_a_crash_is_undone_at_restart(stack: Stack,
+                                                           failpoint: str) -> None:
+    """kill -9 of the agent while it fills an image volume (attached to this host) or
+    while the paused guest has its disks: the restarted agent stops the guest, releases
+    everything and deletes the volumes it created; the server is ERROR."""
+    existing = stack.volume()
+    before = stack.volume_ids()
+    stack.failpoints.write_text(f"{failpoint}\n")  # kill -9 there
+    try:
+        r = stack.create("crashed", [
+            _image_volume(),
+            {"source_type": "blank", "destination_type": "volume", "volume_size": 1,
+             "volume_type": "nbd"},
+            {"source_type": "volume", "uuid": existing, "destination_type": "volume"},
+        ])
+        assert r.status_code == 202, r.text
+        server_id = r.json()["server"]["id"]
+        stack.agent.wait_exit(BOOT_TIMEOUT)
+    finally:
+        stack.failpoints.write_text("")
+    stack.agent.start()
+    server = stack.nova.show(server_id)
+    assert server["status"] == "ERROR", server
+    assert "being built" in server["fault"]["message"]
+    assert server["os-extended-volumes:volumes_attached"] == []
+    assert stack.volume_ids() == before
+    stack.api.wait_volume(existing, "available")
+    assert stack.api.get(f"/attachments?volume_id={existing}").json()["attachments"] == []
+    assert not processes_mentioning(server_id, "qemu-system")
+    stack.nova.delete(server_id)
+    assert stack.api.delete(f"/volumes/{existing}").status_code == 202

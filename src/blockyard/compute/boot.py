@@ -374,6 +374,7 @@ async def build(agent: Agent, inst: Instance, caller: Caller, plan: Plan,
     async with Undo() as undo:
         # 1. the volumes the agent creates
         volumes: list[str] = []  # the volume of each device, in the plan's order
+        created: list[str] = []  # what a restart must delete if the build is cut short
         for d in plan.devices:
             if d.created:
                 assert d.volume_size is not None
@@ -384,6 +385,8 @@ async def build(agent: Agent, inst: Instance, caller: Caller, plan: Plan,
                     spec["volume_type"] = d.volume_type
                 vid = str((await agent.volumes.create_volume(caller, spec))["id"])
                 undo.push(agent.volumes.delete_volume, caller, vid)
+                created.append(vid)
+                agent.store.set_instance(inst.id, build_volumes=list(created))
                 volumes.append(vid)
             else:
                 assert d.uuid is not None

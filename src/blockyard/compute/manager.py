@@ -463,6 +463,9 @@ class Agent:
             hv = await self.guest(inst)
         except (HypervisorError, OSError):
             hv = None
+        if inst.status == InstanceStatus.BUILD:
+            await self._abandon_build(inst, hv)
+            return
         if hv is None:
             if inst.status != InstanceStatus.ERROR:
                 self.store.set_instance(inst.id, status=InstanceStatus.SHUTOFF)
@@ -497,6 +500,33 @@ class Agent:
                 await hv.blockdev_del(disks[device_id].node_name)
         if problems:
             self.store.set_instance(inst.id, fault="; ".join(problems)[:1000])
+
+    async def _abandon_build(self, inst: Instance, hv: Hypervisor | None) -> None:
+        """A server the agent was building when it stopped (`boot`): undo the build as its
+        own undo would have. The guest (paused, or just started) is stopped, its mappings
+        released, any attachment left for it (an image volume being filled) deleted, and the
+        volumes created for it deleted; it ends in ERROR, as a failed build does."""
+        log.warning("server %s was being built when the agent stopped: undoing it", inst.id)
+        caller = self._service_caller(inst.project_id)
+        if hv is not None:
+            await hv.quit()
+            await self._drop_guest(inst.id)
+        for m in self.store.mappings(inst.id):
+            await self._release(m, caller)
+        for attachment_id in await self.volumes.instance_attachments(caller, inst.id):
+            await self.volumes.delete_attachment(caller, attachment_id)
+        left = []
+        for volume_id in inst.build_volumes or []:
+            try:
+                await self.volumes.delete_volume(caller, volume_id)
+            except VolumeApiError as exc:
+                if exc.status != 404:
+                    left.append(f"{volume_id} ({exc})")
+        fault = "The agent stopped while the server was being built; the build was undone."
+        if left:
+            fault += f" Volumes not deleted: {', '.join(left)}"
+        self.store.set_instance(inst.id, status=InstanceStatus.ERROR, pid=None,
+                                fault=fault[:1000])
 
     async def _undo_attach(self, hv: Hypervisor, m: Mapping, caller: Caller,
                            plugged: bool) -> None:

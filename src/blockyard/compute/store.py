@@ -101,6 +101,10 @@ class Instance(Base):
     #: True: started by someone else and adopted; deleting it only forgets it
     adopted: Mapped[bool] = mapped_column(Boolean, default=False)
     fault: Mapped[str | None] = mapped_column(String(1024))
+    #: the volumes the agent created for this server while building it (block device
+    #: mappings with source_type image or blank), recorded as each is created: a restart
+    #: that finds the server still BUILD deletes them (`Agent._abandon_build`)
+    build_volumes: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

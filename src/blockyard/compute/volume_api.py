@@ -177,6 +177,11 @@ class VolumeApi:
     async def delete_volume(self, caller: Caller, volume_id: str) -> None:
         await self._call(caller, "DELETE", f"/volumes/{volume_id}")
 
+    async def instance_attachments(self, caller: Caller, instance_id: str) -> list[str]:
+        """The ids of the attachments made for `instance_id` (3.27's attachment list)."""
+        found = await self._call(caller, "GET", f"/attachments?instance_id={instance_id}")
+        return [str(a["id"]) for a in found["attachments"]]
+
     async def wait_available(self, caller: Caller, volume_id: str, *, timeout: float,
                              interval: float = 0.2) -> VolumeView:
         """Poll until the volume is `available`; VolumeApiError if it ends in `error` or is

@@ -11,6 +11,8 @@ mappings are refused before anything exists.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from tests.support.daemons import processes_mentioning
 from tests.support.server import Api, Server, exported_backends_config, free_port
 
 GiB = 1024**3
+BIN = Path(sys.executable).parent
 #: where the guest writes its mark on the boot disk: past the FAT file system (~23 MiB)
 MARK_OFFSET_MIB = 512
 #: a TCG guest's BIOS boot is slow on a busy machine
@@ -340,3 +343,48 @@ def test_a_build_cut_short_by_a_crash_is_undone_at_restart(stack: Stack,
     assert not processes_mentioning(server_id, "qemu-system")
     stack.nova.delete(server_id)
     assert stack.api.delete(f"/volumes/{existing}").status_code == 202
+
+
+def _openstack(stack: Stack, *args: str) -> str:
+    """The real `openstack` CLI against both services (tests/test_compute.py's clouds.yaml)."""
+    clouds = stack.agent.state_dir.parent / "clouds.yaml"
+    clouds.write_text(f"""clouds:
+  blockyard:
+    auth_type: admin_token
+    auth:
+      token: "admin:admin"
+      endpoint: {stack.agent.endpoint}
+    compute_endpoint_override: {stack.agent.endpoint}
+    block_storage_endpoint_override: {stack.volumes.endpoint}
+    volume_endpoint_override: {stack.volumes.endpoint}
+    compute_api_version: "2.89"
+    volume_api_version: "3"
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env.update(OS_CLIENT_CONFIG_FILE=str(clouds), OS_CLOUD="blockyard")
+    done = subprocess.run([str(BIN / "openstack"), *args], capture_output=True, text=True,
+                          env=env, timeout=BOOT_TIMEOUT + 60)
+    assert done.returncode == 0, f"openstack {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def test_openstack_server_create_from_volume(stack: Stack) -> None:
+    """`openstack server create --volume VOL --wait`: the CLI's own mapping (boot_index 0,
+    source and destination volume) is accepted and the server becomes ACTIVE on it (that
+    such a volume boots, the console of the first test shows)."""
+    if stack.nova.request("GET", "/flavors/m1.tiny").status_code != 200:
+        pytest.skip("the CLI resolves --flavor through /flavors (the catalog branch)")
+    seed = stack.build("seed", [_image_volume(delete_on_termination=False)])
+    [vid] = [v["id"] for v in seed["os-extended-volumes:volumes_attached"]]
+    stack.nova.delete(seed["id"])
+    stack.api.wait_volume(vid, "available")
+    out = _openstack(stack, "server", "create", "--volume", vid, "--flavor", "m1.tiny",
+                     "--wait", "-f", "value", "-c", "id", "cli-bfv")
+    server = stack.nova.show(out.strip())
+    assert server["status"] == "ACTIVE" and server["image"] == "", server
+    assert server["os-extended-volumes:volumes_attached"] == [
+        {"id": vid, "delete_on_termination": False}]
+    assert stack.api.get(f"/volumes/{vid}").json()["volume"]["status"] == "in-use"
+    _openstack(stack, "server", "delete", "--wait", server["id"])
+    stack.api.wait_volume(vid, "available")
+    assert stack.api.delete(f"/volumes/{vid}").status_code == 202

@@ -219,6 +219,9 @@ def _bad_mappings() -> list[tuple[Any, str]]:
            "boot_index": 0}], "source_type snapshot is not supported"),
         ([{"source_type": "blank", "destination_type": "local", "volume_size": 1,
            "boot_index": 0}], "destination_type local is not supported"),
+        ([_image_volume(), {"source_type": "blank", "destination_type": "volume",
+                            "volume_size": 1, "device_name": "vda"}],
+         "The same device name is given to two block devices."),
         ([_image_volume(colour="blue")], "Additional properties are not allowed"),
         ([_image_volume(source_type="floppy")], "Invalid input for field/attribute "
                                                 "source_type."),

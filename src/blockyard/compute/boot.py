@@ -72,6 +72,8 @@ COPY_CHUNK = 1024 * 1024
 #: disks one server can be created with: vda to vdz
 MAX_DEVICES = 26
 GiB = 1024**3
+#: the device name of the boot volume unless the request names one
+ROOT_DEVICE = "/dev/vda"
 
 # Nova's block_device_mapping_v2 item (schemas/block_device_mapping.py and its legacy base;
 # tag from 2.32, volume_type from 2.67): facts, written here in this module's form
@@ -188,6 +190,9 @@ def parse(server: dict[str, Any], find_image: Callable[[str], Image | None],
     devices = [d for d in (_device(item, image) for item in raw) if d is not None]
     devices = [_with_image(d, find_image) if d.source_type == "image" else d
                for d in devices]
+    # the boot volume is the guest's first disk, as Nova names a root disk
+    devices = [dataclasses.replace(d, device_name=ROOT_DEVICE)
+               if d.boot_index == 0 and d.device_name is None else d for d in devices]
     if len(devices) > MAX_DEVICES:
         raise _invalid(f"A server can be created with at most {MAX_DEVICES} volumes.")
     _check_boot_sequence(devices, image)
@@ -201,10 +206,10 @@ def parse(server: dict[str, Any], find_image: Callable[[str], Image | None],
     names = [d.device_name for d in devices if d.device_name is not None]
     if len(names) != len(set(names)):
         raise _invalid("The same device name is given to two block devices.")
-    if any(d.boot_index == 0 for d in devices):
-        return Plan(None, tuple(devices))
-    if image is None:
-        raise ApiError(400, "Missing imageRef attribute")
+    plan = Plan(None, tuple(devices))
+    if plan.from_volume:
+        return plan
+    assert image is not None  # without one, the boot sequence had no 0
     found = find_image(image)
     if found is None:
         raise ApiError(400, f"Image {image} could not be found.")
@@ -416,9 +421,8 @@ async def build(agent: Agent, inst: Instance, caller: Caller, plan: Plan,
         # 4. its disks, the boot disk first
         for i in plan.in_boot_order():
             d = plan.devices[i]
-            device = d.device_name or ("/dev/vda" if d.boot_index == 0 else None)
             await agent._attach_steps(
-                inst, caller, sources[volumes[i]], plugs, device=device, tag=d.tag,
+                inst, caller, sources[volumes[i]], plugs, device=d.device_name, tag=d.tag,
                 delete_on_termination=d.delete_on_termination, boot_index=d.boot_index,
                 source_type=d.source_type)
         failpoints.hit("compute.boot.plugged")

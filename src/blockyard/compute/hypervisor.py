@@ -56,6 +56,9 @@ Facts about QEMU 7.2 this module relies on (each was checked against the real bi
 * ``block_resize`` of an nbd node fails ("Cannot grow NBD nodes"): QEMU's NBD client learns
   the export size only at connect. An iscsi node re-reads the LUN's capacity; file and
   host_device nodes read the size of the file or device.
+* A disk added with ``device_add ... bootindex=0`` to a guest started with ``-S`` is not in
+  SeaBIOS's boot order until a ``system_reset`` (QEMU writes the fw_cfg ``bootorder`` file
+  at reset); without the reset the firmware boots the first disk it finds instead.
 * One QMP socket serves one client at a time: while a `Hypervisor` is connected, a second
   `connect` to the same socket waits for the greeting until it times out.
 """

@@ -20,6 +20,9 @@ naming the volume and the instances. The events are sent from the task runner's 
 the extend has settled (see `volumes._settle_extend`), never inside a transaction or on a
 request's path.
 
+`call` is the one way the volume service sends anything to compute (these events, the swap
+that moves an attached volume, assisted snapshots): same endpoint, same token, same retry.
+
 The compute API is a peer on the service network: requests go to it directly, whatever
 ``http_proxy`` the environment sets.
 """
@@ -87,10 +90,8 @@ def volume_extended(config: ComputeEndpoint, volume_id: str,
         return False
     instances = ", ".join(instance_uuids)
     try:
-        response = _post(config, body(volume_id, instance_uuids), auth)
-        if response.status_code == 401 and auth is not None:
-            auth.invalidate()  # the token was revoked before it expired: a new one, once
-            response = _post(config, body(volume_id, instance_uuids), auth)
+        response = call(config, "POST", EVENTS_PATH, body(volume_id, instance_uuids),
+                        auth=auth, microversion=MICROVERSION)
     except (httpx.HTTPError, httpx.InvalidURL, ServiceTokenError) as exc:
         # refused, timed out, not a URL, no token from Keystone...
         log.warning("volume %s: could not send the volume-extended event for instance(s) %s "
@@ -108,16 +109,34 @@ def volume_extended(config: ComputeEndpoint, volume_id: str,
     return True
 
 
-def _post(config: ComputeEndpoint, events: dict[str, Any],
-          auth: ServiceAuth | None) -> httpx.Response:
+def call(config: ComputeEndpoint, method: str, path: str, payload: Any = None, *,
+         auth: ServiceAuth | None, microversion: str) -> httpx.Response:
+    """One request to the compute API at ``[compute] url`` + `path`, as the volume service:
+    its service token under Keystone (`auth`; a 401 fetches a new one, once: the token was
+    revoked before it expired), the noauth admin otherwise. Raises httpx.HTTPError (refused,
+    timed out, not a URL) and ServiceTokenError; an HTTP error status is the caller's to read.
+    Every request the volume service makes of compute goes through here."""
+    if config.url is None:
+        raise httpx.InvalidURL("no [compute] url is configured")
+    response = _send(config, method, path, payload, auth, microversion)
+    if response.status_code == 401 and auth is not None:
+        auth.invalidate()
+        response = _send(config, method, path, payload, auth, microversion)
+    return response
+
+
+def _send(config: ComputeEndpoint, method: str, path: str, payload: Any,
+          auth: ServiceAuth | None, microversion: str) -> httpx.Response:
     assert config.url is not None
     identity = auth.own_headers() if auth is not None else {"X-Auth-Token": TOKEN}
+    content = json.dumps(payload).encode() if payload is not None else None
     # trust_env=False: no proxies from the environment; the system's CA store for https
     with httpx.Client(timeout=config.timeout, trust_env=False, verify=_tls()) as client:
-        return client.post(
-            config.url.rstrip("/") + EVENTS_PATH, content=json.dumps(events).encode(),
+        return client.request(
+            method, config.url.rstrip("/") + path, content=content,
             headers={"Content-Type": "application/json", "Accept": "application/json",
-                     **identity, "X-OpenStack-Nova-API-Version": MICROVERSION})
+                     **identity, "X-OpenStack-Nova-API-Version": microversion,
+                     "OpenStack-API-Version": f"compute {microversion}"})
 
 
 @functools.cache

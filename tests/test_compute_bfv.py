@@ -101,7 +101,7 @@ gigabytes = 10000
 url = "http://127.0.0.1:{agent_port}/v2.1"
 """)).start()
     api = volumes.client()
-    for name in ("local", "nbd"):
+    for name in ("local", "nbd", "iscsi"):
         r = api.post("/types", {"volume_type": {
             "name": name, "extra_specs": {"volume_backend_name": name}}})
         assert r.status_code == 200, r.text
@@ -135,7 +135,7 @@ def _boot_disk(console: GuestConsole, volume_id: str) -> str:
     return console.wait_disk(volume_id, size=GiB)
 
 
-@pytest.mark.parametrize("volume_type", ["local", "nbd"])
+@pytest.mark.parametrize("volume_type", ["local", "nbd", "iscsi"])
 def test_boot_from_image_volume_then_from_that_volume(stack: Stack, volume_type: str) -> None:
     """image → volume (filled by the agent) boots; a blank volume is there too; what the
     guest wrote to its boot disk survives the server (delete_on_termination false) and the

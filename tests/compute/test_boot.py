@@ -6,6 +6,7 @@ The whole flow, with a real guest booting from the volume, is tests/test_compute
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from blockyard.compute import boot
 from blockyard.compute.config import Flavor, Image, QemuConfig
-from blockyard.compute.launcher import argv
+from blockyard.compute.launcher import argv, listening
 from blockyard.connectors import LocalConnector
 from blockyard.model import LocalInfo
 from blockyard.rest.errors import ApiError
@@ -155,3 +156,13 @@ def test_a_volume_boot_has_no_kernel_and_starts_paused() -> None:
     image_args = argv(QemuConfig(), Image("tiny", kernel="/k"), Flavor("f"), name="n",
                       qmp_socket="/q", console_socket="/c", accel="tcg")
     assert "-S" not in image_args and "-kernel" in image_args
+
+
+def test_a_socket_counts_as_started_once_it_listens(tmp_path: Path) -> None:
+    """launch waits for this: a bound socket that does not listen yet refuses connects."""
+    path = str(tmp_path / "qmp.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(path)
+        assert os.path.exists(path) and not listening(path)
+        s.listen(1)
+        assert listening(path)

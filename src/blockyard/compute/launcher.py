@@ -92,6 +92,21 @@ def argv(qemu: QemuConfig, image: Image | None, flavor: Flavor, *, name: str,
     return args
 
 
+def listening(path: str) -> bool:
+    """A unix socket listens at `path` (/proc/net/unix: flag __SO_ACCEPTCON). The file
+    alone is not enough: QEMU binds before it listens, and a connect in between is refused
+    (seen on a loaded host as "QMP connect: Connection refused" right after start)."""
+    try:
+        with open("/proc/net/unix") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                    return True
+    except OSError:
+        return os.path.exists(path)
+    return False
+
+
 def _escape(value: str) -> str:
     return value.replace(",", ",,")
 
@@ -99,7 +114,7 @@ def _escape(value: str) -> str:
 def launch(qemu: QemuConfig, image: Image | None, flavor: Flavor, *, name: str,
            directory: Path, accel: str, paused: bool = False,
            timeout: float = 10.0) -> Launched:
-    """Start the guest and wait until its QMP socket exists (QEMU is then listening).
+    """Start the guest and wait until its QMP socket listens.
     `image` None and `paused`: see `argv`."""
     directory.mkdir(parents=True, exist_ok=True)
     qmp, console = directory / "qmp.sock", directory / "console.sock"
@@ -114,8 +129,8 @@ def launch(qemu: QemuConfig, image: Image | None, flavor: Flavor, *, name: str,
     finally:
         log.close()
     with contextlib.suppress(WaitTimeout):
-        wait_until(lambda: qmp.exists() or proc.poll() is not None, timeout, 0.01)
-    if not qmp.exists():
+        wait_until(lambda: listening(str(qmp)) or proc.poll() is not None, timeout, 0.01)
+    if not listening(str(qmp)):
         stop(proc, STOP_TIMEOUT)
         tail = (directory / "qemu.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"QEMU did not start: {tail.strip() or 'no output'}")

@@ -362,11 +362,15 @@ async def create_server(agent: Agent, identity: Identity, name: str, flavor: str
 async def _build_and_release(agent: Agent, inst: Instance, caller: Caller, plan: Plan,
                              sources: dict[str, VolumeView], directory: Path,
                              lock: asyncio.Lock) -> None:
+    undo = Undo()
     try:
-        await build(agent, inst, caller, plan, sources, directory)
+        await build(agent, inst, caller, plan, sources, directory, undo)
     except Exception as exc:
         log.error("server %s failed to build: %s", inst.id, exc)
-        agent.store.set_instance(inst.id, status=InstanceStatus.ERROR, fault=str(exc)[:1000])
+        fault = str(exc)
+        if undo.failures:  # what may be left behind, said where the user looks
+            fault += "; not undone: " + "; ".join(str(f) for f in undo.failures)
+        agent.store.set_instance(inst.id, status=InstanceStatus.ERROR, fault=fault[:1000])
     else:
         agent.store.set_instance(inst.id, status=InstanceStatus.ACTIVE)
     finally:
@@ -374,9 +378,10 @@ async def _build_and_release(agent: Agent, inst: Instance, caller: Caller, plan:
 
 
 async def build(agent: Agent, inst: Instance, caller: Caller, plan: Plan,
-                sources: dict[str, VolumeView], directory: Path) -> None:
-    """Steps 1-5 of the module's docstring; everything is undone if one fails."""
-    async with Undo() as undo:
+                sources: dict[str, VolumeView], directory: Path, undo: Undo) -> None:
+    """Steps 1-5 of the module's docstring; everything is undone (on `undo`, whose
+    `failures` then say what could not be) if one fails."""
+    async with undo:
         # 1. the volumes the agent creates
         volumes: list[str] = []  # the volume of each device, in the plan's order
         created: list[str] = []  # what a restart must delete if the build is cut short

@@ -155,6 +155,8 @@ def test_boot_from_image_volume_then_from_that_volume(stack: Stack, volume_type:
     [blank_vid] = [v for v, dot in attached.items() if dot]
     devices = {a["volumeId"]: a["device"] for a in stack.nova.attachments(server["id"])}
     assert devices[boot_vid] == "/dev/vda"
+    r = stack.nova.request("DELETE", f"/servers/{server['id']}/os-volume_attachments/{boot_vid}")
+    assert r.status_code == 400 and "root device" in r.text, r.text
     for vid in attached:
         assert stack.api.get(f"/volumes/{vid}").json()["volume"]["status"] == "in-use"
 

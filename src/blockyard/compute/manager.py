@@ -341,6 +341,8 @@ class Agent:
         caller = Caller.of(identity)
         async with self._instance_locks[instance_id], Undo() as undo:
             m = self.store.mapping_of(instance_id, volume_id)
+            if m.boot_index == 0:  # the guest would lose its root disk (Nova refuses too)
+                raise Invalid("Cannot detach a root device volume")
             try:
                 self.store.begin_mapping(m.id, "detach")
             except InvalidState as exc:

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
-from blockyard.compute import boot
+from blockyard.compute import boot, policies
+from blockyard.compute import config as compute_config
+from blockyard.compute.api import create_app
 from blockyard.compute.config import Flavor, Image, QemuConfig
 from blockyard.compute.launcher import argv, listening
 from blockyard.connectors import LocalConnector
@@ -166,3 +169,17 @@ def test_a_socket_counts_as_started_once_it_listens(tmp_path: Path) -> None:
         assert os.path.exists(path) and not listening(path)
         s.listen(1)
         assert listening(path)
+
+
+def test_creating_a_server_with_volumes_has_its_own_rule(tmp_path: Path) -> None:
+    """Nova's os_compute_api:servers:create:attach_volume, checked before anything else."""
+    rules = tmp_path / "policy.yaml"
+    rules.write_text(f'"{policies.SERVERS_CREATE_ATTACH_VOLUME}": "!"\n')
+    config = compute_config.build({"state_dir": str(tmp_path / "agent"),
+                                   "auth": {"policy_file": str(rules)}})
+    with TestClient(create_app(config)) as tc:
+        r = tc.post("/v2.1/servers", headers={"X-Auth-Token": "admin:admin"}, json={
+            "server": {"name": "x", "flavorRef": "m1.tiny", "block_device_mapping_v2": [
+                {"source_type": "volume", "uuid": VOL, "boot_index": 0}]}})
+        assert r.status_code == 403, r.text
+        assert policies.SERVERS_CREATE_ATTACH_VOLUME in r.text

@@ -207,6 +207,7 @@ async def create_server(request: Request) -> Response:
         assert flavor is not None
         plan = boot.parse(body, agent.config.images.get, version_of(request))
         if plan.devices:
+            authorize(request, policies.SERVERS_CREATE_ATTACH_VOLUME)
             inst = await boot.create_server(agent, identity, name, flavor, plan)
         else:  # only the image's own root mapping, as `openstack server create --image` sends
             assert plan.image is not None

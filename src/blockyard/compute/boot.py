@@ -29,7 +29,14 @@ and leaves nothing behind. `build` then runs in the background while the server 
 
 A failure anywhere undoes every earlier step, newest first (QEMU stops before its disks are
 unplugged: a paused guest never acknowledges an unplug), and the server ends in ERROR with
-the failure as its fault, as Nova's does.
+the failure as its fault, as Nova's does. The server's lock is held from its creation to the
+end of the build (a delete waits for it); a restart that finds the server still BUILD undoes
+the build from what the rows recorded (`Agent._abandon_build`: the instance's
+``build_volumes``, its mappings, the attachments made for it).
+
+This is one of the agent's workflows kept in a module of its own: it works with the
+`Agent`'s internals (instance locks, guests, background tasks, the attach steps) as
+manager.py's own workflows do.
 """
 
 from __future__ import annotations

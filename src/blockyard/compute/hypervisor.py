@@ -8,8 +8,9 @@ a volume needs, in the order it needs it:
     device_add                     the ``virtio-blk-pci`` device the guest sees
     device_del                     ask the guest to let go; wait for ``DEVICE_DELETED``
     blockdev_del, remove_*         drop the node and the objects (each is idempotent)
-    block_resize, query_disks, status, quit
-    stop, cont                     pause and resume the guest (assisted snapshots)
+    block_resize, query_disks, status, system_reset, quit
+    stop, cont                     pause and resume the guest (assisted snapshots; a guest
+                                   started paused with -S runs from its first cont)
 
 Raw QMP messages never leave this module: replies are checked once, here, into small frozen
 records (`Disk`). Every call runs under ``asyncio.timeout()``, the caller's or the default
@@ -57,6 +58,9 @@ Facts about QEMU 7.2 this module relies on (each was checked against the real bi
 * ``block_resize`` of an nbd node fails ("Cannot grow NBD nodes"): QEMU's NBD client learns
   the export size only at connect. An iscsi node re-reads the LUN's capacity; file and
   host_device nodes read the size of the file or device.
+* A disk added with ``device_add ... bootindex=0`` to a guest started with ``-S`` is not in
+  SeaBIOS's boot order until a ``system_reset`` (QEMU writes the fw_cfg ``bootorder`` file
+  at reset); without the reset the firmware boots the first disk it finds instead.
 * One QMP socket serves one client at a time: while a `Hypervisor` is connected, a second
   `connect` to the same socket waits for the greeting until it times out.
 """
@@ -316,16 +320,19 @@ class Hypervisor:
     # ------------------------------------------------------------------ devices
     async def device_add(self, device_id: str, node_name: str, serial: str, *,
                          bus: str | None = None, share_rw: bool = False,
-                         timeout: float | None = None) -> None:
+                         bootindex: int | None = None, timeout: float | None = None) -> None:
         """Hot-plug a virtio-blk-pci disk backed by `node_name`. The serial is cut to its
         first 20 characters, all a virtio-blk device carries (the guest sees
         ``/dev/disk/by-id/virtio-<serial>``); an empty one is left out. Without `bus`, QEMU
         picks a hot-pluggable bus (pci.0 on a ``pc`` machine); a q35 machine needs a free
         PCIe root port named here. `share_rw`: other guests may write the same volume
         (multiattach); without it QEMU takes a write lock on a local file, which a second
-        guest's device_add then fails to get."""
+        guest's device_add then fails to get. `bootindex`: the firmware's boot order (0 boots
+        first); it counts only for a disk plugged before the guest started (``-S``)."""
         args: dict[str, object] = {"driver": "virtio-blk-pci", "id": device_id,
                                    "drive": node_name}
+        if bootindex is not None:
+            args["bootindex"] = bootindex
         if share_rw:
             args["share-rw"] = True
         if serial:
@@ -405,8 +412,17 @@ class Hypervisor:
         async with self._deadline("stop", timeout):
             await self._execute("stop")
 
+    async def system_reset(self, *, timeout: float | None = None) -> None:
+        """Reset the machine. A guest started with ``-S`` stays paused; its firmware then
+        sees the disks plugged since start-up in its boot order (QEMU writes the fw_cfg
+        ``bootorder`` file at reset: without one, SeaBIOS ignores a hot-plugged disk's
+        bootindex and boots the first disk it finds)."""
+        async with self._deadline("system_reset", timeout):
+            await self._execute("system_reset")
+
     async def cont(self, *, timeout: float | None = None) -> None:
-        """Resume a `stop`-ped guest; one that runs already is not an error."""
+        """Start or resume the guest's CPUs: a `stop`-ped guest, or one started with ``-S``;
+        one that runs already is not an error."""
         async with self._deadline("cont", timeout):
             await self._execute("cont")
 

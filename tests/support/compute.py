@@ -96,23 +96,31 @@ class Nova:
         assert r.status_code in (204, 404), r.text
 
 
-def openstack(agent: ComputeServer, volumes: Server, *args: str,
-              timeout: float = 120.0) -> str:
-    """The real `openstack` CLI against both services, through a clouds.yaml (noauth, the
-    form the README shows); its stdout, or an AssertionError with its stderr."""
-    clouds = agent.state_dir.parent / "clouds.yaml"
-    clouds.write_text(f"""clouds:
+def clouds_yaml(agent: ComputeServer, volumes: Server) -> str:
+    """The README's noauth clouds.yaml entry for both services. Its auth endpoint is the
+    volume API: the CLI discovers an identity v3 there for commands that insist on one
+    (`server list`, `volume list`), which the agent's /v2.1 is not."""
+    return f"""clouds:
   blockyard:
     auth_type: admin_token
     auth:
       token: "admin:admin"
-      endpoint: {agent.endpoint}
+      endpoint: {volumes.endpoint}
     compute_endpoint_override: {agent.endpoint}
+    image_endpoint_override: {agent.url}/image
     block_storage_endpoint_override: {volumes.endpoint}
     volume_endpoint_override: {volumes.endpoint}
     compute_api_version: "2.89"
     volume_api_version: "3"
-""")
+"""
+
+
+def openstack(agent: ComputeServer, volumes: Server, *args: str,
+              timeout: float = 120.0) -> str:
+    """The real `openstack` CLI against both services, through `clouds_yaml` (noauth, the
+    form the README shows); its stdout, or an AssertionError with its stderr."""
+    clouds = agent.state_dir.parent / "clouds.yaml"
+    clouds.write_text(clouds_yaml(agent, volumes))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env.update(OS_CLIENT_CONFIG_FILE=str(clouds), OS_CLOUD="blockyard")
     done = subprocess.run([str(Path(sys.executable).parent / "openstack"), *args],

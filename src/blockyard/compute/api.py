@@ -44,7 +44,7 @@ from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
-from . import actions, assisted, catalog, policies, proxies, swap_api
+from . import actions, assisted, boot, catalog, policies, proxies, swap_api
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
@@ -213,6 +213,16 @@ async def create_server(request: Request) -> Response:
     if qmp is not None:
         authorize(request, policies.SERVERS_ADOPT)
         inst = await agent.adopt_server(identity, name, qmp)
+    elif body.get("block_device_mapping_v2") is not None:  # volumes, maybe booting
+        flavor = string_of(body, "flavorRef", required=True)
+        assert flavor is not None
+        plan = boot.parse(body, agent.config.image, version_of(request))
+        if plan.devices:
+            authorize(request, policies.SERVERS_CREATE_ATTACH_VOLUME)
+            inst = await boot.create_server(agent, identity, name, flavor, plan)
+        else:  # only the image's own root mapping, as `openstack server create --image` sends
+            assert plan.image is not None
+            inst = await agent.create_server(identity, name, plan.image, flavor)
     else:
         image = string_of(body, "imageRef", required=True)
         flavor = string_of(body, "flavorRef", required=True)

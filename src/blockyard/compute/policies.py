@@ -71,6 +71,8 @@ SERVERS_INDEX_ALL = SERVERS % "index:get_all_tenants"
 SERVERS_DETAIL_ALL = SERVERS % "detail:get_all_tenants"
 SERVERS_SHOW = SERVERS % "show"
 SERVERS_CREATE = SERVERS % "create"
+#: creating a server with volumes (block_device_mapping_v2), checked besides SERVERS_CREATE
+SERVERS_CREATE_ATTACH_VOLUME = SERVERS % "create:attach_volume"
 SERVERS_DELETE = SERVERS % "delete"
 #: blockyard's: create a server by adopting a running QEMU
 SERVERS_ADOPT = "blockyard:servers:create:qmp_socket"
@@ -119,6 +121,8 @@ ROUTES = [
     _rule(SERVERS_SHOW, PROJECT_READER_OR_ADMIN, "Show a server", "GET",
           "/servers/{server_id}"),
     _rule(SERVERS_CREATE, PROJECT_MEMBER_OR_ADMIN, "Create a server", "POST", "/servers"),
+    _rule(SERVERS_CREATE_ATTACH_VOLUME, PROJECT_MEMBER_OR_ADMIN,
+          "Create a server with the requested volume attached to it", "POST", "/servers"),
     _rule(SERVERS_ADOPT, ADMIN, "Create a server by adopting a running QEMU "
           "(blockyard:qmp_socket): the agent connects to any Unix socket named",
           "POST", "/servers"),

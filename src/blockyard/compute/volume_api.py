@@ -216,6 +216,30 @@ class VolumeApi:
         await self._call(caller, "DELETE", f"/snapshots/{_quoted(snapshot_id)}")
 
 
+    async def instance_attachments(self, caller: Caller, instance_id: str) -> list[str]:
+        """The ids of the attachments made for `instance_id` (3.27's attachment list)."""
+        found = await self._call(caller, "GET", f"/attachments?instance_id={_quoted(instance_id)}")
+        return [str(a["id"]) for a in found["attachments"]]
+
+    async def wait_available(self, caller: Caller, volume_id: str, *, timeout: float,
+                             interval: float = 0.2) -> VolumeView:
+        """Poll until the volume is `available`; VolumeApiError if it ends in `error` or is
+        not available within `timeout` seconds (Nova's block_device_allocate_retries)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            volume = await self.volume(caller, volume_id)
+            if volume.status == "available":
+                return volume
+            if volume.status.startswith("error"):
+                raise VolumeApiError(500, f"Volume {volume_id} did not become available: "
+                                          f"its status is {volume.status}.", "GET /volumes")
+            if loop.time() > deadline:
+                raise VolumeApiError(500, f"Volume {volume_id} is still {volume.status} "
+                                          f"after {timeout:g} s.", "GET /volumes")
+            await asyncio.sleep(interval)
+
+
 def _raw(headers: dict[str, str], what: str) -> dict[bytes, bytes]:
     """The headers as the bytes they arrived as: a caller's token is passed on unchanged
     (HTTP headers are latin-1; httpx would take text as ASCII only and fail on a stray
@@ -250,3 +274,4 @@ def _message(r: httpx.Response) -> str:
         return str(fault["message"])
     except Exception:  # not Cinder's shape: say what came back
         return f"volume service answered {r.status_code}: {r.text[:200]}"
+

@@ -44,7 +44,7 @@ from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
-from . import actions, assisted, boot, catalog, policies, proxies
+from . import actions, assisted, boot, catalog, policies, proxies, swap_api
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
@@ -425,6 +425,8 @@ ROUTES = [
             "GET", P.ATTACHMENTS_SHOW),
     *route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", delete_attachment,
             "DELETE", P.ATTACHMENTS_DELETE),
+    *route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}",
+            swap_api.update_attachment, "PUT", P.ATTACHMENTS_UPDATE),
     *route("/v2.1/os-server-external-events", external_events, "POST", P.EVENTS_CREATE),
     *actions.ROUTES,
     *catalog.ROUTES,

@@ -262,8 +262,10 @@ def complete(rt: Runtime, who: Identity, volume_id: str, new_volume_id: str,
     In Cinder this is how a migration driven from outside the volume manager (Nova's
     swap_volume for attached volumes) ends. Here every migration is driven and completed by
     blockyard's own durable task, so a valid pair is always owned by that task and is refused;
-    two volumes not migrating at all get Cinder's answer (the new volume's id), as long as the
-    old one is not attached (re-attaching is the compute agent's later step).
+    two volumes not migrating at all get Cinder's answer (the new volume's id): that is the
+    end of a plain swap (Nova's swap_volume of an attached volume), where the compute agent
+    itself completes the new volume's attachment and deletes the old one's, so nothing is
+    moved here (Cinder's detach/attach of the legacy flow has no counterpart).
     """
     with rt.db.reading() as conn:
         pair = records.fetch_volumes(conn, [volume_id, new_volume_id])
@@ -274,9 +276,6 @@ def complete(rt: Runtime, who: Identity, volume_id: str, new_volume_id: str,
         authorize(who, "volume:get", found[ident].project_id, hidden=NotFound("Volume", ident))
     old, new = found[volume_id], found[new_volume_id]
     if not (old.migration_status or new.migration_status):
-        if not error and old.attach_status != states.AttachStatus.DETACHED:
-            raise Invalid(f"Invalid volume: Volume {volume_id} is attached; moving its "
-                          f"attachments to another volume is not supported yet.")
         return new_volume_id
     if not old.migration_status:
         raise Invalid("Invalid volume: Source volume not mid-migration.")

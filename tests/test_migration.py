@@ -344,10 +344,11 @@ def test_refusals(srv: Server, c: Api) -> None:
         "instance_uuid": "11111111-2222-3333-4444-555555555555", "mountpoint": "/dev/vdb"}})
     assert r.status_code == 202, r.text
     c.wait_volume(vid, "in-use")
+    # (moving an attached volume is compute's: tests/test_migration_attached.py)
     _refused(c, vid, {"os-migrate_volume": {"host": b}}, 400,
-             "migrating an attached volume is not supported yet")
+             "needs the compute service, but [compute] url is not configured")
     _refused(c, vid, {"os-retype": {"new_type": "on-b", "migration_policy": "on-demand"}},
-             400, "migrating an attached volume is not supported yet")
+             400, "needs the compute service, but [compute] url is not configured")
     assert c.post(f"/volumes/{vid}/action", {"os-detach": {}}).status_code == 202
     c.wait_volume(vid, "available")
     assert c.delete(f"/volumes/{vid}").status_code == 202

@@ -11,6 +11,8 @@ API's refusals; and a kill -9 of the service at every step of the flow.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +21,19 @@ from typing import Any
 import httpx
 import pytest
 
+from blockyard.connectors import connector_for
+from blockyard.exec import process_cmdline
+from blockyard.model import parse
 from tests.support.consistency import assert_consistent, backend_dir, read_db, volume_file
-from tests.support.fake_swap import FakeSwapCompute
-from tests.support.server import Api, Server, free_port
+from tests.support.daemons import processes_mentioning
+from tests.support.fake_swap import CONNECTOR, FakeSwapCompute, data_extents
+from tests.support.server import (
+    Api,
+    Server,
+    exported_backends_config,
+    free_port,
+    free_tgt_control_port,
+)
 from tests.test_migration import (
     FP_ENV,
     MiB,
@@ -32,8 +44,7 @@ from tests.test_migration import (
 )
 
 INSTANCE = "0b6c6a2e-8f51-4c36-9c3b-2a6f1c1f6f01"
-OLD_CONNECTOR = {"host": "fake-compute", "initiator": "iqn.1993-08.org.debian:01:fake",
-                 "mountpoint": "/dev/vdb"}
+OLD_CONNECTOR = CONNECTOR  # the same compute host swaps the disk
 
 
 def config(compute_url: str, swap_timeout: float = 60) -> str:
@@ -382,3 +393,102 @@ def test_crash(stack: Any, point: str) -> None:
     db = read_db(s.srv.state_dir)
     assert not db.tasks
     c.close()
+
+
+# ---------------------------------------------------------------------------- exports
+
+
+def _tgt_targets(control_port: int) -> str:
+    return subprocess.run(
+        ["tgtadm", "--control-port", str(control_port), "--lld", "iscsi", "--op", "show",
+         "--mode", "target"], capture_output=True, text=True, check=True).stdout
+
+
+def _nbd_servers(state_dir: Path) -> list[str]:
+    """The volume file each live qemu-nbd of this service serves."""
+    return sorted(os.path.basename(process_cmdline(pid)[-1])
+                  for pid in processes_mentioning(str(state_dir), "qemu-nbd"))
+
+
+@pytest.mark.parametrize("src,dst", [("nbd", "iscsi"), ("iscsi", "nbd2"), ("nbd", "nbd2")])
+def test_in_use_migration_between_exports(make_server: type[Server], tmp_path: Path,
+                                          src: str, dst: str) -> None:
+    """The guest's connections are real exports (qemu-nbd, tgt): after the swap only the new
+    object's export is left, under the volume, and its detach removes it."""
+    port, control = free_port(), free_tgt_control_port()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def mirror(swap: Any, old: dict[str, Any], new_info: dict[str, Any]) -> None:
+        data = dict(new_info)
+        info = parse({"driver_volume_type": data.pop("driver_volume_type"), "data": data})
+        source = backend_dir(srv.state_dir, src) / f"volume-{swap.volume}"
+        with connector_for(info, CONNECTOR, run_dir=str(run_dir)).open(info, "r+b") as h, \
+                open(source, "rb") as f:
+            for offset, length in data_extents(source):
+                f.seek(offset)
+                h.seek(offset)
+                h.write(f.read(length))
+            h.flush()
+
+    compute = FakeSwapCompute(f"http://127.0.0.1:{port}/v3", mirror=mirror).start()
+    try:
+        srv = make_server(port=port, config=exported_backends_config(
+            control_port=control, extra=f"""
+[backends.nbd2]
+driver = "file"
+target = "nbd"
+[compute]
+url = "{compute.url}"
+swap_timeout = 60
+"""))
+        srv.start()
+        c = srv.client()
+        for name in ("iscsi", "nbd", "nbd2"):
+            r = c.post("/types", {"volume_type": {"name": f"on-{name}", "extra_specs": {
+                "volume_backend_name": name}}})
+            assert r.status_code == 200, r.text
+        vid = create(c, f"on-{src}")
+        path = backend_dir(srv.state_dir, src) / f"volume-{vid}"
+        scatter(path, 8 * MiB, seed=12)
+        sha = file_sha(path)
+        old_att = attach(c, vid)
+        assert _nbd_servers(srv.state_dir) == ([f"volume-{vid}"] if src == "nbd" else [])
+        assert migrate(c, vid, host_of(c, dst)).status_code == 202
+        v = wait_settled(c, vid)
+        assert v["migration_status"] == "success", (v, srv.log()[-3000:])
+        swap = compute.wait()
+        assert swap.error is None, swap.error
+        assert swap.old_attachment == old_att
+        new_file = f"volume-{swap.new_volume}"
+        assert file_sha(backend_dir(srv.state_dir, dst) / new_file) == sha
+        assert not path.exists()
+        # only the new object's export is left: the old one went with the old attachment
+        assert _nbd_servers(srv.state_dir) == ([new_file] if dst.startswith("nbd") else [])
+        targets = _tgt_targets(control)
+        assert f"volume-{vid}" not in targets
+        assert (f"volume-{swap.new_volume}" in targets) == (dst == "iscsi")
+        assert_consistent(srv.state_dir, c, log=srv.log())
+        # the guest's connection still reads the data (the export survived the swap)
+        data = dict(swap.new_info)
+        info = parse({"driver_volume_type": data.pop("driver_volume_type"), "data": data})
+        with connector_for(info, CONNECTOR, run_dir=str(run_dir)).open(info, "rb") as h, \
+                open(backend_dir(srv.state_dir, dst) / new_file, "rb") as f:
+            for offset, length in data_extents(backend_dir(srv.state_dir, dst) / new_file):
+                h.seek(offset)
+                f.seek(offset)
+                assert h.read(length) == f.read(length)
+        # the volume's detach removes the new export
+        r = c.delete(f"/attachments/{swap.new_attachment}",
+                     headers={"OpenStack-API-Version": "volume 3.44"})
+        assert r.status_code == 200, r.text
+        c.wait_volume(vid, "available")
+        assert _nbd_servers(srv.state_dir) == []
+        assert "volume-" not in _tgt_targets(control)
+        assert c.delete(f"/volumes/{vid}").status_code == 202
+        c.wait_volume(vid, "deleted")
+        assert_consistent(srv.state_dir, c, log=srv.log())
+        c.close()
+    finally:
+        compute.stop()
+

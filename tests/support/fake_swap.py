@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -42,13 +43,26 @@ class Swap:
     old_attachment: str | None = None
     completion: dict[str, Any] | None = None
     error: str | None = None
+    #: the new attachment's connection info, with its secrets (as the mirror got it)
+    new_info: dict[str, Any] | None = None
     done: threading.Event = field(default_factory=threading.Event)
+
+
+#: the fake's mirror: (the swap, the old attachment as shown, the new connection info with
+#: its secrets) → copies the guest's disk onto the new volume
+Mirror = Callable[[Swap, dict[str, Any], dict[str, Any]], None]
+
+
+def mirror_local_files(swap: Swap, old: dict[str, Any], new_info: dict[str, Any]) -> None:
+    """The mirror between two local exports: their files."""
+    copy_data(old["connection_info"]["device_path"], new_info["device_path"])
 
 
 @dataclass
 class FakeSwapCompute(RecordingServer):
     volume_endpoint: str
     mode: str = "swap"
+    mirror: Mirror = mirror_local_files
     #: how long each call to the volume service is retried while it does not answer
     patience: float = 120.0
     swaps: list[Swap] = field(default_factory=list)
@@ -142,15 +156,14 @@ class FakeSwapCompute(RecordingServer):
         r = self._call(http, "PUT", f"/attachments/{new}",
                        {"attachment": {"connector": CONNECTOR}})
         assert r.status_code == 200, r.text
-        new_info = r.json()["attachment"]["connection_info"]
+        new_info = swap.new_info = r.json()["attachment"]["connection_info"]
         r = self._call(http, "POST", f"/attachments/{new}/action", {"os-complete": None})
         assert r.status_code == 204, r.text
         if self.mode == "fail":
             assert self._call(http, "DELETE", f"/attachments/{new}").status_code == 200
             self._complete(http, swap, error=True)
             return
-        # the mirror: the guest's disk is copied onto the new volume (local exports: files)
-        copy_data(old_info["connection_info"]["device_path"], new_info["device_path"])
+        self.mirror(swap, old_info, new_info)  # the guest's disk, onto the new volume
         self._complete(http, swap, error=False)
         r = self._call(http, "DELETE", f"/attachments/{old[0]}")
         assert r.status_code == 200, r.text
@@ -165,15 +178,22 @@ class FakeSwapCompute(RecordingServer):
 def copy_data(src: str, dst: str) -> None:
     """Copy the data extents of file `src` into file `dst` at the same offsets (holes stay)."""
     with open(src, "rb") as f, open(dst, "r+b") as g:
-        end = os.fstat(f.fileno()).st_size
-        pos = 0
+        for offset, length in data_extents(src):
+            f.seek(offset)
+            g.seek(offset)
+            g.write(f.read(length))
+
+
+def data_extents(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
+    """(offset, length) of each run of data in the sparse file `path`."""
+    out = []
+    with open(path, "rb") as f:
+        end, pos = os.fstat(f.fileno()).st_size, 0
         while pos < end:
             try:
                 start = os.lseek(f.fileno(), pos, os.SEEK_DATA)
-            except OSError:  # nothing but a hole to the end
+            except OSError:  # only a hole up to the end
                 break
-            stop = os.lseek(f.fileno(), start, os.SEEK_HOLE)
-            f.seek(start)
-            g.seek(start)
-            g.write(f.read(stop - start))
-            pos = stop
+            pos = os.lseek(f.fileno(), start, os.SEEK_HOLE)
+            out.append((start, pos - start))
+    return out

@@ -119,7 +119,9 @@ SERVE_MORE_CASES: list[tuple[str, str]] = [
     ("[targets.nbd]\nstart_timeout = -1", "targets.nbd.start_timeout"),
     ("[targets.nbd]\nstop_timeout = 'soon'", "targets.nbd.stop_timeout"),
     ("[targets.nbd]\nmod = 'tcp'", "targets.nbd.mod"),
-    ("[compute]\nurl = 'http://nova:99999'", "compute.url"),]
+    ("[compute]\nurl = 'http://nova:99999'", "compute.url"),
+    ("[compute]\nurl = 'http://127.0.0.1:8774'", "compute.url"),  # the root, not /v2.1
+    ("[compute]\nurl = 'http://nova/v2.1/os-server-external-events'", "compute.url"),]
 
 COMPUTE_CASES: list[tuple[str, str]] = [
     ("colour = 'blue'", "colour"),
@@ -305,3 +307,12 @@ def test_compute_agent_reads_its_tables() -> None:
     assert cfg.detach_timeout == 2.0 and isinstance(cfg.detach_timeout, float)
     assert cfg.qemu.accel == "tcg" and cfg.images["tiny"].initrd == "/i"
     assert set(cfg.flavors) == {"m1.tiny", "big"}
+
+
+def test_a_compute_url_without_the_version_says_what_to_write() -> None:
+    with pytest.raises(ConfigError) as err:
+        config.build({"compute": {"url": "http://127.0.0.1:8774/"}})
+    assert "should be 'http://127.0.0.1:8774/v2.1'" in str(err.value)
+    # Nova's catalog forms: behind a path prefix, with a project id, the legacy /v2
+    for url in ("http://proxy/compute/v2.1", "http://nova:8774/v2.1/3f2a", "http://nova/v2/"):
+        assert config.build({"compute": {"url": url}}).compute.url == url

@@ -413,6 +413,24 @@ def http_url(value: str) -> str:
     return value
 
 
+#: the versioned compute endpoint: ".../v2.1" or ".../v2", perhaps with a project id after it
+#: (not a resource: ".../v2.1/os-server-external-events" is a wiring mistake too)
+_COMPUTE_VERSIONED = re.compile(r"/v2(\.1)?(/(?!os-|servers/?$)[^/]+)?/?$")
+
+
+def compute_api_url(value: str) -> str:
+    """The compute API's versioned endpoint (Nova's catalog entry, ``.../v2.1``): the volume
+    service appends only the resource (``/os-server-external-events``, ``/servers/...``), so
+    the root URL of the service would make every call 404."""
+    value = http_url(value)
+    path = urllib.parse.urlsplit(value).path
+    if not _COMPUTE_VERSIONED.search(path):
+        raise ValueError(f"is the compute API's versioned endpoint, ending in /v2.1 (the volume "
+                         f"service adds /os-server-external-events, /servers/...): {value!r} "
+                         f"should be {value.rstrip('/') + '/v2.1'!r}")
+    return value
+
+
 def database_url(value: str) -> str:
     """A SQLAlchemy URL, e.g. sqlite:////var/lib/blockyard/blockyard.db."""
     from sqlalchemy.engine import make_url
@@ -456,7 +474,7 @@ QUOTA: Schema = {name: Option(int, between(-1, INT_MAX, " (-1: unlimited)"))
                  for name in DEFAULT_QUOTAS}
 
 COMPUTE: Schema = {
-    "url": Option(str, http_url),
+    "url": Option(str, compute_api_url),
     "timeout": Option(float, above(0), default=DEFAULT_COMPUTE_TIMEOUT),
     "swap_timeout": Option(float, above(0), default=DEFAULT_SWAP_TIMEOUT),
 }

@@ -22,6 +22,7 @@ from qemu.qmp import Message
 from blockyard.compute.disks import TlsPsk, qemu_source
 from blockyard.compute.hypervisor import (
     MAX_NODE_NAME,
+    BlockJob,
     DetachTimeout,
     Disk,
     Hypervisor,
@@ -393,3 +394,101 @@ def test_guest_sees_the_disk_come_grow_and_go(
         assert await hv._node_names() == set()
         await asyncio.to_thread(console.wait_disk_gone, serial)
     run(vm, body, timeout=30)
+
+
+# ---------------------------------------------------------------- mirror jobs (swap_volume)
+def _pattern(path: str, size: int) -> bytes:
+    data = os.urandom(size)
+    with open(path, "r+b") as f:
+        f.write(data)
+    return data
+
+
+def test_mirror_pivots_the_device_onto_the_copy(qemu: Qemu) -> None:
+    """The device reads the old node, the mirror copies it to the new one, and after
+    complete the device uses the new node; the old one has no user left."""
+    old = sparse(os.path.join(qemu.dir, "old.raw"), 4 * MiB)
+    new = sparse(os.path.join(qemu.dir, "new.raw"), 4 * MiB)
+    data = _pattern(old, MiB)
+
+    async def body(hv: Hypervisor) -> None:
+        await hv.blockdev_add("old", {"driver": "file", "filename": old})
+        await hv.device_add("disk-1", "old", "serial-1")
+        await hv.blockdev_add("new", {"driver": "file", "filename": new})
+        await hv.mirror("swap-1", "old", "new")
+        await hv.wait_job_ready("swap-1", timeout=30)
+        job = await hv.job("swap-1")
+        assert job is not None and job.type == "mirror" and job.status == "ready"
+        await hv.complete_job("swap-1", timeout=30)
+        assert await hv.job("swap-1") is None  # dismissed
+        [disk] = await hv.query_disks()
+        assert (disk.node_name, disk.serial) == ("new", "serial-1")  # same device, new node
+        await hv.blockdev_del("old")  # nobody uses it any more
+        assert await hv._node_names() == {"new", "new-proto"}
+    run(qemu, body)
+    with open(new, "rb") as f:
+        assert f.read(MiB) == data
+
+
+def test_a_cancelled_mirror_leaves_the_device_on_its_node(qemu: Qemu) -> None:
+    old = sparse(os.path.join(qemu.dir, "old.raw"), 4 * MiB)
+    new = sparse(os.path.join(qemu.dir, "new.raw"), 4 * MiB)
+
+    async def body(hv: Hypervisor) -> None:
+        await hv.blockdev_add("old", {"driver": "file", "filename": old})
+        await hv.device_add("disk-1", "old", "serial-1")
+        await hv.blockdev_add("new", {"driver": "file", "filename": new})
+        await hv.mirror("swap-1", "old", "new")
+        await hv.wait_job_ready("swap-1", timeout=30)
+        await hv.cancel_job("swap-1", timeout=30)
+        assert await hv.job("swap-1") is None
+        await hv.cancel_job("swap-1", timeout=30)  # idempotent
+        [disk] = await hv.query_disks()
+        assert disk.node_name == "old"
+        await hv.blockdev_del("new")
+        assert await hv._node_names() == {"old", "old-proto"}
+    run(qemu, body)
+
+
+def test_a_mirror_that_fails_reports_the_error(qemu: Qemu) -> None:
+    """A target that refuses writes: the job ends before it is ready, with QEMU's error."""
+    old = sparse(os.path.join(qemu.dir, "old.raw"), 4 * MiB)
+    _pattern(old, MiB)
+
+    async def body(hv: Hypervisor) -> None:
+        await hv.blockdev_add("old", {"driver": "file", "filename": old})
+        await hv.device_add("disk-1", "old", "serial-1")
+        # every write to the target fails with EIO
+        await hv._execute("blockdev-add", {
+            "driver": "blkdebug", "node-name": "bad",
+            "image": {"driver": "null-co", "size": 4 * MiB},
+            "inject-error": [{"event": "none", "iotype": "write", "errno": 5}]})
+        await hv.mirror("swap-1", "old", "bad")
+        with pytest.raises(HypervisorError) as err:
+            await hv.wait_job_ready("swap-1", timeout=30)
+        assert err.value.command == "blockdev-mirror" and "error" in err.value.desc.lower()
+        assert await hv.job("swap-1") is None
+        [disk] = await hv.query_disks()
+        assert disk.node_name == "old"
+    run(qemu, body)
+
+
+def test_job_waits_time_out_and_unknown_jobs_are_none(qemu: Qemu) -> None:
+    async def body(hv: Hypervisor) -> None:
+        assert await hv.job("nope") is None
+        await hv.cancel_job("nope", timeout=1)
+        # a throttled mirror of a big null node cannot become ready in time
+        await hv._execute("blockdev-add", {"driver": "null-co", "node-name": "src",
+                                           "size": 1024 * MiB, "read-zeroes": True})
+        await hv._execute("blockdev-add", {"driver": "null-co", "node-name": "dst",
+                                           "size": 1024 * MiB})
+        await hv._execute("blockdev-mirror", {"job-id": "slow", "device": "src",
+                                              "target": "dst", "sync": "full",
+                                              "auto-dismiss": False, "speed": 1024})
+        with pytest.raises(HypervisorTimeout):
+            await hv.wait_job_ready("slow", timeout=0.5)
+        job = await hv.job("slow")
+        assert job == BlockJob("slow", "mirror", "running", None)
+        await hv.cancel_job("slow", timeout=10)
+        assert await hv.job("slow") is None
+    run(qemu, body)

@@ -41,7 +41,7 @@ from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
-from . import policies
+from . import policies, swap_api
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
@@ -404,6 +404,8 @@ ROUTES = [
             "GET", P.ATTACHMENTS_SHOW),
     *route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}", delete_attachment,
             "DELETE", P.ATTACHMENTS_DELETE),
+    *route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}",
+            swap_api.update_attachment, "PUT", P.ATTACHMENTS_UPDATE),
     *route("/v2.1/os-server-external-events", external_events, "POST", P.EVENTS_CREATE),
 ]
 

@@ -9,6 +9,8 @@ a volume needs, in the order it needs it:
     device_del                     ask the guest to let go; wait for ``DEVICE_DELETED``
     blockdev_del, remove_*         drop the node and the objects (each is idempotent)
     block_resize, query_disks, status, quit
+    mirror, wait_job_ready         copy a device's node to another while the guest runs
+    complete_job / cancel_job      pivot the device onto the copy, or give up; job
 
 Raw QMP messages never leave this module: replies are checked once, here, into small frozen
 records (`Disk`). Every call runs under ``asyncio.timeout()``, the caller's or the default
@@ -157,6 +159,19 @@ class Disk:
     #: bytes, as QEMU currently knows it (after the last block_resize)
     size: int
     read_only: bool
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """A block job (``query-jobs``): a mirror of a swap, here."""
+
+    id: str
+    #: "mirror", "commit", ...
+    type: str
+    #: QEMU's job status: "created", "running", "ready", "pending", "concluded", ...
+    status: str
+    #: why a concluded job failed; None while it runs or when it succeeded
+    error: str | None
 
 
 class Hypervisor:
@@ -361,6 +376,94 @@ class Hypervisor:
                          device_id, attempt, attempts)
         raise DetachTimeout(device_id, attempts, timeout)
 
+    # ------------------------------------------------------------------ block jobs
+    async def mirror(self, job_id: str, source_node: str, target_node: str, *,
+                     timeout: float | None = None) -> None:
+        """Start copying `source_node` (what a device reads and writes) to `target_node`,
+        an existing node (`blockdev_add`) at least as large: ``blockdev-mirror``,
+        ``sync: full``. The guest keeps running; its writes go to both from then on. The job
+        stays until `complete_job` or `cancel_job` (``auto-dismiss`` off, so a failure keeps
+        its error for us to read); wait for it with `wait_job_ready`."""
+        args = {"job-id": job_id, "device": source_node, "target": target_node,
+                "sync": "full", "auto-dismiss": False}
+        async with self._deadline("blockdev-mirror", timeout):
+            await self._execute("blockdev-mirror", args)
+
+    async def wait_job_ready(self, job_id: str, *, timeout: float) -> None:
+        """Return once the mirror `job_id` has caught up (``ready``: both nodes hold the
+        same data and keep doing so). A job that ended first (an I/O error, a cancel)
+        is dismissed and raised as a HypervisorError carrying QEMU's error."""
+        job = await self._wait_job(job_id, ("ready", "concluded"), timeout, "blockdev-mirror")
+        if job is None or job.status == "concluded":
+            await self._dismiss(job_id)
+            why = job.error if job is not None and job.error else "the job ended"
+            raise HypervisorError(None, f"mirror {job_id} failed before it was ready: {why}",
+                                  "blockdev-mirror")
+
+    async def complete_job(self, job_id: str, *, timeout: float) -> None:
+        """Pivot a ready mirror: from here on the device uses the target node (the source
+        node is left without users, for `blockdev_del`). Returns when the job concluded;
+        raises with QEMU's error when it failed (the device then still uses the source)."""
+        async with self._deadline("block-job-complete", None):
+            await self._execute("block-job-complete", {"device": job_id})
+        job = await self._wait_job(job_id, ("concluded",), timeout, "block-job-complete")
+        await self._dismiss(job_id)
+        if job is not None and job.error:
+            raise HypervisorError(None, f"mirror {job_id} failed: {job.error}",
+                                  "block-job-complete")
+
+    async def cancel_job(self, job_id: str, *, timeout: float) -> None:
+        """Stop a job and forget it; the device keeps its source node (a mirror cancelled
+        is not pivoted, even when ready: ``force``). A job that is not there counts as
+        cancelled."""
+        try:
+            async with self._deadline("block-job-cancel", None):
+                await self._execute("block-job-cancel", {"device": job_id, "force": True})
+        except HypervisorError:
+            # no such job (DeviceNotActive), or one that concluded already and can only be
+            # dismissed (below): anything else is a real refusal
+            job = await self.job(job_id)
+            if job is not None and job.status != "concluded":
+                raise
+        await self._wait_job(job_id, ("concluded",), timeout, "block-job-cancel")
+        await self._dismiss(job_id)
+
+    async def job(self, job_id: str, *, timeout: float | None = None) -> BlockJob | None:
+        """The job `job_id` as QEMU reports it (``query-jobs``), None when there is none."""
+        async with self._deadline("query-jobs", timeout):
+            raw = await self._execute("query-jobs")
+        jobs = _checked("query-jobs", lambda: [
+            BlockJob(str(j["id"]), str(j["type"]), str(j["status"]),
+                     str(j["error"]) if j.get("error") is not None else None)
+            for j in _list(raw)])
+        return next((j for j in jobs if j.id == job_id), None)
+
+    async def _dismiss(self, job_id: str) -> None:
+        """Forget a concluded job; one that is gone already is fine."""
+        try:
+            async with self._deadline("job-dismiss", None):
+                await self._execute("job-dismiss", {"id": job_id})
+        except HypervisorError as err:
+            if err.qmp_class != "GenericError" or await self.job(job_id) is not None:
+                raise
+
+    async def _wait_job(self, job_id: str, statuses: tuple[str, ...], timeout: float,
+                        command: str) -> BlockJob | None:
+        """Wait until the job is in one of `statuses` (or gone: None). ``JOB_STATUS_CHANGE``
+        only wakes us: ``query-jobs`` is the truth, so an event that came before we
+        listened is not missed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self._qmp.listener("JOB_STATUS_CHANGE", _about_job(job_id)) as listener:
+            while True:
+                job = await self.job(job_id)
+                if job is None or job.status in statuses:
+                    return job
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise HypervisorTimeout(command, timeout)
+                await self._next_event(listener, left, command)
+
     # ------------------------------------------------------------------ queries
     async def query_disks(self, *, timeout: float | None = None) -> list[Disk]:
         """The guest's virtio-blk devices with their node, serial, size and mode, sorted by
@@ -511,6 +614,13 @@ def _deleted(device_id: str) -> Callable[[Message], bool]:
     def accept(event: Message) -> bool:
         data = event.get("data")
         return isinstance(data, Mapping) and data.get("device") == device_id
+    return accept
+
+
+def _about_job(job_id: str) -> Callable[[Message], bool]:
+    def accept(event: Message) -> bool:
+        data = event.get("data")
+        return isinstance(data, Mapping) and data.get("id") == job_id
     return accept
 
 

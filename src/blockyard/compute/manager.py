@@ -39,7 +39,7 @@ from blockyard.identity import Identity
 from blockyard.model import ConnectionInfo, parse
 from blockyard.service_auth import ServiceAuth
 
-from . import launcher
+from . import launcher, swap
 from .config import ComputeConfig
 from .disks import qemu_source, secret_id, tls_creds_id
 from .hypervisor import DetachTimeout, Hypervisor, HypervisorError
@@ -286,7 +286,15 @@ class Agent:
                     shared: bool) -> None:
         """Hand the volume to QEMU: secrets, the block node, the virtio-blk device (shared
         for writing with other guests when the volume is multiattach)."""
-        source = qemu_source(info, prefix=m.node_name,
+        await self._add_node(hv, m.node_name, info, undo)
+        failpoints.hit("compute.attach.blockdev_added")
+        await hv.device_add(m.device_id, m.node_name, m.serial, share_rw=shared)
+        undo.push(self._device_del, hv, m.device_id)
+
+    async def _add_node(self, hv: Hypervisor, node_name: str, info: ConnectionInfo,
+                        undo: Undo) -> None:
+        """The volume's block node in QEMU, and the secrets it names (ids from the node's)."""
+        source = qemu_source(info, prefix=node_name,
                              initiator=str(self.connector_properties.get("initiator", "")))
         for object_id, value in source.secrets.items():
             await hv.add_secret(object_id, value)
@@ -294,11 +302,8 @@ class Agent:
         if source.tls_psk is not None:
             await hv.add_tls_psk_key(source.tls_psk)
             undo.push(hv.remove_object, source.tls_psk.creds_id)
-        await hv.blockdev_add(m.node_name, dict(source.options), read_only=source.read_only)
-        undo.push(hv.blockdev_del, m.node_name)
-        failpoints.hit("compute.attach.blockdev_added")
-        await hv.device_add(m.device_id, m.node_name, m.serial, share_rw=shared)
-        undo.push(self._device_del, hv, m.device_id)
+        await hv.blockdev_add(node_name, dict(source.options), read_only=source.read_only)
+        undo.push(hv.blockdev_del, node_name)
 
     async def _device_del(self, hv: Hypervisor, device_id: str) -> None:
         await hv.device_del(device_id, timeout=self.config.detach_timeout,
@@ -443,7 +448,9 @@ class Agent:
             if inst.status != InstanceStatus.ERROR:
                 self.store.set_instance(inst.id, status=InstanceStatus.SHUTOFF)
             for m in self.store.mappings(inst.id):
-                if m.status != MappingStatus.ATTACHED:
+                if m.status == MappingStatus.SWAPPING:
+                    await swap.reconcile(self, None, m)
+                elif m.status != MappingStatus.ATTACHED:
                     await self._release(m, self._service_caller(m.project_id))
             return
         if inst.status != InstanceStatus.ACTIVE:
@@ -461,6 +468,8 @@ class Agent:
                 else:
                     await self._unplug_leftovers(hv, m)
                     await self._release(m, caller)
+            elif m.status == MappingStatus.SWAPPING:
+                await swap.reconcile(self, hv, m)
             elif m.device_id not in disks:
                 problems.append(await self._replug(hv, m, caller))
         known = {m.device_id for m in mine}
@@ -485,8 +494,12 @@ class Agent:
         await self._release(m, caller)
 
     async def _unplug_leftovers(self, hv: Hypervisor, m: Mapping) -> None:
-        await hv.blockdev_del(m.node_name)
-        for object_id in (secret_id(m.node_name), tls_creds_id(m.node_name)):
+        await self._del_node(hv, m.node_name)
+
+    async def _del_node(self, hv: Hypervisor, node_name: str) -> None:
+        """Undo `_add_node` (idempotent): the node, then the objects it named."""
+        await hv.blockdev_del(node_name)
+        for object_id in (secret_id(node_name), tls_creds_id(node_name)):
             await hv.remove_object(object_id)
 
     async def _replug(self, hv: Hypervisor, m: Mapping, caller: Caller) -> str:

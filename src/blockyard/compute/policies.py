@@ -7,7 +7,8 @@ given by ``[auth] policy_file``). The defaults are Nova's (``nova/policies/base.
 - project reader: list and show servers and their volume attachments;
 - project member: also create and delete servers, attach and detach volumes;
 - admin: everything, in every project (``all_tenants``);
-- service (another OpenStack service's token, e.g. the volume service's): external events.
+- service (another OpenStack service's token, e.g. the volume service's): external events,
+  and swapping the volume under a server (os-volume_attachments PUT with another volumeId).
 
 Another project's server is not found (404) unless the caller passes ``context_is_admin``,
 as in Nova, whose database lookups are scoped to the caller's project for non-admins; the
@@ -72,6 +73,8 @@ ATTACHMENTS_INDEX = ATTACHMENTS % "index"
 ATTACHMENTS_SHOW = ATTACHMENTS % "show"
 ATTACHMENTS_CREATE = ATTACHMENTS % "create"
 ATTACHMENTS_DELETE = ATTACHMENTS % "delete"
+ATTACHMENTS_UPDATE = ATTACHMENTS % "update"
+ATTACHMENTS_SWAP = ATTACHMENTS % "swap"
 EVENTS_CREATE = "os_compute_api:os-server-external-events:create"
 
 
@@ -104,6 +107,15 @@ ROUTES = [
           "POST", "/servers/{server_id}/os-volume_attachments"),
     _rule(ATTACHMENTS_SHOW, PROJECT_READER_OR_ADMIN, "Show details of a volume attachment",
           "GET", "/servers/{server_id}/os-volume_attachments/{volume_id}"),
+    _rule(ATTACHMENTS_UPDATE, PROJECT_MEMBER_OR_ADMIN, "Update a volume attachment "
+          "(delete_on_termination, 2.85); a request that also changes the volumeId is "
+          "checked against the swap rule only",
+          "PUT", "/servers/{server_id}/os-volume_attachments/{volume_id}"),
+    # Nova's swap rule is meant for the volume service (service role) and admins; its
+    # target is empty: the caller need not be of the server's project
+    _rule(ATTACHMENTS_SWAP, SERVICE_OR_ADMIN, "Update a volume attachment with a different "
+          "volumeId (swap the volume under a running guest)",
+          "PUT", "/servers/{server_id}/os-volume_attachments/{volume_id}"),
     _rule(ATTACHMENTS_DELETE, PROJECT_MEMBER_OR_ADMIN, "Detach a volume from an instance",
           "DELETE", "/servers/{server_id}/os-volume_attachments/{volume_id}"),
     _rule(EVENTS_CREATE, SERVICE_OR_ADMIN, "Create one or more external events", "POST",

@@ -64,6 +64,9 @@ class MappingStatus(StrEnum):
     ATTACHED = "attached"
     #: detach accepted (then begin_detaching); back to ATTACHED if it fails or the guest refuses
     DETACHING = "detaching"
+    #: the guest's disk is being moved to another volume (swap_volume; `Mapping.swap` says
+    #: how far); ATTACHED again when it is done or undone
+    SWAPPING = "swapping"
 
 
 #: a mapping's transitions, in the shape of `blockyard.states`' tables (the agent keeps its
@@ -77,6 +80,10 @@ MAPPING_TRANSITIONS: dict[str, Transition] = {
     # volume service refusing, the guest keeping the disk) makes it attached again
     "detach": Transition((MappingStatus.ATTACHED,), MappingStatus.DETACHING, None,
                          MappingStatus.ATTACHED),
+    # a swap is accepted: attached → swapping; it ends attached whether the guest moved to
+    # the new volume (the row then names it) or stayed on the old one
+    "swap": Transition((MappingStatus.ATTACHED,), MappingStatus.SWAPPING,
+                       MappingStatus.ATTACHED, MappingStatus.ATTACHED),
 }
 
 
@@ -131,11 +138,19 @@ class Mapping(Base):
     tag: Mapped[str | None] = mapped_column(String(60))
     delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    #: the block node the device uses, once a swap moved it off the first one (None: the
+    #: name derived from the mapping's id)
+    node: Mapped[str | None] = mapped_column(String(32))
+    #: the serial the guest's device carries, once a swap gave the mapping another volume
+    #: (the device keeps the old volume's serial, as in Nova, until it is plugged again)
+    disk_serial: Mapped[str | None] = mapped_column(String(20))
+    #: a swap under way: each step it has taken outside the agent (see compute.swap)
+    swap: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     @property
     def node_name(self) -> str:
-        """The QEMU block node (at most 31 characters)."""
-        return "bv" + self.id.replace("-", "")[:20]
+        """The QEMU block node (at most 25 characters: see hypervisor.MAX_NODE_NAME)."""
+        return self.node or "bv" + self.id.replace("-", "")[:20]
 
     @property
     def device_id(self) -> str:
@@ -145,7 +160,7 @@ class Mapping(Base):
     @property
     def serial(self) -> str:
         """What the guest reads as the disk's serial: virtio-blk keeps 20 characters."""
-        return self.volume_id[:20]
+        return self.disk_serial or self.volume_id[:20]
 
     @property
     def guest_path(self) -> str:

@@ -66,6 +66,10 @@ class VolumeView:
     status: str
     size: int
     multiattach: bool
+    #: "migrating", "success", ... while the volume service moves the volume; None otherwise
+    migration_status: str | None = None
+    #: the servers the volume is attached to (one entry per attachment)
+    attached_to: tuple[str, ...] = ()
 
 
 class VolumeApi:
@@ -124,7 +128,10 @@ class VolumeApi:
     async def volume(self, caller: Caller, volume_id: str) -> VolumeView:
         v = (await self._call(caller, "GET", f"/volumes/{volume_id}"))["volume"]
         return VolumeView(id=v["id"], status=v["status"], size=int(v["size"]),
-                          multiattach=bool(v.get("multiattach")))
+                          multiattach=bool(v.get("multiattach")),
+                          migration_status=v.get("migration_status") or None,
+                          attached_to=tuple(str(a.get("server_id"))
+                                            for a in v.get("attachments") or ()))
 
     async def create_attachment(self, caller: Caller, volume_id: str, instance_id: str,
                                 mode: str = "rw") -> str:
@@ -166,6 +173,16 @@ class VolumeApi:
     async def roll_detaching(self, caller: Caller, volume_id: str) -> None:
         await self._call(caller, "POST", f"/volumes/{volume_id}/action",
                          {"os-roll_detaching": None})
+
+    async def migrate_volume_completion(self, caller: Caller, volume_id: str,
+                                        new_volume_id: str, *, error: bool) -> str:
+        """End a swap (Nova's swap_volume): the id the guest's disk is known by from now
+        on, the new volume's for a plain swap, `volume_id` when the volume service was
+        migrating it (it swapped the two volumes' identities)."""
+        body = {"os-migrate_volume_completion": {"new_volume": new_volume_id,
+                                                 "error": error}}
+        reply = await self._call(caller, "POST", f"/volumes/{volume_id}/action", body)
+        return str(reply["save_volume_id"])
 
 
 def _nested(flat: dict[str, Any]) -> dict[str, Any]:

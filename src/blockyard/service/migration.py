@@ -334,8 +334,10 @@ def complete(rt: Runtime, who: Identity, volume_id: str, new_volume_id: str,
     swaps the two rows' identities and attachments, or, with `error`, the migration fails and
     the source stays as it was. The migration of a detached volume is blockyard's own task's
     to complete, so such a pair is refused. Two volumes not migrating at all get Cinder's
-    answer (the new volume's id), as long as the old one is not attached (re-attaching is the
-    compute agent's step).
+    answer (the new volume's id): that is the end of a plain swap (Nova's swap_volume of an
+    attached volume), where the compute agent itself completes the new volume's attachment
+    and deletes the old one's, so nothing is moved here (Cinder's detach/attach of the legacy
+    flow has no counterpart).
     """
     with rt.db.reading() as conn:
         pair = records.fetch_volumes(conn, [volume_id, new_volume_id])
@@ -346,9 +348,6 @@ def complete(rt: Runtime, who: Identity, volume_id: str, new_volume_id: str,
         authorize(who, "volume:get", found[ident].project_id, hidden=NotFound("Volume", ident))
     old, new = found[volume_id], found[new_volume_id]
     if not (old.migration_status or new.migration_status):
-        if not error and old.attach_status != states.AttachStatus.DETACHED:
-            raise Invalid(f"Invalid volume: Volume {volume_id} is attached; moving its "
-                          f"attachments to another volume is not supported yet.")
         return new_volume_id
     if not old.migration_status:
         raise Invalid("Invalid volume: Source volume not mid-migration.")

@@ -113,11 +113,13 @@ def migrate(c: Api, vid: str, host: str, **extra: Any) -> httpx.Response:
     return c.post(f"/volumes/{vid}/action", {"os-migrate_volume": {"host": host, **extra}})
 
 
-def wait_migrated(c: Api, vid: str, timeout: float = 120.0) -> dict[str, Any]:
+def wait_migrated(c: Api, vid: str, timeout: float = 120.0,
+                  status: str = "available") -> dict[str, Any]:
+    """The volume once its migration settled: migration_status final, back to `status`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = show(c, vid)
-        if v["migration_status"] in ("success", "error") and v["status"] == "available":
+        if v["migration_status"] in ("success", "error") and v["status"] == status:
             return v
         time.sleep(0.05)
     raise AssertionError(f"volume {vid} did not finish migrating: {show(c, vid)}")

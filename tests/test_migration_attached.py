@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from tests.test_migration import (
     host_of,
     migrate,
     scatter,
+    wait_migrated,
 )
 
 INSTANCE = "0b6c6a2e-8f51-4c36-9c3b-2a6f1c1f6f01"
@@ -125,15 +125,9 @@ def show(c: Api, vid: str) -> dict[str, Any]:
     return dict(r.json()["volume"])
 
 
-def wait_settled(c: Api, vid: str, timeout: float = 120.0) -> dict[str, Any]:
-    """The volume once its migration settled: back in-use, migration_status final, no task."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = show(c, vid)
-        if v["migration_status"] in ("success", "error") and v["status"] == "in-use":
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"volume {vid} did not settle: {show(c, vid)}")
+def wait_settled(c: Api, vid: str) -> dict[str, Any]:
+    """The volume once its migration settled: back in-use, migration_status final."""
+    return wait_migrated(c, vid, status="in-use")
 
 
 def prepare(c: Api, state_dir: Path) -> tuple[str, str, str, str]:

@@ -53,12 +53,13 @@ class NumberedWriter:
         loop = (f"i=0; while [ -e {s}/go ]; do "
                 f"yes $(printf %08d $i) | head -n 512 > {s}/blk; "
                 f"if dd if={s}/blk of={self.device} bs={BLOCK} seek=$i count=1 "
-                f"conv=notrunc,fsync 2>{s}/err; then echo $i > {s}/acked; "
+                f"conv=notrunc,fsync 2>{s}/err; then echo $i > {s}/a.new; mv {s}/a.new {s}/acked; "
                 f"else cp {s}/err {s}/failed; break; fi; i=$((i+1)); done; touch {s}/done")
         self.console.check(f"( {loop} ) </dev/null >/dev/null 2>&1 &")
 
     def acked(self) -> int:
-        """The last acknowledged block so far (-1: none yet), while the writer runs."""
+        """The last acknowledged block so far (-1: none yet), while the writer runs (the
+        writer renames the number into place, so it is never read half-written)."""
         out = self.console.check(f"cat {_STATE}/acked 2>/dev/null || echo -1")
         return int(out.split()[-1])
 

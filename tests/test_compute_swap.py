@@ -1,6 +1,7 @@
-"""swap_volume end to end: a real guest keeps writing numbered, fsynced blocks while the agent
-moves its disk to another volume (QEMU mirror + pivot) between the file backends (local,
-nbd, iscsi) and Ceph RBD.
+"""swap_volume end to end (the stack of tests/test_compute.py: real volume service, agent and
+TCG guests): a guest keeps writing numbered, fsynced blocks while the agent moves its disk to
+another volume (QEMU mirror + pivot) between the file backends (local, nbd, iscsi) and Ceph
+RBD.
 
 Afterwards every acknowledged block reads back through the same guest device, and again from
 the new volume attached afresh; a failure injected at any step before the pivot leaves the
@@ -8,9 +9,11 @@ guest on its old disk with its data, and the new volume as it was; an agent kill
 is undone or finished by its restart.
 """
 
+# ruff: noqa: F811  (`stack` is tests/test_compute.py's fixture, imported to be shared)
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,66 +23,15 @@ import pytest
 
 from blockyard.compute import policies
 from blockyard.identity import Identity
-from tests.support.ceph import CephCluster, ceph  # noqa: F401  (fixture)
-from tests.support.compute import (
-    ComputeServer,
-    GuestConsole,
-    build_test_guest,
-    compute_config,
-    short_alias,
-)
+from tests.support.ceph import ceph  # noqa: F401  (the fixture `stack` needs)
+from tests.support.compute import GuestConsole
+from tests.support.daemons import processes_mentioning
 from tests.support.numbered import NumberedWriter, Written, check_prefix, read_numbers
-from tests.support.server import Server, exported_backends_config, free_port
-from tests.test_compute import PROTOCOLS, Stack, _qemu_of
+from tests.test_compute import Stack, stack  # noqa: F401  (agent, guests g1 and g2)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tgtd needs root")
 
 GiB = 1024**3
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory,
-          ceph: CephCluster) -> Iterator[Stack]:  # noqa: F811
-    """The volume service (local, nbd, iscsi, rbd) and the agent with one guest."""
-    image = build_test_guest()
-    rbd = ceph.driver_options()
-    base = short_alias(tmp_path_factory.mktemp("swap"))
-    agent_port = free_port()
-    volumes = Server(base / "volumes", config=exported_backends_config(local=True, extra=f"""
-[quota]
-volumes = 1000
-gigabytes = 10000
-[backends.rbd]
-driver = "rbd"
-target = "rbd"
-pool = "{rbd['pool']}"
-user = "{rbd['user']}"
-conf = "{rbd['conf']}"
-keyring = "{rbd['keyring']}"
-[compute]
-url = "http://127.0.0.1:{agent_port}/v2.1"
-""")).start()
-    api = volumes.client()
-    for name in PROTOCOLS:
-        r = api.post("/types", {"volume_type": {
-            "name": name, "extra_specs": {"volume_backend_name": name}}})
-        assert r.status_code == 200, r.text
-    failpoints = base / "failpoints"
-    agent = ComputeServer(base / "agent", port=agent_port, config=compute_config(
-        volumes.url, images={"tiny": image}, detach_timeout=2.0, detach_retries=2),
-        env={"BLOCKYARD_FAILPOINTS_FILE": str(failpoints)}).start()
-    st = Stack(volumes, agent, failpoints)
-    try:
-        st.boot("g1")
-        yield st
-    finally:
-        for console in st.consoles.values():
-            console.close()
-        for server_id in st.guests.values():
-            st.nova.delete(server_id)
-        agent.stop()
-        volumes.close()
-    assert not _qemu_of(base), "a guest outlived the tests"
 
 
 @pytest.fixture(autouse=True)
@@ -179,6 +131,23 @@ def test_swap_moves_the_disk_while_the_guest_writes(stack: Stack, source: str,
     _clean_up(stack, g1, new, old)
 
 
+@pytest.mark.parametrize("target", ["local", "rbd"])
+def test_a_larger_volume_grows_the_guests_disk(stack: Stack, target: str) -> None:
+    """As Nova: the disk is copied at its size, and the guest sees it grow after the pivot."""
+    g1, c1 = stack.guests["g1"], stack.consoles["g1"]
+    old, device, writer = _writing(stack, "nbd")
+    new = stack.volume(target, size=2)
+    assert _swap(stack, g1, old, new).status_code == 202
+    _wait("the swap", lambda: _swapped(stack, g1, old, new))
+    c1.wait_disk(old, size=2 * GiB, timeout=60)  # same device, same serial, grown
+    written = writer.stop()
+    _all_there(c1, device, written)
+    # the new space is usable
+    c1.check(f"dd if=/dev/urandom of={device} bs=64k seek=20000 count=4 conv=notrunc,fsync "
+             f"2>/dev/null")
+    _clean_up(stack, g1, new, old)
+
+
 SWAP_STEPS = ["attachment_created", "connection_info", "connected", "blockdev_added",
               "mirroring", "ready"]
 
@@ -253,6 +222,61 @@ def test_a_crash_mid_swap_is_undone_or_finished_at_restart(stack: Stack, step: s
     _all_there(c1, device, writer.stop())
     kept, other = (new, old) if finished else (old, new)
     _clean_up(stack, g1, kept, other)
+
+
+def test_a_failure_after_the_pivot_is_finished_by_the_restart(stack: Stack) -> None:
+    """The guest already uses the new volume: nothing is undone, the server's fault says the
+    swap is not finished, and the next start of the agent finishes it."""
+    g1, c1 = stack.guests["g1"], stack.consoles["g1"]
+    old, device, writer = _writing(stack, "local")
+    new = stack.volume("nbd")
+    stack.failpoints.write_text("compute.swap.saved=error\n")
+    try:
+        assert _swap(stack, g1, old, new).status_code == 202
+        _wait("the swap to stop", lambda: "is not finished" in _fault(stack, g1))
+    finally:
+        stack.failpoints.write_text("")
+    assert stack.status(new) == "in-use" and _attached(stack, g1) == [old]
+    writer.wait_acked(writer.acked() + 5)  # on the new volume, no I/O error
+    stack.agent.kill()
+    stack.agent.start()
+    _wait("the swap to be finished", lambda: _swapped(stack, g1, old, new))
+    assert stack.attachments_of(old) == []
+    writer.wait_acked(writer.acked() + 5)
+    _all_there(c1, device, writer.stop())
+    _clean_up(stack, g1, new, old)
+
+
+def test_a_swap_whose_guest_died_with_the_agent_is_undone(stack: Stack) -> None:
+    """Agent and guest both killed mid-mirror: the restart finds no guest, undoes the swap
+    on the volume service's side from the record alone, and the server is SHUTOFF."""
+    server_id, console = stack.boot("g3")
+    try:
+        old = stack.volume("local")
+        assert stack.nova.attach(server_id, old).status_code == 200
+        console.wait_disk(old, timeout=120)
+        new = stack.volume("nbd")
+        stack.failpoints.write_text("compute.swap.mirroring\n")
+        try:
+            assert _swap(stack, server_id, old, new).status_code == 202
+            stack.agent.wait_exit(120)
+        finally:
+            stack.failpoints.write_text("")
+        [pid] = processes_mentioning(server_id, "qemu-system")
+        os.kill(pid, signal.SIGKILL)
+        _wait("the guest to die", lambda: not processes_mentioning(server_id, "qemu-system"))
+        stack.agent.start()
+        assert stack.nova.show(server_id)["status"] == "SHUTOFF"
+        assert _attached(stack, server_id) == [old]
+        assert stack.status(new) == "available" and stack.attachments_of(new) == []
+        assert stack.status(old) == "in-use"
+    finally:
+        console.close()
+        stack.nova.delete(server_id)
+        del stack.guests["g3"], stack.consoles["g3"]
+    stack.api.wait_volume(old, "available")
+    for vid in (old, new):
+        assert stack.api.delete(f"/volumes/{vid}").status_code == 202
 
 
 def test_bad_swaps_are_clear_4xx(stack: Stack) -> None:

@@ -473,6 +473,35 @@ def test_a_mirror_that_fails_reports_the_error(qemu: Qemu) -> None:
     run(qemu, body)
 
 
+def test_a_mirror_needs_a_target_of_the_same_size_or_a_size_limit(qemu: Qemu) -> None:
+    old = sparse(os.path.join(qemu.dir, "old.raw"), 4 * MiB)
+    big = sparse(os.path.join(qemu.dir, "big.raw"), 8 * MiB)
+
+    async def body(hv: Hypervisor) -> None:
+        await hv.blockdev_add("old", {"driver": "file", "filename": old})
+        await hv.device_add("disk-1", "old", "serial-1")
+        await hv.blockdev_add("big", {"driver": "file", "filename": big})
+        await hv.mirror("swap-1", "old", "big")
+        with pytest.raises(HypervisorError, match="different sizes"):
+            await hv.wait_job_ready("swap-1", timeout=30)
+        [disk] = await hv.query_disks()
+        assert disk.node_name == "old"
+        await hv.blockdev_del("big")
+        # shown at the source's size it mirrors; afterwards the device gets the whole volume
+        await hv.blockdev_add("big", {"driver": "file", "filename": big}, size=4 * MiB)
+        await hv.mirror("swap-2", "old", "big")
+        await hv.wait_job_ready("swap-2", timeout=30)
+        await hv.complete_job("swap-2", timeout=30)
+        [disk] = await hv.query_disks()
+        assert (disk.node_name, disk.size) == ("big", 4 * MiB)
+        await hv.drop_size_limit("big")
+        await hv.drop_size_limit("big")  # idempotent
+        [disk] = await hv.query_disks()
+        assert (disk.node_name, disk.size) == ("big", 8 * MiB)
+        await hv.block_resize("big", 8 * MiB)  # no limit left in the way
+    run(qemu, body)
+
+
 def test_job_waits_time_out_and_unknown_jobs_are_none(qemu: Qemu) -> None:
     async def body(hv: Hypervisor) -> None:
         assert await hv.job("nope") is None

@@ -58,6 +58,15 @@ Facts about QEMU 7.2 this module relies on (each was checked against the real bi
 * ``block_resize`` of an nbd node fails ("Cannot grow NBD nodes"): QEMU's NBD client learns
   the export size only at connect. An iscsi node re-reads the LUN's capacity; file and
   host_device nodes read the size of the file or device.
+* ``blockdev-mirror`` to an existing node of another size starts, and the job then fails
+  before it is ready ("Source and target image have different sizes"); a ``raw`` node's
+  ``size`` option makes a larger volume the same size, and ``blockdev-reopen`` without it
+  (the ``file`` child named, not described) shows the whole volume again, after which a
+  ``block_resize`` to that size tells the guest. A mirror job that
+  is ready keeps both nodes in step; ``block-job-complete`` then makes the device use the
+  target (the source node stays, unused, for ``blockdev-del``), ``block-job-cancel`` with
+  ``force`` leaves it on the source. With ``auto-dismiss`` off a concluded job stays in
+  ``query-jobs`` with its error until ``job-dismiss``.
 * One QMP socket serves one client at a time: while a `Hypervisor` is connected, a second
   `connect` to the same socket waits for the greeting until it times out.
 """
@@ -293,12 +302,14 @@ class Hypervisor:
 
     # ------------------------------------------------------------------ block nodes
     async def blockdev_add(self, node_name: str, options: Mapping[str, object], *,
-                           read_only: bool = False, timeout: float | None = None) -> None:
+                           read_only: bool = False, size: int | None = None,
+                           timeout: float | None = None) -> None:
         """Open a volume: a ``raw`` node `node_name` whose ``file`` is the protocol node
         described by `options` (driver and its arguments, see `disks.qemu_source`), created
         inline as ``<node_name>-proto`` so that it lives and dies with its parent (which it
         inherits read-only from). Guest discards pass down (``discard=unmap``), so a thin
-        volume gets its space back."""
+        volume gets its space back. With `size`, the node shows only the volume's first
+        `size` bytes (a mirror target for a smaller disk) until `drop_size_limit`."""
         if len(node_name) > MAX_NODE_NAME:
             raise ValueError(f"node name {node_name!r} is longer than {MAX_NODE_NAME} "
                              f"characters (QEMU's limit, less {PROTO_SUFFIX!r})")
@@ -306,8 +317,24 @@ class Hypervisor:
             "driver": "raw", "node-name": node_name, "read-only": read_only,
             "discard": "unmap", "file": {**options, "node-name": node_name + PROTO_SUFFIX},
         }
+        if size is not None:
+            args["size"] = size
         async with self._deadline("blockdev-add", timeout):
             await self._execute("blockdev-add", args)
+
+    async def drop_size_limit(self, node_name: str, *, read_only: bool = False,
+                              timeout: float | None = None) -> None:
+        """Let a `blockdev_add` node opened with `size` show the whole volume, and tell the
+        guest of the device using it that its disk grew (``blockdev-reopen`` without the
+        limit, then ``block_resize`` to the size that gives). Idempotent."""
+        args = {"options": [{"driver": "raw", "node-name": node_name, "read-only": read_only,
+                             "discard": "unmap", "file": node_name + PROTO_SUFFIX}]}
+        async with self._deadline("blockdev-reopen", timeout):
+            await self._execute("blockdev-reopen", args)
+            raw = await self._execute("query-named-block-nodes", {"flat": True})
+        size = _checked("query-named-block-nodes", lambda: next(
+            int(n["image"]["virtual-size"]) for n in _list(raw) if n["node-name"] == node_name))
+        await self.block_resize(node_name, size, timeout=timeout)
 
     async def blockdev_del(self, node_name: str, *, timeout: float | None = None) -> None:
         """Close a `blockdev_add` node (and its protocol node); a missing node is not an
@@ -380,7 +407,7 @@ class Hypervisor:
     async def mirror(self, job_id: str, source_node: str, target_node: str, *,
                      timeout: float | None = None) -> None:
         """Start copying `source_node` (what a device reads and writes) to `target_node`,
-        an existing node (`blockdev_add`) at least as large: ``blockdev-mirror``,
+        an existing node (`blockdev_add`) of the same size: ``blockdev-mirror``,
         ``sync: full``. The guest keeps running; its writes go to both from then on. The job
         stays until `complete_job` or `cancel_job` (``auto-dismiss`` off, so a failure keeps
         its error for us to read); wait for it with `wait_job_ready`."""

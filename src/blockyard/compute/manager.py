@@ -292,8 +292,9 @@ class Agent:
         undo.push(self._device_del, hv, m.device_id)
 
     async def _add_node(self, hv: Hypervisor, node_name: str, info: ConnectionInfo,
-                        undo: Undo) -> None:
-        """The volume's block node in QEMU, and the secrets it names (ids from the node's)."""
+                        undo: Undo, *, size: int | None = None) -> None:
+        """The volume's block node in QEMU, and the secrets it names (ids from the node's);
+        `size`: show only that many bytes of it (see `Hypervisor.blockdev_add`)."""
         source = qemu_source(info, prefix=node_name,
                              initiator=str(self.connector_properties.get("initiator", "")))
         for object_id, value in source.secrets.items():
@@ -302,7 +303,8 @@ class Agent:
         if source.tls_psk is not None:
             await hv.add_tls_psk_key(source.tls_psk)
             undo.push(hv.remove_object, source.tls_psk.creds_id)
-        await hv.blockdev_add(node_name, dict(source.options), read_only=source.read_only)
+        await hv.blockdev_add(node_name, dict(source.options), read_only=source.read_only,
+                              size=size)
         undo.push(hv.blockdev_del, node_name)
 
     async def _device_del(self, hv: Hypervisor, device_id: str) -> None:

@@ -13,6 +13,8 @@ runs in the background in Nova's order. Each step is recorded on the mapping row
        secrets + blockdev-add of a new node                      undo: each, newest first
     4. blockdev-mirror of the device's node to the new node; once ready, block-job-complete:
        the pivot                                                 undo: block-job-cancel
+       (a larger new volume is shown at the old size until then, and grown right after, as
+       Nova resizes the disk after a swap: QEMU mirrors only between equal sizes)
     -- from the pivot on the guest reads and writes the new volume: the rest goes forward --
     5. attachment complete (new → in-use)
     6. os-migrate_volume_completion(old, new) → the id the mapping keeps: the new volume's for
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 
 #: seconds the mirror may take to catch up (a full copy of the volume while the guest writes)
 MIRROR_TIMEOUT = 3600.0
+GiB = 1024**3
 #: seconds a pivot or a cancel may take once asked for
 JOB_TIMEOUT = 60.0
 
@@ -96,7 +99,10 @@ async def begin(agent: Agent, identity: Identity, inst: Instance, old_id: str,
         agent.store.set_mapping(m.id, swap={
             "old_volume_id": old_id, "new_volume_id": new_id, "migrating": migrating,
             "detaching": not migrating, "node": "bv" + uuid.uuid4().hex[:20],
-            "job": f"swap-{m.id}", "phase": ACCEPTED})
+            "job": f"swap-{m.id}", "phase": ACCEPTED,
+            # QEMU mirrors only between nodes of one size: a larger new volume is shown at
+            # the old size until the pivot, then grown (as Nova resizes after the swap)
+            "limit": old.size * GiB if new.size > old.size else None})
         undo.push(functools.partial(agent.store.set_mapping, m.id, swap=None))
         if not migrating:
             await agent.volumes.begin_detaching(caller, old_id)
@@ -165,14 +171,14 @@ async def _move(agent: Agent, caller: Caller, m: Mapping) -> Hypervisor:
         failpoints.hit("compute.swap.attachment_created")
         connector = dict(agent.connector_properties, mountpoint=m.guest_path)
         info = parse(await agent.volumes.update_attachment(caller, attachment_id, connector))
-        _record(agent, m.id, protocol=info.protocol)
+        _record(agent, m.id, protocol=info.protocol, read_only=info.access_mode == "ro")
         failpoints.hit("compute.swap.connection_info")
         device = await _connect(agent, info)
         _record(agent, m.id, connected=True, device=asdict(device) if device else None)
         undo.push(_disconnect, agent, info, device)
         failpoints.hit("compute.swap.connected")
         hv = await agent.guest(agent.store.instance(m.instance_id))
-        await agent._add_node(hv, node, info, undo)
+        await agent._add_node(hv, node, info, undo, size=rec["limit"])
         failpoints.hit("compute.swap.blockdev_added")
         # 4. copy while the guest runs, then pivot
         await hv.mirror(job, m.node_name, node)
@@ -196,6 +202,8 @@ async def _finish(agent: Agent, caller: Caller, m: Mapping, hv: Hypervisor | Non
     """Steps 5-7, from wherever the record says they stopped (each may run again)."""
     rec = dict(m.swap or {})
     if rec["phase"] == PIVOTED:
+        if rec["limit"] is not None and hv is not None:  # the guest sees the whole volume
+            await hv.drop_size_limit(rec["node"], read_only=rec["read_only"])
         await agent.volumes.complete_attachment(caller, rec["attachment_id"])
         rec = _record(agent, m.id, phase=COMPLETED)
         failpoints.hit("compute.swap.completed")

@@ -30,8 +30,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tgtd needs root")
 GiB = 1024**3
 
 
-# the swap tests' volume service, agent and guest: its [compute] url is the agent's, which is
-# all a migration of an attached volume needs; and their tidying up after each test
+# tests/test_compute.py's volume service (its [compute] url is the agent's: all a migration
+# of an attached volume needs), agent and guests; the swap tests' tidying up after each test
 stack = swap_tests.stack
 _tidy = swap_tests._tidy
 

@@ -131,3 +131,33 @@ def test_a_failure_in_compute_before_the_pivot_fails_the_migration(stack: Stack)
     stack.api.wait_volume(vid, "available")
     assert stack.api.delete(f"/volumes/{vid}").status_code == 202
     stack.api.wait_volume(vid, "deleted", timeout=60)
+
+
+def test_the_volume_service_killed_as_it_completes(stack: Stack) -> None:
+    """kill -9 of the volume service right after compute's completion committed, before it
+    answered: the agent's restart finishes the swap (it completes again and gets the same
+    answer), the service's restart resumes the migration task, and the volume ends on the new
+    backend with every acknowledged block."""
+    g1, c1 = stack.guests["g1"], stack.consoles["g1"]
+    vid, device, writer = _writing(stack, "local")
+    assert stack.volumes.stop() == 0
+    stack.volumes.start(env={"BLOCKYARD_FAILPOINTS": "migrate_volume.completed"})
+    r = stack.api.post(f"/volumes/{vid}/action",
+                       {"os-migrate_volume": {"host": _host_of(stack, "nbd")}})
+    assert r.status_code == 202, r.text
+    stack.volumes.wait_exit(600)
+    stack.volumes.start()
+    # the agent's completion got no answer: its restart finishes the swap
+    stack.agent.kill()
+    stack.agent.start()
+    v = _settled(stack, vid)
+    assert v["migration_status"] == "success", (v, stack.volumes.log()[-3000:])
+    assert v["os-vol-host-attr:host"].endswith("@nbd#nbd")
+    assert [a["volumeId"] for a in stack.nova.attachments(g1)] == [vid]
+    writer.wait_acked(writer.acked() + 10)
+    _all_there(c1, device, writer.stop())
+    _old_object_gone(stack, "local", vid)
+    stack.nova.detach(g1, vid)
+    stack.api.wait_volume(vid, "available")
+    assert stack.api.delete(f"/volumes/{vid}").status_code == 202
+    stack.api.wait_volume(vid, "deleted", timeout=60)

@@ -71,8 +71,8 @@ class Stack:
                  swap_timeout: float = 60, compute_url: str | None = None) -> None:
         port = free_port()
         self.compute = FakeSwapCompute(f"http://127.0.0.1:{port}/v3", mode=mode).start()
-        self.srv: Server = make_server(config=config(compute_url or self.compute.url,
-                                                     swap_timeout), port=port)
+        self.srv: Server = make_server(config=config(
+            compute_url or f"{self.compute.url}/v2.1", swap_timeout), port=port)
         self.mode = mode
 
     def start(self, **env: str) -> Api:
@@ -200,7 +200,7 @@ def test_in_use_migration_moves_the_data_and_keeps_the_id(stack: Any) -> None:
     # compute was asked once, as Nova's swap volume, with the service's identity
     (put,) = s.compute.seen
     swap = s.compute.swaps[0]
-    assert put.path == f"/servers/{INSTANCE}/os-volume_attachments/{vid}"
+    assert put.path == f"/v2.1/servers/{INSTANCE}/os-volume_attachments/{vid}"
     assert swap.body == {"volumeAttachment": {"volumeId": swap.new_volume}}
     assert put.headers["x-openstack-nova-api-version"] == "2.1"
     assert put.headers["x-auth-token"] == "admin:admin"
@@ -241,7 +241,7 @@ def test_compute_refusing_unreachable_or_silent_fails_the_migration(stack: Any,
                                                                     how: str) -> None:
     kw: dict[str, Any] = {"mode": "refuse" if how == "refuse" else "silent"}
     if how == "down":
-        kw["compute_url"] = f"http://127.0.0.1:{free_port()}"
+        kw["compute_url"] = f"http://127.0.0.1:{free_port()}/v2.1"
     if how == "silent":
         kw["swap_timeout"] = 3
     s, c = start(stack, **kw)
@@ -307,8 +307,8 @@ def test_refusals(stack: Any, make_server: type[Server]) -> None:
     assert not s.compute.seen
     assert_consistent(s.srv.state_dir, c, log=s.srv.log())
     # a service with no [compute] url cannot move an attached volume
-    plain = make_server("plain", config=config("http://x").replace(
-        'url = "http://x"\n', ""))
+    plain = make_server("plain", config=config("http://x/v2.1").replace(
+        'url = "http://x/v2.1"\n', ""))
     plain.start()
     p = plain.client()
     add_types(p)
@@ -433,7 +433,7 @@ def test_in_use_migration_between_exports(make_server: type[Server], tmp_path: P
 driver = "file"
 target = "nbd"
 [compute]
-url = "{compute.url}"
+url = "{compute.url}/v2.1"
 swap_timeout = 60
 """))
         srv.start()

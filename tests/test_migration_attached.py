@@ -36,10 +36,12 @@ from tests.support.server import (
 from tests.test_migration import (
     FP_ENV,
     MiB,
+    create,
     file_sha,
     host_of,
     migrate,
     scatter,
+    show,
     wait_migrated,
 )
 
@@ -97,14 +99,6 @@ def stack(make_server: type[Server]) -> Iterator[Stack]:
         s.close()
 
 
-def create(c: Api, vtype: str = "on-a", **extra: Any) -> str:
-    r = c.post("/volumes", {"volume": {"size": 1, "volume_type": vtype, **extra}})
-    assert r.status_code == 202, r.text
-    vid = str(r.json()["volume"]["id"])
-    c.wait_volume(vid, "available")
-    return vid
-
-
 def attach(c: Api, vid: str, instance: str = INSTANCE) -> str:
     """Attach as compute does (attachments API): returns the attachment's id."""
     r = c.post("/attachments", {"attachment": {"volume_uuid": vid, "instance_uuid": instance,
@@ -119,12 +113,6 @@ def attach(c: Api, vid: str, instance: str = INSTANCE) -> str:
     return att
 
 
-def show(c: Api, vid: str) -> dict[str, Any]:
-    r = c.get(f"/volumes/{vid}")
-    assert r.status_code == 200, r.text
-    return dict(r.json()["volume"])
-
-
 def wait_settled(c: Api, vid: str) -> dict[str, Any]:
     """The volume once its migration settled: back in-use, migration_status final."""
     return wait_migrated(c, vid, status="in-use")
@@ -132,7 +120,7 @@ def wait_settled(c: Api, vid: str) -> dict[str, Any]:
 
 def prepare(c: Api, state_dir: Path) -> tuple[str, str, str, str]:
     """An attached volume on `a` with data: (id, old attachment, sha256, host of b)."""
-    vid = create(c)
+    vid = create(c, 1)
     path = volume_file(state_dir, vid, "a")
     scatter(path, 16 * MiB, seed=11)
     att = attach(c, vid)
@@ -276,7 +264,7 @@ def test_refusals(stack: Any, make_server: type[Server]) -> None:
     r = c.post("/types", {"volume_type": {"name": "multi", "extra_specs": {
         "multiattach": "<is> True", "volume_backend_name": "a"}}})
     assert r.status_code == 200, r.text
-    multi = create(c, "multi")
+    multi = create(c, 1, "multi")
     attach(c, multi)
     attach(c, multi, "0b6c6a2e-8f51-4c36-9c3b-2a6f1c1f6f02")
     before = show(c, multi)
@@ -289,7 +277,7 @@ def test_refusals(stack: Any, make_server: type[Server]) -> None:
     assert (after["status"], after["migration_status"]) == (
         before["status"], before["migration_status"])
     # with a snapshot: still refused
-    vid = create(c)
+    vid = create(c, 1)
     r = c.post("/snapshots", {"snapshot": {"volume_id": vid}})
     assert r.status_code == 202, r.text
     c.wait_snapshot(r.json()["snapshot"]["id"], "available")
@@ -297,7 +285,7 @@ def test_refusals(stack: Any, make_server: type[Server]) -> None:
     r = migrate(c, vid, b)
     assert r.status_code == 400 and "must not have snapshots" in r.text, r.text
     # attached without an instance (legacy os-attach to a host only)
-    bare = create(c)
+    bare = create(c, 1)
     assert c.post(f"/volumes/{bare}/action", {"os-reserve": None}).status_code == 202
     r = c.post(f"/volumes/{bare}/action", {"os-attach": {"host_name": "h1",
                                                          "mountpoint": "/dev/vdc"}})
@@ -312,7 +300,7 @@ def test_refusals(stack: Any, make_server: type[Server]) -> None:
     plain.start()
     p = plain.client()
     add_types(p)
-    one = create(p)
+    one = create(p, 1)
     attach(p, one)
     r = migrate(p, one, host_of(p, "b"))
     assert r.status_code == 400, r.text
@@ -442,7 +430,7 @@ swap_timeout = 60
             r = c.post("/types", {"volume_type": {"name": f"on-{name}", "extra_specs": {
                 "volume_backend_name": name}}})
             assert r.status_code == 200, r.text
-        vid = create(c, f"on-{src}")
+        vid = create(c, 1, f"on-{src}")
         path = backend_dir(srv.state_dir, src) / f"volume-{vid}"
         scatter(path, 8 * MiB, seed=12)
         sha = file_sha(path)

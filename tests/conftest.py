@@ -35,6 +35,7 @@ MARKS_BY_FIXTURE = {
 MARKS_BY_MODULE = {
     "tests/clients/": ("slow",),  # each step runs a real client (a Python process) or CLI
     "tests/test_compute.py": ("qemu", "slow"),  # guests under a real compute agent
+    "tests/test_compute_catalog.py": ("qemu", "slow"),
     "tests/test_exports_outlive_restarts.py": ("qemu", "slow"),
     "tests/test_attach_targets.py": ("qemu",),  # connectors over qemu-nbd exports
     "tests/targets/test_qemu_nbd.py": ("qemu",),

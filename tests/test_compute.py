@@ -10,8 +10,6 @@ leaves nothing behind on either side.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from tests.support.compute import (
     Nova,
     build_test_guest,
     compute_config,
+    openstack,
     short_alias,
 )
 from tests.support.daemons import processes_mentioning
@@ -34,7 +33,6 @@ from tests.support.server import Api, Server, exported_backends_config, free_por
 
 GiB = 1024**3
 PROTOCOLS = ("local", "nbd", "iscsi", "rbd")
-BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tgtd needs root")
 
@@ -142,25 +140,7 @@ def _read_pattern(console: GuestConsole, device: str) -> str:
 
 def _openstack(stack: Stack, *args: str) -> str:
     """The real `openstack` CLI against both services, through a clouds.yaml."""
-    clouds = stack.agent.state_dir.parent / "clouds.yaml"
-    clouds.write_text(f"""clouds:
-  blockyard:
-    auth_type: admin_token
-    auth:
-      token: "admin:admin"
-      endpoint: {stack.agent.endpoint}
-    compute_endpoint_override: {stack.agent.endpoint}
-    block_storage_endpoint_override: {stack.volumes.endpoint}
-    volume_endpoint_override: {stack.volumes.endpoint}
-    compute_api_version: "2.89"
-    volume_api_version: "3"
-""")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    env.update(OS_CLIENT_CONFIG_FILE=str(clouds), OS_CLOUD="blockyard")
-    done = subprocess.run([str(BIN / "openstack"), *args], capture_output=True, text=True,
-                          env=env, timeout=120)
-    assert done.returncode == 0, f"openstack {' '.join(args)}: {done.stderr}"
-    return done.stdout
+    return openstack(stack.agent, stack.volumes, *args)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

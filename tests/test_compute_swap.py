@@ -195,7 +195,8 @@ def test_a_failure_when_accepting_changes_nothing(stack: Stack) -> None:
     _clean_up(stack, g1, old, new)
 
 
-@pytest.mark.parametrize("step, finished", [("mirroring", False), ("ready", False),
+@pytest.mark.parametrize("step, finished", [("accepted", False), ("mirroring", False),
+                                            ("ready", False),
                                             ("pivoted", True), ("saved", True)])
 def test_a_crash_mid_swap_is_undone_or_finished_at_restart(stack: Stack, step: str,
                                                            finished: bool) -> None:
@@ -206,7 +207,10 @@ def test_a_crash_mid_swap_is_undone_or_finished_at_restart(stack: Stack, step: s
     new = stack.volume("local")
     stack.failpoints.write_text(f"compute.swap.{step}\n")
     try:
-        assert _swap(stack, g1, old, new).status_code == 202
+        try:
+            assert _swap(stack, g1, old, new).status_code == 202
+        except httpx.HTTPError:
+            assert step == "accepted"  # the agent died before it answered
         stack.agent.wait_exit(120)
     finally:
         stack.failpoints.write_text("")
@@ -237,6 +241,13 @@ def test_a_failure_after_the_pivot_is_finished_by_the_restart(stack: Stack) -> N
     finally:
         stack.failpoints.write_text("")
     assert stack.status(new) == "in-use" and _attached(stack, g1) == [old]
+    # meanwhile the mapping is busy: no other swap, no detach
+    other = stack.volume("local")
+    r = _swap(stack, g1, old, other)
+    assert r.status_code == 409 and "swapping" in r.text, r.text
+    r = stack.nova.request("DELETE", f"/servers/{g1}/os-volume_attachments/{old}")
+    assert r.status_code == 409, r.text
+    assert stack.status(other) == "available"
     writer.wait_acked(writer.acked() + 5)  # on the new volume, no I/O error
     stack.agent.kill()
     stack.agent.start()
@@ -244,7 +255,7 @@ def test_a_failure_after_the_pivot_is_finished_by_the_restart(stack: Stack) -> N
     assert stack.attachments_of(old) == []
     writer.wait_acked(writer.acked() + 5)
     _all_there(c1, device, writer.stop())
-    _clean_up(stack, g1, new, old)
+    _clean_up(stack, g1, new, old, other)
 
 
 def test_a_swap_whose_guest_died_with_the_agent_is_undone(stack: Stack) -> None:

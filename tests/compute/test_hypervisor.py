@@ -404,6 +404,12 @@ def _pattern(path: str, size: int) -> bytes:
     return data
 
 
+async def _disk_on(hv: Hypervisor, node: str, path: str) -> None:
+    """A guest disk (device disk-1) on a file node: what a mirror moves."""
+    await hv.blockdev_add(node, {"driver": "file", "filename": path})
+    await hv.device_add("disk-1", node, "serial-1")
+
+
 def test_mirror_pivots_the_device_onto_the_copy(qemu: Qemu) -> None:
     """The device reads the old node, the mirror copies it to the new one, and after
     complete the device uses the new node; the old one has no user left."""
@@ -412,8 +418,7 @@ def test_mirror_pivots_the_device_onto_the_copy(qemu: Qemu) -> None:
     data = _pattern(old, MiB)
 
     async def body(hv: Hypervisor) -> None:
-        await hv.blockdev_add("old", {"driver": "file", "filename": old})
-        await hv.device_add("disk-1", "old", "serial-1")
+        await _disk_on(hv, "old", old)
         await hv.blockdev_add("new", {"driver": "file", "filename": new})
         await hv.mirror("swap-1", "old", "new")
         await hv.wait_job_ready("swap-1", timeout=30)
@@ -435,8 +440,7 @@ def test_a_cancelled_mirror_leaves_the_device_on_its_node(qemu: Qemu) -> None:
     new = sparse(os.path.join(qemu.dir, "new.raw"), 4 * MiB)
 
     async def body(hv: Hypervisor) -> None:
-        await hv.blockdev_add("old", {"driver": "file", "filename": old})
-        await hv.device_add("disk-1", "old", "serial-1")
+        await _disk_on(hv, "old", old)
         await hv.blockdev_add("new", {"driver": "file", "filename": new})
         await hv.mirror("swap-1", "old", "new")
         await hv.wait_job_ready("swap-1", timeout=30)
@@ -456,8 +460,7 @@ def test_a_mirror_that_fails_reports_the_error(qemu: Qemu) -> None:
     _pattern(old, MiB)
 
     async def body(hv: Hypervisor) -> None:
-        await hv.blockdev_add("old", {"driver": "file", "filename": old})
-        await hv.device_add("disk-1", "old", "serial-1")
+        await _disk_on(hv, "old", old)
         # every write to the target fails with EIO
         await hv._execute("blockdev-add", {
             "driver": "blkdebug", "node-name": "bad",
@@ -478,8 +481,7 @@ def test_a_mirror_needs_a_target_of_the_same_size_or_a_size_limit(qemu: Qemu) ->
     big = sparse(os.path.join(qemu.dir, "big.raw"), 8 * MiB)
 
     async def body(hv: Hypervisor) -> None:
-        await hv.blockdev_add("old", {"driver": "file", "filename": old})
-        await hv.device_add("disk-1", "old", "serial-1")
+        await _disk_on(hv, "old", old)
         await hv.blockdev_add("big", {"driver": "file", "filename": big})
         await hv.mirror("swap-1", "old", "big")
         with pytest.raises(HypervisorError, match="different sizes"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,39 @@ class Nova:
         assert r.status_code in (204, 404), r.text
 
 
+def clouds_yaml(agent: ComputeServer, volumes: Server) -> str:
+    """The README's noauth clouds.yaml entry for both services. Its auth endpoint is the
+    volume API: the CLI discovers an identity v3 there for commands that insist on one
+    (`server list`, `volume list`), which the agent's /v2.1 is not."""
+    return f"""clouds:
+  blockyard:
+    auth_type: admin_token
+    auth:
+      token: "admin:admin"
+      endpoint: {volumes.endpoint}
+    compute_endpoint_override: {agent.endpoint}
+    image_endpoint_override: {agent.url}/image
+    block_storage_endpoint_override: {volumes.endpoint}
+    volume_endpoint_override: {volumes.endpoint}
+    compute_api_version: "2.89"
+    volume_api_version: "3"
+"""
+
+
+def openstack(agent: ComputeServer, volumes: Server, *args: str,
+              timeout: float = 120.0) -> str:
+    """The real `openstack` CLI against both services, through `clouds_yaml` (noauth, the
+    form the README shows); its stdout, or an AssertionError with its stderr."""
+    clouds = agent.state_dir.parent / "clouds.yaml"
+    clouds.write_text(clouds_yaml(agent, volumes))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env.update(OS_CLIENT_CONFIG_FILE=str(clouds), OS_CLOUD="blockyard")
+    done = subprocess.run([str(Path(sys.executable).parent / "openstack"), *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    assert done.returncode == 0, f"openstack {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
 GUEST_DIR = Path(__file__).resolve().parents[2] / "var" / "test-guest"
 
 
@@ -107,6 +143,16 @@ def build_test_guest() -> dict[str, str]:
     # skips the kernel's crypto self-tests (~0.3 s of boot)
     return {"kernel": str(GUEST_DIR / "vmlinuz"), "initrd": str(GUEST_DIR / "initrd.img"),
             "append": "console=ttyS0 quiet panic=-1 cryptomgr.notests acpi=noirq"}
+
+
+def build_test_guest_disk() -> dict[str, str]:
+    """The same guest as a disk a BIOS boots (scripts/build-test-guest's disk.raw: FAT with
+    syslinux, the kernel and initrd, the same kernel command line), as an image for the
+    agent's config: ``{"disk": ...}``, what block_device_mapping_v2's source_type image
+    copies into a volume. Apart from `build_test_guest` so that the kernel-booted guests of
+    the other tests keep having no root disk."""
+    build_test_guest()
+    return {"disk": str(GUEST_DIR / "disk.raw")}
 
 
 class GuestConsole:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pytest
 
 from blockyard.compute.hypervisor import Hypervisor
+from blockyard.compute.launcher import listening
 from blockyard.exec import CommandFailed, process_cmdline, spawn, wait_until
 from blockyard.exec import run as command
 from tests.support.server import free_port
@@ -199,7 +200,8 @@ def qemu(short_dir: str) -> Iterator[Qemu]:
                  log_path=os.path.join(short_dir, "qemu.log"))
     try:
         vm = Qemu(proc, qmp, short_dir)
-        wait_until(lambda: os.path.exists(qmp) or proc.poll() is not None, 10,
+        # listening, not only bound: a connect in between is refused (launcher.listening)
+        wait_until(lambda: listening(qmp) or proc.poll() is not None, 10,
                    what="QEMU to listen")
         assert proc.poll() is None, vm.log()
         yield vm

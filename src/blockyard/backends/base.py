@@ -19,6 +19,8 @@ allows without the service decoding provider_location itself.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -94,6 +96,10 @@ class VolumeDriver(Protocol):
 
     def create_snapshot(self, snapshot: SnapshotRef) -> ModelUpdate | None: ...
 
+    def staged_snapshot(
+        self, snapshot: SnapshotRef
+    ) -> AbstractContextManager[Callable[[], ModelUpdate | None]]: ...
+
     def delete_snapshot(self, snapshot: SnapshotRef) -> None: ...
 
     def create_volume_from_snapshot(
@@ -161,6 +167,20 @@ class DriverBase:
 
     def create_snapshot(self, snapshot: SnapshotRef) -> ModelUpdate | None:
         raise self._unsupported("snapshots")
+
+    @contextmanager
+    def staged_snapshot(
+        self, snapshot: SnapshotRef
+    ) -> Iterator[Callable[[], ModelUpdate | None]]:
+        """`create_snapshot` in stages, for a snapshot whose volume's users are paused
+        meanwhile (an attached volume: `blockyard.service.assisted_snapshots`), so that they
+        are paused for as short as possible. Entering prepares what can be prepared before;
+        the callable it yields takes the snapshot's instant, the only part that runs while
+        they are paused; leaving makes the snapshot durable, after they run again. The
+        snapshot exists, complete and durable, only once the block exited without error
+        (the callable must have been called). Default: all of `create_snapshot` at the
+        instant."""
+        yield lambda: self.create_snapshot(snapshot)
 
     def delete_snapshot(self, snapshot: SnapshotRef) -> None:
         raise self._unsupported("snapshots")

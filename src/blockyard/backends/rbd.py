@@ -262,6 +262,18 @@ class RbdDriver(DriverBase):
                 image.create_snap(snapshot.name)
         return None
 
+    @contextmanager
+    def staged_snapshot(self, snapshot: SnapshotRef) -> Iterator[Callable[[], None]]:
+        """The pool and image opened (and the snapshot looked for) before the instant, so
+        only the RBD snapshot itself is taken at it."""
+        with self._ioctx() as ioctx, self._image(ioctx, snapshot.volume.name) as image:
+            exists = _has_snap(image, snapshot.name)
+
+            def take() -> None:
+                if not exists:
+                    image.create_snap(snapshot.name)
+            yield take
+
     def delete_snapshot(self, snapshot: SnapshotRef) -> None:
         """Flatten the volumes cloned from it, then remove it."""
         with self._ioctx() as ioctx:

@@ -1,6 +1,9 @@
 """The agent's Nova-compatible API: the subset of /v2.1 the real clients need to give volumes
 to guests (`openstack server add/remove volume`, openstacksdk's volume attachments) and the
-external-events endpoint the volume service calls when it extended an attached volume.
+external-events endpoint the volume service calls when it extended an attached volume. The
+endpoints of other modules join `ROUTES` here: flavors and images (`catalog`, with a Glance
+subset under /image), server actions such as the console log (`actions`, `console`), and
+Nova's os-volumes/os-snapshots proxies (`proxies`).
 
 Microversions 2.1 to `MAX_VERSION`, from ``OpenStack-API-Version: compute X`` or the older
 ``X-OpenStack-Nova-API-Version``; attachment bodies follow them (tag at 2.70,
@@ -41,7 +44,7 @@ from blockyard.rest.auth import Authenticate, KeystoneValidator
 from blockyard.rest.auth import identity as identity_of
 from blockyard.rest.errors import ApiError, fault
 
-from . import policies, swap_api
+from . import actions, assisted, boot, catalog, policies, proxies, swap_api
 from .config import ComputeConfig
 from .hypervisor import HypervisorError
 from .manager import Agent
@@ -66,7 +69,8 @@ log = logging.getLogger(__name__)
 
 MAX_VERSION = (2, 89)
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)$")
-_COLLECTIONS = {"servers", "os-server-external-events", "flavors", "limits", "extensions"}
+_COLLECTIONS = {"servers", "os-server-external-events", "flavors", "limits", "extensions",
+                "images", "os-volumes", "os-snapshots"}
 
 
 def _text(v: tuple[int, int]) -> str:
@@ -86,7 +90,7 @@ def server_view(request: Request, inst: Instance, mappings: list[Mapping]) -> di
         "hostId": "", "created": timestamp(inst.created_at), "updated": timestamp(inst.updated_at),
         "addresses": {}, "accessIPv4": "", "accessIPv6": "", "progress": 0,
         "links": links(request, "servers", inst.id),
-        "image": {"id": inst.image, "links": []} if inst.image else "",
+        "image": _image_ref(request, inst.image) if inst.image else "",
         "OS-DCF:diskConfig": "MANUAL", "OS-EXT-AZ:availability_zone": "nova",
         "OS-EXT-SRV-ATTR:host": agent.config.host,
         "OS-EXT-SRV-ATTR:hypervisor_hostname": agent.config.host,
@@ -117,6 +121,13 @@ def server_view(request: Request, inst: Instance, mappings: list[Mapping]) -> di
     if inst.console_socket:
         view["blockyard:console_socket"] = inst.console_socket
     return view
+
+
+def _image_ref(request: Request, name: str) -> dict[str, Any]:
+    """The server's image by id (the name it was booted with, if the image is gone since)."""
+    image = agent_of(request).config.image(name)
+    ident = image.id if image is not None else name
+    return {"id": ident, "links": links(request, "images", ident)}
 
 
 def attachment_view(request: Request, m: Mapping) -> dict[str, Any]:
@@ -202,6 +213,16 @@ async def create_server(request: Request) -> Response:
     if qmp is not None:
         authorize(request, policies.SERVERS_ADOPT)
         inst = await agent.adopt_server(identity, name, qmp)
+    elif body.get("block_device_mapping_v2") is not None:  # volumes, maybe booting
+        flavor = string_of(body, "flavorRef", required=True)
+        assert flavor is not None
+        plan = boot.parse(body, agent.config.image, version_of(request))
+        if plan.devices:
+            authorize(request, policies.SERVERS_CREATE_ATTACH_VOLUME)
+            inst = await boot.create_server(agent, identity, name, flavor, plan)
+        else:  # only the image's own root mapping, as `openstack server create --image` sends
+            assert plan.image is not None
+            inst = await agent.create_server(identity, name, plan.image, flavor)
     else:
         image = string_of(body, "imageRef", required=True)
         flavor = string_of(body, "flavorRef", required=True)
@@ -407,6 +428,11 @@ ROUTES = [
     *route("/v2.1/servers/{server_id}/os-volume_attachments/{volume_id}",
             swap_api.update_attachment, "PUT", P.ATTACHMENTS_UPDATE),
     *route("/v2.1/os-server-external-events", external_events, "POST", P.EVENTS_CREATE),
+    *actions.ROUTES,
+    *catalog.ROUTES,
+    *proxies.ROUTES,
+    *route("/v2.1/os-assisted-volume-snapshots", assisted.create, "POST",
+            P.ASSISTED_SNAPSHOTS_CREATE),
 ]
 
 HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
@@ -421,7 +447,7 @@ HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
 
 
 #: what answers without authentication: version discovery (as in Nova's paste pipeline)
-PUBLIC_PATHS = frozenset({"/", "/v2.1", "/v2.1/"})
+PUBLIC_PATHS = frozenset({"/", "/v2.1", "/v2.1/"}) | catalog.PUBLIC_PATHS
 
 
 def is_public(method: str, path: str) -> bool:

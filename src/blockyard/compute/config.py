@@ -47,6 +47,7 @@ from __future__ import annotations
 import re
 import socket
 import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,11 @@ FLAVOR: Schema = {
 }
 
 
+#: the namespace of image ids: an image's id is derived from its name, so it is the same on
+#: every start and every host with the same configuration
+IMAGE_NAMESPACE = uuid.UUID("5b0e3f52-7a86-4f0c-9a57-1c1b0c4e8d21")
+
+
 @dataclass(frozen=True)
 class Image:
     name: str
@@ -130,6 +136,11 @@ class Image:
     initrd: str | None = None
     append: str = ""
     disk: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The image's stable id (clients resolve ``--image NAME`` to it, then send it)."""
+        return str(uuid.uuid5(IMAGE_NAMESPACE, self.name))
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,13 @@ class ComputeConfig:
         if not self.auth.keystone or self.auth.service_user is None:
             return None
         return ServiceUser.of(self.auth.service_user)
+
+    def image(self, ref: str) -> Image | None:
+        """The image `ref` names: its name or its id (`Image.id`)."""
+        found = self.images.get(ref)
+        if found is None:
+            found = next((i for i in self.images.values() if i.id == ref), None)
+        return found
 
     @property
     def database_path(self) -> Path:

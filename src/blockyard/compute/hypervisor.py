@@ -8,9 +8,11 @@ a volume needs, in the order it needs it:
     device_add                     the ``virtio-blk-pci`` device the guest sees
     device_del                     ask the guest to let go; wait for ``DEVICE_DELETED``
     blockdev_del, remove_*         drop the node and the objects (each is idempotent)
-    block_resize, query_disks, status, quit
+    block_resize, query_disks, status, system_reset, quit
     mirror, wait_job_ready         copy a device's node to another while the guest runs
     complete_job / cancel_job      pivot the device onto the copy, or give up; job
+    stop, cont                     pause and resume the guest (assisted snapshots; a guest
+                                   started paused with -S runs from its first cont)
 
 Raw QMP messages never leave this module: replies are checked once, here, into small frozen
 records (`Disk`). Every call runs under ``asyncio.timeout()``, the caller's or the default
@@ -67,6 +69,9 @@ Facts about QEMU 7.2 this module relies on (each was checked against the real bi
   target (the source node stays, unused, for ``blockdev-del``), ``block-job-cancel`` with
   ``force`` leaves it on the source. With ``auto-dismiss`` off a concluded job stays in
   ``query-jobs`` with its error until ``job-dismiss``.
+* A disk added with ``device_add ... bootindex=0`` to a guest started with ``-S`` is not in
+  SeaBIOS's boot order until a ``system_reset`` (QEMU writes the fw_cfg ``bootorder`` file
+  at reset); without the reset the firmware boots the first disk it finds instead.
 * One QMP socket serves one client at a time: while a `Hypervisor` is connected, a second
   `connect` to the same socket waits for the greeting until it times out.
 """
@@ -357,16 +362,19 @@ class Hypervisor:
     # ------------------------------------------------------------------ devices
     async def device_add(self, device_id: str, node_name: str, serial: str, *,
                          bus: str | None = None, share_rw: bool = False,
-                         timeout: float | None = None) -> None:
+                         bootindex: int | None = None, timeout: float | None = None) -> None:
         """Hot-plug a virtio-blk-pci disk backed by `node_name`. The serial is cut to its
         first 20 characters, all a virtio-blk device carries (the guest sees
         ``/dev/disk/by-id/virtio-<serial>``); an empty one is left out. Without `bus`, QEMU
         picks a hot-pluggable bus (pci.0 on a ``pc`` machine); a q35 machine needs a free
         PCIe root port named here. `share_rw`: other guests may write the same volume
         (multiattach); without it QEMU takes a write lock on a local file, which a second
-        guest's device_add then fails to get."""
+        guest's device_add then fails to get. `bootindex`: the firmware's boot order (0 boots
+        first); it counts only for a disk plugged before the guest started (``-S``)."""
         args: dict[str, object] = {"driver": "virtio-blk-pci", "id": device_id,
                                    "drive": node_name}
+        if bootindex is not None:
+            args["bootindex"] = bootindex
         if share_rw:
             args["share-rw"] = True
         if serial:
@@ -526,6 +534,27 @@ class Hypervisor:
         async with self._deadline("query-status", timeout):
             reply = await self._execute("query-status")
         return _checked("query-status", lambda: str(_dict(reply)["status"]))
+
+    async def stop(self, *, timeout: float | None = None) -> None:
+        """Pause the guest's vCPUs. QEMU answers once they stopped and every request the
+        guest had in flight completed and was flushed (``vm_stop``: drain, then flush), so
+        what a disk holds afterwards is all the guest was told is written."""
+        async with self._deadline("stop", timeout):
+            await self._execute("stop")
+
+    async def system_reset(self, *, timeout: float | None = None) -> None:
+        """Reset the machine. A guest started with ``-S`` stays paused; its firmware then
+        sees the disks plugged since start-up in its boot order (QEMU writes the fw_cfg
+        ``bootorder`` file at reset: without one, SeaBIOS ignores a hot-plugged disk's
+        bootindex and boots the first disk it finds)."""
+        async with self._deadline("system_reset", timeout):
+            await self._execute("system_reset")
+
+    async def cont(self, *, timeout: float | None = None) -> None:
+        """Start or resume the guest's CPUs: a `stop`-ped guest, or one started with ``-S``;
+        one that runs already is not an error."""
+        async with self._deadline("cont", timeout):
+            await self._execute("cont")
 
     async def quit(self, *, timeout: float | None = None) -> None:
         """Make QEMU exit, wait until it hung up, and close the connection. Reaping the

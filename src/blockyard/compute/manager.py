@@ -43,10 +43,11 @@ from . import launcher, swap
 from .config import ComputeConfig
 from .disks import qemu_source, secret_id, tls_creds_id
 from .hypervisor import DetachTimeout, Hypervisor, HypervisorError
+from .pauses import Pauses
 from .policies import ComputePolicy
 from .store import Instance, InstanceStatus, Mapping, MappingStatus, Store, utcnow
 from .undo import Undo
-from .volume_api import Caller, VolumeApi, VolumeApiError
+from .volume_api import Caller, VolumeApi, VolumeApiError, VolumeView
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class Agent:
         self._instance_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._volume_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._background: set[asyncio.Task[None]] = set()
+        #: guests paused for point-in-time snapshots of their volumes
+        self.pauses = Pauses(self.store, self.guest, config.state_dir / "paused")
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -84,12 +87,14 @@ class Agent:
 
     async def start(self) -> None:
         await asyncio.to_thread(lambda: self.connector_properties)
+        await self.pauses.reconcile()
         await self.reconcile()
 
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.pauses.close()
         for hv in self._guests.values():
             await hv.close()
         self._guests.clear()
@@ -132,8 +137,10 @@ class Agent:
 
     async def create_server(self, identity: Identity, name: str, image: str,
                             flavor: str) -> Instance:
-        if image not in self.config.images:
+        found = self.config.image(image)  # by name or by id
+        if found is None:
             raise Invalid(f"Image {image} could not be found.")
+        image = found.name
         if flavor not in self.config.flavors:
             raise Invalid(f"Flavor {flavor} could not be found.")
         instance_id = str(uuid.uuid4())
@@ -199,7 +206,17 @@ class Agent:
                                         launcher.STOP_TIMEOUT)
             for m in self.store.mappings(instance_id):
                 await self._release(m, self._service_caller(m.project_id))
+                if m.delete_on_termination:
+                    await self._delete_volume(Caller.of(identity), m.volume_id)
             self.store.forget_instance(instance_id)
+
+    async def _delete_volume(self, caller: Caller, volume_id: str) -> None:
+        """delete_on_termination, with the deleting user's token (as Nova); a volume that
+        will not go is logged and left, and the server goes all the same (as Nova)."""
+        try:
+            await self.volumes.delete_volume(caller, volume_id)
+        except VolumeApiError as exc:
+            log.error("volume %s (delete_on_termination) was not deleted: %s", volume_id, exc)
 
     def _instance_dir(self, instance_id: str) -> Path:
         return self.config.state_dir / "instances" / instance_id
@@ -216,40 +233,53 @@ class Agent:
         volume = await self.volumes.volume(caller, volume_id)  # 404 before anything starts
         async with self._instance_locks[instance_id]:
             async with Undo() as undo:
-                # 1. the slot
-                m = self.store.reserve(inst, volume_id, device, tag=tag,
-                                       delete_on_termination=delete_on_termination)
-                undo.push(self.store.remove_mapping, m.id)
-                failpoints.hit("compute.attach.reserved")
-                # 2. the attachment
-                attachment_id = await self.volumes.create_attachment(caller, volume_id,
-                                                                     instance_id)
-                self.store.set_mapping(m.id, attachment_id=attachment_id)
-                undo.push(self.volumes.delete_attachment, caller, attachment_id)
-                failpoints.hit("compute.attach.attachment_created")
-                # 3 + 4. the connector, and the connection info for it
-                # the mountpoint Cinder records is where the guest really finds the disk
-                connector = dict(self.connector_properties, mountpoint=m.guest_path)
-                raw = await self.volumes.update_attachment(caller, attachment_id, connector)
-                info = parse(raw)
-                self.store.set_mapping(m.id, protocol=info.protocol)
-                failpoints.hit("compute.attach.connection_info")
-                # 5. the host connection
-                m = self.store.mapping(m.id)
-                await self._connect(m, info)
-                undo.push(self._disconnect, m.id, info)
-                failpoints.hit("compute.attach.connected")
-                # 6. the guest
-                hv = await self.guest(inst)
-                await self._plug(hv, m, info, undo, shared=volume.multiattach)
-                failpoints.hit("compute.attach.plugged")
-                # 7. done: the volume is in-use
-                await self.volumes.complete_attachment(caller, attachment_id)
-                failpoints.hit("compute.attach.completed")
-                if not self.store.finish_mapping(m.id, "attach"):
-                    raise Conflict(f"Volume {volume_id} changed on instance {instance_id} "
-                                   f"while it was being attached.")
+                m = await self._attach_steps(inst, caller, volume, undo, device=device, tag=tag,
+                                             delete_on_termination=delete_on_termination)
                 undo.commit()
+        return m
+
+    async def _attach_steps(self, inst: Instance, caller: Caller, volume: VolumeView,
+                            undo: Undo, *, device: str | None = None, tag: str | None = None,
+                            delete_on_termination: bool = False, boot_index: int | None = None,
+                            source_type: str | None = None) -> Mapping:
+        """Steps 1-7 of attach (the module's docstring), each undo pushed on `undo`; the
+        caller holds the instance's lock. A server being created runs them on its paused
+        guest (`boot`), the boot disk with `boot_index` 0."""
+        instance_id, volume_id = inst.id, volume.id
+        # 1. the slot
+        m = self.store.reserve(inst, volume_id, device, tag=tag,
+                               delete_on_termination=delete_on_termination,
+                               boot_index=boot_index, source_type=source_type)
+        undo.push(self.store.remove_mapping, m.id)
+        failpoints.hit("compute.attach.reserved")
+        # 2. the attachment
+        attachment_id = await self.volumes.create_attachment(caller, volume_id, instance_id)
+        self.store.set_mapping(m.id, attachment_id=attachment_id)
+        undo.push(self.volumes.delete_attachment, caller, attachment_id)
+        failpoints.hit("compute.attach.attachment_created")
+        # 3 + 4. the connector, and the connection info for it
+        # the mountpoint Cinder records is where the guest really finds the disk
+        connector = dict(self.connector_properties, mountpoint=m.guest_path)
+        raw = await self.volumes.update_attachment(caller, attachment_id, connector)
+        info = parse(raw)
+        self.store.set_mapping(m.id, protocol=info.protocol)
+        failpoints.hit("compute.attach.connection_info")
+        # 5. the host connection
+        m = self.store.mapping(m.id)
+        await self._connect(m, info)
+        undo.push(self._disconnect, m.id, info)
+        failpoints.hit("compute.attach.connected")
+        # 6. the guest
+        hv = await self.guest(inst)
+        await self._plug(hv, m, info, undo, shared=volume.multiattach,
+                         bootindex=0 if boot_index == 0 else None)
+        failpoints.hit("compute.attach.plugged")
+        # 7. done: the volume is in-use
+        await self.volumes.complete_attachment(caller, attachment_id)
+        failpoints.hit("compute.attach.completed")
+        if not self.store.finish_mapping(m.id, "attach"):
+            raise Conflict(f"Volume {volume_id} changed on instance {instance_id} "
+                           f"while it was being attached.")
         return self.store.mapping(m.id)
 
     async def _connect(self, m: Mapping, info: ConnectionInfo) -> None:
@@ -283,12 +313,13 @@ class Agent:
             self.store.set_mapping(m.id, connected=False, device=None)
 
     async def _plug(self, hv: Hypervisor, m: Mapping, info: ConnectionInfo, undo: Undo, *,
-                    shared: bool) -> None:
+                    shared: bool, bootindex: int | None = None) -> None:
         """Hand the volume to QEMU: secrets, the block node, the virtio-blk device (shared
         for writing with other guests when the volume is multiattach)."""
         await self._add_node(hv, m.node_name, info, undo)
         failpoints.hit("compute.attach.blockdev_added")
-        await hv.device_add(m.device_id, m.node_name, m.serial, share_rw=shared)
+        await hv.device_add(m.device_id, m.node_name, m.serial, share_rw=shared,
+                            bootindex=bootindex)
         undo.push(self._device_del, hv, m.device_id)
 
     async def _add_node(self, hv: Hypervisor, node_name: str, info: ConnectionInfo,
@@ -324,6 +355,8 @@ class Agent:
         caller = Caller.of(identity)
         async with self._instance_locks[instance_id], Undo() as undo:
             m = self.store.mapping_of(instance_id, volume_id)
+            if m.boot_index == 0:  # the guest would lose its root disk (Nova refuses too)
+                raise Invalid("Cannot detach a root device volume")
             try:
                 self.store.begin_mapping(m.id, "detach")
             except InvalidState as exc:
@@ -446,6 +479,9 @@ class Agent:
             hv = await self.guest(inst)
         except (HypervisorError, OSError):
             hv = None
+        if inst.status == InstanceStatus.BUILD:
+            await self._abandon_build(inst, hv)
+            return
         if hv is None:
             if inst.status != InstanceStatus.ERROR:
                 self.store.set_instance(inst.id, status=InstanceStatus.SHUTOFF)
@@ -484,6 +520,33 @@ class Agent:
                 await hv.blockdev_del(disks[device_id].node_name)
         if problems:
             self.store.set_instance(inst.id, fault="; ".join(problems)[:1000])
+
+    async def _abandon_build(self, inst: Instance, hv: Hypervisor | None) -> None:
+        """A server the agent was building when it stopped (`boot`): undo the build as its
+        own undo would have. The guest (paused, or just started) is stopped, its mappings
+        released, any attachment left for it (an image volume being filled) deleted, and the
+        volumes created for it deleted; it ends in ERROR, as a failed build does."""
+        log.warning("server %s was being built when the agent stopped: undoing it", inst.id)
+        caller = self._service_caller(inst.project_id)
+        if hv is not None:
+            await hv.quit()
+            await self._drop_guest(inst.id)
+        for m in self.store.mappings(inst.id):
+            await self._release(m, caller)
+        for attachment_id in await self.volumes.instance_attachments(caller, inst.id):
+            await self.volumes.delete_attachment(caller, attachment_id)
+        left = []
+        for volume_id in inst.build_volumes or []:
+            try:
+                await self.volumes.delete_volume(caller, volume_id)
+            except VolumeApiError as exc:
+                if exc.status != 404:
+                    left.append(f"{volume_id} ({exc})")
+        fault = "The agent stopped while the server was being built; the build was undone."
+        if left:
+            fault += f" Volumes not deleted: {', '.join(left)}"
+        self.store.set_instance(inst.id, status=InstanceStatus.ERROR, pid=None,
+                                fault=fault[:1000])
 
     async def _undo_attach(self, hv: Hypervisor, m: Mapping, caller: Caller,
                            plugged: bool) -> None:

@@ -2,13 +2,19 @@
 
 An operator's Nova ``policy.yaml`` applies unchanged to the rules named here (the file is
 given by ``[auth] policy_file``). The defaults are Nova's (``nova/policies/base.py``,
-``servers.py``, ``volumes_attachments.py``, ``server_external_events.py``), personas:
+``servers.py``, ``volumes_attachments.py``, ``server_external_events.py``, ``volumes.py``,
+``console_output.py``, ``flavor_extra_specs.py``), personas:
 
-- project reader: list and show servers and their volume attachments;
-- project member: also create and delete servers, attach and detach volumes;
+- project reader: list and show servers and their volume attachments, and (through the
+  deprecated proxies) the project's volumes and snapshots;
+- project member: also create and delete servers, attach and detach volumes, read a server's
+  console log, create and delete volumes and snapshots through the proxies;
 - admin: everything, in every project (``all_tenants``);
 - service (another OpenStack service's token, e.g. the volume service's): external events,
-  and swapping the volume under a server (os-volume_attachments PUT with another volumeId).
+  assisted volume snapshots, and swapping the volume under a server (os-volume_attachments
+  PUT with another volumeId).
+
+Flavors and images have no rule, as in Nova: any authenticated caller lists them.
 
 Another project's server is not found (404) unless the caller passes ``context_is_admin``,
 as in Nova, whose database lookups are scoped to the caller's project for non-admins; the
@@ -65,6 +71,8 @@ SERVERS_INDEX_ALL = SERVERS % "index:get_all_tenants"
 SERVERS_DETAIL_ALL = SERVERS % "detail:get_all_tenants"
 SERVERS_SHOW = SERVERS % "show"
 SERVERS_CREATE = SERVERS % "create"
+#: creating a server with volumes (block_device_mapping_v2), checked besides SERVERS_CREATE
+SERVERS_CREATE_ATTACH_VOLUME = SERVERS % "create:attach_volume"
 SERVERS_DELETE = SERVERS % "delete"
 #: blockyard's: create a server by adopting a running QEMU
 SERVERS_ADOPT = "blockyard:servers:create:qmp_socket"
@@ -76,6 +84,24 @@ ATTACHMENTS_DELETE = ATTACHMENTS % "delete"
 ATTACHMENTS_UPDATE = ATTACHMENTS % "update"
 ATTACHMENTS_SWAP = ATTACHMENTS % "swap"
 EVENTS_CREATE = "os_compute_api:os-server-external-events:create"
+#: the deprecated proxies of the volume API (nova/policies/volumes.py)
+VOLUMES = "os_compute_api:os-volumes:%s"
+VOLUMES_LIST = VOLUMES % "list"
+VOLUMES_DETAIL = VOLUMES % "detail"
+VOLUMES_SHOW = VOLUMES % "show"
+VOLUMES_CREATE = VOLUMES % "create"
+VOLUMES_DELETE = VOLUMES % "delete"
+SNAPSHOTS_LIST = VOLUMES % "snapshots:list"
+SNAPSHOTS_DETAIL = VOLUMES % "snapshots:detail"
+SNAPSHOTS_SHOW = VOLUMES % "snapshots:show"
+SNAPSHOTS_CREATE = VOLUMES % "snapshots:create"
+SNAPSHOTS_DELETE = VOLUMES % "snapshots:delete"
+CONSOLE_OUTPUT = "os_compute_api:os-console-output"
+#: extra specs in flavor bodies from 2.61 (checked without failing: left out if refused)
+FLAVOR_EXTRA_SPECS_INDEX = "os_compute_api:os-flavor-extra-specs:index"
+#: Nova's default is the service role only; admin too here, as for the events (the noauth
+#: volume service speaks as the admin)
+ASSISTED_SNAPSHOTS_CREATE = "os_compute_api:os-assisted-volume-snapshots:create"
 
 
 def _rule(name: str, check: str, description: str, method: str,
@@ -95,6 +121,8 @@ ROUTES = [
     _rule(SERVERS_SHOW, PROJECT_READER_OR_ADMIN, "Show a server", "GET",
           "/servers/{server_id}"),
     _rule(SERVERS_CREATE, PROJECT_MEMBER_OR_ADMIN, "Create a server", "POST", "/servers"),
+    _rule(SERVERS_CREATE_ATTACH_VOLUME, PROJECT_MEMBER_OR_ADMIN,
+          "Create a server with the requested volume attached to it", "POST", "/servers"),
     _rule(SERVERS_ADOPT, ADMIN, "Create a server by adopting a running QEMU "
           "(blockyard:qmp_socket): the agent connects to any Unix socket named",
           "POST", "/servers"),
@@ -120,6 +148,37 @@ ROUTES = [
           "DELETE", "/servers/{server_id}/os-volume_attachments/{volume_id}"),
     _rule(EVENTS_CREATE, SERVICE_OR_ADMIN, "Create one or more external events", "POST",
           "/os-server-external-events"),
+    _rule(VOLUMES_LIST, PROJECT_READER_OR_ADMIN, "List volumes (a proxy of the volume "
+          "service, deprecated)", "GET", "/os-volumes"),
+    _rule(VOLUMES_CREATE, PROJECT_MEMBER_OR_ADMIN, "Create volume (a proxy of the volume "
+          "service, deprecated)", "POST", "/os-volumes"),
+    _rule(VOLUMES_DETAIL, PROJECT_READER_OR_ADMIN, "List volumes detail (a proxy of the "
+          "volume service, deprecated)", "GET", "/os-volumes/detail"),
+    _rule(VOLUMES_SHOW, PROJECT_READER_OR_ADMIN, "Show volume (a proxy of the volume "
+          "service, deprecated)", "GET", "/os-volumes/{volume_id}"),
+    _rule(VOLUMES_DELETE, PROJECT_MEMBER_OR_ADMIN, "Delete volume (a proxy of the volume "
+          "service, deprecated)", "DELETE", "/os-volumes/{volume_id}"),
+    _rule(SNAPSHOTS_LIST, PROJECT_READER_OR_ADMIN, "List snapshots (a proxy of the volume "
+          "service, deprecated)", "GET", "/os-snapshots"),
+    _rule(SNAPSHOTS_CREATE, PROJECT_MEMBER_OR_ADMIN, "Create snapshots (a proxy of the "
+          "volume service, deprecated)", "POST", "/os-snapshots"),
+    _rule(SNAPSHOTS_DETAIL, PROJECT_READER_OR_ADMIN, "List snapshots details (a proxy of "
+          "the volume service, deprecated)", "GET", "/os-snapshots/detail"),
+    _rule(SNAPSHOTS_SHOW, PROJECT_READER_OR_ADMIN, "Show snapshot (a proxy of the volume "
+          "service, deprecated)", "GET", "/os-snapshots/{snapshot_id}"),
+    _rule(SNAPSHOTS_DELETE, PROJECT_MEMBER_OR_ADMIN, "Delete snapshot (a proxy of the "
+          "volume service, deprecated)", "DELETE", "/os-snapshots/{snapshot_id}"),
+    _rule(CONSOLE_OUTPUT, PROJECT_MEMBER_OR_ADMIN, "Show console output for a server",
+          "POST", "/servers/{server_id}/action (os-getConsoleOutput)"),
+    oslo_policy.DocumentedRuleDefault(
+        name=FLAVOR_EXTRA_SPECS_INDEX, check_str=PROJECT_READER_OR_ADMIN,
+        description="List extra specs for a flavor (in flavor bodies from 2.61)",
+        operations=[{"method": "GET", "path": "/flavors/{flavor_id}/os-extra_specs"},
+                    {"method": "GET", "path": "/flavors/detail"},
+                    {"method": "GET", "path": "/flavors/{flavor_id}"}],
+        scope_types=["project"]),
+    _rule(ASSISTED_SNAPSHOTS_CREATE, SERVICE_OR_ADMIN, "Create an assisted volume snapshot",
+          "POST", "/os-assisted-volume-snapshots"),
 ]
 
 DEFAULTS: list[oslo_policy.RuleDefault] = [*BASE, *ROUTES]

@@ -8,9 +8,9 @@ here, and `api` assembles their routes into one app.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +23,9 @@ from blockyard.rest.errors import ApiError
 from .manager import Agent
 
 MIN_VERSION = (2, 1)
+#: Nova's cap on one page of a list (``[api] max_limit``)
+MAX_LIMIT = 1000
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------- request context
@@ -91,12 +94,17 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class PolicyRoute(Route):
-    """A route with its policy rule, checked before the endpoint runs (None: public)."""
+    """A route with its policy rule, checked before the endpoint runs (None: public).
 
-    def __init__(self, path: str, endpoint: Endpoint, method: str, rule: str | None) -> None:
+    `max_version`: the last microversion the route exists at (Nova's proxies of the image and
+    volume APIs end at 2.35); above it the route is 404 before anything else, as in Nova."""
+
+    def __init__(self, path: str, endpoint: Endpoint, method: str, rule: str | None,
+                 max_version: tuple[int, int] | None = None) -> None:
         self.rule = rule
-        super().__init__(path, guarded_by(endpoint, rule), methods=[method],
-                         name=endpoint.__name__)
+        self.max_version = max_version
+        super().__init__(path, up_to(max_version, guarded_by(endpoint, rule)),
+                         methods=[method], name=endpoint.__name__)
 
 
 def guarded_by(endpoint: Endpoint, rule: str | None) -> Endpoint:
@@ -115,10 +123,54 @@ def guarded_by(endpoint: Endpoint, rule: str | None) -> Endpoint:
     return guarded
 
 
+#: the last microversion of Nova's proxies of other services (images, os-volumes, ...)
+MAX_PROXY_VERSION = (2, 35)
+
+
+def up_to(max_version: tuple[int, int] | None, endpoint: Endpoint) -> Endpoint:
+    if max_version is None:
+        return endpoint
+
+    async def versioned(request: Request) -> Response:
+        if version_of(request) > max_version:
+            raise ApiError(404, "The resource could not be found.")
+        return await endpoint(request)
+
+    return versioned
+
+
 def route(path: str, endpoint: Endpoint, method: str, rule: str | None, *,
-           slash: bool = False) -> list[Route]:
+           slash: bool = False, max_version: tuple[int, int] | None = None) -> list[Route]:
     """The route, and with `slash` the same with a trailing slash."""
     paths = [path, path + "/"] if slash else [path]
-    return [PolicyRoute(p, endpoint, method, rule) for p in paths]
+    return [PolicyRoute(p, endpoint, method, rule, max_version) for p in paths]
 
 
+def query_int(request: Request, key: str, *, minimum: int = 0) -> int | None:
+    """A non-negative integer query parameter (limit, offset, minRam...), or None; 400 in
+    Nova's words for anything else."""
+    value = request.query_params.get(key)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ApiError(400, f"{key} param must be an integer") from None
+    if number < minimum or number > 2**63 - 1:
+        raise ApiError(400, f"{key} param must be positive")
+    return number
+
+
+def page(request: Request, items: Sequence[T], key: Callable[[T], str]) -> list[T]:
+    """Nova's paging: ``offset``, or the items after the one whose key is ``marker``; at
+    most ``limit`` of them (never more than MAX_LIMIT)."""
+    limit = query_int(request, "limit")
+    start = query_int(request, "offset") or 0
+    marker = request.query_params.get("marker")
+    if marker is not None:
+        keys = [key(i) for i in items]
+        if marker not in keys:
+            raise ApiError(400, f"marker [{marker}] not found")
+        start = keys.index(marker) + 1
+    count = MAX_LIMIT if limit is None else min(limit, MAX_LIMIT)
+    return list(items[start:start + count])

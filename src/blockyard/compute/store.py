@@ -108,6 +108,10 @@ class Instance(Base):
     #: True: started by someone else and adopted; deleting it only forgets it
     adopted: Mapped[bool] = mapped_column(Boolean, default=False)
     fault: Mapped[str | None] = mapped_column(String(1024))
+    #: the volumes the agent created for this server while building it (block device
+    #: mappings with source_type image or blank), recorded as each is created: a restart
+    #: that finds the server still BUILD deletes them (`Agent._abandon_build`)
+    build_volumes: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
@@ -137,12 +141,18 @@ class Mapping(Base):
     device: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     tag: Mapped[str | None] = mapped_column(String(60))
     delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Nova's boot_index: 0 is the disk the guest boots from; None for volumes attached
+    #: to a running server (and for boot_index -1: no boot device)
+    boot_index: Mapped[int | None] = mapped_column(Integer)
+    #: where the volume came from when the server was created with it (block_device_mapping_v2
+    #: source_type: volume, image, blank); None for volumes attached to a running server
+    source_type: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     #: the block node the device uses, once a swap moved it off the first one (None: the
     #: name derived from the mapping's id)
     node: Mapped[str | None] = mapped_column(String(32))
     #: the serial the guest's device carries, once a swap gave the mapping another volume
-    #: (the device keeps the old volume's serial, as in Nova, until it is plugged again)
+    #: (the device keeps the old volume's, as in Nova: the guest finds its disk where it was)
     disk_serial: Mapped[str | None] = mapped_column(String(20))
     #: a swap under way: each step it has taken outside the agent (see compute.swap)
     swap: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -227,7 +237,8 @@ class Store:
 
     # mappings
     def reserve(self, instance: Instance, volume_id: str, device_name: str | None, *,
-                tag: str | None = None, delete_on_termination: bool = False) -> Mapping:
+                tag: str | None = None, delete_on_termination: bool = False,
+                boot_index: int | None = None, source_type: str | None = None) -> Mapping:
         """Take a device slot for `volume_id` (the first free one unless `device_name`)."""
         with self.session() as s:
             taken = set(s.scalars(select(Mapping.device_name)
@@ -247,7 +258,8 @@ class Store:
         row = Mapping(id=str(uuid.uuid4()), instance_id=instance.id, volume_id=volume_id,
                       project_id=instance.project_id, device_name=device_name,
                       status=MappingStatus.ATTACHING, tag=tag,
-                      delete_on_termination=delete_on_termination)
+                      delete_on_termination=delete_on_termination, boot_index=boot_index,
+                      source_type=source_type)
         try:
             with self.session() as s:
                 s.add(row)

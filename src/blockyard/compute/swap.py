@@ -57,9 +57,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+GiB = 1024**3
 #: seconds the mirror may take to catch up (a full copy of the volume while the guest writes)
 MIRROR_TIMEOUT = 3600.0
-GiB = 1024**3
 #: seconds a pivot or a cancel may take once asked for
 JOB_TIMEOUT = 60.0
 
@@ -239,8 +239,13 @@ async def _abandon(agent: Agent, caller: Caller, mapping_id: str) -> None:
     except VolumeApiError as exc:
         log.warning("os-migrate_volume_completion (error) for %s: %s",
                     rec["old_volume_id"], exc)
-    if rec.get("detaching"):
-        await agent.volumes.roll_detaching(caller, rec["old_volume_id"])
+    if rec.get("detaching"):  # recorded before begin_detaching: it may never have run
+        try:
+            await agent.volumes.roll_detaching(caller, rec["old_volume_id"])
+        except VolumeApiError as exc:
+            if exc.status != 400:
+                raise
+            log.info("old volume %s was not detaching: %s", rec["old_volume_id"], exc)
     agent.store.set_mapping(mapping_id, swap=None)
     agent.store.fail_mapping(mapping_id, "swap")
 

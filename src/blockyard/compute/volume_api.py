@@ -18,6 +18,7 @@ Whose token goes with a call (`Caller`):
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,8 +107,8 @@ class VolumeApi:
                     *, ok: tuple[int, ...] = (200, 202, 204)) -> Any:
         what = f"{method} {path}"
         for attempt in (1, 2):
-            headers = {**await self.auth_headers(caller),
-                       "OpenStack-API-Version": f"volume {MICROVERSION}"}
+            headers = _raw({**await self.auth_headers(caller),
+                            "OpenStack-API-Version": f"volume {MICROVERSION}"}, what)
             try:
                 r = await self._client.request(method, path, json=body, headers=headers)
             except httpx.HTTPError as exc:
@@ -184,6 +185,76 @@ class VolumeApi:
         reply = await self._call(caller, "POST", f"/volumes/{volume_id}/action", body)
         return str(reply["save_volume_id"])
 
+    # -- volumes and snapshots themselves, for Nova's proxies (os-volumes, os-snapshots) --------
+    async def list_volumes(self, caller: Caller) -> list[dict[str, Any]]:
+        """The caller's project's volumes, detailed (Cinder's first page)."""
+        return list((await self._call(caller, "GET", "/volumes/detail"))["volumes"])
+
+    async def get_volume(self, caller: Caller, volume_id: str) -> dict[str, Any]:
+        return dict((await self._call(caller, "GET", f"/volumes/{_quoted(volume_id)}"))["volume"])
+
+    async def create_volume(self, caller: Caller, volume: dict[str, Any]) -> dict[str, Any]:
+        """POST /volumes with `volume` as the body's ``volume`` (Cinder's field names)."""
+        return dict((await self._call(caller, "POST", "/volumes", {"volume": volume}))["volume"])
+
+    async def delete_volume(self, caller: Caller, volume_id: str) -> None:
+        await self._call(caller, "DELETE", f"/volumes/{_quoted(volume_id)}")
+
+    async def list_snapshots(self, caller: Caller) -> list[dict[str, Any]]:
+        return list((await self._call(caller, "GET", "/snapshots/detail"))["snapshots"])
+
+    async def get_snapshot(self, caller: Caller, snapshot_id: str) -> dict[str, Any]:
+        return dict((await self._call(caller, "GET",
+                                      f"/snapshots/{_quoted(snapshot_id)}"))["snapshot"])
+
+    async def create_snapshot(self, caller: Caller, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """POST /snapshots with `snapshot` as the body's ``snapshot`` (Cinder's field names)."""
+        return dict((await self._call(caller, "POST", "/snapshots",
+                                      {"snapshot": snapshot}))["snapshot"])
+
+    async def delete_snapshot(self, caller: Caller, snapshot_id: str) -> None:
+        await self._call(caller, "DELETE", f"/snapshots/{_quoted(snapshot_id)}")
+
+
+    async def instance_attachments(self, caller: Caller, instance_id: str) -> list[str]:
+        """The ids of the attachments made for `instance_id` (3.27's attachment list)."""
+        found = await self._call(caller, "GET", f"/attachments?instance_id={_quoted(instance_id)}")
+        return [str(a["id"]) for a in found["attachments"]]
+
+    async def wait_available(self, caller: Caller, volume_id: str, *, timeout: float,
+                             interval: float = 0.2) -> VolumeView:
+        """Poll until the volume is `available`; VolumeApiError if it ends in `error` or is
+        not available within `timeout` seconds (Nova's block_device_allocate_retries)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            volume = await self.volume(caller, volume_id)
+            if volume.status == "available":
+                return volume
+            if volume.status.startswith("error"):
+                raise VolumeApiError(500, f"Volume {volume_id} did not become available: "
+                                          f"its status is {volume.status}.", "GET /volumes")
+            if loop.time() > deadline:
+                raise VolumeApiError(500, f"Volume {volume_id} is still {volume.status} "
+                                          f"after {timeout:g} s.", "GET /volumes")
+            await asyncio.sleep(interval)
+
+
+def _raw(headers: dict[str, str], what: str) -> dict[bytes, bytes]:
+    """The headers as the bytes they arrived as: a caller's token is passed on unchanged
+    (HTTP headers are latin-1; httpx would take text as ASCII only and fail on a stray
+    byte such as \x80, which the volume service may well accept)."""
+    try:
+        return {k.encode("latin-1"): v.encode("latin-1") for k, v in headers.items()}
+    except UnicodeEncodeError:
+        raise VolumeApiError(400, "The request's credentials cannot be passed on to the "
+                                  "volume service.", what) from None
+
+
+def _quoted(ident: str) -> str:
+    """An id as one path segment: nothing in it may become a query or another path."""
+    return urllib.parse.quote(ident, safe="")
+
 
 def _nested(flat: dict[str, Any]) -> dict[str, Any]:
     """The attachments API folds the protocol into the data ({"driver_volume_type": ..,
@@ -203,3 +274,4 @@ def _message(r: httpx.Response) -> str:
         return str(fault["message"])
     except Exception:  # not Cinder's shape: say what came back
         return f"volume service answered {r.status_code}: {r.text[:200]}"
+

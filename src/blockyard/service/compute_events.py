@@ -58,6 +58,7 @@ def announce(config: ComputeEndpoint) -> None:
                  "a compute service (guests see the new size only after re-attaching)")
     else:
         log.info("volume-extended events go to %s%s", config.url.rstrip("/"), EVENTS_PATH)
+        _tls()  # the CA store takes ~0.5 s to load: not on the first call's path
 
 
 def service_auth(auth: AuthConfig) -> ServiceAuth | None:

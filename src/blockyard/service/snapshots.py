@@ -8,10 +8,11 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from blockyard import states
-from blockyard.db.models import Snapshot, SnapshotMetadata, Volume, utcnow
+from blockyard import failpoints, states
+from blockyard.db.models import Attachment, Snapshot, SnapshotMetadata, Volume, utcnow
 from blockyard.errors import Invalid, InvalidState, NotFound
 from blockyard.service import metadata, quotas, records, services, tasks
+from blockyard.service.assisted_snapshots import guests_paused
 from blockyard.service.identity import Identity, authorize, can_see_all
 from blockyard.service.listing import (
     ListParams,
@@ -22,7 +23,7 @@ from blockyard.service.listing import (
 )
 from blockyard.service.runtime import Runtime
 from blockyard.service.volume_ops import snapshot_ref
-from blockyard.states import SnapshotStatus, VolumeStatus
+from blockyard.states import AttachStatus, SnapshotStatus, VolumeStatus
 
 SORTABLE = {
     "created_at": "created_at", "updated_at": "updated_at", "id": "id", "name": "name",
@@ -112,7 +113,27 @@ def _run_create(rt: Runtime, task: tasks.TaskView) -> Any:
         assert v is not None
         ref = snapshot_ref(snap, v)
         backend = v.backend
-    return rt.backend(backend).driver.create_snapshot(ref)
+        instances = _instances_of(s, v.id)
+    # an attached volume: its guests paused for the snapshot's instant, so that it is
+    # point-in-time; prepared before and made durable after, so the pause is short
+    with rt.backend(backend).driver.staged_snapshot(ref) as take, \
+            guests_paused(rt.config.compute, rt.config.auth, ref.volume.id, task.resource_id,
+                          instances):
+        failpoints.hit("create_snapshot.guests_paused")  # the crash and rollback tests
+        result = take()
+    return result
+
+
+def _instances_of(s: Session, volume_id: str) -> list[str]:
+    """The instances that may write `volume_id`: attached, or being attached or detached
+    (not merely reserved for one)."""
+    return sorted({str(i) for i in s.scalars(
+        select(Attachment.instance_uuid).where(
+            Attachment.volume_id == volume_id, Attachment.instance_uuid.is_not(None),
+            Attachment.attach_status.not_in(_NOT_WRITING)))})
+
+
+_NOT_WRITING = (AttachStatus.RESERVED, AttachStatus.DETACHED, AttachStatus.DELETED)
 
 
 def _settle_create(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,

@@ -46,6 +46,9 @@ MARKS_BY_MODULE = {
     "tests/test_attach_crash.py": ("slow",),
     "tests/test_group_crash.py": ("slow",),
     "tests/test_migration.py": ("slow",),  # a crash matrix, and copies of 1 and 4 GiB
+    # a crash matrix, and attached volumes exported by qemu-nbd and tgt
+    "tests/test_migration_attached.py": ("qemu", "slow"),
+    "tests/test_compute_livemig.py": ("qemu", "slow"),  # guests under a real compute agent
     "tests/test_races.py": ("slow",),  # many rounds of concurrent requests
 }
 

@@ -113,11 +113,13 @@ def migrate(c: Api, vid: str, host: str, **extra: Any) -> httpx.Response:
     return c.post(f"/volumes/{vid}/action", {"os-migrate_volume": {"host": host, **extra}})
 
 
-def wait_migrated(c: Api, vid: str, timeout: float = 120.0) -> dict[str, Any]:
+def wait_migrated(c: Api, vid: str, timeout: float = 120.0,
+                  status: str = "available") -> dict[str, Any]:
+    """The volume once its migration settled: migration_status final, back to `status`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = show(c, vid)
-        if v["migration_status"] in ("success", "error") and v["status"] == "available":
+        if v["migration_status"] in ("success", "error") and v["status"] == status:
             return v
         time.sleep(0.05)
     raise AssertionError(f"volume {vid} did not finish migrating: {show(c, vid)}")
@@ -344,10 +346,11 @@ def test_refusals(srv: Server, c: Api) -> None:
         "instance_uuid": "11111111-2222-3333-4444-555555555555", "mountpoint": "/dev/vdb"}})
     assert r.status_code == 202, r.text
     c.wait_volume(vid, "in-use")
+    # (moving an attached volume is compute's: tests/test_migration_attached.py)
     _refused(c, vid, {"os-migrate_volume": {"host": b}}, 400,
-             "migrating an attached volume is not supported yet")
+             "needs the compute service, but [compute] url is not configured")
     _refused(c, vid, {"os-retype": {"new_type": "on-b", "migration_policy": "on-demand"}},
-             400, "migrating an attached volume is not supported yet")
+             400, "needs the compute service, but [compute] url is not configured")
     assert c.post(f"/volumes/{vid}/action", {"os-detach": {}}).status_code == 202
     c.wait_volume(vid, "available")
     assert c.delete(f"/volumes/{vid}").status_code == 202

@@ -40,9 +40,10 @@ Example::
     password = "..."
     project_name = "service"
 
-    [compute]                 # where to send Nova's volume-extended events (optional)
+    [compute]                 # where to send Nova's volume-extended events and swaps (optional)
     url = "http://127.0.0.1:8774/v2.1"    # the compute API base; without it none are sent
     timeout = 10                          # seconds per request
+    swap_timeout = 3600                   # seconds compute may take to move an attached volume
 
 Every key the file may hold is declared below, in one place: each table is a `Schema`, a dict
 from key to `Option` (its TOML type, whether it is required, and a check of its value).
@@ -82,6 +83,9 @@ DEFAULT_QUOTAS: dict[str, int] = {
 DEFAULT_MESSAGE_TTL = 2592000
 #: seconds a request to the compute API may take, by default
 DEFAULT_COMPUTE_TIMEOUT = 10.0
+#: seconds compute may take to swap an attached volume that is migrated, by default: a mirror
+#: of a large, busy volume takes long, and giving up early rolls back a healthy swap
+DEFAULT_SWAP_TIMEOUT = 3600.0
 #: export protocols a backend may name in `target`
 TARGET_PROTOCOLS = ("local", "iscsi", "nbd", "rbd")
 #: the largest control port tgtd takes (it keeps the number in a short)
@@ -114,6 +118,10 @@ class ComputeEndpoint:
     url: str | None = None
     #: seconds one request may take
     timeout: float = DEFAULT_COMPUTE_TIMEOUT
+    #: seconds the migration of an attached volume waits for compute to swap the guest's
+    #: disk (mirror, pivot, completion), and then again for it to let go of the old one,
+    #: before the volume service gives up on it (`blockyard.service.migration`)
+    swap_timeout: float = DEFAULT_SWAP_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -468,6 +476,7 @@ QUOTA: Schema = {name: Option(int, between(-1, INT_MAX, " (-1: unlimited)"))
 COMPUTE: Schema = {
     "url": Option(str, compute_api_url),
     "timeout": Option(float, above(0), default=DEFAULT_COMPUTE_TIMEOUT),
+    "swap_timeout": Option(float, above(0), default=DEFAULT_SWAP_TIMEOUT),
 }
 
 #: the keys of every [backends.<name>] table; the driver's own options are in DRIVER_OPTIONS

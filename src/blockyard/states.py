@@ -119,6 +119,15 @@ VOLUME_TRANSITIONS: dict[str, Transition] = {
     "retype_migrate": Transition(
         (VolumeStatus.AVAILABLE,), VolumeStatus.RETYPING, PREVIOUS, PREVIOUS
     ),
+    # the same for an attached volume, whose data compute moves (swap volume): the volume
+    # stays in-use (or shows `retyping`) while compute mirrors it, and its attachment is
+    # moved, not detached, so it returns to in-use either way
+    "migrate_attached": Transition(
+        (VolumeStatus.IN_USE,), VolumeStatus.IN_USE, PREVIOUS, PREVIOUS
+    ),
+    "retype_migrate_attached": Transition(
+        (VolumeStatus.IN_USE,), VolumeStatus.RETYPING, PREVIOUS, PREVIOUS
+    ),
     # volume transfers are single steps: offering parks the volume in `awaiting-transfer`
     # (nothing else may start on it); accepting hands it, in the same statement, to the new
     # project (`values`), cancelling gives it back to its owner as it was
@@ -588,13 +597,22 @@ def not_migration_target() -> ColumnElement[bool]:
     )
 
 
-def advance_migration(session: Session, volume_id: str, to: str, *, task_id: int) -> bool:
+def advance_migration(
+    session: Session,
+    volume_id: str,
+    to: str,
+    *,
+    task_id: int,
+    where: tuple[ColumnElement[bool], ...] = (),
+    values: dict[str, Any] | None = None,
+) -> bool:
     """Move the migration_status of a volume owned by task `task_id` to `to`, if the step is
-    allowed (MIGRATION_STEPS); False when it is not (or the row is not the task's)."""
+    allowed (MIGRATION_STEPS) and `where` holds, writing `values` in the same statement; False
+    when it is not (or the row is not the task's)."""
     stmt = (
         update(Volume)
-        .where(Volume.id == volume_id, Volume.task_id == task_id, migration_may_become(to))
-        .values(migration_status=to, updated_at=_now())
+        .where(Volume.id == volume_id, Volume.task_id == task_id, migration_may_become(to), *where)
+        .values(migration_status=to, updated_at=_now(), **(values or {}))
         .execution_options(synchronize_session=False)
     )
     return bool(_exec(session, stmt).rowcount == 1)

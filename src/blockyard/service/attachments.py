@@ -429,6 +429,23 @@ def _undo_half_attach(rt: Runtime, att: Attachment) -> None:
                   .execution_options(synchronize_session=False))
 
 
+def remove_all(rt: Runtime, volume_id: str) -> int:
+    """Remove every attachment of `volume_id` on the service's own authority, disconnecting
+    each as a delete does; returns how many there were. For rows nobody else will detach: a
+    migration's temporary volume that compute left attached (it gave up, or died)."""
+    with rt.db.read() as s:
+        found = list(s.execute(select(Attachment).where(
+            Attachment.volume_id == volume_id)).scalars())
+    for att in found:
+        with rt.db.write() as s:
+            try:
+                states.move_attachment(s, att.id, "delete")
+            except NotFound:
+                continue  # removed meanwhile by its owner
+        _finish_detach(rt, att)
+    return len(found)
+
+
 def _finish_detach(rt: Runtime, att: Attachment) -> None:
     if att.connector is not None:
         _disconnect_attachment(rt, att)

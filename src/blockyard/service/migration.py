@@ -30,8 +30,34 @@ contend for the database's single writer) and shown by the API as the synthesize
 ``blockyard:migration_progress`` (`progress_of`).
 
 Volumes with snapshots are refused, as Cinder's generic migration refuses them: the snapshots
-live on the source backend and would be stranded. Attached volumes are refused for now (live
-migration through the compute agent's block mirror is a later step).
+live on the source backend and would be stranded; so are a group's members.
+
+An attached (in-use) volume is moved by compute, as in Cinder: only the guest can copy a disk
+it is writing. The volume stays in-use (``retyping`` for a retype) and the task
+(`_run_migrate_attached`) differs from step 2 on:
+
+2. It creates the destination's object and makes the temporary row ``available`` (it stays
+   hidden, but compute can attach it by id); sets migration_status ``completing`` (from now
+   on the migration is compute's) and asks compute to swap the guest's disk, Nova's
+   ``PUT /servers/{instance}/os-volume_attachments/{volume}`` with the temporary volume's id.
+   Compute attaches the temporary volume, mirrors the disk onto it while the guest runs,
+   pivots, and calls ``os-migrate_volume_completion`` (`complete`): in one transaction the
+   identities are swapped as in step 3, and so are the attachments: compute's new one is now
+   the volume's, the old one the temporary row's, so that compute deleting it next tears down
+   the OLD object's export. Compute that gives up first deletes its attachment and completes
+   with ``error``: migration_status ``error``, the source untouched.
+3. The task waits (``[compute] swap_timeout``, polling the database) for the completion and
+   then for the temporary row to lose its attachment; compute unreachable or refusing (4xx),
+   or the time running out, is a failure (migration_status ``error``, a success that came
+   first stands). Then the volume returns to in-use and the temporary row is deleted as above,
+   whatever attachment compute left on it detached first.
+
+A restart re-runs the task, which resumes from migration_status: still ``migrating`` means
+compute was never asked (the destination is made ready again); ``completing`` is waited for and
+never asked twice (a crash between the mark and the request costs the timeout, and then the
+migration fails cleanly); ``success``/``error`` only waits for compute to let go of the
+temporary row. An attached volume with more than one attachment is refused, as Nova refuses to
+swap it.
 """
 
 from __future__ import annotations
@@ -42,29 +68,44 @@ import io
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import select, update
+import httpx
+from sqlalchemy import ColumnElement, Connection, case, exists, select, update
+from sqlalchemy import delete as delete_
 from sqlalchemy.orm import Session
 
 from blockyard import failpoints, states
 from blockyard.backends import transfer
 from blockyard.backends.base import VolumeDriver
-from blockyard.db.models import GroupVolumeType, Snapshot, Volume, utcnow
-from blockyard.errors import BlockyardError, Invalid, NotFound
+from blockyard.db.models import Attachment, GroupVolumeType, Snapshot, Task, Volume, utcnow
+from blockyard.errors import BlockyardError, Invalid, InvalidState, NotFound
+from blockyard.exec import WaitTimeout, wait_until
 from blockyard.model import ModelUpdate, OpenMode, VolumeRef
-from blockyard.service import quotas, records, scheduler, tasks, volume_ops
+from blockyard.service import (
+    attachments,
+    compute_events,
+    quotas,
+    records,
+    scheduler,
+    tasks,
+    volume_ops,
+)
 from blockyard.service import types as vtypes
 from blockyard.service.identity import Identity, authorize
-from blockyard.service.records import VolumeRecord
+from blockyard.service.records import AttachmentRecord, VolumeRecord
 from blockyard.service.runtime import Backend, Runtime
+from blockyard.service_auth import ServiceTokenError
 from blockyard.states import MigrationStatus, VolumeStatus
 
 log = logging.getLogger(__name__)
 
 #: the metadata key the API shows a running migration's progress under
 PROGRESS_KEY = "blockyard:migration_progress"
+#: the busy action of a migration → that of the same migration of an attached volume
+ATTACHED_ACTIONS = {"migrate": "migrate_attached", "migrate_locked": "migrate_attached",
+                    "retype_migrate": "retype_migrate_attached"}
 
 
 class MigrationFailed(BlockyardError):
@@ -115,21 +156,38 @@ def find_backend(rt: Runtime, host: str) -> Backend:
     raise Invalid(f"Invalid host: No available service named '{host}'")
 
 
-def _refuse_unless_migratable(v: VolumeRecord, *, snapshots: bool) -> None:
-    """Cinder's checks and wording, in Cinder's order."""
-    if v.status == VolumeStatus.IN_USE or v.attach_status != states.AttachStatus.DETACHED:
-        raise Invalid(f"Invalid volume: Volume {v.id} is attached; migrating an attached "
-                      f"volume is not supported yet: detach it first.")
+def _refuse_unless_migratable(rt: Runtime, v: VolumeRecord, *, snapshots: bool) -> None:
+    """Cinder's checks and wording, in Cinder's order; then what moving an attached volume
+    needs (one attachment, to an instance, and a compute service to ask)."""
     if v.migration_status in states.MIGRATION_ACTIVE or (
             v.migration_status or "").startswith(states.MIGRATION_TARGET):
         raise Invalid(f"Invalid volume: Volume {v.id} is already part of an active migration.")
-    if v.status != VolumeStatus.AVAILABLE:
+    if v.status not in (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE):
         raise Invalid(f"Invalid volume: Volume {v.id} status must be available or in-use, but "
                       f"current status is: {v.status}.")
     if snapshots:
         raise Invalid(f"Invalid volume: Volume {v.id} must not have snapshots.")
     if v.group_id is not None:  # a group's volumes live on the group's backend
         raise Invalid(f"Invalid volume: Volume {v.id} must not be part of a group.")
+    if v.status == VolumeStatus.IN_USE:
+        _attachment_to_swap(rt, v)
+
+
+def _attachment_to_swap(rt: Runtime, v: VolumeRecord) -> AttachmentRecord:
+    """The one attachment of in-use volume `v` whose instance compute is asked to swap."""
+    if len(v.attachments) > 1:  # Nova refuses to swap these (MultiattachSwapVolumeNotSupported)
+        raise Invalid("Invalid volume: Swapping multi-attach volumes with more than one "
+                      "read/write attachment is not supported.")
+    att = v.attachments[0] if v.attachments else None
+    if att is None or att.attach_status != states.AttachStatus.ATTACHED \
+            or not att.instance_uuid:
+        raise Invalid(f"Invalid volume: Volume {v.id} is in-use but not attached to an "
+                      f"instance; only compute can move an attached volume: detach it first.")
+    if rt.config.compute.url is None:
+        raise Invalid(f"Invalid volume: Volume {v.id} is attached, and moving an attached "
+                      f"volume needs the compute service, but [compute] url is not "
+                      f"configured.")
+    return att
 
 
 def _group_types(rt: Runtime, group_id: str) -> set[str]:
@@ -150,18 +208,30 @@ def _accept(rt: Runtime, v: VolumeRecord, dest: Backend, action: str,
     """The transaction of step 1 (module docstring); returns the task to start."""
     dest_id = str(uuid.uuid4())
     type_id = new_type.id if new_type is not None else v.volume_type_id
+    swap: dict[str, Any] = {}
+    attached: tuple[ColumnElement[bool], ...] = (
+        Volume.attach_status == states.AttachStatus.DETACHED,)
+    if v.status == VolumeStatus.IN_USE:  # compute moves the data: `_run_migrate_attached`
+        att = _attachment_to_swap(rt, v)
+        swap = {"attachment_id": att.id, "instance_uuid": att.instance_uuid}
+        action = ATTACHED_ACTIONS[action]
+        # still that one attachment, attached, and no other
+        attached = (Volume.attach_status == states.AttachStatus.ATTACHED,
+                    exists().where(Attachment.id == att.id, Attachment.volume_id == v.id,
+                                   Attachment.attach_status == states.AttachStatus.ATTACHED),
+                    ~exists().where(Attachment.volume_id == v.id, Attachment.id != att.id))
     with rt.db.write() as s:
         task = tasks.enqueue(s, "migrate_volume", v.backend, v.id, {
             **volume_ops.ref_payload(v), "dest_id": dest_id, "dest_backend": dest.name,
             "action": action, "new_type_id": new_type.id if new_type else None,
-            "new_type_name": new_type.name if new_type else None})
+            "new_type_name": new_type.name if new_type else None, **swap})
         volume_ops.begin_as_read(
             s, v, action, task_id=task.id, values={"migration_status": MigrationStatus.STARTING},
             where=(Volume.pins == 0, volume_ops.no_snapshots(v.id), Volume.group_id.is_(None),
-                   Volume.attach_status == states.AttachStatus.DETACHED,
-                   states.migration_may_become(MigrationStatus.STARTING)),
+                   *attached, states.migration_may_become(MigrationStatus.STARTING)),
             busy=Invalid(f"Invalid volume: Volume {v.id} is busy (being copied, "
-                         f"snapshotted or changed); migrate it afterwards."))
+                         f"snapshotted, attached, detached or changed); migrate it "
+                         f"afterwards."))
         if new_type is not None:  # the new type's share of quota, reserved up front
             quotas.consume(s, rt.config.quotas, v.project_id,
                            _type_deltas(new_type.name, 1, v.size))
@@ -182,7 +252,7 @@ def migrate(rt: Runtime, who: Identity, volume_id: str, host: str, *,
     """os-migrate_volume: copy the volume to the backend `host` names, keeping its id."""
 
     def act(v: VolumeRecord, _per_volume: int) -> tasks.TaskView:
-        _refuse_unless_migratable(v, snapshots=_has_snapshots(rt, v.id))
+        _refuse_unless_migratable(rt, v, snapshots=_has_snapshots(rt, v.id))
         dest = find_backend(rt, host)
         if dest.name == v.backend:
             raise Invalid("Invalid host: Destination host must be different than the current "
@@ -225,7 +295,7 @@ def retype(rt: Runtime, who: Identity, volume_id: str, new_type: str, policy: st
             raise Invalid(f"Invalid input received: Retype of volume {v.id} to type "
                           f"{vt.name} needs a migration to another backend, but "
                           f"migration_policy is 'never'.")
-        _refuse_unless_migratable(v, snapshots=_has_snapshots(rt, v.id))
+        _refuse_unless_migratable(rt, v, snapshots=_has_snapshots(rt, v.id))
         dest = scheduler.pick(rt, vt, v.size, None)
         return _accept(rt, v, dest, "retype_migrate", vt)
 
@@ -259,13 +329,15 @@ def complete(rt: Runtime, who: Identity, volume_id: str, new_volume_id: str,
              error: bool) -> str:
     """os-migrate_volume_completion: Cinder's checks; returns the id the caller keeps.
 
-    In Cinder this is how a migration driven from outside the volume manager (Nova's
-    swap_volume for attached volumes) ends. Here every migration is driven and completed by
-    blockyard's own durable task, so a valid pair is always owned by that task and is refused;
-    two volumes not migrating at all get Cinder's answer (the new volume's id): that is the
-    end of a plain swap (Nova's swap_volume of an attached volume), where the compute agent
-    itself completes the new volume's attachment and deletes the old one's, so nothing is
-    moved here (Cinder's detach/attach of the legacy flow has no counterpart).
+    This is how compute ends the migration of an attached volume, after it mirrored the
+    guest's disk onto the temporary destination and pivoted (or gave up): `_complete_swap`
+    swaps the two rows' identities and attachments, or, with `error`, the migration fails and
+    the source stays as it was. The migration of a detached volume is blockyard's own task's
+    to complete, so such a pair is refused. Two volumes not migrating at all get Cinder's
+    answer (the new volume's id): that is the end of a plain swap (Nova's swap_volume of an
+    attached volume), where the compute agent itself completes the new volume's attachment
+    and deletes the old one's, so nothing is moved here (Cinder's detach/attach of the legacy
+    flow has no counterpart).
     """
     with rt.db.reading() as conn:
         pair = records.fetch_volumes(conn, [volume_id, new_volume_id])
@@ -285,8 +357,92 @@ def complete(rt: Runtime, who: Identity, volume_id: str, new_volume_id: str,
     if new.migration_status != expected:
         raise Invalid(f"Invalid volume: Destination has migration_status "
                       f"{new.migration_status}, expected {expected}.")
-    raise Invalid(f"Invalid volume: The migration of volume {volume_id} is carried out by "
-                  f"blockyard's own task, which completes (or fails) it by itself.")
+    if old.attach_status == states.AttachStatus.DETACHED:
+        raise Invalid(f"Invalid volume: The migration of volume {volume_id} is carried out "
+                      f"by blockyard's own task, which completes (or fails) it by itself.")
+    with rt.db.write() as s:
+        if error:
+            done = _fail_swap(s, volume_id)
+        else:
+            done = _complete_swap(s, volume_id, new_volume_id)
+    failpoints.hit("migrate_volume.completed")
+    if not done and not _completed_already(rt, volume_id, new_volume_id, error):
+        raise Invalid(f"Invalid volume: Volume {volume_id} is no longer waiting for compute "
+                      f"to complete its migration (its migration_status is "
+                      f"{_migration_status(rt, volume_id)}).")
+    log.info("migration of attached volume %s completed by compute (%s)", volume_id,
+             "error" if error else "success")
+    return volume_id
+
+
+def _completed_already(rt: Runtime, volume_id: str, dest_id: str, error: bool) -> bool:
+    """Was this very completion done before? Compute repeats one whose answer it lost (the
+    service died after committing it), and must get the same answer, not a refusal: after
+    a success the volume names the destination's object (`_identity_of`), after an error it
+    has migration_status ``error``; either way until the task settles."""
+    with rt.db.reading() as conn:
+        src = _row(conn, volume_id)
+    if src is None or src.task_id is None:
+        return False
+    if error:
+        return bool(src.migration_status == MigrationStatus.ERROR)
+    return bool(src.migration_status == MigrationStatus.SUCCESS and src.name_id == dest_id)
+
+
+def _fail_swap(s: Session, volume_id: str) -> bool:
+    """Compute gave up before pivoting: the migration failed, the source keeps everything.
+    The task waiting for compute removes the temporary volume."""
+    src = _row(s, volume_id)
+    return src is not None and src.task_id is not None and states.advance_migration(
+        s, volume_id, MigrationStatus.ERROR, task_id=src.task_id,
+        where=(Volume.migration_status == MigrationStatus.COMPLETING,))
+
+
+def _complete_swap(s: Session, volume_id: str, dest_id: str) -> bool:
+    """Compute pivoted the guest onto `dest_id`: in this one transaction the source row (same
+    id) takes the destination's backend, object and export, the temporary row the source's,
+    and their attachments change places too: the one compute made for the destination is the
+    volume's now, and the old one, which compute deletes next, tears down the old object's
+    export through the temporary row. False when the source is no longer waiting for this."""
+    src, dst = _row(s, volume_id), _row(s, dest_id)
+    if src is None or dst is None or src.task_id is None or dst.task_id is not None:
+        return False
+    swapped = states.advance_migration(
+        s, volume_id, MigrationStatus.SUCCESS, task_id=src.task_id,
+        where=(Volume.migration_status == MigrationStatus.COMPLETING,
+               Volume.attach_status == states.AttachStatus.ATTACHED),
+        values=_identity_of(dst, dest_id))
+    if not swapped:
+        return False
+    s.connection().execute(
+        update(Volume)
+        .where(Volume.id == dest_id,
+               Volume.migration_status == f"{states.MIGRATION_TARGET}{volume_id}")
+        .values(**_identity_of(src, volume_id), updated_at=utcnow())
+        .execution_options(synchronize_session=False))
+    s.connection().execute(
+        update(Attachment)
+        .where(Attachment.volume_id.in_((volume_id, dest_id)))
+        .values(volume_id=case((Attachment.volume_id == volume_id, dest_id), else_=volume_id),
+                updated_at=utcnow())
+        .execution_options(synchronize_session=False))
+    # the temporary row now holds the old attachment (it was in-use with compute's new one)
+    states.derive_attach_status(s, dest_id, "leave")
+    return True
+
+
+def _identity_of(row: Any, volume_id: str) -> dict[str, Any]:
+    """What names the object behind the row `row` of volume `volume_id`, for another row."""
+    return {"backend": row.backend, "name_id": row.name_id or volume_id,
+            "provider_location": row.provider_location, "provider_auth": row.provider_auth,
+            "availability_zone": row.availability_zone}
+
+
+def _migration_status(rt: Runtime, volume_id: str) -> str | None:
+    with rt.db.reading() as conn:
+        got = conn.execute(select(Volume.migration_status)
+                           .where(Volume.id == volume_id)).scalar()
+    return None if got is None else str(got)
 
 
 # ---------------------------------------------------------------------------- the task
@@ -343,6 +499,9 @@ def _run_migrate(rt: Runtime, task: tasks.TaskView) -> ModelUpdate | None:
     """Step 2 (module docstring): create the destination object, copy, verify. Any failure,
     a kill included, leaves no destination object behind the task does not own: it is
     removed here, else by the delete task settling queues."""
+    if task.payload.get("attachment_id"):
+        _run_migrate_attached(rt, task)
+        return None
     src_ref = volume_ops.ref_from_payload(task)
     src_drv = rt.backend(task.backend).driver
     dst_drv = rt.backend(str(task.payload["dest_backend"])).driver
@@ -380,15 +539,19 @@ def _remove_destination(task: tasks.TaskView, driver: VolumeDriver, ref: VolumeR
                     task.resource_id, exc_info=True)
 
 
-def _row(s: Session, volume_id: str) -> Any:
-    return s.connection().execute(
+def _row(s: Session | Connection, volume_id: str) -> Any:
+    conn = s.connection() if isinstance(s, Session) else s
+    return conn.execute(
         select(Volume.backend, Volume.name_id, Volume.provider_location, Volume.provider_auth,
-               Volume.availability_zone, Volume.status)
+               Volume.availability_zone, Volume.status, Volume.task_id,
+               Volume.migration_status)
         .where(Volume.id == volume_id)).first()
 
 
 def _settle_migrate(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
                     error: BaseException | None) -> tasks.FollowUp | None:
+    if task.payload.get("attachment_id"):
+        return _settle_attached(s, rt, task)
     p = task.payload
     vid, dest_id, action = task.resource_id, str(p["dest_id"]), str(p["action"])
     src, dst = _row(s, vid), _row(s, dest_id)
@@ -433,6 +596,185 @@ def _settle_migrate(s: Session, rt: Runtime, task: tasks.TaskView, result: Any,
         "provider_location": doomed.provider_location, "provider_auth": doomed.provider_auth,
         "project_id": p["project_id"], "type_name": type_name, "no_quota": True})
     states.begin(s, Volume, dest_id, "delete", task_id=delete.id)
+
+    def start_delete() -> None:
+        tasks.start(rt, delete)
+
+    return start_delete
+
+
+# ---------------------------------------------------------------------------- attached volumes
+
+
+class SwapRefused(BlockyardError):
+    """Compute did not take the request to swap the guest's disk (unreachable, or refused)."""
+
+
+#: the compute API microversion the swap request is sent with (Nova's swap is 2.1's)
+SWAP_MICROVERSION = "2.1"
+#: seconds between two looks at whether compute completed the swap
+POLL_INTERVAL = 0.25
+
+
+def _run_migrate_attached(rt: Runtime, task: tasks.TaskView) -> None:
+    """Step 2 for an attached volume (module docstring): make the destination ready, ask
+    compute to swap, wait for its completion, then for it to let go of the old object.
+
+    Re-run after a restart, it resumes from what the database says: migration_status
+    ``completing`` is written before compute is asked, so a volume still ``migrating`` was
+    never handed to compute and is prepared (again); one ``completing`` is compute's, and is
+    waited for, never asked twice; one settled (``success``/``error``) only waits for
+    compute to let go of the temporary volume's attachment. Raises when the migration failed,
+    so that the project is told (settling looks at migration_status, not at this)."""
+    vid = task.resource_id
+    dest_id = str(task.payload["dest_id"])
+    timeout = rt.config.compute.swap_timeout
+    if _migration_status(rt, vid) in (MigrationStatus.STARTING, MigrationStatus.MIGRATING):
+        _advance(rt, task, MigrationStatus.MIGRATING)
+        _prepare_destination(rt, task)
+        failpoints.hit("migrate_volume.destination_ready")
+        _advance(rt, task, MigrationStatus.COMPLETING)
+        failpoints.hit("migrate_volume.before_swap")
+        try:
+            _ask_compute(rt, task)
+        except SwapRefused as exc:
+            log.warning("migration of attached volume %s: %s", vid, exc)
+            _give_up(rt, task)
+            attachments.remove_all(rt, dest_id)
+            raise
+        failpoints.hit("migrate_volume.swap_requested")
+    if not _waited(lambda: _migration_status(rt, vid) not in states.MIGRATION_ACTIVE,
+                   timeout):
+        log.warning("migration of attached volume %s: compute did not complete the swap in "
+                    "%g seconds; giving up on it", vid, timeout)
+        _give_up(rt, task)
+        timeout = 0  # compute is not answering: nothing to wait for below
+    failpoints.hit("migrate_volume.swap_completed")
+    # compute deletes the old attachment (now the temporary row's) after a success, or its
+    # own new one before reporting an error; what it leaves is detached here
+    if not _waited(lambda: not _has_attachments(rt, dest_id), timeout):
+        log.warning("migration of attached volume %s: compute did not detach temporary "
+                    "volume %s; detaching it here", vid, dest_id)
+    attachments.remove_all(rt, dest_id)
+    status = _migration_status(rt, vid)
+    if status != MigrationStatus.SUCCESS:
+        raise MigrationFailed(f"the migration of attached volume {vid} failed "
+                              f"(migration_status {status}): see the compute service's log")
+
+
+def _waited(done: Callable[[], bool], timeout: float) -> bool:
+    """Did `done` become true within `timeout` seconds (looking every POLL_INTERVAL)?"""
+    try:
+        wait_until(done, timeout, POLL_INTERVAL)
+    except WaitTimeout:
+        return False
+    return True
+
+
+def _has_attachments(rt: Runtime, volume_id: str) -> bool:
+    with rt.db.reading() as conn:
+        return conn.execute(select(Attachment.id).where(Attachment.volume_id == volume_id)
+                            .limit(1)).first() is not None
+
+
+def _prepare_destination(rt: Runtime, task: tasks.TaskView) -> None:
+    """Create the destination's object and make the temporary row available (and unowned)
+    for the attachment compute makes; one a previous attempt made ready is kept."""
+    dest_id = str(task.payload["dest_id"])
+    with rt.db.reading() as conn:
+        row = _row(conn, dest_id)
+    if row is None or row.status != VolumeStatus.CREATING or row.task_id != task.id:
+        return
+    dst_drv = rt.backend(str(task.payload["dest_backend"])).driver
+    dst_ref = _dest_ref(task)
+    try:
+        created = dst_drv.create_volume(dst_ref)
+        with rt.db.write() as s:
+            states.finish(s, Volume, dest_id, "create", task_id=task.id,
+                          values=volume_ops.model_values(created))
+    except BaseException:
+        _remove_destination(task, dst_drv, dst_ref)
+        raise
+
+
+def _ask_compute(rt: Runtime, task: tasks.TaskView) -> None:
+    """Ask compute to swap the instance's disk from the volume to the temporary one (Nova's
+    swap volume: it answers 202 and works on); raises SwapRefused when it certainly did not
+    take the request. A request that timed out may have been taken: it is waited for."""
+    vid, instance = task.resource_id, str(task.payload["instance_uuid"])
+    path = f"/servers/{instance}/os-volume_attachments/{vid}"
+    body = {"volumeAttachment": {"volumeId": str(task.payload["dest_id"])}}
+    try:
+        response = compute_events.call(rt.config.compute, "PUT", path, body,
+                                       auth=compute_events.service_auth(rt.config.auth),
+                                       microversion=SWAP_MICROVERSION)
+    except httpx.ReadTimeout:
+        log.warning("migration of attached volume %s: compute did not answer the swap of "
+                    "instance %s in time; waiting for it to complete", vid, instance)
+        return
+    except (httpx.HTTPError, httpx.InvalidURL, ServiceTokenError) as exc:
+        raise SwapRefused(f"compute at {rt.config.compute.url} could not be asked to swap "
+                          f"the disk of instance {instance}: {str(exc) or type(exc).__name__}"
+                          ) from exc
+    if response.status_code != 202:
+        text = response.content.decode(errors="replace").strip()[:300]
+        raise SwapRefused(f"compute refused to swap the disk of instance {instance}: "
+                          f"{response.status_code} {text or response.reason_phrase}")
+    log.info("migration of attached volume %s: compute swaps instance %s onto %s", vid,
+             instance, task.payload["dest_id"])
+
+
+def _give_up(rt: Runtime, task: tasks.TaskView) -> None:
+    """The migration fails unless compute completed it meanwhile (the update is conditional:
+    a success that came first stands)."""
+    with rt.db.write() as s:
+        states.advance_migration(s, task.resource_id, MigrationStatus.ERROR, task_id=task.id)
+
+
+def _settle_attached(s: Session, rt: Runtime, task: tasks.TaskView) -> tasks.FollowUp | None:
+    """Step 3 for an attached volume: the outcome is what migration_status says (compute's
+    completion swapped the identities already, and a success stands whatever failed after
+    it); the volume returns to in-use, and the temporary row is deleted with what it names
+    then (the old object after a success, the destination's after a failure)."""
+    p = task.payload
+    vid, action = task.resource_id, str(p["action"])
+    src = _row(s, vid)
+    type_name, new_type = str(p["type_name"]), p.get("new_type_name")
+    if src is not None and src.migration_status == MigrationStatus.SUCCESS:
+        states.finish(s, Volume, vid, action, task_id=task.id, values={
+            "volume_type_id": p["new_type_id"]} if p.get("new_type_id") else None)
+        if new_type:
+            quotas.consume(s, rt.config.quotas, str(p["project_id"]),
+                           _type_deltas(type_name, -1, -int(p["size"])))
+    else:
+        states.advance_migration(s, vid, MigrationStatus.ERROR, task_id=task.id)
+        states.fail(s, Volume, vid, action, task_id=task.id)
+        if new_type:
+            quotas.consume(s, rt.config.quotas, str(p["project_id"]),
+                           _type_deltas(str(new_type), -1, -int(p["size"])))
+    return _delete_temporary(s, rt, task)
+
+
+def _delete_temporary(s: Session, rt: Runtime, task: tasks.TaskView) -> tasks.FollowUp | None:
+    """Queue the delete of the migration's temporary row, with the object it names now."""
+    p = task.payload
+    dest_id = str(p["dest_id"])
+    dst = _row(s, dest_id)
+    if dst is None:
+        return None
+    if dst.task_id == task.id:  # never made ready
+        states.fail(s, Volume, dest_id, "create", task_id=task.id)
+    delete = tasks.enqueue(s, "delete_volume", str(dst.backend), dest_id, {
+        "cascade": False, "size": int(p["size"]), "name_id": dst.name_id,
+        "provider_location": dst.provider_location, "provider_auth": dst.provider_auth,
+        "project_id": p["project_id"], "type_name": str(p["type_name"]), "no_quota": True})
+    try:  # forced: whatever compute left on it goes too
+        states.begin(s, Volume, dest_id, "force_delete", task_id=delete.id)
+    except InvalidState:
+        log.error("migration of volume %s: temporary volume %s is busy and is left for an "
+                  "admin to delete", task.resource_id, dest_id)
+        s.connection().execute(delete_(Task).where(Task.id == delete.id))
+        return None
 
     def start_delete() -> None:
         tasks.start(rt, delete)

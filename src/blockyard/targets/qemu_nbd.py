@@ -196,7 +196,7 @@ class QemuNbdTarget:
                existing: Export | None) -> Export:
         self.validate_connector(connector)
         host = str(connector.host)
-        name = _export_name(volume)
+        name = _export_name(volume, existing)
         with self._export_lock(name):
             self.start()
             running = self._adoptable(name)
@@ -223,7 +223,7 @@ class QemuNbdTarget:
     def ensure(self, volume: VolumeRef, path: str, export: Export) -> Export:
         """Adopt the qemu-nbd still serving the export (a restart of the service leaves it
         running); start one at the persisted address only when it is gone."""
-        name = _export_name(volume)
+        name = _export_name(volume, export)
         tls = bool(export.data.get("tls"))
         with self._export_lock(name):
             self.start()
@@ -238,7 +238,7 @@ class QemuNbdTarget:
                           dict(export.secrets), export.connectors)
 
     def unexport(self, volume: VolumeRef, export: Export, connector: Connector | None) -> Export:
-        name = _export_name(volume)
+        name = _export_name(volume, export)
         gone = set(export.connectors) if connector is None else {connector.host}
         connectors = tuple(c for c in export.connectors if c not in gone)
         keys = {k: v for k, v in export.secrets.items()
@@ -249,7 +249,7 @@ class QemuNbdTarget:
         return Export(export.protocol, dict(export.data), keys, connectors)
 
     def remove(self, volume: VolumeRef, export: Export) -> None:
-        name = _export_name(volume)
+        name = _export_name(volume, export)
         with self._export_lock(name):
             self._discard(name)
 
@@ -471,7 +471,12 @@ class QemuNbdTarget:
         os.replace(tmp, tls_dir / "keys.psk")
 
 
-def _export_name(volume: VolumeRef) -> str:
+def _export_name(volume: VolumeRef, export: Export | None = None) -> str:
+    """The export's name: the one it was made under when it exists (it moves with the export
+    when a migration of an attached volume swaps two volumes' identities), else one of the
+    volume's id."""
+    if export is not None and export.data.get("export_name"):
+        return str(export.data["export_name"])
     if not _SAFE.fullmatch(volume.id):
         raise Invalid(f"Volume id {volume.id!r} cannot name an NBD export.")
     return f"volume-{volume.id}"

@@ -74,21 +74,13 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory,
           ceph: CephCluster) -> Iterator[Stack]:  # noqa: F811
     image = build_test_guest()
-    rbd = ceph.driver_options()
     base = short_alias(tmp_path_factory.mktemp("compute"))
     agent_port = free_port()
     volumes = Server(base / "volumes", config=exported_backends_config(local=True, extra=f"""
 [quota]
 volumes = 1000
 gigabytes = 10000
-[backends.rbd]
-driver = "rbd"
-target = "rbd"
-pool = "{rbd['pool']}"
-user = "{rbd['user']}"
-conf = "{rbd['conf']}"
-keyring = "{rbd['keyring']}"
-[compute]
+{ceph.backend_config()}[compute]
 url = "http://127.0.0.1:{agent_port}/v2.1"
 """)).start()
     api = volumes.client()

@@ -117,7 +117,6 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory,
           ceph: CephCluster) -> Iterator[Stack]:  # noqa: F811
     image = build_test_guest()
-    rbd = ceph.driver_options()
     base = short_alias(tmp_path_factory.mktemp("asnap"))
     agent_port = free_port()
     failpoints = base / "failpoints"
@@ -125,14 +124,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
                          config=f"""
 [backends.local]
 driver = "file"
-[backends.rbd]
-driver = "rbd"
-target = "rbd"
-pool = "{rbd['pool']}"
-user = "{rbd['user']}"
-conf = "{rbd['conf']}"
-keyring = "{rbd['keyring']}"
-[compute]
+{ceph.backend_config()}[compute]
 url = "http://127.0.0.1:{agent_port}/v2.1"
 """)
     volumes.start()

@@ -254,6 +254,21 @@ def test_compute_refusing_unreachable_or_silent_fails_the_migration(stack: Any,
         assert v["migration_status"] == "success", v
 
 
+def test_neither_side_of_a_running_migration_can_be_deleted(stack: Any) -> None:
+    """While compute swaps, the source and the temporary destination (which compute is
+    attaching) refuse delete and force-delete, as Cinder refuses volumes that migrate."""
+    s, c = start(stack, mode="silent", swap_timeout=20)
+    vid, old_att, sha, b = prepare(c, s.srv.state_dir)
+    assert migrate(c, vid, b).status_code == 202
+    swap = s.compute.asked()
+    for target in (vid, swap.new_volume):
+        r = c.delete(f"/volumes/{target}")
+        assert r.status_code == 400, r.text
+        r = c.post(f"/volumes/{target}/action", {"os-force_delete": {}})
+        assert r.status_code == 400, r.text
+    check_untouched(s, c, vid, old_att, sha)  # compute never finished: it fails in the end
+
+
 # ---------------------------------------------------------------------------- refusals
 
 

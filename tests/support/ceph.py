@@ -102,6 +102,13 @@ class CephCluster:
         return {"pool": self.pool, "user": self.client_id, "conf": str(self.conf),
                 "keyring": str(self.client_keyring), "rados_connect_timeout": 10}
 
+    def backend_config(self, name: str = "rbd", target: str = "rbd") -> str:
+        """A ``[backends.NAME]`` table of a volume service config on this cluster."""
+        o = self.driver_options()
+        return (f'[backends.{name}]\ndriver = "rbd"\ntarget = "{target}"\n'
+                f'pool = "{o["pool"]}"\nuser = "{o["user"]}"\nconf = "{o["conf"]}"\n'
+                f'keyring = "{o["keyring"]}"\n')
+
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs.values()]
 

@@ -389,7 +389,10 @@ def delete_volume(rt: Runtime, who: Identity, volume_id: str, *, cascade: bool =
         # the size as read goes into the task (it releases that much quota): begin_as_read
         # makes sure it holds; a group's member goes with its group (delete-volumes), as in
         # Cinder
-        conditions: list[Any] = [Volume.pins == 0, Volume.group_id.is_(None)]
+        # nor while it migrates, source or temporary destination (Cinder's expected
+        # migration_status), force or not: the migration's own task deletes what it made
+        conditions: list[Any] = [Volume.pins == 0, Volume.group_id.is_(None),
+                                 states.not_migrating()]
         if not cascade:
             conditions.append(volume_ops.no_snapshots(volume_id))
         else:  # a member of a group snapshot goes with its group snapshot

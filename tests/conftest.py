@@ -49,6 +49,10 @@ MARKS_BY_MODULE = {
     # a crash matrix, and attached volumes exported by qemu-nbd and tgt
     "tests/test_migration_attached.py": ("qemu", "slow"),
     "tests/test_compute_livemig.py": ("qemu", "slow"),  # guests under a real compute agent
+    "tests/test_compute_swap.py": ("qemu", "slow"),
+    "tests/test_compute_bfv.py": ("qemu", "slow"),
+    "tests/test_compute_snapshots.py": ("qemu", "slow"),
+    "tests/test_readme_walkthrough.py": ("qemu", "slow"),  # both services, two guests, the CLI
     "tests/test_races.py": ("slow",),  # many rounds of concurrent requests
 }
 

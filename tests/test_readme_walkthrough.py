@@ -52,11 +52,15 @@ def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
               .replace("127.0.0.1:8774", f"127.0.0.1:{compute_port}"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env.update(HOME=str(tmp_path / "home"), PWD=str(work))  # PWD: bash keeps the short path
-    shell = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
+    # its output to a file: the services it leaves running hold their end open
+    output = tmp_path / "walkthrough.log"
+    with open(output, "wb") as sink:
+        shell = subprocess.Popen(["bash", "-euxo", "pipefail", "-c", script], cwd=work,
+                                 env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     try:
-        out, _ = shell.communicate(timeout=900)
+        shell.wait(timeout=900)
+        out = output.read_text(errors="replace")
         assert shell.returncode == 0, f"the walk-through failed:\n{out[-6000:]}"
         api = httpx.Client(base_url=f"http://127.0.0.1:{volumes_port}/v3",
                            headers={"X-Auth-Token": "admin:admin",
@@ -80,4 +84,8 @@ def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
                                     text=True).stdout.split()
         for pid in with_group:
             stop(int(pid), 10.0)
-    assert not processes_mentioning(str(work), "qemu-system"), "a guest outlived the test"
+        # guests run in sessions of their own: a walk-through that failed may leave some
+        guests = processes_mentioning(str(work), "qemu-system")
+        for pid in guests:
+            stop(pid, 10.0)
+    assert not guests, "a guest outlived the walk-through"

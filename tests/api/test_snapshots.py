@@ -83,10 +83,23 @@ def test_snapshot_rules(server: Server) -> None:
     r = api.post("/snapshots", {"snapshot": {"volume_id": vol["id"]}})
     assert r.status_code == 400 and "badRequest" in r.json()
     api.post(f"/volumes/{vol['id']}/action", {"os-reset_status": {"status": "in-use"}})
-    assert api.post("/snapshots", {"snapshot": {"volume_id": vol["id"]}}).status_code == 400
-    forced = api.post("/snapshots", {"snapshot": {"volume_id": vol["id"], "force": "True"}})
+    v365 = {"OpenStack-API-Version": "volume 3.65"}  # before 3.66, in-use takes force
+    assert api.post("/snapshots", {"snapshot": {"volume_id": vol["id"]}},
+                    headers=v365).status_code == 400
+    forced = api.post("/snapshots", {"snapshot": {"volume_id": vol["id"], "force": "True"}},
+                      headers=v365)
     assert forced.status_code == 202
     api.wait_snapshot(forced.json()["snapshot"]["id"], "available")
+    # from 3.66 an in-use volume needs no force (the CLI then sends none); false is refused
+    v366 = {"OpenStack-API-Version": "volume 3.66"}
+    r = api.post("/snapshots", {"snapshot": {"volume_id": vol["id"], "force": False}},
+                 headers=v366)
+    assert r.status_code == 400 and "3.66 the 'force' flag is invalid" in r.text, r.text
+    for spec in ({}, {"force": True}):
+        r = api.post("/snapshots", {"snapshot": {"volume_id": vol["id"], **spec}},
+                     headers=v366)
+        assert r.status_code == 202, r.text
+        api.wait_snapshot(r.json()["snapshot"]["id"], "available")
 
 
 def test_snapshot_update_metadata_reset_delete(server: Server) -> None:

@@ -67,6 +67,24 @@ def snapshot_view(request: Request, snap: Snapshot, *, extended: bool = True) ->
     return body
 
 
+#: Cinder's words for ``force: false`` from 3.66 on
+SNAPSHOT_IN_USE_FLAG_MSG = (
+    "Since microversion 3.66 the 'force' flag is invalid for this request.  For backward "
+    "compatability, however, when the 'force' flag is passed with a value evaluating to "
+    "True, it is silently ignored.")
+
+
+def _force(flag: Any, mv: int) -> bool:
+    """Whether an in-use volume may be snapshotted: with ``force`` before 3.66, always from
+    3.66 (SNAPSHOT_IN_USE), where ``force: false`` is a 400 and a true one is ignored."""
+    force = flag is not None and validate.boolean(flag, "force")
+    if mv >= 66:
+        if flag is not None and not force:
+            raise ApiError(400, SNAPSHOT_IN_USE_FLAG_MSG)
+        return True
+    return force
+
+
 async def create(request: Request) -> Response:
     body = await wire.json_body(request)
     schema.check(body, CREATE_V353 if wire.mv(request) >= 53 else CREATE)
@@ -74,7 +92,7 @@ async def create(request: Request) -> Response:
     volume_id = spec["volume_id"]
     if volume_id is None:  # Cinder's schema allows null, then its lookup finds no volume
         raise NotFound("Volume", "None")
-    force = validate.boolean(spec.get("force", False), "force")
+    force = _force(spec.get("force"), wire.mv(request))
     name = spec.get("name", spec.get("display_name"))
     description = spec.get("description", spec.get("display_description"))
     meta = spec.get("metadata") or {}

@@ -139,6 +139,10 @@ COMPUTE_CASES: list[tuple[str, str]] = [
     ("[images.tiny]\ninitrd = '/i'\ndisk = '/d'", "images.tiny.initrd"),
     ("[images.tiny]\nkernal = '/k'", "images.tiny.kernal"),
     ("[images.'a b']\nkernel = '/k'", "images.a b"),
+    # files the guests need, checked at start (wiring mistakes: one line, not a server ERROR)
+    ("[images.tiny]\nkernel = '/nonexistent/vmlinuz'", "images.tiny.kernel"),
+    ("[images.tiny]\ndisk = '/nonexistent/disk.raw'", "images.tiny.disk"),
+    ("[qemu]\nbinary = 'qemu-system-nowhere'", "qemu.binary"),
     ("[flavors.small]\nram_mb = 0", "flavors.small.ram_mb"),
     ("[flavors.small]\nvcpus = '1'", "flavors.small.vcpus"),
     ("[flavors.small]\ndisk_gb = 1", "flavors.small.disk_gb"),

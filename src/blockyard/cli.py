@@ -83,6 +83,7 @@ def _compute(args: argparse.Namespace) -> int:
 
     try:
         cfg = compute_config.load(args.config, state_dir=args.state_dir, listen=args.listen)
+        compute_config.check_files(cfg)
         auth = getattr(cfg, "auth", configuration.AuthConfig())
         if not _auth_allows_listening(auth, cfg.listen_host, args):
             return 2

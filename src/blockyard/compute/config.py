@@ -44,7 +44,9 @@ Every error names the key it is about (`ConfigError.key`), as in `blockyard.conf
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 import urllib.parse
 import uuid
@@ -226,6 +228,20 @@ def build(raw: dict[str, Any], *, state_dir: str | None = None,
         state_dir=Path(state_dir or top.get("state_dir", "var/compute")),
         volume_url=top.get("volume_url", DEFAULT_VOLUME_URL).rstrip("/"), qemu=qemu,
         images=images, flavors=flavors, auth=read_auth(top), **optional)
+
+
+def check_files(config: ComputeConfig) -> None:
+    """What the agent will start guests with is there: each image's files and the QEMU
+    binary. Checked when the agent starts, not when a config is built (tests and tools build
+    configs of files elsewhere): a typo is then one line naming the key, not a server that
+    ends in ERROR at its first boot."""
+    if shutil.which(config.qemu.binary) is None:
+        raise ConfigError("qemu.binary", f"no such program: {config.qemu.binary}")
+    for image in config.images.values():
+        for key in ("kernel", "initrd", "disk"):
+            path = getattr(image, key)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"images.{image.name}.{key}", f"no such file: {path}")
 
 
 def load(path: str | None, *, state_dir: str | None = None,

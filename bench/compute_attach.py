@@ -56,6 +56,7 @@ from tests.support.server import Api, Server, exported_backends_config, free_por
 from blockyard.compute import config as compute_config  # noqa: E402
 from blockyard.compute import launcher  # noqa: E402
 from blockyard.compute.hypervisor import Hypervisor  # noqa: E402
+from blockyard.exec import stop  # noqa: E402
 
 TARGET_P50 = 0.4
 #: the guest's longest write while its volume migrates (issue 13)
@@ -195,6 +196,8 @@ url = "http://127.0.0.1:{agent_port}/v2.1"
         probe.start()
         attached = _migrate(api, vid, slow)
         during, failed_during = probe.stop()
+        api.wait_volume(vid, "in-use", timeout=120)
+        time.sleep(1)  # the migration's task settles just after migration_status says success
         nova.detach(server["id"], vid)
         console.close()
         nova.delete(server["id"])
@@ -238,7 +241,7 @@ async def _bare(work: Path, image: dict[str, str], rounds: int) -> Rounds:
         console.close()
         await hv.quit()
     finally:
-        launcher.stop_process(guest.pid, guest.process)
+        stop(guest.process, launcher.STOP_TIMEOUT)
     return attach, detach, released
 
 

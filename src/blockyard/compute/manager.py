@@ -323,9 +323,12 @@ class Agent:
         undo.push(self._device_del, hv, m.device_id)
 
     async def _add_node(self, hv: Hypervisor, node_name: str, info: ConnectionInfo,
-                        undo: Undo, *, size: int | None = None) -> None:
+                        undo: Undo, *, size: int | None = None, direct: bool = False) -> None:
         """The volume's block node in QEMU, and the secrets it names (ids from the node's);
-        `size`: show only that many bytes of it (see `Hypervisor.blockdev_add`)."""
+        `size`: show only that many bytes of it (see `Hypervisor.blockdev_add`). `direct`:
+        a file opened with O_DIRECT (QEMU's ``cache.direct``), for a mirror target: the
+        copy then does not pile up dirty pages that the guest's next flush must write back
+        all at once."""
         source = qemu_source(info, prefix=node_name,
                              initiator=str(self.connector_properties.get("initiator", "")))
         for object_id, value in source.secrets.items():
@@ -334,8 +337,18 @@ class Agent:
         if source.tls_psk is not None:
             await hv.add_tls_psk_key(source.tls_psk)
             undo.push(hv.remove_object, source.tls_psk.creds_id)
-        await hv.blockdev_add(node_name, dict(source.options), read_only=source.read_only,
-                              size=size)
+        options = dict(source.options)
+        if direct and options.get("driver") == "file":
+            options["cache"] = {"direct": True}
+        try:
+            await hv.blockdev_add(node_name, options, read_only=source.read_only, size=size)
+        except HypervisorError as exc:
+            if "cache" not in options:
+                raise
+            # not every file system takes O_DIRECT (tmpfs): then as any other node
+            log.info("node %s without O_DIRECT: %s", node_name, exc)
+            del options["cache"]
+            await hv.blockdev_add(node_name, options, read_only=source.read_only, size=size)
         undo.push(hv.blockdev_del, node_name)
 
     async def _device_del(self, hv: Hypervisor, device_id: str) -> None:

@@ -178,7 +178,7 @@ async def _move(agent: Agent, caller: Caller, m: Mapping) -> Hypervisor:
         undo.push(_disconnect, agent, info, device)
         failpoints.hit("compute.swap.connected")
         hv = await agent.guest(agent.store.instance(m.instance_id))
-        await agent._add_node(hv, node, info, undo, size=rec["limit"])
+        await agent._add_node(hv, node, info, undo, size=rec["limit"], direct=True)
         failpoints.hit("compute.swap.blockdev_added")
         # 4. copy while the guest runs, then pivot
         await hv.mirror(job, m.node_name, node)

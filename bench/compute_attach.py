@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -175,6 +176,7 @@ url = "http://127.0.0.1:{agent_port}/v2.1"
     agent = ComputeServer(work / "magent", port=agent_port, config=agent_config(
         volumes.url, images={"tiny": image})).start()
     api, nova = volumes.client(), agent.nova()
+    server: dict[str, Any] = {}
     try:
         for name in ("fast", "slow"):
             r = api.post("/types", {"volume_type": {
@@ -200,8 +202,9 @@ url = "http://127.0.0.1:{agent_port}/v2.1"
         time.sleep(1)  # the migration's task settles just after migration_status says success
         nova.detach(server["id"], vid)
         console.close()
-        nova.delete(server["id"])
     finally:
+        if server:  # the agent leaves its guests running when it stops
+            nova.delete(server["id"])
         agent.stop()
         volumes.stop()
     return Migration(gib, detached, attached, percentile(before, 50), max(during),

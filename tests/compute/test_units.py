@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 
 from blockyard.compute import config as compute_config
 from blockyard.compute.api import _negotiate
-from blockyard.compute.store import MAPPING_TRANSITIONS, Instance, MappingStatus, Store
+from blockyard.compute.store import (
+    MAPPING_TRANSITIONS,
+    Instance,
+    MappingStatus,
+    Store,
+    add_missing_columns,
+)
 from blockyard.compute.undo import Undo
 from blockyard.errors import ConfigError, Conflict, Invalid, InvalidState, NotFound
 from blockyard.rest.errors import ApiError
@@ -179,3 +187,48 @@ def test_a_volume_url_with_the_version_says_what_to_write() -> None:
     # a root behind a path prefix (a proxy) is a root
     assert compute_config.build({"volume_url": "http://proxy/volume/"}).volume_url == \
         "http://proxy/volume"
+
+
+#: the agent's tables as the first released agent (before issue 13) created them
+_OLD_SCHEMA = [
+    """CREATE TABLE instances (id VARCHAR(36) NOT NULL, name VARCHAR(255) NOT NULL,
+       project_id VARCHAR(255) NOT NULL, user_id VARCHAR(255) NOT NULL,
+       status VARCHAR(16) NOT NULL, image VARCHAR(255), flavor VARCHAR(255),
+       qmp_socket VARCHAR(1024) NOT NULL, console_socket VARCHAR(1024), pid INTEGER,
+       adopted BOOLEAN NOT NULL, fault VARCHAR(1024), created_at DATETIME NOT NULL,
+       updated_at DATETIME NOT NULL, PRIMARY KEY (id))""",
+    """CREATE TABLE block_device_mappings (id VARCHAR(36) NOT NULL,
+       instance_id VARCHAR(36) NOT NULL, volume_id VARCHAR(36) NOT NULL,
+       project_id VARCHAR(255) NOT NULL, device_name VARCHAR(32) NOT NULL,
+       status VARCHAR(16) NOT NULL, attachment_id VARCHAR(36), protocol VARCHAR(16),
+       connected BOOLEAN NOT NULL, device JSON, tag VARCHAR(60),
+       delete_on_termination BOOLEAN NOT NULL, created_at DATETIME NOT NULL,
+       PRIMARY KEY (id), UNIQUE (instance_id, volume_id), UNIQUE (instance_id, device_name),
+       FOREIGN KEY(instance_id) REFERENCES instances (id) ON DELETE CASCADE)""",
+    """INSERT INTO instances VALUES ('i1', 'vm', 'p', 'u', 'ACTIVE', 'tiny', 'm1.tiny',
+       '/run/q.sock', NULL, 42, 0, NULL, '2026-01-01 00:00:00', '2026-01-01 00:00:00')""",
+    """INSERT INTO block_device_mappings VALUES ('m1', 'i1', 'v1', 'p', '/dev/vdb',
+       'attached', 'a1', 'local', 1, NULL, NULL, 0, '2026-01-01 00:00:00')""",
+]
+
+
+def test_a_state_file_of_the_first_release_gets_the_new_columns(tmp_path: Path) -> None:
+    """An upgraded agent keeps its instances and mappings: the columns added since (swap,
+    boot from volume) are added, nullable, and the rows read as before."""
+    path = tmp_path / "compute.sqlite"
+    with sqlite3.connect(path) as db:
+        for statement in _OLD_SCHEMA:
+            db.execute(statement)
+    store = Store(path)
+    try:
+        m = store.mapping("m1")
+        assert (m.volume_id, m.status, m.attachment_id) == ("v1", "attached", "a1")
+        assert (m.node, m.swap, m.boot_index, m.node_name) == (None, None, None,
+                                                               "bv" + "m1")
+        assert store.instance("i1").build_volumes is None
+        store.set_mapping("m1", boot_index=0)  # the new columns take values
+        assert store.mapping("m1").boot_index == 0
+    finally:
+        store.close()
+    # a second start finds nothing left to add
+    assert add_missing_columns(create_engine(f"sqlite:///{path}")) == []

@@ -8,8 +8,9 @@ knows what to finish or undo. Its status moves only by the conditional updates t
 MAPPING_TRANSITIONS declares (`begin_mapping`, `finish_mapping`, `fail_mapping`). The agent
 owns this file alone; the volume service's state is reached only through its API.
 
-The schema is created on first start (`create_all`); it has no migrations yet because no
-released version wrote an older one.
+The schema is created on first start (`create_all`). Columns added since are all nullable,
+and a state file an earlier agent wrote gets them at start (`add_missing_columns`), so an
+upgraded agent keeps its instances and mappings.
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    inspect,
     select,
+    text,
     update,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.schema import CreateColumn
 
 from blockyard.errors import Conflict, Invalid, InvalidState, NotFound
 from blockyard.statuses import Transition
@@ -182,6 +187,23 @@ class Mapping(Base):
 _SLOTS = [f"/dev/vd{c}" for c in string.ascii_lowercase[1:]]
 
 
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the columns a table of an older state file lacks (`create_all` only makes missing
+    tables); returns them as ``table.column``. Every column added after the first release
+    is nullable, which SQLite's ``ADD COLUMN`` needs."""
+    added = []
+    with engine.begin() as conn:
+        found = inspect(conn)
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    ddl = CreateColumn(column).compile(dialect=engine.dialect)
+                    conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+                    added.append(f"{table.name}.{column.name}")
+    return added
+
+
 class Store:
     """Sessions on the agent's SQLite file, and the few queries the workflows need."""
 
@@ -198,6 +220,7 @@ class Store:
             cur.close()
 
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
